@@ -1,0 +1,27 @@
+"""NIfTI data layer: case layouts, loading and saving, normalisation, splits.
+
+``neumours.data.phantom`` (synthetic cases) is a separate module, imported
+explicitly; it is not re-exported here.
+"""
+
+from __future__ import annotations
+
+from neumours.data.case import Case, load_case, save_label
+from neumours.data.layouts import MODALITIES, CaseRef, list_cases
+from neumours.data.nifti import read_nifti
+from neumours.data.normalize import brain_mask, normalize
+from neumours.data.split import kfold, split_cases
+
+__all__ = [
+    "Case",
+    "CaseRef",
+    "MODALITIES",
+    "brain_mask",
+    "kfold",
+    "list_cases",
+    "load_case",
+    "normalize",
+    "read_nifti",
+    "save_label",
+    "split_cases",
+]

@@ -1,0 +1,312 @@
+"""Synthetic BraTS-style multi-modal MRI phantom with a glioma and its labels.
+
+What it models: a skull-stripped brain (``phantom_anatomy``: white matter, a folded
+grey-matter ribbon, CSF rim, sulci, interhemispheric fissure, lateral ventricles,
+deep grey nuclei) with one glioma per case, placed in one hemisphere's white
+matter with a case-specific size, orientation and blobby (noise-perturbed)
+shape: an edema envelope (label 2) that spreads through white matter, spares
+CSF and is held back by cortex; inside it a tumour core of enhancing tumour
+(label 3) around a necrotic core (label 1). About 25% of cases (drawn from the
+seed) have no necrosis: the core is solid enhancing tumour. Four contrasts
+(t1n, t1c, t2w, t2f = FLAIR) follow real MRI qualitatively (table ``_CONTRAST``,
+relative to white matter, with per-case jitter that keeps every sign), with
+edema fading towards its edge, patchy enhancement, and acquisition effects:
+tissue texture, partial-volume blur (Gaussian, sigma 0.55 voxel), a smooth
+multiplicative bias field per modality (about ±10-20%), Rician noise
+(magnitude of a complex Gaussian) and a different intensity scale per case and
+modality (white matter at 300-3000). Values are integers >= 1 inside the brain
+and exactly 0 outside it, as in skull-stripped BraTS int16 files.
+
+What it does not model: real anatomy (no cerebellum, brainstem, vessels, true
+gyral topology), mass effect or midline shift, multifocal or post-operative
+tumours, non-enhancing tumour separate from necrosis, relaxation physics (the
+contrasts are a lookup table), k-space effects (Gibbs ringing, motion, ghosting),
+spatially correlated noise, or registration error between modalities.
+
+Everything is deterministic in (seed, index): the same pair gives identical
+arrays and byte-identical files on the same software stack.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from neumours.atomic import atomic_path
+from neumours.data.phantom_anatomy import CSF, GM, WM, Brain, mni_brain, procedural_brain, smooth_field
+
+# Modality order; matches neumours.data.MODALITIES (kept local to avoid an import cycle).
+_MODALITIES = ("t1n", "t1c", "t2w", "t2f")
+# Tumour tissue codes, after the anatomy codes (BG, CSF, GM, WM, DGM = 0..4).
+_ED, _ET, _NCR = 5, 6, 7
+# Mean intensity relative to white matter; rows = _MODALITIES, columns = tissue codes.
+_CONTRAST = np.array([
+    # BG  CSF   GM    WM    DGM   ED    ET    NCR
+    [0.0, 0.32, 0.72, 1.00, 0.85, 0.82, 0.80, 0.55],  # t1n: WM > GM > CSF, tumour slightly dark
+    [0.0, 0.34, 0.74, 1.00, 0.86, 0.84, 1.65, 0.48],  # t1c: ET enhances, necrosis dark
+    [0.0, 3.20, 1.35, 1.00, 1.20, 2.10, 1.60, 2.50],  # t2w: CSF brightest, fluid bright
+    [0.0, 0.35, 1.30, 1.00, 1.15, 1.95, 1.50, 0.85],  # t2f: CSF suppressed, edema brightest
+], dtype=np.float32)
+_GZIP_LEVEL = 1  # nibabel's default; ~0.3 s per 240x240x155 int16 volume here
+_PV_SIGMA = 0.55  # partial-volume blur, voxels
+_MIN_SHAPE = 16
+
+
+@dataclass
+class PhantomCase:
+    """One synthetic case, in memory.
+
+    Attributes:
+        case_id: BraTS-like id, e.g. ``Phantom-00003-000``.
+        images: (4, X, Y, Z) float32 raw intensities in the order t1n, t1c, t2w, t2f;
+            integer-valued, >= 1 inside the brain and exactly 0 outside (skull-stripped),
+            so they are stored losslessly as int16.
+        label: (X, Y, Z) uint8 in {0, 1, 2, 3}: background, NCR, ED, ET.
+        affine: (4, 4) float64 voxel-to-world (RAS, 1 mm spacing, volume centre at 0).
+        has_necrosis: whether label 1 is present.
+        tissue: (X, Y, Z) uint8 healthy-tissue ground truth (0 background, 1 CSF, 2 GM, 3 WM,
+            4 deep grey; under the tumour, the tissue it replaced), for tests and analysis;
+            not written to disk.
+    """
+
+    case_id: str
+    images: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+    has_necrosis: bool
+    tissue: np.ndarray | None = None
+
+
+def make_case(shape=(96, 96, 64), seed: int = 0, index: int = 0, case_id: str | None = None,
+              anatomy: str = "procedural") -> PhantomCase:
+    """Generate one phantom case, deterministic in (seed, index).
+
+    Args:
+        shape: (X, Y, Z) voxel counts, each >= 16; 1 mm voxels, the brain fills most of it.
+        seed: dataset seed (non-negative int).
+        index: case number within the dataset (non-negative int).
+        case_id: id to use; default ``Phantom-<index:05d>-000``.
+        anatomy: ``"procedural"`` (default) or ``"mni"`` (needs nilearn).
+
+    Returns:
+        A :class:`PhantomCase`.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < _MIN_SHAPE:
+        raise ValueError(f"shape must be 3 sizes >= {_MIN_SHAPE}, got {shape}")
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and index must be >= 0, got {seed}, {index}")
+    rng = np.random.default_rng([int(seed), int(index)])
+    necrotic = bool(rng.random() >= 0.25)
+    if anatomy == "procedural":
+        brain = procedural_brain(shape, rng)
+    elif anatomy == "mni":
+        brain = mni_brain(shape)
+    else:
+        raise ValueError(f"anatomy must be 'procedural' or 'mni', got {anatomy!r}")
+    label, box, edema_weight, texture = _grow_tumour(rng, brain, necrotic)
+    images = _acquire(rng, brain, label, box, edema_weight, texture)
+    affine = np.eye(4)
+    affine[:3, 3] = -(np.asarray(shape, dtype=np.float64) - 1) / 2
+    return PhantomCase(case_id or f"Phantom-{index:05d}-000", images, label, affine,
+                       bool((label == 1).any()), brain.tissue)
+
+
+def _place(rng: np.random.Generator, brain: Brain, r_core: float) -> np.ndarray:
+    """Tumour centre (3,) int: a white-matter voxel of one hemisphere whose core-sized ball is in brain."""
+    shape = brain.mask.shape
+    wm = np.flatnonzero(brain.tissue == WM)
+    xs = wm // (shape[1] * shape[2])
+    mid = np.average(np.arange(shape[0]), weights=brain.mask.sum(axis=(1, 2)))
+    side = rng.choice([-1.0, 1.0])
+    pool = wm[(xs - mid) * side >= min(r_core, 0.3 * (xs.max() - xs.min()) / 2)]
+    pool = pool if pool.size else wm
+    rad = int(np.ceil(1.15 * r_core))
+    offs = np.mgrid[-rad:rad + 1, -rad:rad + 1, -rad:rad + 1].reshape(3, -1)
+    offs = offs[:, (offs**2).sum(axis=0) <= (1.15 * r_core) ** 2]
+    best, best_score = None, -1.0
+    for _ in range(100):
+        p = np.array(np.unravel_index(pool[rng.integers(pool.size)], shape))
+        pts = p[:, None] + offs
+        ok = np.all((pts >= 0) & (pts < np.asarray(shape)[:, None]), axis=0)
+        pts = pts[:, ok]
+        inside = ok.mean() * brain.mask[tuple(pts)].mean()
+        score = inside + 0.5 * (brain.tissue[tuple(pts)] == WM).mean()
+        if score > best_score:
+            best, best_score = p, score
+        if inside == 1.0 and score >= 1.3:
+            break
+    return best
+
+
+def _grow_tumour(rng, brain: Brain, necrotic: bool):
+    """Labels (X, Y, Z) uint8 plus, inside the tumour box, edema contrast weight and texture.
+
+    Returns:
+        (label, box, edema_weight, texture): ``box`` is three slices around the tumour;
+        ``edema_weight`` (box shape, float32 in [0.35, 1]) scales edema contrast, fading
+        outwards; ``texture`` (box shape, float32, unit variance) makes enhancement patchy.
+    """
+    shape = brain.mask.shape
+    vol = float(brain.mask.sum())
+    r_wt = (3 * rng.uniform(0.035, 0.12) * vol / (4 * np.pi)) ** (1 / 3)
+    r_tc = r_wt * rng.uniform(0.5, 0.78)
+    centre = _place(rng, brain, r_tc)
+    rot, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    axes = np.exp(rng.normal(0.0, 0.18, 3))
+    axes /= np.prod(axes) ** (1 / 3)
+    half = int(np.ceil(2.0 * r_wt)) + 2
+    box = tuple(slice(max(int(c) - half, b.start), min(int(c) + half + 1, b.stop))
+                for c, b in zip(centre, brain.bbox))  # tumour stays in the brain's box
+    sub = tuple(s.stop - s.start for s in box)
+    d = [(np.arange(s.start, s.stop) - c).astype(np.float32) for s, c in zip(box, centre)]
+
+    def radius(offset):
+        """(sub) float32 ellipsoidal radius about centre + offset in the tumour's frame."""
+        dd = [d[a] - np.float32(offset[a]) for a in range(3)]
+        q2 = np.zeros(sub, dtype=np.float32)
+        for k in range(3):
+            qk = (np.float32(rot[k, 0]) * dd[0][:, None, None] + np.float32(rot[k, 1]) * dd[1][None, :, None]
+                  + np.float32(rot[k, 2]) * dd[2][None, None, :])
+            q2 += (qk / np.float32(axes[k])) ** 2
+        return np.sqrt(q2)
+
+    r = radius((0, 0, 0))
+    tis, inb = brain.tissue[box], brain.mask[box]
+    n_wt = smooth_field(rng, sub, max(2.5, r_wt / 2.2))
+    n_tc = smooth_field(rng, sub, max(2.0, r_tc / 1.6))
+    texture = smooth_field(rng, sub, max(1.5, r_tc / 3))
+    phi_wt = r / (np.float32(r_wt) * np.maximum(1 + np.float32(0.3) * n_wt, np.float32(0.3)))
+    phi_wt *= np.where(tis == GM, np.float32(1.35), np.float32(1.0))  # cortex holds edema back
+    edema = (phi_wt < 1) & inb & (tis != CSF)
+    core = (r / (np.float32(r_tc) * np.maximum(1 + np.float32(0.22) * n_tc, np.float32(0.3))) < 1) & inb
+    ncr = np.zeros(sub, dtype=bool)
+    if necrotic:  # an eccentric necrotic centre, always enclosed by an enhancing rim >= 1 voxel
+        inner = ndimage.binary_erosion(core, iterations=max(1, int(round(0.1 * r_tc))))
+        r_n = radius(rng.normal(0.0, 0.12 * r_tc, 3))
+        scale = np.float32(r_tc * rng.uniform(0.62, 0.85))
+        ncr = (r_n < scale * np.maximum(1 + np.float32(0.2) * texture, np.float32(0.3))) & inner
+        if not ncr.any():
+            ncr = inner
+    comps, _ = ndimage.label(edema | core)
+    edema &= np.isin(comps, np.unique(comps[core]))  # drop edema islands cut off from the core
+    lab = np.zeros(sub, dtype=np.uint8)
+    lab[edema] = 2
+    if not edema[~core].any():  # keep an edema ring even around a tiny envelope
+        lab[ndimage.binary_dilation(core) & inb & (tis != CSF)] = 2
+    lab[core] = 3
+    lab[ncr] = 1
+    label = np.zeros(shape, dtype=np.uint8)
+    label[box] = lab
+    edema_weight = np.float32(0.35) + np.float32(0.65) * np.clip((1 - phi_wt) / np.float32(0.4), 0, 1)
+    return label, box, edema_weight, texture
+
+
+def _acquire(rng, brain: Brain, label, box, edema_weight, texture) -> np.ndarray:
+    """Render the four modalities: contrast, texture, blur, bias, scale, Rician noise, quantise.
+
+    Returns:
+        (4, X, Y, Z) float32, integers >= 1 inside ``brain.mask``, 0 outside.
+    """
+    bb = brain.bbox
+    sub = tuple(s.stop - s.start for s in bb)
+    tb = tuple(slice(t.start - b.start, t.stop - b.start) for t, b in zip(box, bb))  # tumour box in bbox
+    mask = brain.mask[bb]
+    tis = brain.tissue[bb]
+    tclass = tis.copy()
+    lab = label[bb]
+    for code, value in ((2, _ED), (3, _ET), (1, _NCR)):
+        tclass[lab == code] = value
+    # Per-case contrast: scale each tissue's difference from WM by ~N(1, 0.08) (signs kept).
+    contrast = 1 + (_CONTRAST - 1) * np.exp(rng.normal(0, 0.08, _CONTRAST.shape)).astype(np.float32)
+    contrast[:, 0] = 0
+    wm_level = np.exp(rng.uniform(np.log(300), np.log(3000), 4))
+    noise_frac = rng.uniform(0.015, 0.045, 4)
+    tex_amp = rng.uniform(0.01, 0.025, 4)
+    bias_amp = rng.uniform(0.06, 0.1, 4)
+    tissue_tex = smooth_field(rng, sub, 2.5)
+    big = max(brain.mask.shape) / 1.5
+    in_box = lab[tb]
+    images = np.zeros((4,) + brain.mask.shape, dtype=np.float32)
+    for m in range(4):
+        c = contrast[m]
+        img = c[tclass]
+        # Tumour details: edema fades outwards over the underlying tissue; patchy enhancement.
+        part = img[tb]
+        ed, et, nc = in_box == 2, in_box == 3, in_box == 1
+        part[ed] = c[tis[tb][ed]] + (c[_ED] - c[WM]) * edema_weight[ed]
+        part[et] *= 1 + np.float32(0.12) * texture[et]
+        part[nc] *= 1 + np.float32(0.06) * texture[nc]
+        img *= 1 + np.float32(tex_amp[m]) * tissue_tex
+        img = ndimage.gaussian_filter(img, _PV_SIGMA, mode="constant")
+        img *= np.exp(np.float32(bias_amp[m]) * smooth_field(rng, sub, big))
+        s = img[mask] * np.float32(wm_level[m])
+        n = rng.standard_normal((2, s.size), dtype=np.float32) * np.float32(noise_frac[m] * wm_level[m])
+        s = np.sqrt((s + n[0]) ** 2 + n[1] ** 2)
+        images[(m,) + bb][mask] = np.clip(np.rint(s), 1, 32767)
+    return images
+
+
+def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    """Write a gzipped NIfTI-1 atomically; gzip with mtime 0 and no name, so bytes are reproducible."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    payload = gzip.compress(img.to_bytes(), compresslevel=_GZIP_LEVEL, mtime=0)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+
+
+def write_case(case: PhantomCase, root) -> Path:
+    """Write a case in the BraTS 2023 layout: ``root/<id>/<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz``.
+
+    Images are int16 when integer-valued in range (always, for ``make_case`` output:
+    lossless, like BraTS files), else float32; the label is uint8. Each file is
+    written atomically.
+
+    Args:
+        case: the case; ``images`` (4, X, Y, Z), ``label`` (X, Y, Z).
+        root: dataset folder (created if missing).
+
+    Returns:
+        The case folder ``root/<case_id>``.
+    """
+    images, label = np.asarray(case.images), np.asarray(case.label)
+    if images.ndim != 4 or images.shape[0] != 4 or images.shape[1:] != label.shape:
+        raise ValueError(f"images must be (4, X, Y, Z) matching label {label.shape}, got {images.shape}")
+    if np.all(images == np.rint(images)) and images.min() >= -32768 and images.max() <= 32767:
+        images = images.astype(np.int16)
+    else:
+        images = images.astype(np.float32)
+    folder = Path(root) / case.case_id
+    for m, name in enumerate(_MODALITIES):
+        _write_nifti(folder / f"{case.case_id}-{name}.nii.gz", images[m], case.affine)
+    _write_nifti(folder / f"{case.case_id}-seg.nii.gz", label.astype(np.uint8), case.affine)
+    return folder
+
+
+def write_dataset(out_dir, n_cases: int, shape=(96, 96, 64), seed: int = 0,
+                  progress: bool = True) -> list[Path]:
+    """Generate and write ``n_cases`` phantom cases ``Phantom-00000-000``, ``Phantom-00001-000``, ...
+
+    Args:
+        out_dir: dataset folder; case folders go directly inside it (BraTS layout).
+        n_cases: number of cases (case ``i`` is ``make_case(shape, seed, index=i)``).
+        shape: (X, Y, Z) of every case.
+        seed: dataset seed; the same seed gives byte-identical files.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The case folders, in index order.
+    """
+    from tqdm import tqdm
+
+    return [write_case(make_case(shape, seed=seed, index=i), out_dir)
+            for i in tqdm(range(n_cases), desc="phantom", unit="case", disable=not progress)]

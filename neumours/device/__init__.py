@@ -1,0 +1,24 @@
+"""Compute devices and compiled Slang kernels.
+
+``get_device`` picks a slangpy device (CUDA, Vulkan, Metal or the CPU target),
+``load_kernel`` compiles an explicit compute entry point of ``slang/`` once per
+device and set of compile-time constants, and ``buffers`` moves numpy arrays in
+and out of device buffers. Everything heavy in Neumours runs through these.
+"""
+
+from neumours.device.buffers import download, empty_buffer, upload, zeros_buffer
+from neumours.device.kernels import Kernel, load_kernel, slang_dir
+from neumours.device.select import DEVICE_KINDS, describe, get_device
+
+__all__ = [
+    "DEVICE_KINDS",
+    "Kernel",
+    "describe",
+    "download",
+    "empty_buffer",
+    "get_device",
+    "load_kernel",
+    "slang_dir",
+    "upload",
+    "zeros_buffer",
+]

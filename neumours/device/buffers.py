@@ -1,0 +1,51 @@
+"""Moving numpy arrays in and out of slangpy device buffers.
+
+Structured buffers of 32-bit elements (float32, int32, uint32) are what every
+Neumours kernel reads and writes; these helpers keep the usage flags and the
+byte views in one place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import slangpy as spy
+
+_USAGE = spy.BufferUsage.shader_resource | spy.BufferUsage.unordered_access
+_SUPPORTED = (np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint32))
+
+
+def _check_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in _SUPPORTED:
+        raise TypeError(f"device buffers hold float32, int32 or uint32, not {dtype}")
+    return dtype
+
+
+def upload(device: spy.Device, array: np.ndarray, dtype=np.float32) -> spy.Buffer:
+    """Copy ``array`` (any shape) into a new buffer of ``array.size`` elements of ``dtype``."""
+    dtype = _check_dtype(dtype)
+    data = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+    if data.size == 0:
+        return empty_buffer(device, 1, dtype)
+    return device.create_buffer(element_count=data.size, struct_size=dtype.itemsize, usage=_USAGE, data=data)
+
+
+def empty_buffer(device: spy.Device, count: int, dtype=np.float32) -> spy.Buffer:
+    """A buffer of ``count`` uninitialised elements of ``dtype`` (at least one)."""
+    dtype = _check_dtype(dtype)
+    return device.create_buffer(element_count=max(int(count), 1), struct_size=dtype.itemsize, usage=_USAGE)
+
+
+def zeros_buffer(device: spy.Device, count: int, dtype=np.float32) -> spy.Buffer:
+    """A buffer of ``count`` zeros of ``dtype``."""
+    return upload(device, np.zeros(max(int(count), 1), dtype=dtype), dtype)
+
+
+def download(buffer: spy.Buffer, shape=None, dtype=np.float32) -> np.ndarray:
+    """Read ``buffer`` back as a new numpy array of ``dtype``, reshaped to ``shape``."""
+    dtype = _check_dtype(dtype)
+    flat = buffer.to_numpy().view(dtype).copy()
+    if shape is None:
+        return flat
+    count = int(np.prod(shape))
+    return flat[:count].reshape(shape)

@@ -1,0 +1,104 @@
+"""Compiling explicit Slang compute entry points, once per device and constants.
+
+Kernels are explicit ``[shader("compute")]`` entry points (the slangpy
+functional API fails on the CPU device in slangpy 0.43.1, DESIGN.md), compiled
+with compile-time constants passed as preprocessor defines. Sizes are defined
+once, in Python, and reach Slang only through these constants.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from functools import cache
+from pathlib import Path
+from typing import Mapping
+
+import slangpy as spy
+
+#: Threads per group of every 1-D Neumours kernel unless the kernel says otherwise.
+DEFAULT_GROUP_SIZE = 64
+
+
+@cache
+def slang_dir() -> Path:
+    """Folder holding the project's ``.slang`` modules.
+
+    A source checkout or editable install keeps them at the repository's top
+    level ``slang/``; a built wheel ships them as ``neumours/slang``.
+    """
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "slang", package.parent / "slang"):
+        if (candidate / "encoding.slang").is_file():
+            return candidate
+    raise FileNotFoundError(f"Slang sources not found next to {package}")
+
+
+def _define_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "0"
+    return str(value)
+
+
+class Kernel:
+    """A compiled compute entry point bound to a device.
+
+    Call it with the number of threads and the shader's global parameters by
+    name; buffers, scalars and nested dicts (for ``ParameterBlock`` structs)
+    are accepted as slangpy accepts them.
+    """
+
+    def __init__(self, device: spy.Device, file: str, entry: str, constants: Mapping[str, object]):
+        self.device = device
+        self.file = file
+        self.entry = entry
+        self.constants = dict(constants)
+        session = _session(device, tuple(sorted((k, _define_value(v)) for k, v in self.constants.items())))
+        self.program = session.load_program(file, [entry])
+        self._kernel = device.create_compute_kernel(self.program)
+
+    def __call__(self, thread_count: int | tuple[int, int, int], **params) -> None:
+        if isinstance(thread_count, int):
+            thread_count = (thread_count, 1, 1)
+        if min(thread_count) <= 0:
+            return
+        self._kernel.dispatch(thread_count=list(thread_count), vars=params)
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.file}:{self.entry}, {self.constants})"
+
+
+_SESSIONS: "weakref.WeakKeyDictionary[spy.Device, dict]" = weakref.WeakKeyDictionary()
+_KERNELS: "weakref.WeakKeyDictionary[spy.Device, dict]" = weakref.WeakKeyDictionary()
+
+
+def _session(device: spy.Device, defines: tuple[tuple[str, str], ...]) -> spy.SlangSession:
+    per_device = _SESSIONS.setdefault(device, {})
+    if defines not in per_device:
+        options = spy.SlangCompilerOptions({"include_paths": [str(slang_dir())], "defines": dict(defines)})
+        per_device[defines] = device.create_slang_session(options)
+    return per_device[defines]
+
+
+def load_kernel(
+    device: spy.Device, file: str, entry: str, constants: Mapping[str, object] | None = None
+) -> Kernel:
+    """Return the compiled kernel ``entry`` of ``slang/<file>`` for ``device``.
+
+    Compiled once per (device, file, entry, constants) and cached, so callers
+    can ask for a kernel on every call without recompiling.
+
+    Args:
+        device: from :func:`neumours.device.get_device`.
+        file: module file name relative to ``slang/``, e.g. ``"encoding.slang"``.
+        entry: name of a ``[shader("compute")]`` function in that file.
+        constants: compile-time constants (``#define`` name → int/float/bool).
+    """
+    constants = dict(constants or {})
+    key = (file, entry, tuple(sorted((k, _define_value(v)) for k, v in constants.items())))
+    per_device = _KERNELS.setdefault(device, {})
+    if key not in per_device:
+        per_device[key] = Kernel(device, file, entry, constants)
+    return per_device[key]

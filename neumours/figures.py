@@ -1,0 +1,85 @@
+"""Figures written as PNG: case montages (and, later, paper-style comparisons).
+
+matplotlib with the Agg backend, so figures are made on machines without a
+display; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from neumours.atomic import atomic_path  # noqa: E402
+from neumours.regions import LABEL_COLOURS  # noqa: E402
+
+_MODALITY_TITLES = {"t1n": "T1n", "t1c": "T1c", "t2w": "T2w", "t2f": "FLAIR"}
+
+
+def tumour_centre(label: np.ndarray | None, shape: Sequence[int]) -> tuple[int, int, int]:
+    """Voxel index of the tumour's centroid, or of the volume's centre without one."""
+    if label is not None and label.any():
+        return tuple(int(round(c)) for c in np.argwhere(label > 0).mean(axis=0))
+    return tuple(int(s) // 2 for s in shape)
+
+
+def label_overlay(label_slice: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """RGBA image (H, W, 4) colouring labels 1..3, transparent elsewhere."""
+    rgba = np.zeros(label_slice.shape + (4,), np.float32)
+    for value, colour in LABEL_COLOURS.items():
+        rgba[label_slice == value] = (*colour, alpha)
+    return rgba
+
+
+def _window(image: np.ndarray) -> tuple[float, float]:
+    brain = image[image != 0]
+    if brain.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(brain, [0.5, 99.5])
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def _planes(volume: np.ndarray, centre: Sequence[int]) -> dict[str, np.ndarray]:
+    """Axial (fixed z) and coronal (fixed y) slices, oriented for display (rows = up)."""
+    x, y, z = centre
+    return {"axial": np.rot90(volume[:, :, z]), "coronal": np.rot90(volume[:, y, :])}
+
+
+def case_montage(cases, path, modalities: Sequence[str] = ("t1n", "t1c", "t2w", "t2f")) -> Path:
+    """Write a montage: per case an axial and a coronal row of the four modalities
+    with the label overlay, through the tumour centre.
+
+    Args:
+        cases: objects with ``case_id``, ``images`` (4, X, Y, Z) and ``label`` (X, Y, Z) or None.
+        path: output PNG.
+    """
+    cases = list(cases)
+    rows = 2 * len(cases)
+    fig, axes = plt.subplots(rows, len(modalities), figsize=(2.4 * len(modalities), 2.4 * rows), squeeze=False)
+    for c, case in enumerate(cases):
+        centre = tumour_centre(case.label, case.images.shape[1:])
+        labels = _planes(case.label, centre) if case.label is not None else None
+        for m, name in enumerate(modalities):
+            lo, hi = _window(case.images[m])
+            for r, (plane, image) in enumerate(_planes(case.images[m], centre).items()):
+                ax = axes[2 * c + r, m]
+                ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+                if labels is not None:
+                    ax.imshow(label_overlay(labels[plane]), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c == 0 and r == 0:
+                    ax.set_title(_MODALITY_TITLES.get(name, name), fontsize=10)
+                if m == 0:
+                    ax.set_ylabel(f"{case.case_id}\n{plane}", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path

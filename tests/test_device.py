@@ -1,0 +1,77 @@
+"""Device selection, the kernel cache and the accumulation helper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neumours.device import download, get_device, load_kernel, upload, zeros_buffer
+from neumours.errors import DeviceUnavailableError
+
+
+def test_cpu_device_has_slang_include_path(cpu_device):
+    kernel = load_kernel(cpu_device, "encoding_kernels.slang", "encode_forward", {"NUM_FREQS": 2})
+    assert kernel.program is not None
+
+
+def test_devices_are_reused():
+    assert get_device("cpu") is get_device("cpu")
+
+
+def test_auto_falls_back_and_env_overrides(monkeypatch):
+    monkeypatch.setenv("NEUMOURS_DEVICE", "cpu")
+    assert get_device("cuda") is get_device("cpu")
+
+
+def test_unknown_kind_is_a_clear_error():
+    with pytest.raises(DeviceUnavailableError, match="not one of"):
+        get_device("tpu")
+
+
+def test_unavailable_kind_is_a_clear_error(monkeypatch):
+    # Make every backend fail, as on a machine without it.
+    import neumours.device.select as select
+
+    def fail(kind):
+        raise RuntimeError("Failed to create device!")
+
+    monkeypatch.setattr(select, "_create", fail)
+    monkeypatch.setattr(select, "_DEVICES", {})
+    with pytest.raises(DeviceUnavailableError, match="'metal' is not available"):
+        get_device("metal")
+    with pytest.raises(DeviceUnavailableError, match="no compute device"):
+        get_device("auto")
+
+
+def test_kernel_cache_keys_on_constants(cpu_device):
+    a = load_kernel(cpu_device, "encoding_kernels.slang", "encode_forward", {"NUM_FREQS": 2})
+    b = load_kernel(cpu_device, "encoding_kernels.slang", "encode_forward", {"NUM_FREQS": 2})
+    c = load_kernel(cpu_device, "encoding_kernels.slang", "encode_forward", {"NUM_FREQS": 3})
+    assert a is b and a is not c
+
+
+def test_scatter_add_accumulates_collisions(cpu_device, rng):
+    n, bins = 5000, 17
+    values = rng.normal(size=n).astype(np.float32)
+    indices = rng.integers(0, bins, n).astype(np.uint32)
+    out = zeros_buffer(cpu_device, bins)
+    kernel = load_kernel(cpu_device, "accumulate_kernels.slang", "scatter_add")
+    kernel(n, params={"values": upload(cpu_device, values), "indices": upload(cpu_device, indices, np.uint32),
+                      "out": out, "count": n})
+    expected = np.zeros(bins)
+    np.add.at(expected, indices, values.astype(np.float64))
+    np.testing.assert_allclose(download(out, (bins,)), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_scatter_add_gpu_atomics(cuda_device, rng):
+    n, bins = 1 << 20, 64
+    values = rng.normal(size=n).astype(np.float32)
+    indices = rng.integers(0, bins, n).astype(np.uint32)
+    out = zeros_buffer(cuda_device, bins)
+    kernel = load_kernel(cuda_device, "accumulate_kernels.slang", "scatter_add")
+    kernel(n, params={"values": upload(cuda_device, values), "indices": upload(cuda_device, indices, np.uint32),
+                      "out": out, "count": n})
+    expected = np.zeros(bins)
+    np.add.at(expected, indices, values.astype(np.float64))
+    np.testing.assert_allclose(download(out, (bins,)), expected, rtol=1e-3, atol=1e-2)
