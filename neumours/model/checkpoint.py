@@ -1,0 +1,163 @@
+"""INR checkpoints: safetensors files with SPEC.md tensor names and the config inside.
+
+A checkpoint holds float32 tensors named as in SPEC.md ("spatial.weight", ...,
+"head.bias"), so ``TorchINR().load_state_dict`` or any safetensors reader can use
+it, plus string metadata: ``format`` ("neumours-inr/1"), ``config`` (JSON of
+:meth:`INRConfig.to_dict`) and whatever the caller adds (case, step, Dice...).
+Files are written atomically; every problem when reading is one
+:class:`NeumoursError` line naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import safetensors.numpy
+from safetensors import safe_open
+
+from neumours.atomic import atomic_path
+from neumours.errors import NeumoursError
+from neumours.model.config import INRConfig
+from neumours.model.params import ParamLayout
+
+#: Value of the ``format`` metadata key; bump the number on an incompatible change.
+CHECKPOINT_FORMAT = "neumours-inr/1"
+_RESERVED = ("format", "config")
+_FLOAT_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
+
+
+def _flat_or_pack(layout: ParamLayout, state: Any) -> np.ndarray:
+    if not isinstance(state, Mapping) and tuple(getattr(state, "shape", ())) == (layout.total,):
+        return layout.pack(layout.views(state))
+    return layout.pack(state)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    state: Mapping[str, Any],
+    config: INRConfig,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the INR's weights and config to ``path`` (safetensors, atomically).
+
+    Args:
+        path: target file, normally ``*.safetensors``; parent folders are created.
+        state: name -> numpy array or torch tensor with SPEC.md names and shapes
+            (``TorchINR.state_dict()``, ``TorchBridge.state_dict()``), or the flat
+            (total,) parameter vector of :class:`ParamLayout`.
+        config: the network sizes, stored so the loader can rebuild the network.
+        metadata: extra str -> str entries (``format`` and ``config`` are reserved).
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        NeumoursError: tensors that do not fit ``config``, or NaN/Inf weights
+            (such a file could never be loaded, so it is not written).
+        ValueError: metadata that is not str -> str or uses a reserved key.
+    """
+    path = Path(path)
+    layout = ParamLayout(config)
+    flat = _flat_or_pack(layout, state)
+    views = layout.views(flat)
+    for name, value in views.items():
+        if not np.all(np.isfinite(value)):
+            raise NeumoursError(f"{path}: refusing to save a checkpoint whose tensor {name} holds NaN or Inf")
+    meta = {"format": CHECKPOINT_FORMAT, "config": json.dumps(config.to_dict(), sort_keys=True)}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"checkpoint metadata must map str to str, got {key!r}: {value!r}")
+        if key in _RESERVED:
+            raise ValueError(f"checkpoint metadata key {key!r} is reserved")
+        meta[key] = value
+    data = safetensors.numpy.save({n: np.ascontiguousarray(v) for n, v in views.items()}, metadata=meta)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def _config_diff(found: INRConfig, expected: INRConfig) -> str:
+    a, b = found.to_dict(), expected.to_dict()
+    return "; ".join(f"checkpoint has {k}={a[k]}, expected {b[k]}" for k in a if a[k] != b[k])
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load_checkpoint(
+    path: str | os.PathLike, expected_config: INRConfig | None = None
+) -> tuple[dict[str, np.ndarray], INRConfig, dict[str, str]]:
+    """Read a checkpoint written by :func:`save_checkpoint` and check it fully.
+
+    Args:
+        path: the ``.safetensors`` file.
+        expected_config: when given, the stored config must equal it (e.g. the
+            network a training run or the kernels were built for).
+
+    Returns:
+        ``(state, config, metadata)``: name -> float32 array in layout order,
+        the stored :class:`INRConfig`, and the caller's metadata (without the
+        reserved ``format`` and ``config`` keys).
+
+    Raises:
+        NeumoursError: one line naming the file: missing, not a safetensors file
+            (or truncated), not a Neumours INR checkpoint, a config other than
+            ``expected_config`` (naming each differing field), tensors that do not
+            fit the stored config, or NaN/Inf weights.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise NeumoursError(f"{path}: checkpoint file not found")
+    if not path.is_file():
+        raise NeumoursError(f"{path}: checkpoint path is not a file")
+    try:
+        handle = safe_open(str(path), framework="numpy")
+    except Exception as exc:  # SafetensorError, OSError: truncated, garbage, unreadable
+        reason = _one_line(exc).removeprefix("Error while deserializing header: ")
+        raise NeumoursError(f"{path}: not a readable safetensors file, or truncated ({reason})") from None
+    with handle as f:
+        meta = dict(f.metadata() or {})
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            found = f"format {meta['format']!r}" if "format" in meta else "no neumours metadata"
+            raise NeumoursError(
+                f"{path}: not a Neumours INR checkpoint ({found}; expected format {CHECKPOINT_FORMAT!r})"
+            )
+        try:
+            config = INRConfig.from_dict(json.loads(meta.get("config", "")))
+        except (json.JSONDecodeError, NeumoursError) as exc:
+            raise NeumoursError(f"{path}: invalid config in checkpoint metadata ({_one_line(exc)})") from None
+        if expected_config is not None and config != expected_config:
+            raise NeumoursError(f"{path}: configuration differs: {_config_diff(config, expected_config)}")
+        layout = ParamLayout(config)
+        names = set(f.keys())
+        missing = [n for n in layout.names if n not in names]
+        extra = sorted(names - set(layout.names))
+        if missing or extra:
+            parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+                [f"unexpected {', '.join(extra)}"] if extra else []
+            )
+            raise NeumoursError(f"{path}: tensors do not match its own config ({'; '.join(parts)})")
+        state: dict[str, np.ndarray] = {}
+        for name in layout.names:
+            tensor = f.get_slice(name)
+            shape, dtype = tuple(tensor.get_shape()), tensor.get_dtype()
+            if shape != layout.shape(name):
+                raise NeumoursError(
+                    f"{path}: tensor {name} has shape {shape}, but its config needs {layout.shape(name)}"
+                )
+            if dtype not in _FLOAT_DTYPES:
+                raise NeumoursError(f"{path}: tensor {name} has dtype {dtype}, expected F32")
+            value = np.array(f.get_tensor(name), dtype=np.float32)
+            if not np.all(np.isfinite(value)):
+                bad = int(np.count_nonzero(~np.isfinite(value)))
+                raise NeumoursError(f"{path}: tensor {name} holds {bad} NaN/Inf value(s) of {math.prod(shape)}")
+            state[name] = value
+    user = {k: v for k, v in meta.items() if k not in _RESERVED}
+    return state, config, user

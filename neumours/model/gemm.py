@@ -1,0 +1,151 @@
+"""Python side of ``slang/gemm_kernels.slang``: one tiled matrix product for every
+dense layer of the INR, forward and backward.
+
+``gemm(device, a, b, out, ...)`` computes ``C[m, n] = sum_k A(m, k) B(n, k)``
+with an epilogue (store with bias/ReLU, ReLU-gradient mask, or accumulate).
+Operands are :class:`Strided` views of flat float32 buffers, so ``X W^T``,
+``dY W`` and ``dY^T X`` all run without transposed copies, or :class:`Fourier`
+encodings of a coordinate buffer, computed inside the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import slangpy as spy
+
+from neumours.device import load_kernel
+
+_FILE = "gemm_kernels.slang"
+
+
+@dataclass(frozen=True)
+class Strided:
+    """Matrix view ``M(row, k) = buffer[offset + row * stride_row + k * stride_k]``."""
+
+    buffer: spy.Buffer
+    stride_row: int
+    stride_k: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Fourier:
+    """The Fourier features of ``coords`` (a (P, 3) float32 buffer), K = ``num_freqs``.
+
+    As operand A: rows are points and k the feature. As operand B: k runs over
+    points and rows are features (used for the spatial head's weight gradient).
+    """
+
+    coords: spy.Buffer
+    num_freqs: int
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Work split of one group: a tile_m x tile_n block of C, thread_m x thread_n per thread."""
+
+    tile_m: int
+    tile_n: int
+    tile_k: int
+    thread_m: int
+    thread_n: int
+
+    @property
+    def threads(self) -> int:
+        return (self.tile_m // self.thread_m) * (self.tile_n // self.thread_n)
+
+
+#: 64 x 64 blocks, 4 x 4 per thread (256 threads): layers with many outputs.
+WIDE = Tiles(64, 64, 16, 4, 4)
+#: 128 x 4 blocks: layers with few outputs (the 4 logits, bias sums).
+NARROW = Tiles(128, 4, 16, 2, 4)
+
+STORE, RELU_GRAD, ACCUMULATE = 0, 1, 2
+
+
+def _tiles_for(n: int) -> Tiles:
+    return NARROW if n <= 8 else WIDE
+
+
+def _operand(view, prefix: str, params: dict) -> int:
+    if isinstance(view, Fourier):
+        params[prefix] = view.coords
+        params[f"{prefix}_offset"] = 0
+        params[f"{prefix}_stride_{'m' if prefix == 'a' else 'n'}"] = 0
+        params[f"{prefix}_stride_k"] = 0
+        return 1
+    params[prefix] = view.buffer
+    params[f"{prefix}_offset"] = int(view.offset)
+    params[f"{prefix}_stride_{'m' if prefix == 'a' else 'n'}"] = int(view.stride_row)
+    params[f"{prefix}_stride_k"] = int(view.stride_k)
+    return 0
+
+
+def gemm(
+    device: spy.Device,
+    a: Strided | Fourier,
+    b: Strided | Fourier,
+    out: Strided,
+    m: int,
+    n: int,
+    k: int,
+    *,
+    epilogue: int = STORE,
+    bias: Strided | None = None,
+    relu: bool = False,
+    mask: Strided | None = None,
+    splits: int = 1,
+    tiles: Tiles | None = None,
+) -> None:
+    """Dispatch ``C = A B^T`` (m x n, summing k) with an epilogue.
+
+    Args:
+        a: A(m, k) view; b: B(n, k) view; out: C view (``stride_k`` unused; rows
+            are ``stride_row`` apart, columns contiguous).
+        epilogue: ``STORE`` (C = acc + bias, ReLU optional), ``RELU_GRAD``
+            (C = acc where mask > 0 else 0) or ``ACCUMULATE`` (C += acc).
+        bias: view of n biases (STORE only). mask: H(m, n) view (RELU_GRAD only).
+        splits: split the k sum over this many groups (ACCUMULATE only), so a
+            weight gradient over many points fills the GPU and each weight gets
+            ``splits`` atomic adds in all.
+        tiles: work split; chosen from ``n`` when omitted.
+    """
+    if splits > 1 and epilogue != ACCUMULATE:
+        raise ValueError("split-k needs the ACCUMULATE epilogue")
+    tiles = tiles or _tiles_for(n)
+    params: dict = {}
+    num_freqs = 0
+    a_source = _operand(a, "a", params)
+    b_source = _operand(b, "b", params)
+    for view in (a, b):
+        if isinstance(view, Fourier):
+            num_freqs = view.num_freqs
+    params["bias"] = bias.buffer if bias is not None else out.buffer
+    params["bias_offset"] = int(bias.offset) if bias is not None else 0
+    params["mask"] = mask.buffer if mask is not None else out.buffer
+    params["mask_offset"] = int(mask.offset) if mask is not None else 0
+    params["mask_stride"] = int(mask.stride_row) if mask is not None else 0
+    params["c"] = out.buffer
+    params["c_offset"] = int(out.offset)
+    params["c_stride"] = int(out.stride_row)
+    k_chunk = -(-k // max(splits, 1))
+    k_chunk = -(-k_chunk // tiles.tile_k) * tiles.tile_k
+    params.update(size_m=int(m), size_n=int(n), size_k=int(k), k_chunk=int(k_chunk))
+    constants = {
+        "TILE_M": tiles.tile_m,
+        "TILE_N": tiles.tile_n,
+        "TILE_K": tiles.tile_k,
+        "THREAD_M": tiles.thread_m,
+        "THREAD_N": tiles.thread_n,
+        "A_SOURCE": a_source,
+        "B_SOURCE": b_source,
+        "EPILOGUE": epilogue,
+        "HAS_BIAS": bias is not None,
+        "RELU": relu,
+        "NUM_FREQS": num_freqs,
+        "USE_GROUPSHARED": device.info.type != spy.DeviceType.cpu,
+    }
+    kernel = load_kernel(device, _FILE, "gemm", constants)
+    groups = (-(-m // tiles.tile_m), -(-n // tiles.tile_n), -(-k // k_chunk) if k else 1)
+    kernel((groups[0] * tiles.threads, groups[1], groups[2]), g=params)

@@ -1,0 +1,89 @@
+"""The INR's inputs read on the device: normalised coordinates and modality patches.
+
+Normalised volumes of one or more cases live in one flat device buffer with a
+small case table (offset, X, Y, Z per case); ``slang/patch_kernels.slang``
+turns voxel positions (training samples) or a chunk of a regular grid (volume
+caching) into coordinates (N, 3) and patches (N, 4 * 27) without a host round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import slangpy as spy
+
+from neumours.device import load_kernel, upload
+from neumours.model.config import INRConfig
+
+_FILE = "patch_kernels.slang"
+
+
+@dataclass
+class DeviceVolumes:
+    """Normalised (modalities, X, Y, Z) volumes of several cases in one device buffer.
+
+    Attributes:
+        volumes: flat float32 buffer, the cases one after another, C-order.
+        case_table: uint32 buffer (num_cases, 4): float offset, X, Y, Z.
+        shapes: (X, Y, Z) of every case.
+    """
+
+    device: spy.Device
+    volumes: spy.Buffer
+    case_table: spy.Buffer
+    shapes: list[tuple[int, int, int]]
+    num_modalities: int
+
+    @classmethod
+    def upload(cls, device: spy.Device, images: Sequence[np.ndarray]) -> "DeviceVolumes":
+        """Copy normalised volumes, each (modalities, X, Y, Z) float32, to the device."""
+        images = [np.ascontiguousarray(im, dtype=np.float32) for im in images]
+        if not images or any(im.ndim != 4 or im.shape[0] != images[0].shape[0] for im in images):
+            raise ValueError("volumes must be a non-empty list of (modalities, X, Y, Z) arrays")
+        table, offset = [], 0
+        for im in images:
+            table.append((offset, *im.shape[1:]))
+            offset += im.size
+        if offset >= 2**32:
+            raise ValueError("volumes exceed 2^32 floats; use fewer cases per pool")
+        flat = np.concatenate([im.reshape(-1) for im in images])
+        return cls(device, upload(device, flat), upload(device, np.array(table, np.uint32), np.uint32),
+                   [tuple(int(s) for s in im.shape[1:]) for im in images], images[0].shape[0])
+
+
+def _constants(config: INRConfig) -> dict:
+    return {"NUM_MODALITIES": config.num_modalities, "PATCH_SIZE": config.patch_size}
+
+
+def gather_inputs(config: INRConfig, vols: DeviceVolumes, positions: spy.Buffer, case_ids: spy.Buffer,
+                  count: int, coords: spy.Buffer, patches: spy.Buffer) -> None:
+    """Coordinates and patches for ``count`` points given as voxel positions.
+
+    Args:
+        positions: (count, 3) float32 voxel positions (integral = on the grid;
+            otherwise patches are trilinear samples at +-1 voxel).
+        case_ids: (count,) uint32 index into ``vols``.
+        coords: output (count, 3). patches: output (count, config.patch_dim).
+    """
+    kernel = load_kernel(vols.device, _FILE, "gather_inputs", _constants(config))
+    kernel(count, params={"volumes": vols.volumes, "case_table": vols.case_table, "positions": positions,
+                          "case_ids": case_ids, "coords": coords, "patches": patches, "count": count})
+
+
+def grid_inputs(config: INRConfig, vols: DeviceVolumes, case_id: int, grid: Sequence[int], start: int,
+                count: int, coords: spy.Buffer, patches: spy.Buffer) -> None:
+    """Coordinates and patches for grid points ``start .. start + count`` (C-order) of one case.
+
+    ``grid`` is the output grid shape: the case's own shape for plain caching,
+    or an S-times finer grid of the same field of view (super-resolution),
+    whose point i sits at voxel position i * (D - 1) / (G - 1).
+    """
+    dims = np.array(vols.shapes[case_id], np.float64)
+    grid = np.array(grid, np.int64)
+    step = np.where(grid > 1, (dims - 1) / np.maximum(grid - 1, 1), 0.0).astype(np.float32)
+    kernel = load_kernel(vols.device, _FILE, "grid_inputs", _constants(config))
+    kernel(count, grid_params={"volumes": vols.volumes, "case_table": vols.case_table, "coords": coords,
+                               "patches": patches, "case_id": int(case_id), "grid": [int(g) for g in grid],
+                               "step": [float(s) for s in step], "start": int(start), "count": int(count)})

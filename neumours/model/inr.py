@@ -1,0 +1,259 @@
+"""The INR of SPEC.md run by Slang kernels, its parameters in one flat device buffer.
+
+Forward for N points (all device-resident, no host round trip):
+
+    H0[:, :S] = relu(gamma(coords) Ws^T + bs)     gemm, Fourier features made in-kernel
+    H0[:, S:] = relu(patches Wm^T + bm)           gemm (the valid 3x3x3 conv is a dot product)
+    H{l+1}    = relu(H{l} W{l}^T + b{l})          gemm, l = 0 .. hidden_layers - 1
+    logits    = H{L} Wh^T + bh                    gemm
+
+Backward walks the same layers: dW += delta^T H (split over points, reduced per
+group before one atomic add per weight and group), delta_prev = (delta W) * [H > 0].
+Every product is ``slang/gemm_kernels.slang``; see neumours/model/gemm.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import slangpy as spy
+
+from neumours.bridge import TorchBridge
+from neumours.device import download, empty_buffer, get_device, load_kernel, upload
+from neumours.model.config import INRConfig
+from neumours.model.gemm import ACCUMULATE, RELU_GRAD, Fourier, Strided, gemm
+from neumours.model.params import ParamLayout, init_params
+
+
+@dataclass
+class Workspace:
+    """Device buffers for a batch of up to ``capacity`` points.
+
+    ``hidden[l]`` is H_l (capacity, hidden_width) for l = 0 .. hidden_layers;
+    ``delta`` holds two (capacity, hidden_width) gradient buffers used in turn.
+    """
+
+    capacity: int
+    hidden: list
+    delta: list
+    grad_gamma: spy.Buffer | None = None
+    grad_coords: spy.Buffer | None = None
+    grad_patches: spy.Buffer | None = None
+
+
+class INR:
+    """The network of SPEC.md as Slang kernels, with torch-shared parameters.
+
+    Args:
+        config: network sizes; default the paper's (262,020 parameters).
+        device: slangpy device; default :func:`neumours.device.get_device`.
+        seed: seed of the torch-like default initialisation.
+
+    The flat parameter and gradient buffers are ``self.bridge.params_buffer`` and
+    ``self.bridge.grads_buffer``; ``self.bridge`` exposes them to torch optimisers.
+    """
+
+    def __init__(self, config: INRConfig | None = None, device: spy.Device | None = None, seed: int = 0):
+        self.config = config or INRConfig.paper()
+        self.device = device or get_device()
+        self.layout = ParamLayout(self.config)
+        self.bridge = TorchBridge(self.device, self.layout, init_params(self.config, seed))
+        self._ones = upload(self.device, np.ones(1, np.float32))
+        self._workspace: Workspace | None = None
+
+    # ------------------------------------------------------------------ parameters
+    def num_parameters(self) -> int:
+        """Number of scalars in the network (262,020 for the paper's config)."""
+        return self.layout.total
+
+    def state_dict(self):
+        """Parameters as torch tensors named as in SPEC.md (copies)."""
+        return self.bridge.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        """Load parameters from torch tensors or numpy arrays with SPEC.md names and shapes."""
+        self.bridge.load_state_dict(state)
+
+    def zero_grad(self) -> None:
+        self.bridge.zero_grads()
+
+    def _weight(self, name: str) -> Strided:
+        shape = self.layout.shape(name)
+        fan_in = int(np.prod(shape[1:]))
+        return Strided(self.bridge.params_buffer, fan_in, 1, self.layout.offset(name))
+
+    def _weight_transposed(self, name: str) -> Strided:
+        shape = self.layout.shape(name)
+        fan_in = int(np.prod(shape[1:]))
+        return Strided(self.bridge.params_buffer, 1, fan_in, self.layout.offset(name))
+
+    def _vector(self, name: str) -> Strided:
+        return Strided(self.bridge.params_buffer, 1, 0, self.layout.offset(name))
+
+    def _grad(self, name: str) -> Strided:
+        shape = self.layout.shape(name)
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        return Strided(self.bridge.grads_buffer, fan_in, 1, self.layout.offset(name))
+
+    # ------------------------------------------------------------------ workspace
+    def workspace(self, count: int, input_grads: bool = False) -> Workspace:
+        """Buffers for ``count`` points, grown on demand and reused between calls."""
+        cfg = self.config
+        ws = self._workspace
+        if ws is None or ws.capacity < count:
+            hidden = [empty_buffer(self.device, count * cfg.hidden_width) for _ in range(cfg.hidden_layers + 1)]
+            delta = [empty_buffer(self.device, count * cfg.hidden_width) for _ in range(2)]
+            ws = self._workspace = Workspace(count, hidden, delta)
+        if input_grads and ws.grad_gamma is None:
+            ws.grad_gamma = empty_buffer(self.device, ws.capacity * cfg.fourier_dim)
+            ws.grad_coords = empty_buffer(self.device, ws.capacity * 3)
+            ws.grad_patches = empty_buffer(self.device, ws.capacity * cfg.patch_dim)
+        return ws
+
+    def _splits(self, m: int, n: int, count: int) -> int:
+        """How many groups share the point sum of a weight gradient (GPU occupancy)."""
+        if self.device.info.type == spy.DeviceType.cpu:
+            return 1
+        groups = -(-m // 64) * -(-n // 64)
+        return int(max(1, min(-(-count // 256), -(-512 // groups))))
+
+    # ------------------------------------------------------------------ device API
+    def forward_device(self, coords: spy.Buffer, patches: spy.Buffer, count: int, logits: spy.Buffer,
+                       workspace: Workspace | None = None) -> Workspace:
+        """Logits for ``count`` points, every buffer on the device.
+
+        Args:
+            coords: (count, 3) float32 in [-1, 1]. patches: (count, patch_dim) float32.
+            logits: output, (count, num_classes) float32.
+            workspace: from :meth:`workspace`; keeps every H_l for :meth:`backward_device`.
+        """
+        cfg, dev = self.config, self.device
+        ws = workspace or self.workspace(count)
+        hid, S = cfg.hidden_width, cfg.spatial_width
+        h0 = ws.hidden[0]
+        gemm(dev, Fourier(coords, cfg.num_freqs), self._weight("spatial.weight"), Strided(h0, hid, 1, 0),
+             count, S, cfg.fourier_dim, bias=self._vector("spatial.bias"), relu=True)
+        gemm(dev, Strided(patches, cfg.patch_dim, 1), self._weight("modality.weight"), Strided(h0, hid, 1, S),
+             count, cfg.modality_width, cfg.patch_dim, bias=self._vector("modality.bias"), relu=True)
+        for layer in range(cfg.hidden_layers):
+            gemm(dev, Strided(ws.hidden[layer], hid, 1), self._weight(f"mlp.{layer}.weight"),
+                 Strided(ws.hidden[layer + 1], hid, 1), count, hid, hid,
+                 bias=self._vector(f"mlp.{layer}.bias"), relu=True)
+        gemm(dev, Strided(ws.hidden[-1], hid, 1), self._weight("head.weight"), Strided(logits, cfg.num_classes, 1),
+             count, cfg.num_classes, hid, bias=self._vector("head.bias"))
+        return ws
+
+    def _accumulate_weight_grads(self, name: str, delta: Strided, inputs, out_width: int, in_width: int,
+                                 count: int) -> None:
+        """dW += delta^T inputs and db += sum(delta) over ``count`` points."""
+        dev = self.device
+        gemm(dev, delta, inputs, self._grad(name + ".weight"), out_width, in_width, count,
+             epilogue=ACCUMULATE, splits=self._splits(out_width, in_width, count))
+        gemm(dev, delta, Strided(self._ones, 0, 0), self._grad(name + ".bias"), out_width, 1, count,
+             epilogue=ACCUMULATE, splits=self._splits(out_width, 1, count))
+
+    def backward_device(self, coords: spy.Buffer, patches: spy.Buffer, count: int, grad_logits: spy.Buffer,
+                        workspace: Workspace, input_grads: bool = False) -> None:
+        """Accumulate dL/dparams into the gradient buffer, given dL/dlogits.
+
+        Args:
+            coords, patches: the inputs of the matching :meth:`forward_device` call.
+            grad_logits: (count, num_classes) float32.
+            workspace: the workspace that forward filled (its H_l are read).
+            input_grads: also write dL/dcoords (count, 3) and dL/dpatches
+                (count, patch_dim) into ``workspace.grad_coords`` / ``grad_patches``.
+        """
+        cfg, dev, ws = self.config, self.device, workspace
+        hid, S, C = cfg.hidden_width, cfg.spatial_width, cfg.num_classes
+        # Head: dWh += G^T H_L; delta_L = (G Wh) * [H_L > 0].
+        self._accumulate_weight_grads("head", Strided(grad_logits, 1, C), Strided(ws.hidden[-1], 1, hid),
+                                      C, hid, count)
+        delta = ws.delta[0]
+        gemm(dev, Strided(grad_logits, C, 1), self._weight_transposed("head.weight"), Strided(delta, hid, 1),
+             count, hid, C, epilogue=RELU_GRAD, mask=Strided(ws.hidden[-1], hid, 1))
+        for layer in reversed(range(cfg.hidden_layers)):
+            self._accumulate_weight_grads(f"mlp.{layer}", Strided(delta, 1, hid), Strided(ws.hidden[layer], 1, hid),
+                                          hid, hid, count)
+            below = ws.delta[1] if delta is ws.delta[0] else ws.delta[0]
+            gemm(dev, Strided(delta, hid, 1), self._weight_transposed(f"mlp.{layer}.weight"), Strided(below, hid, 1),
+                 count, hid, hid, epilogue=RELU_GRAD, mask=Strided(ws.hidden[layer], hid, 1))
+            delta = below
+        # Heads: delta is dL/d(pre-activation) of H0 = [spatial, modality].
+        self._accumulate_weight_grads("spatial", Strided(delta, 1, hid), Fourier(coords, cfg.num_freqs),
+                                      S, cfg.fourier_dim, count)
+        self._accumulate_weight_grads("modality", Strided(delta, 1, hid, S), Strided(patches, 1, cfg.patch_dim),
+                                      cfg.modality_width, cfg.patch_dim, count)
+        if input_grads:
+            self._input_grads(coords, count, delta, ws)
+
+    def _input_grads(self, coords: spy.Buffer, count: int, delta: spy.Buffer, ws: Workspace) -> None:
+        cfg, dev = self.config, self.device
+        hid, S, F = cfg.hidden_width, cfg.spatial_width, cfg.fourier_dim
+        gemm(dev, Strided(delta, hid, 1), self._weight_transposed("spatial.weight"), Strided(ws.grad_gamma, F, 1),
+             count, F, S)
+        gemm(dev, Strided(delta, hid, 1, S), self._weight_transposed("modality.weight"),
+             Strided(ws.grad_patches, cfg.patch_dim, 1), count, cfg.patch_dim, cfg.modality_width)
+        kernel = load_kernel(dev, "encoding_kernels.slang", "encode_backward", {"NUM_FREQS": cfg.num_freqs})
+        kernel(count, params={"points": coords, "grad_features": ws.grad_gamma, "grad_points": ws.grad_coords,
+                              "count": count})
+
+    # ------------------------------------------------------------------ host API
+    def _host_inputs(self, coords: np.ndarray, patches: np.ndarray):
+        cfg = self.config
+        coords = np.asarray(coords, dtype=np.float32)
+        patches = np.asarray(patches, dtype=np.float32)
+        if coords.ndim != 2 or coords.shape[1] != 3:
+            raise ValueError(f"coords must have shape (N, 3), got {coords.shape}")
+        p = cfg.patch_size
+        expected = (len(coords), cfg.num_modalities, p, p, p)
+        if patches.shape != expected and patches.shape != (len(coords), cfg.patch_dim):
+            raise ValueError(f"patches must have shape {expected}, got {patches.shape}")
+        if not (np.isfinite(coords).all() and np.isfinite(patches).all()):
+            raise ValueError("coords or patches contain NaN or Inf")
+        return upload(self.device, coords), upload(self.device, patches.reshape(len(coords), -1)), len(coords)
+
+    def forward(self, coords: np.ndarray, patches: np.ndarray) -> np.ndarray:
+        """Logits for points given on the host.
+
+        Args:
+            coords: (N, 3) in [-1, 1]. patches: (N, 4, 3, 3, 3) normalised intensities.
+
+        Returns:
+            (N, num_classes) float32 logits.
+        """
+        c, p, n = self._host_inputs(coords, patches)
+        logits = empty_buffer(self.device, n * self.config.num_classes)
+        if n:
+            self.bridge.push_params()
+            self.forward_device(c, p, n, logits)
+        return download(logits, (n, self.config.num_classes))
+
+    def backward(self, coords: np.ndarray, patches: np.ndarray, grad_logits: np.ndarray,
+                 input_grads: bool = False) -> dict[str, np.ndarray]:
+        """Gradients of a loss given dL/dlogits, for points given on the host.
+
+        Gradients start from zero (unlike :meth:`backward_device`, which accumulates).
+
+        Returns:
+            ``{name: gradient}`` with SPEC.md names and shapes, plus ``"coords"``
+            (N, 3) and ``"patches"`` (N, 4, 3, 3, 3) when ``input_grads``.
+        """
+        c, p, n = self._host_inputs(coords, patches)
+        grad_logits = np.asarray(grad_logits, dtype=np.float32)
+        if grad_logits.shape != (n, self.config.num_classes):
+            raise ValueError(f"grad_logits must have shape {(n, self.config.num_classes)}, got {grad_logits.shape}")
+        self.bridge.push_params()
+        self.bridge.zero_grads()
+        if n:
+            ws = self.workspace(n, input_grads)
+            self.forward_device(c, p, n, empty_buffer(self.device, n * self.config.num_classes), ws)
+            self.backward_device(c, p, n, upload(self.device, grad_logits), ws, input_grads)
+        flat = download(self.bridge.grads_buffer, (self.layout.total,))
+        grads = {name: view.copy() for name, view in self.layout.views(flat).items()}
+        if input_grads:
+            cfg = self.config
+            grads["coords"] = download(ws.grad_coords, (n, 3)) if n else np.zeros((0, 3), np.float32)
+            shape = (n, cfg.num_modalities) + (cfg.patch_size,) * 3
+            grads["patches"] = download(ws.grad_patches, shape) if n else np.zeros(shape, np.float32)
+        return grads
