@@ -118,16 +118,24 @@ def test_gpu_full_config_matches_torch(cuda_device, rng):
     logits = inr.forward(coords, patches)
     grads = inr.backward(coords, patches, grad_logits, input_grads=True)
 
-    model = torch_reference(inr).cuda()
-    c = torch.from_numpy(coords).double().cuda().requires_grad_()
-    p = torch.from_numpy(patches).double().cuda().requires_grad_()
-    ref = model(c, p)
-    ref.backward(torch.from_numpy(grad_logits).double().cuda())
-    errors = {"logits": rel_err(logits, ref.detach().cpu().numpy())}
-    for name, param in model.named_parameters():
-        errors[name] = rel_err(grads[name], param.grad.cpu().numpy())
-    errors["coords"] = rel_err(grads["coords"], c.grad.cpu().numpy())
-    errors["patches"] = rel_err(grads["patches"], p.grad.cpu().numpy())
-    print("relative errors:", {k: f"{v:.2e}" for k, v in errors.items()})
-    assert errors.pop("logits") <= 1e-5
-    assert max(errors.values()) <= 1e-4, errors
+    def torch_run(dtype):
+        model = torch_reference(inr).to("cuda", dtype)
+        c = torch.from_numpy(coords).to("cuda", dtype).requires_grad_()
+        p = torch.from_numpy(patches).to("cuda", dtype).requires_grad_()
+        out = model(c, p)
+        out.backward(torch.from_numpy(grad_logits).to("cuda", dtype))
+        result = {"logits": out.detach().double().cpu().numpy(), "coords": c.grad.double().cpu().numpy(),
+                  "patches": p.grad.double().cpu().numpy()}
+        result.update({name: q.grad.double().cpu().numpy() for name, q in model.named_parameters()})
+        return result
+
+    ref = torch_run(torch.float64)
+    peer = torch_run(torch.float32)  # what fp32 arithmetic itself costs at this size
+    ours = dict(grads, logits=logits)
+    errors = {k: (rel_err(ours[k], ref[k]), rel_err(peer[k], ref[k])) for k in ref}
+    print("relative errors vs float64 (slang, torch fp32):", {k: f"{a:.1e}/{b:.1e}" for k, (a, b) in errors.items()})
+    assert errors["logits"][0] <= 1e-5
+    # Gradients summed over 65,536 points: as close to float64 as torch's own fp32 is
+    # (ReLU masks of near-zero pre-activations flip between fp32 and fp64), or 1e-4.
+    for name, (slang_err, torch_err) in errors.items():
+        assert slang_err <= max(1e-4, 2 * torch_err), (name, slang_err, torch_err)

@@ -9,6 +9,7 @@ once, in Python, and reach Slang only through these constants.
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from functools import cache
 from pathlib import Path
@@ -77,8 +78,13 @@ _KERNELS: "weakref.WeakKeyDictionary[spy.Device, dict]" = weakref.WeakKeyDiction
 def _session(device: spy.Device, defines: tuple[tuple[str, str], ...]) -> spy.SlangSession:
     per_device = _SESSIONS.setdefault(device, {})
     if defines not in per_device:
-        options = spy.SlangCompilerOptions({"include_paths": [str(slang_dir())], "defines": dict(defines)})
-        per_device[defines] = device.create_slang_session(options)
+        options = {"include_paths": [str(slang_dir())], "defines": dict(defines)}
+        dump = os.environ.get("NEUMOURS_SLANG_DUMP")
+        if dump:  # keep the generated target code (CUDA/PTX/C++) for inspection
+            Path(dump).mkdir(parents=True, exist_ok=True)
+            options["dump_intermediates"] = True
+            options["dump_intermediates_prefix"] = str(Path(dump) / ("_".join(f"{k}{v}" for k, v in defines) + "_"))
+        per_device[defines] = device.create_slang_session(spy.SlangCompilerOptions(options))
     return per_device[defines]
 
 

@@ -59,7 +59,7 @@ class Tiles:
 #: 64 x 64 blocks, 4 x 4 per thread (256 threads): layers with many outputs.
 WIDE = Tiles(64, 64, 16, 4, 4)
 #: 128 x 4 blocks: layers with few outputs (the 4 logits, bias sums).
-NARROW = Tiles(128, 4, 16, 2, 4)
+NARROW = Tiles(128, 4, 16, 4, 4)
 
 STORE, RELU_GRAD, ACCUMULATE = 0, 1, 2
 

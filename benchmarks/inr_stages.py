@@ -1,0 +1,133 @@
+"""Per-stage timing of the Slang INR on the GPU, each stage beside its torch equivalent.
+
+Stages on a chunk of points: patch gather (grid_inputs), the spatial head (Fourier
+features made in the kernel), a 256 x 256 hidden layer for every tile shape, and the
+cost of one kernel dispatch. Used to find where inr_throughput's time goes.
+
+    python benchmarks/inr_stages.py [--points 1048576] [--json stages.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import print_table, time_it, write_json  # noqa: E402
+from inr_throughput import TILE_VARIANTS, make_volume  # noqa: E402
+
+from neumours.device import describe, empty_buffer, get_device, load_kernel, upload, zeros_buffer  # noqa: E402
+from neumours.model.config import INRConfig  # noqa: E402
+from neumours.model.gemm import Fourier, Strided, gemm  # noqa: E402
+from neumours.model.inputs import DeviceVolumes, grid_inputs  # noqa: E402
+from neumours.model.reference import fourier_features_torch  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--points", type=int, default=1 << 20)
+    parser.add_argument("--json", default="inr_stages.json")
+    parser.add_argument("--single", default="", help="run one stage once (for ncu) and exit: hidden|spatial|gather")
+    args = parser.parse_args(argv)
+    device = get_device("cuda")
+    cfg, n = INRConfig.paper(), args.points
+    rng = np.random.default_rng(0)
+
+    def sync():
+        device.wait_for_idle()
+        torch.cuda.synchronize()
+
+    x_np = np.maximum(rng.normal(size=(n, 256)), 0).astype(np.float32)
+    w_np = (rng.normal(size=(256, 256)) / 16).astype(np.float32)
+    b_np = rng.normal(size=256).astype(np.float32)
+    x, w, b, y = upload(device, x_np), upload(device, w_np), upload(device, b_np), empty_buffer(device, n * 256)
+    coords_np = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+    ws_np = (rng.normal(size=(128, cfg.fourier_dim)) / 20).astype(np.float32)
+    coords, ws = upload(device, coords_np), upload(device, ws_np)
+
+    def hidden(tiles=None):
+        return lambda: gemm(device, Strided(x, 256, 1), Strided(w, 256, 1), Strided(y, 256, 1), n, 256, 256,
+                            bias=Strided(b, 1, 0), relu=True, tiles=tiles)
+
+    def spatial(tiles=None):
+        return lambda: gemm(device, Fourier(coords, cfg.num_freqs), Strided(ws, cfg.fourier_dim, 1),
+                            Strided(y, 256, 1), n, 128, cfg.fourier_dim, bias=Strided(b, 1, 0), relu=True, tiles=tiles)
+
+    shape = (240, 240, 155)
+    vols = DeviceVolumes.upload(device, [make_volume(shape)])
+    g_coords, g_patches = empty_buffer(device, n * 3), empty_buffer(device, n * cfg.patch_dim)
+
+    def gather():
+        grid_inputs(cfg, vols, 0, shape, 0, n, g_coords, g_patches)
+
+    if args.single:
+        {"hidden": hidden(), "spatial": spatial(), "gather": gather}[args.single]()
+        sync()
+        return 0
+
+    rows, results = [], {"device": describe(device), "points": n}
+    flop_hidden = 2 * n * 256 * 256
+    xt, wt, bt = (torch.from_numpy(a).cuda() for a in (x_np, w_np, b_np))
+    t = time_it(lambda: torch.relu(torch.addmm(bt, xt, wt.T)), sync, 10)
+    results["hidden torch fp32"] = t
+    rows.append({"stage": "hidden 256x256", "impl": "torch addmm+relu", "ms": f"{t['median_s'] * 1e3:.2f}",
+                 "TFLOP/s": f"{flop_hidden / t['median_s'] / 1e12:.1f}"})
+    for name, tiles in TILE_VARIANTS.items():
+        t = time_it(hidden(tiles), sync, 10)
+        results[f"hidden slang {name}"] = t
+        rows.append({"stage": "hidden 256x256", "impl": f"slang {name}", "ms": f"{t['median_s'] * 1e3:.2f}",
+                     "TFLOP/s": f"{flop_hidden / t['median_s'] / 1e12:.1f}"})
+    flop_spatial = 2 * n * 128 * cfg.fourier_dim
+    ct, wst = torch.from_numpy(coords_np).cuda(), torch.from_numpy(ws_np).cuda()
+    t = time_it(lambda: torch.relu(torch.addmm(bt[:128], fourier_features_torch(ct, cfg.num_freqs), wst.T)), sync, 10)
+    results["spatial torch fp32"] = t
+    rows.append({"stage": "spatial head", "impl": "torch fourier+addmm", "ms": f"{t['median_s'] * 1e3:.2f}",
+                 "TFLOP/s": f"{flop_spatial / t['median_s'] / 1e12:.1f}"})
+    for name, tiles in TILE_VARIANTS.items():
+        t = time_it(spatial(tiles), sync, 10)
+        results[f"spatial slang {name}"] = t
+        rows.append({"stage": "spatial head", "impl": f"slang {name}", "ms": f"{t['median_s'] * 1e3:.2f}",
+                     "TFLOP/s": f"{flop_spatial / t['median_s'] / 1e12:.1f}"})
+    t = time_it(gather, sync, 10)
+    results["gather slang"] = t
+    rows.append({"stage": "patch gather", "impl": "slang grid_inputs", "ms": f"{t['median_s'] * 1e3:.2f}",
+                 "TFLOP/s": f"{n * (108 + 3) * 4 / t['median_s'] / 1e9:.0f} GB/s written"})
+
+    tiny = zeros_buffer(device, 1)
+    tiny_t = torch.zeros(1, device="cuda")
+    one = upload(device, np.zeros(1, np.uint32), np.uint32)
+    kernel = load_kernel(device, "accumulate_kernels.slang", "scatter_add")
+
+    def dispatches():
+        for _ in range(100):
+            kernel(1, params={"values": tiny, "indices": one, "out": tiny, "count": 1})
+
+    t = time_it(dispatches, sync, 5)
+    results["dispatch x100"] = t
+    rows.append({"stage": "one dispatch", "impl": "slang (mean of 100)", "ms": f"{t['median_s'] * 10:.3f}"})
+
+    def encoded_dispatches():
+        encoder = device.create_command_encoder()
+        for _ in range(100):
+            kernel._kernel.dispatch(thread_count=[1, 1, 1], vars={"params": {"values": tiny, "indices": one,
+                                    "out": tiny, "count": 1}}, command_encoder=encoder)
+        device.submit_command_buffer(encoder.finish())
+
+    t = time_it(encoded_dispatches, sync, 5)
+    results["encoded dispatch x100"] = t
+    rows.append({"stage": "one dispatch", "impl": "slang, one encoder", "ms": f"{t['median_s'] * 10:.3f}"})
+    t = time_it(lambda: [tiny_t.add_(1.0) for _ in range(100)], sync, 5)
+    results["torch op x100"] = t
+    rows.append({"stage": "one dispatch", "impl": "torch add_ (mean of 100)", "ms": f"{t['median_s'] * 10:.3f}"})
+    write_json(args.json, results)
+    print(f"device: {results['device']}, {n} points")
+    print_table(rows, ["stage", "impl", "ms", "TFLOP/s"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
