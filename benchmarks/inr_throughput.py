@@ -31,8 +31,9 @@ from neumours.model.reference import TorchINR  # noqa: E402
 
 TILE_VARIANTS = {
     "64x64/4x4/k16": gemm_module.Tiles(64, 64, 16, 4, 4),
-    "128x64/8x4/k8": gemm_module.Tiles(128, 64, 8, 8, 4),
+    "128x64/8x4/k16": gemm_module.Tiles(128, 64, 16, 8, 4),
     "128x128/8x8/k8": gemm_module.Tiles(128, 128, 8, 8, 8),
+    "128x128/8x8/k16": gemm_module.Tiles(128, 128, 16, 8, 8),
     "64x128/4x8/k16": gemm_module.Tiles(64, 128, 16, 4, 8),
 }
 
@@ -83,6 +84,22 @@ def torch_inference(model, volume: torch.Tensor, shape, slabs: int, bf16: bool):
                 model(coords, patches)
 
     return run
+
+
+def kernel_breakdown(fn, sync) -> list:
+    """GPU time of every kernel one call of ``fn`` launches (CUPTI sees slangpy's launches too)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync()
+    kernels = [(e.name, e.device_time) for e in prof.events() if e.device_time > 0]
+    total = sum(t for _, t in kernels)
+    print(f"slang training step: {len(kernels)} kernels, {total:.0f} us of GPU time")
+    for name, t in kernels:
+        print(f"  {t:8.1f} us  {name[:60]}")
+    return kernels
 
 
 def main(argv=None) -> int:
@@ -162,6 +179,7 @@ def main(argv=None) -> int:
                      "vs torch fp32": f"{step['torch_fp32']['median_s'] / t['median_s']:.2f}x",
                      "vs torch bf16": f"{step['torch_bf16']['median_s'] / t['median_s']:.2f}x"})
     results["train_step"] = step
+    results["train_step_kernels_us"] = kernel_breakdown(slang_step, sync)
     write_json(args.json, results)
     print(f"device: {results['device']}  torch {torch.__version__}")
     print_table(rows, ["task", "impl", "ms", "Mpts/s", "vs torch fp32", "vs torch bf16"])

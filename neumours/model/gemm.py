@@ -51,13 +51,20 @@ class Tiles:
     thread_m: int
     thread_n: int
 
+    def __post_init__(self) -> None:
+        if self.thread_m % 4 or self.thread_n % 4 or self.tile_m % self.thread_m or self.tile_n % self.thread_n:
+            raise ValueError(f"{self}: thread blocks must be multiples of 4 that divide the tile")
+        if (self.tile_k * self.tile_m) % self.threads or (self.tile_k * self.tile_n) % self.threads:
+            raise ValueError(f"{self}: every thread must stage the same number of values")
+
     @property
     def threads(self) -> int:
         return (self.tile_m // self.thread_m) * (self.tile_n // self.thread_n)
 
 
-#: 64 x 64 blocks, 4 x 4 per thread (256 threads): layers with many outputs.
-WIDE = Tiles(64, 64, 16, 4, 4)
+#: 128 x 128 blocks, 8 x 8 per thread (256 threads): layers with many outputs
+#: (the fastest of benchmarks/inr_throughput.py's variants on an H100).
+WIDE = Tiles(128, 128, 8, 8, 8)
 #: 128 x 4 blocks: layers with few outputs (the 4 logits, bias sums).
 NARROW = Tiles(128, 4, 16, 4, 4)
 

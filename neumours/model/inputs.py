@@ -68,7 +68,7 @@ def gather_inputs(config: INRConfig, vols: DeviceVolumes, positions: spy.Buffer,
         coords: output (count, 3). patches: output (count, config.patch_dim).
     """
     kernel = load_kernel(vols.device, _FILE, "gather_inputs", _constants(config))
-    kernel(count, params={"volumes": vols.volumes, "case_table": vols.case_table, "positions": positions,
+    kernel(count * config.patch_dim, params={"volumes": vols.volumes, "case_table": vols.case_table, "positions": positions,
                           "case_ids": case_ids, "coords": coords, "patches": patches, "count": count})
 
 
@@ -84,6 +84,6 @@ def grid_inputs(config: INRConfig, vols: DeviceVolumes, case_id: int, grid: Sequ
     grid = np.array(grid, np.int64)
     step = np.where(grid > 1, (dims - 1) / np.maximum(grid - 1, 1), 0.0).astype(np.float32)
     kernel = load_kernel(vols.device, _FILE, "grid_inputs", _constants(config))
-    kernel(count, grid_params={"volumes": vols.volumes, "case_table": vols.case_table, "coords": coords,
+    kernel(count * config.patch_dim, grid_params={"volumes": vols.volumes, "case_table": vols.case_table, "coords": coords,
                                "patches": patches, "case_id": int(case_id), "grid": [int(g) for g in grid],
                                "step": [float(s) for s in step], "start": int(start), "count": int(count)})
