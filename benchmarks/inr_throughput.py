@@ -60,8 +60,10 @@ def slang_inference(inr: INR, vols: DeviceVolumes, shape, chunk: int):
     def run():
         for start in range(0, total, chunk):
             count = min(chunk, total - start)
-            grid_inputs(cfg, vols, 0, shape, start, count, coords, patches)
-            inr.forward_device(coords, patches, count, logits, ws)
+            encoder = inr.device.create_command_encoder()
+            grid_inputs(cfg, vols, 0, shape, start, count, coords, patches, command_encoder=encoder)
+            inr.forward_device(coords, patches, count, logits, ws, command_encoder=encoder)
+            inr.device.submit_command_buffer(encoder.finish())
 
     return run
 
@@ -158,8 +160,10 @@ def main(argv=None) -> int:
     ws = inr.workspace(n)
 
     def slang_step():
-        inr.forward_device(coords, patches, n, logits, ws)
-        inr.backward_device(coords, patches, n, grad, ws)
+        encoder = device.create_command_encoder()
+        inr.forward_device(coords, patches, n, logits, ws, command_encoder=encoder)
+        inr.backward_device(coords, patches, n, grad, ws, command_encoder=encoder)
+        device.submit_command_buffer(encoder.finish())
 
     c_t, p_t, g_t = (torch.from_numpy(a).cuda() for a in (coords_np, patches_np, grad_np))
 

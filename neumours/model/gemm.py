@@ -71,8 +71,14 @@ NARROW = Tiles(128, 4, 16, 4, 4)
 STORE, RELU_GRAD, ACCUMULATE = 0, 1, 2
 
 
-def _tiles_for(n: int) -> Tiles:
-    return NARROW if n <= 8 else WIDE
+#: 4 x 128 blocks: products with few rows (the head's weight gradient).
+SHORT = Tiles(4, 128, 8, 4, 4)
+
+
+def _tiles_for(m: int, n: int) -> Tiles:
+    if n <= 8:
+        return NARROW
+    return SHORT if m <= 8 else WIDE
 
 
 def _operand(view, prefix: str, params: dict) -> int:
@@ -102,8 +108,11 @@ def gemm(
     bias: Strided | None = None,
     relu: bool = False,
     mask: Strided | None = None,
+    bias_grad: Strided | None = None,
+    column_sums: tuple[spy.Buffer, int, int, int] | None = None,
     splits: int = 1,
     tiles: Tiles | None = None,
+    command_encoder=None,
 ) -> None:
     """Dispatch ``C = A B^T`` (m x n, summing k) with an epilogue.
 
@@ -113,14 +122,26 @@ def gemm(
         epilogue: ``STORE`` (C = acc + bias, ReLU optional), ``RELU_GRAD``
             (C = acc where mask > 0 else 0) or ``ACCUMULATE`` (C += acc).
         bias: view of n biases (STORE only). mask: H(m, n) view (RELU_GRAD only).
+        bias_grad: (ACCUMULATE only) also accumulate ``sum_k A(m, k)`` at
+            ``bias_grad.offset + m``, through a virtual column of ones in B: a
+            layer's weight and bias gradients in one dispatch.
+        column_sums: (RELU_GRAD only) ``(buffer, split, offset, offset_hi)``:
+            also accumulate the column sums of C (the bias gradient of the layer
+            whose pre-activation gradient C is) at ``offset + n`` for ``n < split``
+            and ``offset_hi + n - split`` beyond.
         splits: split the k sum over this many groups (ACCUMULATE only), so a
             weight gradient over many points fills the GPU and each weight gets
             ``splits`` atomic adds in all.
         tiles: work split; chosen from ``n`` when omitted.
+        command_encoder: record into this encoder instead of submitting now.
     """
     if splits > 1 and epilogue != ACCUMULATE:
         raise ValueError("split-k needs the ACCUMULATE epilogue")
-    tiles = tiles or _tiles_for(n)
+    if bias_grad is not None and epilogue != ACCUMULATE:
+        raise ValueError("bias_grad needs the ACCUMULATE epilogue")
+    if column_sums is not None and epilogue != RELU_GRAD:
+        raise ValueError("column_sums needs the RELU_GRAD epilogue")
+    tiles = tiles or _tiles_for(m, n)
     params: dict = {}
     num_freqs = 0
     a_source = _operand(a, "a", params)
@@ -136,6 +157,13 @@ def gemm(
     params["c"] = out.buffer
     params["c_offset"] = int(out.offset)
     params["c_stride"] = int(out.stride_row)
+    params["ones_column"] = int(n) if bias_grad is not None else 0xFFFFFFFF
+    params["bias_out_offset"] = int(bias_grad.offset) if bias_grad is not None else 0
+    if bias_grad is not None:
+        n += 1
+    sums_buffer, split, offset, offset_hi = column_sums or (out.buffer, 0, 0, 0)
+    params.update(colsum_out=sums_buffer, colsum_split=int(split), colsum_offset=int(offset),
+                  colsum_offset_hi=int(offset_hi))
     k_chunk = -(-k // max(splits, 1))
     k_chunk = -(-k_chunk // tiles.tile_k) * tiles.tile_k
     params.update(size_m=int(m), size_n=int(n), size_k=int(k), k_chunk=int(k_chunk))
@@ -151,8 +179,9 @@ def gemm(
         "HAS_BIAS": bias is not None,
         "RELU": relu,
         "NUM_FREQS": num_freqs,
+        "COLUMN_SUMS": column_sums is not None,
         "USE_GROUPSHARED": device.info.type != spy.DeviceType.cpu,
     }
     kernel = load_kernel(device, _FILE, "gemm", constants)
     groups = (-(-m // tiles.tile_m), -(-n // tiles.tile_n), -(-k // k_chunk) if k else 1)
-    kernel((groups[0] * tiles.threads, groups[1], groups[2]), g=params)
+    kernel((groups[0] * tiles.threads, groups[1], groups[2]), command_encoder=command_encoder, g=params)
