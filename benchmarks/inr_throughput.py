@@ -60,10 +60,8 @@ def slang_inference(inr: INR, vols: DeviceVolumes, shape, chunk: int):
     def run():
         for start in range(0, total, chunk):
             count = min(chunk, total - start)
-            encoder = inr.device.create_command_encoder()
-            grid_inputs(cfg, vols, 0, shape, start, count, coords, patches, command_encoder=encoder)
-            inr.forward_device(coords, patches, count, logits, ws, command_encoder=encoder)
-            inr.device.submit_command_buffer(encoder.finish())
+            grid_inputs(cfg, vols, 0, shape, start, count, coords, patches)
+            inr.forward_device(coords, patches, count, logits, ws)
 
     return run
 
@@ -111,6 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=16_384, help="training-step points")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default="inr_throughput.json")
+    parser.add_argument("--tiles", nargs="*", default=list(TILE_VARIANTS), help="tile variants to time")
     args = parser.parse_args(argv)
 
     device = get_device("cuda")
@@ -136,8 +135,8 @@ def main(argv=None) -> int:
     t_fp32 = time_it(torch_inference(model, torch.from_numpy(volume).cuda(), shape, slabs, False), sync, args.repeats)
     t_bf16 = time_it(torch_inference(model, torch.from_numpy(volume).cuda(), shape, slabs, True), sync, args.repeats)
     inference = {"torch_fp32": t_fp32, "torch_bf16": t_bf16}
-    for name, tiles in TILE_VARIANTS.items():
-        gemm_module.WIDE = tiles
+    for name in args.tiles:
+        gemm_module.WIDE = TILE_VARIANTS[name]
         inference[f"slang {name}"] = time_it(slang_inference(inr, vols, shape, args.chunk), sync, args.repeats)
     for name, t in inference.items():
         mps = total / t["median_s"] / 1e6
@@ -145,7 +144,7 @@ def main(argv=None) -> int:
                      "vs torch fp32": f"{t_fp32['median_s'] / t['median_s']:.2f}x",
                      "vs torch bf16": f"{t_bf16['median_s'] / t['median_s']:.2f}x"})
     results["inference"] = inference
-    best_tiles = min(TILE_VARIANTS, key=lambda n: inference[f"slang {n}"]["median_s"])
+    best_tiles = min(args.tiles, key=lambda n: inference[f"slang {n}"]["median_s"])
     gemm_module.WIDE = TILE_VARIANTS[best_tiles]
     results["best_tiles"] = best_tiles
 
@@ -160,10 +159,8 @@ def main(argv=None) -> int:
     ws = inr.workspace(n)
 
     def slang_step():
-        encoder = device.create_command_encoder()
-        inr.forward_device(coords, patches, n, logits, ws, command_encoder=encoder)
-        inr.backward_device(coords, patches, n, grad, ws, command_encoder=encoder)
-        device.submit_command_buffer(encoder.finish())
+        inr.forward_device(coords, patches, n, logits, ws)
+        inr.backward_device(coords, patches, n, grad, ws)
 
     c_t, p_t, g_t = (torch.from_numpy(a).cuda() for a in (coords_np, patches_np, grad_np))
 

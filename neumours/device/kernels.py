@@ -48,9 +48,7 @@ class Kernel:
 
     Call it with the number of threads and the shader's global parameters by
     name; buffers, scalars and nested dicts (for ``ParameterBlock`` structs)
-    are accepted as slangpy accepts them. With ``command_encoder`` the dispatch
-    is recorded there instead of submitted at once, so a whole forward or
-    backward pass goes to the device as one command buffer.
+    are accepted as slangpy accepts them.
     """
 
     def __init__(self, device: spy.Device, file: str, entry: str, constants: Mapping[str, object]):
@@ -62,15 +60,12 @@ class Kernel:
         self.program = session.load_program(file, [entry])
         self._kernel = device.create_compute_kernel(self.program)
 
-    def __call__(self, thread_count: int | tuple[int, int, int], command_encoder=None, **params) -> None:
+    def __call__(self, thread_count: int | tuple[int, int, int], **params) -> None:
         if isinstance(thread_count, int):
             thread_count = (thread_count, 1, 1)
         if min(thread_count) <= 0:
             return
-        if command_encoder is None:
-            self._kernel.dispatch(thread_count=list(thread_count), vars=params)
-        else:
-            self._kernel.dispatch(thread_count=list(thread_count), vars=params, command_encoder=command_encoder)
+        self._kernel.dispatch(thread_count=list(thread_count), vars=params)
 
     def __repr__(self) -> str:
         return f"Kernel({self.file}:{self.entry}, {self.constants})"

@@ -70,6 +70,8 @@ NARROW = Tiles(128, 4, 16, 4, 4)
 
 STORE, RELU_GRAD, ACCUMULATE = 0, 1, 2
 
+_KERNELS: dict = {}
+
 
 #: 4 x 128 blocks: products with few rows (the head's weight gradient).
 SHORT = Tiles(4, 128, 8, 4, 4)
@@ -112,7 +114,6 @@ def gemm(
     column_sums: tuple[spy.Buffer, int, int, int] | None = None,
     splits: int = 1,
     tiles: Tiles | None = None,
-    command_encoder=None,
 ) -> None:
     """Dispatch ``C = A B^T`` (m x n, summing k) with an epilogue.
 
@@ -133,7 +134,6 @@ def gemm(
             weight gradient over many points fills the GPU and each weight gets
             ``splits`` atomic adds in all.
         tiles: work split; chosen from ``n`` when omitted.
-        command_encoder: record into this encoder instead of submitting now.
     """
     if splits > 1 and epilogue != ACCUMULATE:
         raise ValueError("split-k needs the ACCUMULATE epilogue")
@@ -180,8 +180,12 @@ def gemm(
         "RELU": relu,
         "NUM_FREQS": num_freqs,
         "COLUMN_SUMS": column_sums is not None,
+        "ONES_COLUMN": bias_grad is not None,
         "USE_GROUPSHARED": device.info.type != spy.DeviceType.cpu,
     }
-    kernel = load_kernel(device, _FILE, "gemm", constants)
+    key = (device, tuple(constants.values()))
+    kernel = _KERNELS.get(key)
+    if kernel is None:  # load_kernel caches too; this skips building its key on every call
+        kernel = _KERNELS[key] = load_kernel(device, _FILE, "gemm", constants)
     groups = (-(-m // tiles.tile_m), -(-n // tiles.tile_n), -(-k // k_chunk) if k else 1)
-    kernel((groups[0] * tiles.threads, groups[1], groups[2]), command_encoder=command_encoder, g=params)
+    kernel((groups[0] * tiles.threads, groups[1], groups[2]), g=params)

@@ -58,7 +58,7 @@ def _constants(config: INRConfig) -> dict:
 
 
 def gather_inputs(config: INRConfig, vols: DeviceVolumes, positions: spy.Buffer, case_ids: spy.Buffer,
-                  count: int, coords: spy.Buffer, patches: spy.Buffer, command_encoder=None) -> None:
+                  count: int, coords: spy.Buffer, patches: spy.Buffer) -> None:
     """Coordinates and patches for ``count`` points given as voxel positions.
 
     Args:
@@ -68,12 +68,12 @@ def gather_inputs(config: INRConfig, vols: DeviceVolumes, positions: spy.Buffer,
         coords: output (count, 3). patches: output (count, config.patch_dim).
     """
     kernel = load_kernel(vols.device, _FILE, "gather_inputs", _constants(config))
-    kernel(count * config.patch_dim, command_encoder=command_encoder, params={"volumes": vols.volumes, "case_table": vols.case_table, "positions": positions,
+    kernel(count * config.patch_dim, params={"volumes": vols.volumes, "case_table": vols.case_table, "positions": positions,
                           "case_ids": case_ids, "coords": coords, "patches": patches, "count": count})
 
 
 def grid_inputs(config: INRConfig, vols: DeviceVolumes, case_id: int, grid: Sequence[int], start: int,
-                count: int, coords: spy.Buffer, patches: spy.Buffer, command_encoder=None) -> None:
+                count: int, coords: spy.Buffer, patches: spy.Buffer) -> None:
     """Coordinates and patches for grid points ``start .. start + count`` (C-order) of one case.
 
     ``grid`` is the output grid shape: the case's own shape for plain caching,
@@ -84,6 +84,6 @@ def grid_inputs(config: INRConfig, vols: DeviceVolumes, case_id: int, grid: Sequ
     grid = np.array(grid, np.int64)
     step = np.where(grid > 1, (dims - 1) / np.maximum(grid - 1, 1), 0.0).astype(np.float32)
     kernel = load_kernel(vols.device, _FILE, "grid_inputs", _constants(config))
-    kernel(count * config.patch_dim, command_encoder=command_encoder, grid_params={"volumes": vols.volumes, "case_table": vols.case_table, "coords": coords,
+    kernel(count * config.patch_dim, grid_params={"volumes": vols.volumes, "case_table": vols.case_table, "coords": coords,
                                "patches": patches, "case_id": int(case_id), "grid": [int(g) for g in grid],
                                "step": [float(s) for s in step], "start": int(start), "count": int(count)})

@@ -119,39 +119,36 @@ class INR:
 
     # ------------------------------------------------------------------ device API
     def forward_device(self, coords: spy.Buffer, patches: spy.Buffer, count: int, logits: spy.Buffer,
-                       workspace: Workspace | None = None, command_encoder=None) -> Workspace:
+                       workspace: Workspace | None = None) -> Workspace:
         """Logits for ``count`` points, every buffer on the device.
 
         Args:
             coords: (count, 3) float32 in [-1, 1]. patches: (count, patch_dim) float32.
             logits: output, (count, num_classes) float32.
             workspace: from :meth:`workspace`; keeps every H_l for :meth:`backward_device`.
-            command_encoder: record the dispatches there (submitted by the caller)
-                instead of submitting each one.
         """
-        cfg, dev, enc = self.config, self.device, command_encoder
+        cfg, dev = self.config, self.device
         ws = workspace or self.workspace(count)
         hid, S = cfg.hidden_width, cfg.spatial_width
         h0 = ws.hidden[0]
         gemm(dev, Fourier(coords, cfg.num_freqs), self._weight("spatial.weight"), Strided(h0, hid, 1, 0),
-             count, S, cfg.fourier_dim, bias=self._vector("spatial.bias"), relu=True, command_encoder=enc)
+             count, S, cfg.fourier_dim, bias=self._vector("spatial.bias"), relu=True)
         gemm(dev, Strided(patches, cfg.patch_dim, 1), self._weight("modality.weight"), Strided(h0, hid, 1, S),
-             count, cfg.modality_width, cfg.patch_dim, bias=self._vector("modality.bias"), relu=True,
-             command_encoder=enc)
+             count, cfg.modality_width, cfg.patch_dim, bias=self._vector("modality.bias"), relu=True)
         for layer in range(cfg.hidden_layers):
             gemm(dev, Strided(ws.hidden[layer], hid, 1), self._weight(f"mlp.{layer}.weight"),
                  Strided(ws.hidden[layer + 1], hid, 1), count, hid, hid,
-                 bias=self._vector(f"mlp.{layer}.bias"), relu=True, command_encoder=enc)
+                 bias=self._vector(f"mlp.{layer}.bias"), relu=True)
         gemm(dev, Strided(ws.hidden[-1], hid, 1), self._weight("head.weight"), Strided(logits, cfg.num_classes, 1),
-             count, cfg.num_classes, hid, bias=self._vector("head.bias"), command_encoder=enc)
+             count, cfg.num_classes, hid, bias=self._vector("head.bias"))
         return ws
 
     def _weight_grads(self, name: str, delta: Strided, inputs, out_width: int, in_width: int, count: int,
-                      enc, with_bias: bool = False) -> None:
+                      with_bias: bool = False) -> None:
         """dW += delta^T inputs over ``count`` points (and db += sum(delta) when ``with_bias``)."""
         gemm(self.device, delta, inputs, self._grad(name + ".weight"), out_width, in_width, count,
              epilogue=ACCUMULATE, splits=self._splits(out_width, in_width, count),
-             bias_grad=self._grad(name + ".bias") if with_bias else None, command_encoder=enc)
+             bias_grad=self._grad(name + ".bias") if with_bias else None)
 
     def _bias_sums(self, names: tuple[str, ...], split: int):
         """Column-sum target of a RELU_GRAD product: the bias gradients of ``names``."""
@@ -159,7 +156,7 @@ class INR:
         return (self.bridge.grads_buffer, split, offsets[0], offsets[-1])
 
     def backward_device(self, coords: spy.Buffer, patches: spy.Buffer, count: int, grad_logits: spy.Buffer,
-                        workspace: Workspace, input_grads: bool = False, command_encoder=None) -> None:
+                        workspace: Workspace, input_grads: bool = False) -> None:
         """Accumulate dL/dparams into the gradient buffer, given dL/dlogits.
 
         Args:
@@ -168,49 +165,47 @@ class INR:
             workspace: the workspace that forward filled (its H_l are read).
             input_grads: also write dL/dcoords (count, 3) and dL/dpatches
                 (count, patch_dim) into ``workspace.grad_coords`` / ``grad_patches``.
-            command_encoder: record the dispatches there instead of submitting each one.
 
         Each step is one product: delta_below = (delta W) * [H > 0] also sums
         delta_below's columns into the bias gradient of the layer below, and the
         head's bias gradient rides on its weight-gradient product.
         """
-        cfg, dev, ws, enc = self.config, self.device, workspace, command_encoder
+        cfg, dev, ws = self.config, self.device, workspace
         hid, S, C = cfg.hidden_width, cfg.spatial_width, cfg.num_classes
         L = cfg.hidden_layers
         self._weight_grads("head", Strided(grad_logits, 1, C), Strided(ws.hidden[-1], 1, hid), C, hid, count,
-                           enc, with_bias=True)
+                           with_bias=True)
         below_names = [(f"mlp.{layer - 1}",) if layer > 0 else ("spatial", "modality") for layer in range(L + 1)]
         delta = ws.delta[0]
         gemm(dev, Strided(grad_logits, C, 1), self._weight_transposed("head.weight"), Strided(delta, hid, 1),
              count, hid, C, epilogue=RELU_GRAD, mask=Strided(ws.hidden[-1], hid, 1),
-             column_sums=self._bias_sums(below_names[L], S if L == 0 else hid), command_encoder=enc)
+             column_sums=self._bias_sums(below_names[L], S if L == 0 else hid))
         for layer in reversed(range(L)):
             self._weight_grads(f"mlp.{layer}", Strided(delta, 1, hid), Strided(ws.hidden[layer], 1, hid),
-                               hid, hid, count, enc)
+                               hid, hid, count)
             below = ws.delta[1] if delta is ws.delta[0] else ws.delta[0]
             gemm(dev, Strided(delta, hid, 1), self._weight_transposed(f"mlp.{layer}.weight"), Strided(below, hid, 1),
                  count, hid, hid, epilogue=RELU_GRAD, mask=Strided(ws.hidden[layer], hid, 1),
-                 column_sums=self._bias_sums(below_names[layer], S if layer == 0 else hid), command_encoder=enc)
+                 column_sums=self._bias_sums(below_names[layer], S if layer == 0 else hid))
             delta = below
         # delta is now dL/d(pre-activation) of H0 = [spatial, modality].
         self._weight_grads("spatial", Strided(delta, 1, hid), Fourier(coords, cfg.num_freqs),
-                           S, cfg.fourier_dim, count, enc)
+                           S, cfg.fourier_dim, count)
         self._weight_grads("modality", Strided(delta, 1, hid, S), Strided(patches, 1, cfg.patch_dim),
-                           cfg.modality_width, cfg.patch_dim, count, enc)
+                           cfg.modality_width, cfg.patch_dim, count)
         if input_grads:
-            self._input_grads(coords, count, delta, ws, enc)
+            self._input_grads(coords, count, delta, ws)
 
-    def _input_grads(self, coords: spy.Buffer, count: int, delta: spy.Buffer, ws: Workspace, enc) -> None:
+    def _input_grads(self, coords: spy.Buffer, count: int, delta: spy.Buffer, ws: Workspace) -> None:
         cfg, dev = self.config, self.device
         hid, S, F = cfg.hidden_width, cfg.spatial_width, cfg.fourier_dim
         gemm(dev, Strided(delta, hid, 1), self._weight_transposed("spatial.weight"), Strided(ws.grad_gamma, F, 1),
-             count, F, S, command_encoder=enc)
+             count, F, S)
         gemm(dev, Strided(delta, hid, 1, S), self._weight_transposed("modality.weight"),
-             Strided(ws.grad_patches, cfg.patch_dim, 1), count, cfg.patch_dim, cfg.modality_width,
-             command_encoder=enc)
+             Strided(ws.grad_patches, cfg.patch_dim, 1), count, cfg.patch_dim, cfg.modality_width)
         kernel = load_kernel(dev, "encoding_kernels.slang", "encode_backward", {"NUM_FREQS": cfg.num_freqs})
-        kernel(count, command_encoder=enc, params={"points": coords, "grad_features": ws.grad_gamma,
-                                                   "grad_points": ws.grad_coords, "count": count})
+        kernel(count, params={"points": coords, "grad_features": ws.grad_gamma, "grad_points": ws.grad_coords,
+                              "count": count})
 
     # ------------------------------------------------------------------ host API
     def _host_inputs(self, coords: np.ndarray, patches: np.ndarray):
