@@ -77,7 +77,8 @@ _KERNELS: dict = {}
 SHORT = Tiles(4, 128, 8, 4, 4)
 
 
-def _tiles_for(m: int, n: int) -> Tiles:
+def tiles_for(m: int, n: int) -> Tiles:
+    """The work split ``gemm`` uses for an m x n product."""
     if n <= 8:
         return NARROW
     return SHORT if m <= 8 else WIDE
@@ -141,7 +142,7 @@ def gemm(
         raise ValueError("bias_grad needs the ACCUMULATE epilogue")
     if column_sums is not None and epilogue != RELU_GRAD:
         raise ValueError("column_sums needs the RELU_GRAD epilogue")
-    tiles = tiles or _tiles_for(m, n)
+    tiles = tiles or tiles_for(m, n)
     params: dict = {}
     num_freqs = 0
     a_source = _operand(a, "a", params)

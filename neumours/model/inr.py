@@ -22,7 +22,7 @@ import slangpy as spy
 from neumours.bridge import TorchBridge
 from neumours.device import download, empty_buffer, get_device, load_kernel, upload
 from neumours.model.config import INRConfig
-from neumours.model.gemm import ACCUMULATE, RELU_GRAD, Fourier, Strided, gemm
+from neumours.model.gemm import ACCUMULATE, RELU_GRAD, Fourier, Strided, gemm, tiles_for
 from neumours.model.params import ParamLayout, init_params
 
 
@@ -111,11 +111,18 @@ class INR:
         return ws
 
     def _splits(self, m: int, n: int, count: int) -> int:
-        """How many groups share the point sum of a weight gradient (GPU occupancy)."""
+        """How many groups share the point sum of a weight gradient.
+
+        Enough groups to keep the GPU busy (about two of 256 threads per
+        multiprocessor of an H100-class GPU), each still summing at least 32
+        points, so atomic adds stay few next to the arithmetic.
+        """
         if self.device.info.type == spy.DeviceType.cpu:
             return 1
-        groups = -(-m // 64) * -(-n // 64)
-        return int(max(1, min(-(-count // 256), -(-512 // groups))))
+        tiles = tiles_for(m, n)
+        tiles_mn = -(-m // tiles.tile_m) * -(-n // tiles.tile_n)
+        target_groups = 2 * 132 * 256 // tiles.threads
+        return int(max(1, min(-(-target_groups // tiles_mn), count // 32)))
 
     # ------------------------------------------------------------------ device API
     def forward_device(self, coords: spy.Buffer, patches: spy.Buffer, count: int, logits: spy.Buffer,
