@@ -1,0 +1,2 @@
+"""Training the Slang INR as SPEC.md (paper Table I) describes: loss, sampling,
+case pool, optimisers and schedule, validation, checkpoints and curves."""

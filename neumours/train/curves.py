@@ -1,0 +1,86 @@
+"""Training curves in the style of the paper's Fig. 3/4 (EMA 0.9), and AdamW-vs-Muon overlays."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from neumours.atomic import atomic_path  # noqa: E402
+from neumours.errors import NeumoursError  # noqa: E402
+
+PANELS = [("loss", "(a) combined loss"), ("dice_mean", "(b) mean soft Dice"), ("ce", "(c) weighted CE"),
+          ("val_dice_mean", "(d) validation mean Dice")]
+
+
+def read_metrics(run_dir) -> dict[str, np.ndarray]:
+    """Columns of ``run_dir/metrics.csv`` as float arrays (NaN where empty)."""
+    path = Path(run_dir) / "metrics.csv"
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise NeumoursError(f"{path}: no metrics file (is {run_dir} a training run?)") from None
+    if not rows or "loss" not in rows[0]:
+        raise NeumoursError(f"{path}: no metric rows")
+    return {key: np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
+            for key in rows[0]}
+
+
+def ema(values: np.ndarray, alpha: float = 0.9) -> np.ndarray:
+    """Exponential moving average (weight ``alpha`` on the past), skipping NaNs."""
+    out = np.full_like(values, np.nan)
+    state = np.nan
+    for i, v in enumerate(values):
+        if np.isnan(v):
+            out[i] = state
+            continue
+        state = v if np.isnan(state) else alpha * state + (1 - alpha) * v
+        out[i] = state
+    return out
+
+
+def _draw(axes, metrics, label, colour):
+    for ax, (key, title) in zip(axes, PANELS):
+        steps, values = metrics["step"], metrics.get(key)
+        if values is None:
+            continue
+        keep = ~np.isnan(values)
+        if key.startswith("val_"):
+            ax.plot(steps[keep], values[keep], "o-", color=colour, label=label, markersize=3)
+        else:
+            ax.plot(steps[keep], values[keep], color=colour, alpha=0.25, linewidth=0.8)
+            ax.plot(steps[keep], ema(values[keep]), color=colour, label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+
+
+def _save(fig, path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir, out=None) -> Path:
+    """Write ``run_dir/curves.png`` (or ``out``): loss, soft Dice, CE (EMA 0.9) and validation Dice."""
+    metrics = read_metrics(run_dir)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    _draw(axes, metrics, Path(run_dir).name, "C0")
+    return _save(fig, out or Path(run_dir) / "curves.png")
+
+
+def compare_runs(run_dirs, out) -> Path:
+    """One figure overlaying the curves of several runs (e.g. AdamW vs Muon)."""
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for i, run in enumerate(run_dirs):
+        _draw(axes, read_metrics(run), Path(run).name, f"C{i}")
+    axes[0].legend(fontsize=8)
+    return _save(fig, out)

@@ -1,0 +1,103 @@
+"""The training loss of SPEC.md, computed on the device by ``slang/loss_kernels.slang``.
+
+L = (1 - lambda) * CE_w + lambda * (1 - mean over classes of soft Dice), with
+CE_w torch's class-weighted mean cross-entropy and soft Dice
+(2 sum p y + s) / (sum p + sum y + s) per class over the micro-batch.
+
+Per micro-batch two dispatches: batch sums (``loss_stats``), then dL/dlogits
+(``loss_grad``) straight into the buffer the INR backward reads. The sums of
+every micro-batch of a step stay in one small buffer, read once per step for
+logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import slangpy as spy
+
+from neumours.device import download, load_kernel, upload
+
+_FILE = "loss_kernels.slang"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss settings (SPEC.md defaults).
+
+    Attributes:
+        dice_weight: lambda, the Dice share of the loss.
+        class_weights: CE weight per class (bg, NCR, ED, ET).
+        dice_smooth: s in the soft Dice; 1.0 keeps a gradient for classes
+            absent from a micro-batch.
+    """
+
+    dice_weight: float = 0.5
+    class_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0)
+    dice_smooth: float = 1.0
+
+
+def num_stats(num_classes: int) -> int:
+    """Floats of batch sums per micro-batch: weight, CE, and 3 per class."""
+    return 2 + 3 * num_classes
+
+
+class DeviceLoss:
+    """The loss on the device for up to ``slots`` micro-batches per step.
+
+    Args:
+        device: slangpy device.
+        config: loss settings; ``len(config.class_weights)`` is the class count.
+        slots: micro-batches per step (each keeps its sums until :meth:`reset`).
+    """
+
+    def __init__(self, device: spy.Device, config: LossConfig, slots: int):
+        self.device = device
+        self.config = config
+        self.num_classes = len(config.class_weights)
+        self.slots = int(slots)
+        self.stride = num_stats(self.num_classes)
+        self.class_weights = upload(device, np.asarray(config.class_weights, np.float32))
+        self.stats = upload(device, np.zeros(self.slots * self.stride, np.float32))
+        constants = {"NUM_CLASSES": self.num_classes, "USE_GROUPSHARED": device.info.type != spy.DeviceType.cpu}
+        self._stats_kernel = load_kernel(device, _FILE, "loss_stats", constants)
+        self._grad_kernel = load_kernel(device, _FILE, "loss_grad", constants)
+
+    def reset(self) -> None:
+        """Zero the batch sums of every slot (start of a step)."""
+        self.stats.copy_from_numpy(np.zeros(self.slots * self.stride, np.float32))
+
+    def backward(self, logits: spy.Buffer, labels: spy.Buffer, count: int, grad_logits: spy.Buffer, slot: int,
+                 scale: float = 1.0) -> None:
+        """Write dL/dlogits (count, C) of one micro-batch, times ``scale``.
+
+        Args:
+            logits: (count, C) float32. labels: (count,) uint32 in [0, C).
+            grad_logits: output (count, C) float32.
+            slot: which micro-batch of the step (its sums are kept for :meth:`values`).
+            scale: 1 / micro-batches, so accumulated gradients are of the mean loss.
+        """
+        params = {"logits": logits, "labels": labels, "class_weights": self.class_weights, "stats": self.stats,
+                  "grad_logits": grad_logits, "stats_offset": slot * self.stride, "count": int(count),
+                  "lambda": float(self.config.dice_weight), "smooth": float(self.config.dice_smooth),
+                  "scale": float(scale)}
+        self._stats_kernel(count, params=params)
+        self._grad_kernel(count, params=params)
+
+    def values(self, slots: int | None = None) -> dict[str, float | list[float]]:
+        """Loss, CE, soft Dice per class and their mean, averaged over the step's micro-batches."""
+        slots = self.slots if slots is None else slots
+        stats = download(self.stats, (self.slots, self.stride))[:slots].astype(np.float64)
+        return values_from_stats(stats, self.config)
+
+
+def values_from_stats(stats: np.ndarray, config: LossConfig) -> dict[str, float | list[float]]:
+    """Loss terms from batch sums (micro-batches, 2 + 3C), averaged over micro-batches."""
+    c = len(config.class_weights)
+    ce = stats[:, 1] / np.maximum(stats[:, 0], 1e-30)
+    inter, psum, ysum = stats[:, 2:2 + c], stats[:, 2 + c:2 + 2 * c], stats[:, 2 + 2 * c:2 + 3 * c]
+    dice = (2 * inter + config.dice_smooth) / (psum + ysum + config.dice_smooth)
+    loss = (1 - config.dice_weight) * ce + config.dice_weight * (1 - dice.mean(axis=1))
+    return {"loss": float(loss.mean()), "ce": float(ce.mean()), "dice": [float(d) for d in dice.mean(axis=0)],
+            "dice_mean": float(dice.mean())}

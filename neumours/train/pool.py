@@ -1,0 +1,134 @@
+"""Training cases held on the device as normalised volumes, in a pool sized by memory.
+
+When the dataset fits (``pool_bytes`` 0 or large enough) every case is loaded
+once. Otherwise the pool holds as many cases as fit and a background thread
+loads and normalises the next case from disk while training runs; every
+``refresh_every`` steps a ready case replaces the oldest one (only the upload
+happens on the training thread, never a disk read).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import slangpy as spy
+
+from neumours.data import load_case, normalize
+from neumours.device import upload
+from neumours.errors import NeumoursDataError
+
+
+@dataclass
+class HostCase:
+    """What the sampler needs of a case on the host: shape, flat labels, tumour voxel indices."""
+
+    case_id: str
+    shape: tuple[int, int, int]
+    label: np.ndarray           # (X * Y * Z,) uint8
+    tumour: np.ndarray          # flat indices of label > 0
+
+
+def load_training_case(ref) -> tuple[np.ndarray, HostCase]:
+    """Load, check and normalise one case: ((4, X, Y, Z) float32, HostCase)."""
+    case = load_case(ref)
+    if case.label is None:
+        raise NeumoursDataError(getattr(ref, "path", ref), "training case has no label volume")
+    label = case.label.reshape(-1)
+    return normalize(case.images), HostCase(case.case_id, tuple(case.images.shape[1:]), label,
+                                            np.flatnonzero(label).astype(np.int64))
+
+
+def _voxels(ref) -> int:
+    path = ref.paths["t1n"] if hasattr(ref, "paths") else ref
+    try:
+        return int(np.prod(nib.load(str(path)).shape[:3]))
+    except Exception as exc:  # nibabel raises many kinds for bad headers
+        raise NeumoursDataError(path, f"cannot read the NIfTI header ({exc})") from None
+
+
+class CasePool:
+    """Normalised volumes of training cases in one device buffer, one slot per case.
+
+    Args:
+        device: slangpy device.
+        refs: training cases (CaseRefs or paths).
+        num_modalities: channels per case (4).
+        pool_bytes: device memory for volumes; 0 holds every case.
+        seed: order in which cases enter the pool.
+
+    Attributes:
+        volumes, case_table: device buffers read by ``gather_inputs`` (see
+            neumours.model.inputs.DeviceVolumes).
+        cases: the HostCase of every slot.
+    """
+
+    def __init__(self, device: spy.Device, refs, num_modalities: int = 4, pool_bytes: int = 0, seed: int = 0):
+        if not refs:
+            raise NeumoursDataError("training split", "no training cases")
+        self.device = device
+        self.refs = list(refs)
+        self.num_modalities = num_modalities
+        order = np.random.default_rng(seed).permutation(len(self.refs))
+        self._order = [self.refs[i] for i in order]
+        self.slot_floats = num_modalities * max(_voxels(ref) for ref in self.refs)
+        slot_bytes = 4 * self.slot_floats
+        capacity = len(self.refs) if pool_bytes <= 0 else int(min(len(self.refs), max(1, pool_bytes // slot_bytes)))
+        self.capacity = capacity
+        self.cases: list[HostCase] = []
+        volumes = np.zeros(capacity * self.slot_floats, np.float32)
+        for slot in range(capacity):
+            images, host = load_training_case(self._order[slot])
+            volumes[slot * self.slot_floats: slot * self.slot_floats + images.size] = images.reshape(-1)
+            self.cases.append(host)
+        self.volumes = upload(device, volumes)
+        self.case_table = upload(device, self._table(), np.uint32)
+        self._next = capacity % len(self.refs)
+        self._oldest = 0
+        self._executor = None
+        self._pending = None
+        if capacity < len(self.refs):
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="case-pool")
+            self._prefetch()
+
+    @property
+    def size(self) -> int:
+        return len(self.cases)
+
+    @property
+    def cycling(self) -> bool:
+        """True when the dataset does not fit and cases are swapped in during training."""
+        return self._executor is not None
+
+    def _table(self) -> np.ndarray:
+        return np.array([(slot * self.slot_floats, *c.shape) for slot, c in enumerate(self.cases)], np.uint32)
+
+    def _prefetch(self) -> None:
+        ref = self._order[self._next]
+        self._next = (self._next + 1) % len(self.refs)
+        self._pending = self._executor.submit(load_training_case, ref)
+
+    def refresh(self) -> bool:
+        """Swap the prefetched case into the oldest slot if it is ready; never waits.
+
+        Returns True when a case was swapped in.
+        """
+        if self._pending is None or not self._pending.done():
+            return False
+        images, host = self._pending.result()
+        slot = self._oldest
+        encoder = self.device.create_command_encoder()
+        encoder.upload_buffer_data(self.volumes, 4 * slot * self.slot_floats, images.reshape(-1))
+        self.device.submit_command_buffer(encoder.finish())
+        self.cases[slot] = host
+        self.case_table.copy_from_numpy(self._table())
+        self._oldest = (self._oldest + 1) % self.capacity
+        self._prefetch()
+        return True
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None

@@ -1,0 +1,117 @@
+"""Training on the CPU device: optimiser steps equal torch's, a short run learns, resume is exact."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from neumours.data.phantom import write_dataset
+from neumours.errors import NeumoursError
+from neumours.model.inr import INR
+from neumours.model.reference import TorchINR
+from neumours.train.config import ScheduleConfig, preset
+from neumours.train.optim import build_optimizers, learning_rate
+from neumours.train.reference import seg_loss_torch
+from neumours.train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantoms")
+    write_dataset(root, 4, shape=(32, 32, 24), seed=3, progress=False)
+    return root
+
+
+def tiny(steps=40, **schedule):
+    config = preset("tiny")
+    return dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, steps=steps, **schedule))
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_one_optimiser_step_equals_torch(cpu_device, rng, name):
+    config = tiny()
+    config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, name=name))
+    net = config.network
+    inr = INR(net, cpu_device, seed=4)
+    model = TorchINR(net)
+    model.load_state_dict(inr.state_dict())
+    n = 64
+    coords = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+    patches = rng.normal(size=(n, 4, 3, 3, 3)).astype(np.float32)
+    labels = rng.integers(0, 4, n)
+
+    # Slang side: loss gradient from the reference (the device loss has its own test), Slang backward.
+    z = torch.from_numpy(inr.forward(coords, patches)).double().requires_grad_()
+    seg_loss_torch(z, torch.from_numpy(labels), config.loss.class_weights)[0].backward()
+    grads = inr.backward(coords, patches, z.grad.float().numpy())
+    inr.bridge.grads.copy_(torch.from_numpy(np.concatenate([grads[k].reshape(-1) for k in inr.layout.names])))
+    optimizers = build_optimizers(inr.bridge, config.optimizer)
+    for o in optimizers:
+        o.step()
+
+    # torch side: the same loss through TorchINR, the same optimiser split.
+    logits = model(torch.from_numpy(coords), torch.from_numpy(patches))
+    seg_loss_torch(logits.double(), torch.from_numpy(labels), config.loss.class_weights)[0].backward()
+    if name == "adamw":
+        reference = [torch.optim.AdamW(model.parameters(), lr=config.optimizer.lr,
+                                       weight_decay=config.optimizer.weight_decay)]
+    else:
+        mats = [p for p in model.parameters() if p.ndim == 2]
+        rest = [p for p in model.parameters() if p.ndim != 2]
+        reference = [torch.optim.Muon(mats, lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay,
+                                      adjust_lr_fn="match_rms_adamw"),
+                     torch.optim.AdamW(rest, lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay)]
+    for o in reference:
+        o.step()
+    ours = inr.state_dict()
+    for key, value in model.state_dict().items():
+        np.testing.assert_allclose(ours[key].numpy(), value.detach().numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_schedule():
+    config = preset("paper").optimizer
+    assert learning_rate(0, 10_000, config) == pytest.approx(1e-5)
+    assert learning_rate(99, 10_000, config) == pytest.approx(1e-3)
+    assert learning_rate(10_000, 10_000, config) == pytest.approx(5e-4)
+    assert 5e-4 < learning_rate(5_000, 10_000, config) < 1e-3
+
+
+def test_short_run_learns_and_writes_run(cpu_device, dataset, tmp_path):
+    trainer = Trainer(dataset, tmp_path / "run", tiny(steps=100, val_every=50), cpu_device, progress=False)
+    before = trainer.validator()
+    first = trainer.train_step()
+    summary = trainer.run()
+    trainer.close()
+    rows = trainer.rows
+    assert summary["steps"] == 100
+    assert np.mean([r["loss"] for r in rows[-2:]]) < first["loss"]
+    assert rows[-1]["val_dice_mean"] > before.mean()
+    for name in ("config.toml", "metrics.csv", "last.safetensors", "best.safetensors", "last.state.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_resume_equals_uninterrupted(cpu_device, dataset, tmp_path):
+    config = tiny(steps=24, val_every=12, log_every=4)
+    straight = Trainer(dataset, tmp_path / "a", config, cpu_device, progress=False)
+    straight.run()
+    interrupted = Trainer(dataset, tmp_path / "b", config, cpu_device, progress=False)
+    interrupted.run(stop_after=10)
+    resumed = Trainer(dataset, tmp_path / "b", config, cpu_device, resume=True, progress=False)
+    assert resumed.step == 10
+    resumed.run()
+    a, b = straight.inr.state_dict(), resumed.inr.state_dict()
+    for key in a:
+        np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
+    assert [r["step"] for r in straight.rows] == [r["step"] for r in resumed.rows]
+
+
+def test_bad_inputs(cpu_device, dataset, tmp_path):
+    with pytest.raises(NeumoursError, match="at least 2 cases"):
+        single = tmp_path / "single"
+        write_dataset(single, 1, shape=(24, 24, 16), seed=1, progress=False)
+        Trainer(single, tmp_path / "x", tiny(), cpu_device, progress=False)
+    with pytest.raises(NeumoursError, match="cannot resume"):
+        Trainer(dataset, tmp_path / "missing", tiny(), cpu_device, resume=True, progress=False)
