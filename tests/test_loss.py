@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from neumours.device import download, empty_buffer, upload
@@ -48,3 +49,22 @@ def test_reset_clears_sums(cpu_device, rng):
         loss.backward(upload(cpu_device, logits), upload(cpu_device, labels, np.uint32), 10, grad, 0)
         first = loss.values()["loss"]
     assert abs(first - loss.values()["loss"]) < 1e-9
+
+
+@pytest.mark.gpu
+def test_loss_gpu_matches_torch(cuda_device, rng):
+    # Full micro-batch on the GPU (warp-summed batch sums).
+    config = LossConfig()
+    loss = DeviceLoss(cuda_device, config, slots=1)
+    loss.reset()
+    n = 4096
+    logits = (rng.normal(size=(n, 4)) * 3).astype(np.float32)
+    labels = rng.choice(4, size=n, p=[0.85, 0.03, 0.07, 0.05]).astype(np.uint32)
+    grad = empty_buffer(cuda_device, n * 4)
+    loss.backward(upload(cuda_device, logits), upload(cuda_device, labels, np.uint32), n, grad, 0)
+    z = torch.from_numpy(logits).double().requires_grad_()
+    ref, _ = seg_loss_torch(z, torch.from_numpy(labels.astype(np.int64)), config.class_weights)
+    ref.backward()
+    got = download(grad, (n, 4))
+    assert np.linalg.norm(got - z.grad.numpy()) / np.linalg.norm(z.grad.numpy()) <= 1e-5
+    assert abs(loss.values()["loss"] - float(ref.detach())) <= 1e-5 * float(ref.detach())
