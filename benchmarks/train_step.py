@@ -32,7 +32,8 @@ from neumours.train.trainer import Trainer  # noqa: E402
 
 
 class TorchLoop:
-    """The same training step in plain torch: volumes on the GPU, TorchINR, autograd."""
+    """The same training step in plain torch: padded volumes on the GPU, vectorised patch
+    gather, TorchINR, autograd, AdamW."""
 
     def __init__(self, trainer: Trainer, bf16: bool):
         cfg = trainer.config
@@ -43,26 +44,34 @@ class TorchLoop:
                                            weight_decay=cfg.optimizer.weight_decay)
         self.sampler = PointSampler(cfg.sampler.foreground_ratio, seed=1)
         flat = torch.from_numpy(self.pool.volumes.to_numpy().view("float32")).cuda()
-        self.volumes = [torch.nn.functional.pad(flat[i * self.pool.slot_floats:][: 4 * c.label.size]
-                                                .reshape(4, *c.shape), (1, 1, 1, 1, 1, 1))
-                        for i, c in enumerate(self.pool.cases)]
-        offsets = torch.stack(torch.meshgrid(*[torch.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3)
-        self.offsets = offsets.cuda()
+        padded, offsets, dims = [], [], []
+        total = 0
+        for i, c in enumerate(self.pool.cases):
+            vol = flat[i * self.pool.slot_floats:][: 4 * c.label.size].reshape(4, *c.shape)
+            vol = torch.nn.functional.pad(vol, (1, 1, 1, 1, 1, 1))
+            padded.append(vol.reshape(-1))
+            offsets.append(total)
+            dims.append(vol.shape[1:])
+            total += vol.numel()
+        self.volumes = torch.cat(padded)
+        self.offsets = torch.tensor(offsets, device="cuda")
+        self.dims = torch.tensor(dims, device="cuda")                       # padded (X+2, Y+2, Z+2)
+        self.shapes = torch.tensor([c.shape for c in self.pool.cases], device="cuda")
+        grid = torch.stack(torch.meshgrid(*[torch.arange(3)] * 3, indexing="ij"), -1).reshape(1, 1, 27, 3)
+        self.taps = grid.cuda()
 
     def _inputs(self, positions, slots):
-        n = len(positions)
-        coords = torch.empty(n, 3, device="cuda")
-        patches = torch.empty(n, 4, 27, device="cuda")
         pos = torch.from_numpy(positions).cuda().long()
-        slots_t = torch.from_numpy(slots.astype("int64")).cuda()
-        for s in slots_t.unique().tolist():
-            pick = slots_t == s
-            vol, shape = self.volumes[s], self.pool.cases[s].shape
-            p = pos[pick]
-            idx = p[:, None, :] + self.offsets[None]            # padded volume: +1 offset cancels -1
-            patches[pick] = vol[:, idx[..., 0], idx[..., 1], idx[..., 2]].permute(1, 0, 2)
-            coords[pick] = 2 * p.float() / (torch.tensor(shape, device="cuda") - 1) - 1
-        return coords, patches.reshape(n, 4, 3, 3, 3)
+        s = torch.from_numpy(slots.astype("int64")).cuda()
+        dims = self.dims[s]                                                   # (n, 3)
+        volume = dims.prod(1)
+        p = pos[:, None, None, :] + self.taps                                 # padded index = voxel - 1 + tap + 1
+        channel = torch.arange(4, device="cuda")[None, :, None]
+        index = (self.offsets[s][:, None, None] + channel * volume[:, None, None]
+                 + (p[..., 0] * dims[:, None, None, 1] + p[..., 1]) * dims[:, None, None, 2] + p[..., 2])
+        patches = self.volumes[index].reshape(-1, 4, 3, 3, 3)
+        coords = 2 * pos.float() / (self.shapes[s] - 1) - 1
+        return coords, patches
 
     def step(self):
         cfg = self.cfg

@@ -13,6 +13,21 @@ import numpy as np
 from neumours.train.pool import HostCase
 
 
+class _Table:
+    """The pool's cases concatenated, so a micro-batch is drawn with a few vector operations."""
+
+    def __init__(self, cases: list[HostCase]):
+        self.cases = cases
+        self.sizes = np.array([c.label.size for c in cases], np.int64)
+        self.shapes = np.array([c.shape for c in cases], np.int64)
+        self.label_offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        self.labels = np.concatenate([c.label for c in cases])
+        counts = np.array([c.tumour.size for c in cases], np.int64)
+        self.tumour_counts = counts
+        self.tumour_offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.tumour = np.concatenate([c.tumour for c in cases]) if counts.sum() else np.zeros(1, np.int64)
+
+
 class PointSampler:
     """Voxel positions, case slots and labels for micro-batches.
 
@@ -26,6 +41,13 @@ class PointSampler:
             raise ValueError(f"foreground_ratio must be in [0, 1], got {foreground_ratio}")
         self.foreground_ratio = float(foreground_ratio)
         self.rng = np.random.default_rng(seed)
+        self._table: _Table | None = None
+
+    def _table_for(self, cases: list[HostCase]) -> _Table:
+        table = self._table
+        if table is None or len(table.cases) != len(cases) or any(a is not b for a, b in zip(table.cases, cases)):
+            table = self._table = _Table(list(cases))
+        return table
 
     def sample(self, cases: list[HostCase], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Draw ``n`` points.
@@ -33,25 +55,20 @@ class PointSampler:
         Returns:
             positions (n, 3) float32 voxel indices, slots (n,) uint32, labels (n,) uint32.
         """
+        t = self._table_for(cases)
         slots = self.rng.integers(0, len(cases), n)
-        foreground = np.zeros(n, bool)
-        foreground[: int(round(self.foreground_ratio * n))] = True
-        flat = np.empty(n, np.int64)
-        for slot in np.unique(slots):
-            case = cases[slot]
-            pick = slots == slot
-            fg = pick & foreground & (case.tumour.size > 0)
-            bg = pick & ~fg
-            flat[bg] = self.rng.integers(0, case.label.size, int(bg.sum()))
-            if fg.any():
-                flat[fg] = case.tumour[self.rng.integers(0, case.tumour.size, int(fg.sum()))]
-        positions = np.empty((n, 3), np.float32)
-        labels = np.empty(n, np.uint32)
-        for slot in np.unique(slots):
-            case = cases[slot]
-            pick = slots == slot
-            positions[pick] = np.stack(np.unravel_index(flat[pick], case.shape), axis=1)
-            labels[pick] = case.label[flat[pick]]
+        uniform = self.rng.random(n)
+        flat = (uniform * t.sizes[slots]).astype(np.int64)
+        n_fg = int(round(self.foreground_ratio * n))
+        fg_slots = slots[:n_fg]
+        has_tumour = t.tumour_counts[fg_slots] > 0
+        pick = (uniform[:n_fg] * t.tumour_counts[fg_slots]).astype(np.int64)
+        fg_flat = t.tumour[np.where(has_tumour, t.tumour_offsets[fg_slots] + pick, 0)]
+        flat[:n_fg] = np.where(has_tumour, fg_flat, flat[:n_fg])
+        shape = t.shapes[slots]
+        positions = np.stack([flat // (shape[:, 1] * shape[:, 2]), (flat // shape[:, 2]) % shape[:, 1],
+                              flat % shape[:, 2]], axis=1).astype(np.float32)
+        labels = t.labels[t.label_offsets[slots] + flat].astype(np.uint32)
         return positions, slots.astype(np.uint32), labels
 
     def state(self) -> dict:
