@@ -58,6 +58,8 @@ def _draw(axes, metrics, label, colour):
             ax.plot(steps[keep], ema(values[keep]), color=colour, label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
+        if key in ("loss", "ce"):
+            ax.set_yscale("log")  # the fast early drop would hide the rest
 
 
 def _save(fig, path) -> Path:
