@@ -115,3 +115,28 @@ def test_bad_inputs(cpu_device, dataset, tmp_path):
         Trainer(single, tmp_path / "x", tiny(), cpu_device, progress=False)
     with pytest.raises(NeumoursError, match="cannot resume"):
         Trainer(dataset, tmp_path / "missing", tiny(), cpu_device, resume=True, progress=False)
+
+
+def test_pool_cycles_cases_that_do_not_fit(cpu_device, dataset, tmp_path):
+    import time
+
+    from neumours.data import list_cases
+    from neumours.train.pool import CasePool
+
+    refs = list_cases(dataset)
+    slot_bytes = 4 * 4 * 32 * 32 * 24
+    pool = CasePool(cpu_device, refs, pool_bytes=2 * slot_bytes, seed=0)
+    try:
+        assert pool.capacity == 2 and pool.cycling
+        before = [c.case_id for c in pool.cases]
+        deadline = time.time() + 30
+        while not pool.refresh():  # the next case is loaded in the background
+            assert time.time() < deadline
+            time.sleep(0.05)
+        after = [c.case_id for c in pool.cases]
+        assert after != before and len(set(after)) == 2
+        # The swapped-in case is on the device where the case table says.
+        table = pool.case_table.to_numpy().view(np.uint32).reshape(-1, 4)
+        assert tuple(table[0, 1:]) == pool.cases[0].shape
+    finally:
+        pool.close()
