@@ -72,30 +72,24 @@ def main(argv=None) -> int:
         return 0
 
     rows, results = [], {"device": describe(device), "points": n}
+
+    def record(stage: str, impl: str, fn, flop: float) -> None:
+        t = time_it(fn, sync, 10)
+        results[f"{stage} {impl}"] = t
+        rows.append({"stage": stage, "impl": impl, "ms": f"{t['median_s'] * 1e3:.2f}",
+                     "TFLOP/s": f"{flop / t['median_s'] / 1e12:.1f}"})
+
     flop_hidden = 2 * n * 256 * 256
     xt, wt, bt = (torch.from_numpy(a).cuda() for a in (x_np, w_np, b_np))
-    t = time_it(lambda: torch.relu(torch.addmm(bt, xt, wt.T)), sync, 10)
-    results["hidden torch fp32"] = t
-    rows.append({"stage": "hidden 256x256", "impl": "torch addmm+relu", "ms": f"{t['median_s'] * 1e3:.2f}",
-                 "TFLOP/s": f"{flop_hidden / t['median_s'] / 1e12:.1f}"})
+    record("hidden 256x256", "torch addmm+relu", lambda: torch.relu(torch.addmm(bt, xt, wt.T)), flop_hidden)
     for name in args.tiles:
-        tiles = TILE_VARIANTS[name]
-        t = time_it(hidden(tiles), sync, 10)
-        results[f"hidden slang {name}"] = t
-        rows.append({"stage": "hidden 256x256", "impl": f"slang {name}", "ms": f"{t['median_s'] * 1e3:.2f}",
-                     "TFLOP/s": f"{flop_hidden / t['median_s'] / 1e12:.1f}"})
+        record("hidden 256x256", f"slang {name}", hidden(TILE_VARIANTS[name]), flop_hidden)
     flop_spatial = 2 * n * 128 * cfg.fourier_dim
     ct, wst = torch.from_numpy(coords_np).cuda(), torch.from_numpy(ws_np).cuda()
-    t = time_it(lambda: torch.relu(torch.addmm(bt[:128], fourier_features_torch(ct, cfg.num_freqs), wst.T)), sync, 10)
-    results["spatial torch fp32"] = t
-    rows.append({"stage": "spatial head", "impl": "torch fourier+addmm", "ms": f"{t['median_s'] * 1e3:.2f}",
-                 "TFLOP/s": f"{flop_spatial / t['median_s'] / 1e12:.1f}"})
+    record("spatial head", "torch fourier+addmm",
+           lambda: torch.relu(torch.addmm(bt[:128], fourier_features_torch(ct, cfg.num_freqs), wst.T)), flop_spatial)
     for name in args.tiles:
-        tiles = TILE_VARIANTS[name]
-        t = time_it(spatial(tiles), sync, 10)
-        results[f"spatial slang {name}"] = t
-        rows.append({"stage": "spatial head", "impl": f"slang {name}", "ms": f"{t['median_s'] * 1e3:.2f}",
-                     "TFLOP/s": f"{flop_spatial / t['median_s'] / 1e12:.1f}"})
+        record("spatial head", f"slang {name}", spatial(TILE_VARIANTS[name]), flop_spatial)
     t = time_it(gather, sync, 10)
     results["gather slang"] = t
     rows.append({"stage": "patch gather", "impl": "slang grid_inputs", "ms": f"{t['median_s'] * 1e3:.2f}",

@@ -77,9 +77,14 @@ def case_montage(cases, path, modalities: Sequence[str] = ("t1n", "t1c", "t2w", 
                     ax.set_title(_MODALITY_TITLES.get(name, name), fontsize=10)
                 if m == 0:
                     ax.set_ylabel(f"{case.case_id}\n{plane}", fontsize=7)
+    return save_figure(fig, path, dpi=90)
+
+
+def save_figure(fig, path, dpi: int = 100) -> Path:
+    """Lay out, write ``fig`` as PNG atomically, close it; returns the path."""
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path

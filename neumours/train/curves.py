@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from neumours.atomic import atomic_path  # noqa: E402
 from neumours.errors import NeumoursError  # noqa: E402
+from neumours.figures import save_figure  # noqa: E402
 
 PANELS = [("loss", "(a) combined loss"), ("dice_mean", "(b) mean soft Dice"), ("ce", "(c) weighted CE"),
           ("val_dice_mean", "(d) validation mean Dice")]
@@ -62,21 +62,12 @@ def _draw(axes, metrics, label, colour):
             ax.set_yscale("log")  # the fast early drop would hide the rest
 
 
-def _save(fig, path) -> Path:
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
-
-
 def plot_run(run_dir, out=None) -> Path:
     """Write ``run_dir/curves.png`` (or ``out``): loss, soft Dice, CE (EMA 0.9) and validation Dice."""
     metrics = read_metrics(run_dir)
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     _draw(axes, metrics, Path(run_dir).name, "C0")
-    return _save(fig, out or Path(run_dir) / "curves.png")
+    return save_figure(fig, out or Path(run_dir) / "curves.png")
 
 
 def compare_runs(run_dirs, out) -> Path:
@@ -85,4 +76,4 @@ def compare_runs(run_dirs, out) -> Path:
     for i, run in enumerate(run_dirs):
         _draw(axes, read_metrics(run), Path(run).name, f"C{i}")
     axes[0].legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
