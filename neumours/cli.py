@@ -39,8 +39,14 @@ def cmd_inspect(args) -> None:
 
 def cmd_demo(args) -> None:
     from neumours.demo import format_demo_report, run_demo
+    from neumours.device import get_device
 
-    result = run_demo(args.out, cases=args.cases, shape=_shape(args.shape), seed=args.seed)
+    if args.cases is not None and args.cases < 2:
+        raise NeumoursError(f"--cases must be at least 2 (training and validation), got {args.cases}")
+    if args.steps is not None and args.steps < 1:
+        raise NeumoursError(f"--steps must be at least 1, got {args.steps}")
+    result = run_demo(args.out, device=get_device(args.device), cases=args.cases,
+                      shape=_shape(args.shape) if args.shape else None, steps=args.steps, seed=args.seed)
     print(format_demo_report(result))
 
 
@@ -76,6 +82,7 @@ def cmd_evaluate(args) -> None:
 def cmd_train(args) -> None:
     import dataclasses
 
+    from neumours.data import list_cases
     from neumours.device import get_device
     from neumours.train.config import TrainConfig, load_toml, preset
     from neumours.train.trainer import train
@@ -94,6 +101,7 @@ def cmd_train(args) -> None:
         config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, **schedule))
     if config.schedule.steps < 1 or config.schedule.val_every < 1:
         raise NeumoursError("--steps and --val-every must be at least 1")
+    list_cases(args.data)  # a bad data folder fails here, before a device is set up
     summary = train(args.data, args.resume or args.out, config, get_device(args.device),
                     resume=args.resume is not None)
     print(f"trained {summary['steps']} steps in {summary['time_s']:.1f} s; best validation mean Dice "
@@ -134,12 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("demo", help="run the main job on the embedded phantom data",
-                       description="Synthesise phantom cases, load them through the data layer, "
-                                   "and write a montage PNG and a summary.")
+                       description="Synthesise phantom cases, train the INR (tiny preset on the CPU, the paper's "
+                                   "network on a GPU), segment the validation cases raw and denoised, print the "
+                                   "Table III analogue and write figures.")
     p.add_argument("--out", type=Path, default=Path("neumours-demo"), help="output folder (default neumours-demo)")
-    p.add_argument("--cases", type=int, default=3, help="number of phantom cases (default 3)")
-    p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64], metavar=("X", "Y", "Z"))
+    p.add_argument("--cases", type=int, help="number of phantom cases (CPU 16, GPU 40)")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="case shape (CPU 64 64 48, GPU 128 128 96)")
+    p.add_argument("--steps", type=int, help="training steps (CPU 300, GPU 3000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cuda, vulkan, metal or cpu")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("segment", help="segment a case (or every case under a folder) with a trained INR",
@@ -197,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN")
     p.add_argument("--out", type=Path, help="output PNG")
     p.set_defaults(func=cmd_plot)
+
+    from neumours.render.cli import add_parser as add_render_parser
+
+    add_render_parser(sub)
     return parser
 
 

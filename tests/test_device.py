@@ -75,3 +75,10 @@ def test_scatter_add_gpu_atomics(cuda_device, rng):
     expected = np.zeros(bins)
     np.add.at(expected, indices, values.astype(np.float64))
     np.testing.assert_allclose(download(out, (bins,)), expected, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.uint32, np.int32])
+def test_large_upload_through_torch(cuda_device, rng, dtype):
+    data = rng.integers(0, 1 << 30, 1 << 20).astype(dtype)  # 4 MiB: the torch path
+    np.testing.assert_array_equal(download(upload(cuda_device, data, dtype), dtype=dtype), data)

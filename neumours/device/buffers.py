@@ -12,6 +12,21 @@ import slangpy as spy
 
 _USAGE = spy.BufferUsage.shader_resource | spy.BufferUsage.unordered_access
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint32))
+#: From this size, uploads to a CUDA device go through torch (measured ~0.5 GB/s
+#: through slangpy's create-with-data on an H100 host, ~8 GB/s through torch).
+_TORCH_UPLOAD_BYTES = 1 << 20
+
+
+def _upload_through_torch(buffer: spy.Buffer, data: np.ndarray) -> None:
+    """Copy ``data`` into a CUDA buffer through its zero-copy torch view, then wait for it."""
+    import torch
+
+    if data.dtype == np.float32:
+        view = buffer.to_torch(spy.DataType.float32, [data.size])
+    else:  # 32-bit integers travel as their int32 bit patterns
+        view, data = buffer.to_torch(spy.DataType.int32, [data.size]), data.view(np.int32)
+    view.copy_(torch.from_numpy(data))
+    torch.cuda.current_stream(view.device).synchronize()
 
 
 def _check_dtype(dtype) -> np.dtype:
@@ -27,6 +42,10 @@ def upload(device: spy.Device, array: np.ndarray, dtype=np.float32) -> spy.Buffe
     data = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
     if data.size == 0:
         return empty_buffer(device, 1, dtype)
+    if device.info.type == spy.DeviceType.cuda and data.nbytes >= _TORCH_UPLOAD_BYTES:
+        buffer = empty_buffer(device, data.size, dtype)
+        _upload_through_torch(buffer, data)
+        return buffer
     return device.create_buffer(element_count=data.size, struct_size=dtype.itemsize, usage=_USAGE, data=data)
 
 

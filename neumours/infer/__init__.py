@@ -1,0 +1,2 @@
+"""Inference: volume caching on the device (``cache``), whole-case segmentation and
+NIfTI writing (``segment``), and post-processing of label volumes (``denoise``)."""

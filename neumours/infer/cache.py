@@ -1,0 +1,209 @@
+"""Volume caching: the INR evaluated over a whole case in one pass of Slang kernels.
+
+SPEC.md "Inference and caching": the grid is cut into chunks of whole axis-0
+slabs (contiguous in C-order), and every chunk runs three kernels on the device,
+``grid_inputs`` (coordinates + patches), the INR forward (``INR.forward_device``)
+and ``argmax_labels`` (``slang/segment_kernels.slang``), which writes the chunk's
+labels (and optionally softmax probabilities) into whole-volume buffers. Nothing
+comes back to the host until :meth:`VolumeCache.labels` or
+:meth:`VolumeCache.probabilities` is called; the renderer samples
+:attr:`VolumeCache.labels_buffer` directly.
+
+A grid finer than the case (``scale`` > 1) samples the same field of view: grid
+point i sits at voxel position i * (D - 1) / (G - 1) (continuous coordinates,
+trilinear patches), so the first and last voxel centres stay where they were.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import slangpy as spy
+
+from neumours.device import download, empty_buffer, load_kernel
+from neumours.model.inputs import DeviceVolumes, grid_inputs
+from neumours.model.inr import INR, Workspace
+
+_FILE = "segment_kernels.slang"
+
+#: Default most points per chunk: 2^20 keeps the forward-only workspace near 2.5 GB
+#: for the paper's network (two (N, 256) activations, inputs and logits, ~2.5 kB a point).
+DEFAULT_CHUNK_POINTS = 1 << 20
+#: Largest device buffer a chunk may need. A 4 GiB buffer failed to allocate on CUDA
+#: (slangpy 0.43.1, H100: cuMemAlloc CUDA_ERROR_INVALID_VALUE), so stay below 2 GiB:
+#: at most ~2.09 M points per chunk for the paper's 256-wide layers.
+MAX_BUFFER_BYTES = (1 << 31) - 1
+
+
+def super_resolution_shape(shape: Sequence[int], scale: float) -> tuple[int, int, int]:
+    """Grid of the same field of view, ``scale`` times finer: G = round(scale * (D - 1)) + 1.
+
+    With an integral ``scale`` the new spacing is exactly old / scale and every
+    ``scale``-th grid point is an original voxel centre.
+
+    Args:
+        shape: (X, Y, Z) of the case.
+        scale: refinement factor, >= 1 (1 gives ``shape`` back).
+
+    Raises:
+        ValueError: ``scale`` below 1 or not finite.
+    """
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 1):
+        raise ValueError(f"scale must be a finite number >= 1, got {scale!r}")
+    return tuple(int(round(scale * (d - 1))) + 1 if d > 1 else 1 for d in shape)  # type: ignore[return-value]
+
+
+def super_resolution_affine(affine: np.ndarray, shape: Sequence[int], grid: Sequence[int]) -> np.ndarray:
+    """Voxel-to-world affine of ``grid`` covering the field of view of ``shape``.
+
+    Column j of the linear part is scaled by (D_j - 1) / (G_j - 1); the
+    translation is unchanged, so grid voxel 0 and grid voxel G - 1 map to the
+    world points of the input's voxel 0 and voxel D - 1.
+
+    Args:
+        affine: (4, 4) voxel -> world of the input.
+        shape, grid: input (X, Y, Z) and output (G0, G1, G2).
+
+    Returns:
+        (4, 4) float64 affine of the output grid.
+    """
+    out = np.array(affine, dtype=np.float64, copy=True)
+    for j, (d, g) in enumerate(zip(shape, grid)):
+        out[:3, j] *= (d - 1) / (g - 1) if g > 1 else 1.0
+    return out
+
+
+@dataclass
+class StageTimer:
+    """Wall time per named stage, with the device synchronised at each boundary.
+
+    Used only when timings are asked for: synchronising costs a little, so the
+    untimed path never waits for the device between chunks.
+    """
+
+    device: spy.Device | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def sync(self) -> None:
+        if self.device is not None:
+            self.device.wait_for_idle()
+
+    def add(self, stage: str, start: float) -> float:
+        """Close ``stage`` begun at ``start`` (perf_counter) after syncing; returns now."""
+        self.sync()
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - start
+        return now
+
+
+class VolumeCache:
+    """Labels (and optionally class probabilities) of one case, computed and kept on the device.
+
+    Args:
+        inr: the network (its parameters must be on the device: call
+            ``inr.bridge.push_params()`` after changing weights on a non-CUDA device;
+            ``load_state_dict`` already does).
+        volumes: normalised volumes on the device (:meth:`DeviceVolumes.upload`), or a
+            normalised (modalities, X, Y, Z) float32 array to upload.
+        case_index: which case of ``volumes``.
+        grid_shape: output grid (G0, G1, G2); default the case's shape. Finer grids
+            sample the same field of view (see :func:`super_resolution_shape`).
+        keep_probs: also keep softmax probabilities, (num_classes, G0, G1, G2) float32.
+        chunk_points: most points per chunk; rounded down to whole axis-0 slabs
+            (at least one slab) and capped so that no buffer exceeds
+            :data:`MAX_BUFFER_BYTES`.
+        timer: optional :class:`StageTimer`; adds ``"inference"`` (inputs + INR
+            forward) and ``"argmax"`` seconds.
+
+    Attributes:
+        labels_buffer: uint32 device buffer of G0*G1*G2 labels, C-order.
+        probs_buffer: float32 device buffer (num_classes, G0, G1, G2), or None.
+        shape: the grid (G0, G1, G2).
+        chunks: how many chunks the pass took.
+    """
+
+    def __init__(self, inr: INR, volumes: DeviceVolumes | np.ndarray, case_index: int = 0,
+                 grid_shape: Sequence[int] | None = None, keep_probs: bool = False,
+                 chunk_points: int = DEFAULT_CHUNK_POINTS, timer: StageTimer | None = None):
+        self.inr = inr
+        self.device = inr.device
+        cfg = inr.config
+        if not isinstance(volumes, DeviceVolumes):
+            volumes = DeviceVolumes.upload(self.device, [volumes])
+        if volumes.num_modalities != cfg.num_modalities:
+            raise ValueError(f"volumes have {volumes.num_modalities} modalities, the INR expects {cfg.num_modalities}")
+        self.volumes = volumes
+        self.case_index = int(case_index)
+        self.case_shape = tuple(volumes.shapes[self.case_index])
+        self.shape = tuple(int(g) for g in (grid_shape or self.case_shape))
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise ValueError(f"grid_shape must be three positive sizes, got {grid_shape}")
+        self.total = int(np.prod(self.shape))
+        if cfg.num_classes * self.total >= 2**32:
+            raise ValueError(f"grid {self.shape} is too large for 32-bit indices")
+        self.num_classes = cfg.num_classes
+        slab = self.shape[1] * self.shape[2]
+        widest = 4 * max(cfg.hidden_width, cfg.patch_dim)
+        points = min(int(chunk_points), MAX_BUFFER_BYTES // widest)
+        self.chunk = slab * max(1, min(points // slab, self.shape[0]))
+        if self.chunk * widest > MAX_BUFFER_BYTES:
+            raise ValueError(f"one axis-0 slab of grid {self.shape} needs buffers over 2 GiB")
+        self.chunks = -(-self.total // self.chunk)
+        self.labels_buffer = empty_buffer(self.device, self.total, np.uint32)
+        self.probs_buffer = empty_buffer(self.device, cfg.num_classes * self.total) if keep_probs else None
+        self._run(timer)
+
+    def _workspace(self, count: int) -> Workspace:
+        """Forward-only workspace: the hidden activations ping-pong between two buffers.
+
+        ``forward_device`` reads H_l and writes H_{l+1}, so two (count, hidden)
+        buffers suffice when no backward pass needs every H_l (half the memory of
+        :meth:`INR.workspace` for the paper's network, and no gradient buffers).
+        """
+        width = self.inr.config.hidden_width
+        pair = [empty_buffer(self.device, count * width) for _ in range(2)]
+        hidden = [pair[layer % 2] for layer in range(self.inr.config.hidden_layers + 1)]
+        return Workspace(count, hidden, [])
+
+    def _run(self, timer: StageTimer | None) -> None:
+        cfg, dev = self.inr.config, self.device
+        coords = empty_buffer(dev, self.chunk * 3)
+        patches = empty_buffer(dev, self.chunk * cfg.patch_dim)
+        logits = empty_buffer(dev, self.chunk * cfg.num_classes)
+        ws = self._workspace(self.chunk)
+        keep = self.probs_buffer is not None
+        argmax = load_kernel(dev, _FILE, "argmax_labels", {"NUM_CLASSES": cfg.num_classes, "WRITE_PROBS": keep})
+        if timer is not None:
+            timer.sync()
+        for start in range(0, self.total, self.chunk):
+            count = min(self.chunk, self.total - start)
+            t0 = time.perf_counter()
+            grid_inputs(cfg, self.volumes, self.case_index, self.shape, start, count, coords, patches)
+            self.inr.forward_device(coords, patches, count, logits, ws)
+            if timer is not None:
+                t0 = timer.add("inference", t0)
+            params = {"logits": logits, "labels": self.labels_buffer, "start": start, "count": count,
+                      "total": self.total}
+            if keep:
+                params["probs"] = self.probs_buffer
+            argmax(count, params=params)
+            if timer is not None:
+                timer.add("argmax", t0)
+
+    def labels(self) -> np.ndarray:
+        """The labels, downloaded: (G0, G1, G2) uint8, values 0 .. num_classes - 1."""
+        return download(self.labels_buffer, self.shape, np.uint32).astype(np.uint8)
+
+    def probabilities(self) -> np.ndarray:
+        """Softmax probabilities, downloaded: (num_classes, G0, G1, G2) float32, channel first.
+
+        Raises:
+            RuntimeError: the cache was built without ``keep_probs``.
+        """
+        if self.probs_buffer is None:
+            raise RuntimeError("this VolumeCache was built without keep_probs=True")
+        return download(self.probs_buffer, (self.num_classes, *self.shape))

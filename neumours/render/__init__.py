@@ -1,0 +1,50 @@
+"""The differentiable volume raymarcher (SPEC.md "Rendering", issue 6).
+
+``camera`` (look-at and orbit cameras), ``box`` (the volume's box in world
+space), ``transfer`` (windows, transfer function, label look-up table),
+``raymarch`` (Slang forward/backward, host and device APIs), ``reference``
+(the same integrator in torch: tests and benchmark peer), ``io`` (PNG, GIF,
+MP4 output), ``cli`` (the ``neumours render`` command).
+
+The names below are imported on first use, so ``neumours --help`` does not
+load slangpy and torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "volume_box": "box",
+    "Camera": "camera",
+    "fit_distance": "camera",
+    "orbit": "camera",
+    "MIN_TRANSMITTANCE": "raymarch",
+    "DeviceVolume": "raymarch",
+    "Frame": "raymarch",
+    "Gradients": "raymarch",
+    "Scene": "raymarch",
+    "render": "raymarch",
+    "render_backward": "raymarch",
+    "render_backward_device": "raymarch",
+    "render_device": "raymarch",
+    "LabelLUT": "transfer",
+    "ModalityWindow": "transfer",
+    "RenderSettings": "transfer",
+    "TransferFunction": "transfer",
+    "auto_windows": "transfer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'neumours.render' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"neumours.render.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,188 @@
+"""The ``neumours render`` command: a case (and its segmentation) to a PNG, GIF or MP4.
+
+    neumours render CASE [--seg SEG.nii.gz | --probs PROBS.nii.gz | --ground-truth | --checkpoint CKPT]
+                    --out IMG.png
+                    [--size 1920x1080] [--azimuth A --elevation E] [--modalities t2f=1,t1c=0.5]
+                    [--step 0.02] [--turntable N]
+
+``--seg`` overlays hard labels (nearest voxel); ``--probs`` the class
+probabilities that ``neumours segment --probs`` writes, (X, Y, Z, 4), sampled
+trilinearly (the renderer's differentiable path).
+MRI windows come from each modality's intensity percentiles (``auto_windows``);
+``--modalities`` enables exactly the listed modalities with the given weights.
+Every input is checked before anything is rendered, and the output file is
+written atomically, so a failure leaves no partial output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+from neumours.errors import NeumoursError
+
+_MAX_SIZE = 16384
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1920x1080"`` -> (1920, 1080)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        raise NeumoursError(f"--size must be WIDTHxHEIGHT, e.g. 1920x1080, got {text!r}")
+    width, height = int(match.group(1)), int(match.group(2))
+    if not (1 <= width <= _MAX_SIZE and 1 <= height <= _MAX_SIZE):
+        raise NeumoursError(f"--size {text}: width and height must be 1..{_MAX_SIZE}")
+    return width, height
+
+
+def parse_modalities(text: str) -> dict[str, float]:
+    """``"t2f=1,t1c=0.5"`` -> {"t2f": 1.0, "t1c": 0.5}; a bare name means weight 1."""
+    from neumours.data.layouts import MODALITIES
+
+    weights: dict[str, float] = {}
+    for item in text.split(","):
+        name, _, value = item.strip().partition("=")
+        name = name.strip().lower()
+        if name not in MODALITIES:
+            raise NeumoursError(f"--modalities: unknown modality {name!r} (expected some of {', '.join(MODALITIES)}, "
+                                "e.g. t2f=1,t1c=0.5)")
+        try:
+            weight = float(value) if value.strip() else 1.0
+        except ValueError:
+            raise NeumoursError(f"--modalities: weight of {name} is not a number: {value!r}") from None
+        if not math.isfinite(weight):
+            raise NeumoursError(f"--modalities: weight of {name} must be finite, got {value!r}")
+        weights[name] = weight
+    return weights
+
+
+def _check_args(args) -> tuple[tuple[int, int], dict[str, float] | None]:
+    from neumours.render.io import ANIMATION_SUFFIXES, IMAGE_SUFFIXES, mp4_available
+
+    size = parse_size(args.size)
+    modalities = parse_modalities(args.modalities) if args.modalities else None
+    if not (math.isfinite(args.step) and args.step > 0):
+        raise NeumoursError(f"--step must be > 0, got {args.step}")
+    if not 0 < args.fov < 180:
+        raise NeumoursError(f"--fov must be between 0 and 180 degrees, got {args.fov}")
+    if args.distance is not None and not (math.isfinite(args.distance) and args.distance > 0):
+        raise NeumoursError(f"--distance must be > 0, got {args.distance}")
+    suffix = args.out.suffix.lower()
+    if args.turntable is not None:
+        if args.turntable < 1:
+            raise NeumoursError(f"--turntable needs at least 1 frame, got {args.turntable}")
+        if suffix not in ANIMATION_SUFFIXES:
+            raise NeumoursError(f"{args.out}: --turntable writes {' or '.join(ANIMATION_SUFFIXES)}")
+        if suffix == ".mp4" and not mp4_available():
+            raise NeumoursError(f"{args.out}: writing .mp4 needs imageio and imageio-ffmpeg "
+                                "(pip install 'neumours[video]'); or write a .gif")
+    elif suffix not in IMAGE_SUFFIXES:
+        raise NeumoursError(f"{args.out}: output must end in {', '.join(IMAGE_SUFFIXES)} "
+                            "(or use --turntable N with .gif/.mp4)")
+    if args.denoise and args.checkpoint is None:
+        raise NeumoursError("--denoise applies to --checkpoint only")
+    return size, modalities
+
+
+def _probabilities(path: Path, case):
+    """(4, X, Y, Z) class probabilities from a (X, Y, Z, 4) NIfTI."""
+    import numpy as np
+
+    from neumours.data.nifti import read_nifti
+    from neumours.render.transfer import NUM_CLASSES
+
+    data = np.asarray(read_nifti(path).get_fdata(dtype=np.float32))
+    if data.shape != (*case.shape, NUM_CLASSES):
+        raise NeumoursError(f"{path}: probabilities shape {data.shape} does not match case {case.case_id} "
+                            f"(expected {(*case.shape, NUM_CLASSES)})")
+    if not np.isfinite(data).all():
+        raise NeumoursError(f"{path}: probabilities contain NaN/Inf")
+    return np.moveaxis(data, -1, 0)
+
+
+def _labels(args, case):
+    import numpy as np
+
+    from neumours.data.nifti import read_label_volume
+
+    if args.seg is not None:
+        label, _ = read_label_volume(args.seg)
+        if label.shape != case.shape:
+            raise NeumoursError(f"{args.seg}: label shape {label.shape} does not match case "
+                                f"{case.case_id} shape {case.shape}")
+        return np.asarray(label)
+    if args.ground_truth:
+        if case.label is None:
+            raise NeumoursError(f"{args.case}: case {case.case_id} has no label file for --ground-truth")
+        return case.label
+    return None
+
+
+def render_command(args) -> None:
+    """Run ``neumours render`` with parsed arguments (see :func:`add_parser`)."""
+    (width, height), modalities = _check_args(args)
+
+    from neumours.data import load_case
+    from neumours.device import get_device
+    from neumours.render import (Frame, RenderSettings, Scene, auto_windows, fit_distance, orbit, render_device,
+                                 volume_box)
+    from neumours.render.io import write_animation, write_image
+
+    case = load_case(args.case)
+    labels = _labels(args, case)
+    probabilities = _probabilities(args.probs, case) if args.probs is not None else None
+    settings = RenderSettings(windows=auto_windows(case.images), step=args.step)
+    if modalities is not None:
+        settings = settings.with_modalities(modalities)
+
+    device = get_device(args.device)
+    if args.checkpoint is not None:  # volume caching: the INR over the whole case, arg-max labels
+        from neumours.infer.segment import Segmenter
+
+        labels = Segmenter(args.checkpoint, device)(case, denoise=args.denoise).labels
+    scene = Scene.upload(device, case.spacing, volumes=case.images, labels=labels, probabilities=probabilities)
+    frame = Frame.allocate(device, width, height)
+    distance = args.distance or fit_distance(volume_box(case.shape, case.spacing), args.fov, width / height)
+    count = args.turntable or 1
+    images = []
+    for k in range(count):
+        camera = orbit(args.azimuth + 360.0 * k / count, args.elevation, distance, fov_y_deg=args.fov,
+                       width=width, height=height)
+        render_device(scene, camera, settings, frame)
+        images.append(frame.to_numpy()[0])
+    if args.turntable is None:
+        write_image(args.out, images[0])
+    else:
+        write_animation(args.out, images, fps=args.fps)
+    print(f"wrote {args.out} ({width}x{height}, {count} frame{'s' if count > 1 else ''})")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``render`` subcommand to the ``neumours`` command's subparsers."""
+    p = subparsers.add_parser(
+        "render", help="render a case (and a segmentation) with the differentiable raymarcher",
+        description="Ray-march the four MRI modalities of a case, optionally with a segmentation, "
+                    "to a PNG (or a GIF/MP4 turntable with --turntable N).")
+    p.add_argument("case", type=Path, help="a case folder (BraTS, MU-Glioma-Post or nnU-Net layout)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--seg", type=Path, help="label NIfTI (0..3, or legacy 4) to overlay")
+    source.add_argument("--probs", type=Path, help="class probabilities (X, Y, Z, 4) NIfTI (soft, trilinear)")
+    source.add_argument("--ground-truth", action="store_true", help="overlay the case's own label file")
+    source.add_argument("--checkpoint", type=Path, help="segment the case with an INR checkpoint first")
+    p.add_argument("--out", type=Path, required=True, help="output .png (.jpg), or .gif/.mp4 with --turntable")
+    p.add_argument("--size", default="1920x1080", help="WIDTHxHEIGHT (default 1920x1080)")
+    p.add_argument("--azimuth", type=float, default=30.0, help="degrees about +z from +x (default 30)")
+    p.add_argument("--elevation", type=float, default=20.0, help="degrees above the xy plane (default 20)")
+    p.add_argument("--distance", type=float, default=None, help="orbit distance in box units (default: fit the box)")
+    p.add_argument("--fov", type=float, default=30.0, help="vertical field of view in degrees (default 30)")
+    p.add_argument("--modalities", default=None,
+                   help="enabled modalities and weights, e.g. t2f=1,t1c=0.5 (default: all four at 0.25)")
+    p.add_argument("--step", type=float, default=0.02, help="ray-march step in box units (default 0.02)")
+    p.add_argument("--turntable", type=int, default=None, metavar="N", help="N frames around the case (.gif/.mp4)")
+    p.add_argument("--fps", type=float, default=15.0, help="turntable frame rate (default 15)")
+    p.add_argument("--denoise", action="store_true", help="with --checkpoint: denoise the segmentation first")
+    p.add_argument("--device", default="auto", help="auto, cuda, vulkan, metal or cpu (default auto)")
+    p.set_defaults(func=render_command)
+    return p
