@@ -1,41 +1,78 @@
 """``neumours demo``: the project's main job on its embedded default data.
 
-At this stage: synthesise a few phantom cases, load them back through the data
-layer (as any BraTS dataset would be), and write a montage PNG plus a summary.
+Synthesise a phantom dataset, train the INR (the tiny preset on the CPU device so
+the demo ends in a few minutes; the paper's network on a GPU), segment the
+validation cases raw and denoised, print the paper's Table III analogue and
+write a Fig. 5-style comparison, plus a montage of the data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from neumours.data import list_cases, load_case
+import slangpy as spy
+
+from neumours.data import list_cases, load_case, split_cases
 from neumours.data.phantom import write_dataset
-from neumours.figures import case_montage
-from neumours.summary import case_summary, format_case_summary
+from neumours.device import get_device
+from neumours.eval.evaluate import evaluate_checkpoint, summary_markdown, write_report
+from neumours.figures import case_montage, segmentation_comparison
+from neumours.infer.segment import Segmenter
+from neumours.train.config import preset
+from neumours.train.trainer import train
+
+#: (cases, shape, preset, steps) per kind of device.
+CPU_PLAN = (16, (64, 64, 48), "tiny", 300)
+GPU_PLAN = (40, (128, 128, 96), "paper", 3000)
 
 
-def run_demo(out_dir="neumours-demo", cases: int = 3, shape=(96, 96, 64), seed: int = 0) -> dict:
-    """Run the demo and return what it wrote.
+def run_demo(out_dir="neumours-demo", device=None, cases: int | None = None, shape=None, steps: int | None = None,
+             seed: int = 0, progress: bool = True) -> dict:
+    """Run the demo; returns what it wrote and the evaluation.
 
     Args:
-        out_dir: folder for ``data/`` (the phantom cases) and ``montage.png``.
-        cases: number of phantom cases.
-        shape: volume shape (X, Y, Z) of each case.
-        seed: phantom seed.
-
-    Returns:
-        ``{"data": Path, "montage": Path, "summaries": [dict, ...]}``.
+        out_dir: output folder: ``data/``, ``run/``, ``evaluation/``, ``montage.png``,
+            ``segmentations.png``.
+        device: slangpy device (default: auto); decides the plan (CPU_PLAN / GPU_PLAN)
+            unless ``cases``, ``shape`` or ``steps`` override it.
     """
+    device = device or get_device()
+    cpu = device.info.type == spy.DeviceType.cpu
+    plan_cases, plan_shape, plan_preset, plan_steps = CPU_PLAN if cpu else GPU_PLAN
     out = Path(out_dir)
-    data_dir = out / "data"
-    write_dataset(data_dir, cases, shape=tuple(shape), seed=seed, progress=True)
-    loaded = [load_case(ref) for ref in list_cases(data_dir)]
-    montage = case_montage(loaded, out / "montage.png")
-    return {"data": data_dir, "montage": montage, "summaries": [case_summary(c) for c in loaded]}
+    data = out / "data"
+    write_dataset(data, cases or plan_cases, shape=tuple(shape or plan_shape), seed=seed, progress=progress)
+    refs = list_cases(data)
+    config = preset(plan_preset)
+    config = dataclasses.replace(config, schedule=dataclasses.replace(
+        config.schedule, steps=steps or plan_steps, val_every=max(1, (steps or plan_steps) // 5), seed=seed))
+    summary = train(data, out / "run", config, device, progress=progress)
+    checkpoint = out / "run" / "best.safetensors"
+
+    metric = evaluate_checkpoint(checkpoint, data, split="val", seed=seed, device=device, progress=progress)
+    source = f"{len(refs)} phantom cases, {config.schedule.steps} steps of the {plan_preset} preset"
+    report = write_report(metric, out / "evaluation", source=source)
+
+    _, val_refs = split_cases(refs, config.schedule.val_fraction, seed)
+    segmenter = Segmenter(checkpoint, device)
+    rows = []
+    for ref in val_refs[:3]:
+        case = load_case(ref)
+        result = segmenter(case, denoise=True)
+        rows.append((case.case_id, case.images[3], [case.label, result.raw_labels, result.labels]))
+    figure = segmentation_comparison(rows, out / "segmentations.png")
+    montage = case_montage([load_case(r) for r in refs[:3]], out / "montage.png")
+    return {"data": data, "run": out / "run", "train": summary, "evaluation": report, "figure": figure,
+            "montage": montage, "table": summary_markdown(metric, source)}
 
 
 def format_demo_report(result: dict) -> str:
-    lines = [format_case_summary(s) for s in result["summaries"]]
-    lines.append(f"phantom cases: {result['data']}")
-    lines.append(f"montage:       {result['montage']}")
-    return "\n".join(lines)
+    train_summary = result["train"]
+    return "\n".join([
+        result["table"],
+        f"training: {train_summary['steps']} steps in {train_summary['time_s']:.1f} s, "
+        f"best validation mean Dice {train_summary['best_val_dice_mean']:.3f} ({result['run']})",
+        f"evaluation: {result['evaluation'][0]}, {result['evaluation'][1]}",
+        f"figures:    {result['figure']}, {result['montage']}",
+    ])

@@ -88,3 +88,31 @@ def save_figure(fig, path, dpi: int = 100) -> Path:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path
+
+
+def segmentation_comparison(cases, path, titles=("ground truth", "INR raw", "INR denoised")) -> Path:
+    """The paper's Fig. 5 layout: per case, FLAIR axial slices through the tumour centre
+    with the ground truth, the raw and the denoised INR labels overlaid.
+
+    Args:
+        cases: tuples ``(case_id, flair (X, Y, Z), [labels (X, Y, Z), ...])``, one label
+            volume per title.
+        path: output PNG.
+    """
+    cases = list(cases)
+    fig, axes = plt.subplots(len(cases), len(titles), figsize=(3.0 * len(titles), 3.0 * len(cases)), squeeze=False)
+    for row, (case_id, flair, volumes) in enumerate(cases):
+        centre = tumour_centre(volumes[0], flair.shape)
+        lo, hi = _window(flair)
+        image = _planes(flair, centre)["axial"]
+        for col, (title, labels) in enumerate(zip(titles, volumes)):
+            ax = axes[row, col]
+            ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            ax.imshow(label_overlay(_planes(labels, centre)["axial"], alpha=0.55), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=10)
+            if col == 0:
+                ax.set_ylabel(case_id, fontsize=8)
+    return save_figure(fig, path, dpi=90)
