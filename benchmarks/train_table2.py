@@ -27,7 +27,8 @@ from neumours.model.inr import INR  # noqa: E402
 from neumours.train.config import preset  # noqa: E402
 from neumours.train.curves import compare_runs, read_metrics  # noqa: E402
 from neumours.train.trainer import CLASS_KEYS, train  # noqa: E402
-from neumours.train.validate import dice_per_class, predict_labels  # noqa: E402
+from neumours.infer.cache import VolumeCache  # noqa: E402
+from neumours.train.validate import dice_per_class  # noqa: E402
 
 
 def split_dice(device, checkpoint, refs) -> np.ndarray:
@@ -39,7 +40,7 @@ def split_dice(device, checkpoint, refs) -> np.ndarray:
     for ref in refs:
         case = load_case(ref)
         vols = DeviceVolumes.upload(device, [normalize(case.images)])
-        scores.append(dice_per_class(predict_labels(inr, vols, 0), case.label))
+        scores.append(dice_per_class(VolumeCache(inr, vols).labels(), case.label))
     return np.mean(scores, axis=0)
 
 
