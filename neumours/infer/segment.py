@@ -301,7 +301,12 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
             result = segmenter(ref, scale=scale, denoise=denoise, probs=ptarget is not None, timings=timings)
             if ptarget is not None:
                 write_probabilities(result, ptarget)
-            written.append(write_segmentation(result, target))
+            try:
+                written.append(write_segmentation(result, target))
+            except BaseException:
+                if ptarget is not None:  # no probabilities left behind without their labels
+                    ptarget.unlink(missing_ok=True)
+                raise
         except NeumoursDataError:
             raise  # already names the file
         except NeumoursError as exc:
