@@ -210,8 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     from neumours.render.cli import add_parser as add_render_parser
+    from neumours.render.refine_cli import add_parser as add_refine_parser
 
     add_render_parser(sub)
+    add_refine_parser(sub)
     return parser
 
 

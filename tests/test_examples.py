@@ -43,3 +43,11 @@ def test_paper_figures(tmp_path):
          "--device", "cpu"])
     assert np.asarray(Image.open(renders)).shape == (32, 120, 3)
     assert Image.open(slices).size[0] > 0
+
+
+def test_refine_from_views(tmp_path, capsys):
+    result = load_example("refine_from_views").main(
+        ["--out", str(tmp_path), "--cases", "3", "--shape", "16", "16", "16", "--train-steps", "4", "--steps", "2",
+         "--size", "12", "--device", "cpu"])
+    assert len(result["rows"]) == 2 and set(result["after"]) == {"NCR", "ED", "ET", "TC", "WT"}
+    assert "Dice after" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from neumours.model.config import INRConfig
@@ -55,3 +56,70 @@ def test_image_loss_dont_care_pixels():
     weight = np.array([[1, 0, 0], [0, 0, 0]], float)
     loss, grad = image_loss(image, target, weight)
     assert loss == 1.0 and grad[0, 1:].sum() == 0 and grad[1].sum() == 0
+
+
+def test_refine_moves_the_segmentation_towards_corrected_views(cpu_device, rng):
+    from neumours.data.phantom import make_case
+    from neumours.data import normalize
+    from neumours.infer.cache import VolumeCache
+    from neumours.render.refine import Anchor, refine, render_label_views, views
+
+    case = make_case((20, 20, 16), seed=2)
+    images = normalize(case.images)
+    vols = DeviceVolumes.upload(cpu_device, [images])
+    inr = INR(CONFIG, cpu_device, seed=1)
+    settings = RenderSettings(step=0.05)
+    cameras = views(case.label.shape, (1, 1, 1), 2, size=(16, 16))
+    targets = render_label_views(cpu_device, case.label, (1, 1, 1), cameras, settings)
+    other = DeviceVolumes.upload(cpu_device, [normalize(make_case((16, 16, 16), seed=3).images)])
+    anchor = Anchor(inr, other, points=256, weight=1.0)
+    rows = refine(inr, vols, (1, 1, 1), cameras, settings, targets, steps=5, lr=3e-2, anchor=anchor)
+    assert rows[-1]["image_loss"] < 0.9 * rows[0]["image_loss"]
+    assert rows[0]["anchor"] == pytest.approx(0.0, abs=1e-6) and rows[-1]["anchor"] >= 0.0
+    assert VolumeCache(inr, vols).labels().shape == case.label.shape
+
+
+def test_refine_cli_writes_checkpoint_and_report(tmp_path, capsys):
+    import json
+
+    import nibabel as nib
+
+    from neumours.cli import main
+    from neumours.data.phantom import write_dataset
+    from neumours.model.checkpoint import load_checkpoint, save_checkpoint
+    from neumours.device import get_device
+
+    write_dataset(tmp_path / "data", 2, shape=(16, 16, 16), seed=4, progress=False)
+    case = tmp_path / "data" / "Phantom-00000-000"
+    seg = case / "Phantom-00000-000-seg.nii.gz"
+    checkpoint = save_checkpoint(tmp_path / "model.safetensors", INR(CONFIG, get_device("cpu")).state_dict(), CONFIG)
+    out = tmp_path / "refined.safetensors"
+    common = ["refine", str(case), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"]
+
+    assert main(common + ["--from-labels", str(seg), "--views", "2", "--size", "12x12", "--steps", "2"]) == 0
+    _, config, metadata = load_checkpoint(out, expected_config=CONFIG)
+    assert metadata["refined_on"] == "Phantom-00000-000"
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert len(report["steps"]) == 2 and "dice_WT" in report["dice_after"]
+
+    # Bad targets: one line, exit 2, nothing written.
+    capsys.readouterr()
+    bad_seg = tmp_path / "small-seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 15), np.uint8), np.eye(4)), bad_seg)
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    np.savez(targets / "targets.npz", images=np.zeros((2, 8, 8, 3)), azimuth=np.zeros(1), elevation=np.zeros(2))
+    missing = tmp_path / "no-cameras"
+    missing.mkdir()
+    np.savez(missing / "targets.npz", images=np.zeros((2, 8, 8, 3)))
+    out2 = tmp_path / "x.safetensors"
+    bad = ["refine", str(case), "--checkpoint", str(checkpoint), "--out", str(out2), "--device", "cpu"]
+    for extra, message in ((["--from-labels", str(bad_seg)], "does not match case"),
+                           (["--targets", str(targets)], "2 images but 1 azimuths"),
+                           (["--targets", str(missing)], "missing array"),
+                           (["--targets", str(tmp_path / "nowhere")], "targets file not found"),
+                           ([], "exactly one of")):
+        assert main(bad + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("neumours: error:") and message in err and err.count("\n") == 1, err
+    assert not out2.exists()

@@ -1,0 +1,134 @@
+"""``neumours refine``: correct a trained INR from rendered views of one case.
+
+    neumours refine CASE --checkpoint CKPT (--targets DIR | --from-labels SEG.nii.gz)
+                    --out CKPT2 [--views 4] [--size 256x256] [--steps 20] [--lr 1e-4]
+                    [--anchor-data DIR] [--anchor-weight 1.0] [--device auto]
+
+``--from-labels`` renders a corrected label volume from ``--views`` orbiting
+cameras (the "clinician's correction"); ``--targets DIR`` reads
+``DIR/targets.npz`` with ``images`` (V, H, W, 3), ``azimuth`` and ``elevation``
+(V,) in degrees and optional ``weights`` (V, H, W) (0 = don't care). Writes the
+refined checkpoint and ``CKPT2`` with ``.json``: the loss per step and, when the
+case has labels, Dice per region before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from neumours.errors import NeumoursError
+
+
+def _load_targets(path: Path, shape, spacing, size_hint):
+    from neumours.render.box import volume_box
+    from neumours.render.camera import fit_distance, orbit
+
+    file = path / "targets.npz"
+    if not file.is_file():
+        raise NeumoursError(f"{file}: targets file not found (expected images, azimuth, elevation)")
+    try:
+        data = np.load(file)
+        images = np.asarray(data["images"], np.float32)
+        azimuth, elevation = np.asarray(data["azimuth"], float), np.asarray(data["elevation"], float)
+        weights = np.asarray(data["weights"], np.float32) if "weights" in data else None
+    except KeyError as exc:
+        raise NeumoursError(f"{file}: missing array {exc} (cameras need azimuth and elevation)") from None
+    except (OSError, ValueError) as exc:
+        raise NeumoursError(f"{file}: not a readable .npz ({exc})") from None
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise NeumoursError(f"{file}: images must be (views, height, width, 3), got {images.shape}")
+    views = len(images)
+    if azimuth.shape != (views,) or elevation.shape != (views,):
+        raise NeumoursError(f"{file}: {views} images but {azimuth.size} azimuths and {elevation.size} elevations")
+    if weights is not None and weights.shape != images.shape[:3]:
+        raise NeumoursError(f"{file}: weights must be {images.shape[:3]}, got {weights.shape}")
+    if not np.isfinite(images).all():
+        raise NeumoursError(f"{file}: images contain NaN/Inf")
+    height, width = images.shape[1:3]
+    distance = fit_distance(volume_box(shape, spacing), 30.0, width / height)
+    cameras = [orbit(a, e, distance, width=width, height=height) for a, e in zip(azimuth, elevation)]
+    return cameras, list(images), None if weights is None else list(weights)
+
+
+def refine_command(args) -> None:
+    from neumours.data import list_cases, load_case, normalize
+    from neumours.data.nifti import read_label_volume
+    from neumours.device import get_device
+    from neumours.eval.metrics import region_scores
+    from neumours.infer.cache import VolumeCache
+    from neumours.model.checkpoint import load_checkpoint, save_checkpoint
+    from neumours.model.inputs import DeviceVolumes
+    from neumours.model.inr import INR
+    from neumours.render.cli import parse_size
+    from neumours.render.refine import Anchor, refine, render_label_views, views
+    from neumours.render.transfer import RenderSettings
+
+    if (args.targets is None) == (args.from_labels is None):
+        raise NeumoursError("give exactly one of --targets DIR or --from-labels SEG.nii.gz")
+    if args.steps < 1 or args.views < 1 or not args.lr > 0:
+        raise NeumoursError("--steps and --views must be at least 1 and --lr > 0")
+    if not str(args.out).endswith(".safetensors"):
+        raise NeumoursError(f"{args.out}: the refined checkpoint must end in .safetensors")
+    size = parse_size(args.size)
+    state, config, metadata = load_checkpoint(args.checkpoint)
+    case = load_case(args.case)
+    corrected = None
+    if args.from_labels is not None:
+        corrected, _ = read_label_volume(args.from_labels)
+        if corrected.shape != case.shape:
+            raise NeumoursError(f"{args.from_labels}: label shape {corrected.shape} does not match case "
+                                f"{case.case_id} shape {case.shape}")
+    else:
+        cameras, targets, weights = _load_targets(args.targets, case.shape, case.spacing, size)
+
+    device = get_device(args.device)
+    inr = INR(config, device)
+    inr.load_state_dict(state)
+    vols = DeviceVolumes.upload(device, [normalize(case.images)])
+    settings = RenderSettings()
+    if corrected is not None:
+        cameras = views(case.shape, case.spacing, args.views, size)
+        targets, weights = render_label_views(device, corrected, case.spacing, cameras, settings), None
+    anchor = None
+    if args.anchor_data is not None:
+        others = [load_case(r) for r in list_cases(args.anchor_data)[:4]]
+        anchor = Anchor(inr, DeviceVolumes.upload(device, [normalize(c.images) for c in others]),
+                        weight=args.anchor_weight)
+
+    truth = corrected if corrected is not None else case.label
+    before = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
+    rows = refine(inr, vols, case.spacing, cameras, settings, targets, steps=args.steps, lr=args.lr, anchor=anchor,
+                  weights=weights, progress=True)
+    after = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
+    metadata = dict(metadata, refined_from=str(args.checkpoint), refined_on=case.case_id, refine_steps=str(args.steps))
+    save_checkpoint(args.out, inr.state_dict(), config, metadata)
+    report = {"case": case.case_id, "views": len(cameras), "steps": rows, "dice_before": before,
+              "dice_after": after}
+    from neumours.atomic import atomic_write_text
+
+    atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(report, indent=2, default=float) + "\n")
+    print(f"refined {args.checkpoint} on {case.case_id} from {len(cameras)} views in {args.steps} steps: "
+          f"image loss {rows[0]['image_loss']:.4g} -> {rows[-1]['image_loss']:.4g}; wrote {args.out}")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("refine", help="correct a trained INR from rendered views of one case",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("case", type=Path)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--targets", type=Path, help="folder with targets.npz")
+    p.add_argument("--from-labels", type=Path, help="corrected label NIfTI rendered from --views cameras")
+    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--size", default="256x256", help="target image size for --from-labels (default 256x256)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--anchor-data", type=Path, help="cases whose predictions should stay as they are")
+    p.add_argument("--anchor-weight", type=float, default=1.0)
+    p.add_argument("--out", type=Path, required=True, help="refined checkpoint (.safetensors)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=refine_command)
+    return p
