@@ -12,7 +12,7 @@ from neumours.data.phantom import write_dataset
 from neumours.errors import NeumoursError
 from neumours.model.inr import INR
 from neumours.model.reference import TorchINR
-from neumours.train.config import ScheduleConfig, preset
+from neumours.train.config import preset
 from neumours.train.optim import build_optimizers, learning_rate
 from neumours.train.reference import seg_loss_torch
 from neumours.train.trainer import Trainer

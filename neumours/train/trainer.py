@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from neumours.atomic import atomic_path, atomic_write_text
 from neumours.data import list_cases, load_case, normalize, split_cases
-from neumours.device import empty_buffer, get_device, upload
+from neumours.device import empty_buffer, get_device
 from neumours.errors import NeumoursDataError, NeumoursError
 from neumours.model.checkpoint import load_checkpoint, save_checkpoint
 from neumours.model.inputs import DeviceVolumes, gather_inputs
