@@ -1,4 +1,5 @@
-"""Refinement path (a): d(image loss)/d(INR weights) through the cache, against float64 torch."""
+"""Render-loss refinement: d(image loss)/d(INR weights) by both paths against float64 torch and
+finite differences, the refinement loop, and ``neumours refine``."""
 
 from __future__ import annotations
 
@@ -11,44 +12,99 @@ from neumours.model.inputs import DeviceVolumes
 from neumours.model.inr import INR
 from neumours.model.reference import TorchINR, patches_np
 from neumours.render import RenderSettings, orbit
-from neumours.render.reference import TorchScene, render_reference
-from neumours.render.refine import cache_path_gradients, image_loss, weight_gradients
+from neumours.render.refine import PATHS, image_loss, weight_gradients
+from neumours.render.refine_reference import patches_torch, refinement_loss
 from neumours.render.transfer import LabelLUT
 
 CONFIG = INRConfig(num_freqs=3, spatial_width=8, modality_width=8, hidden_width=16, hidden_layers=2)
 
 
-def test_cache_path_matches_torch_render_of_inr(cpu_device, rng):
+def _small_problem(rng, device, opacities=(0.0, 8.0, 4.0, 8.0)):
     shape, spacing = (9, 8, 7), (1.0, 1.2, 1.0)
     volume = rng.normal(size=(4, *shape)).astype(np.float32)
-    inr = INR(CONFIG, cpu_device, seed=int(rng.integers(1 << 30)))
-    settings = RenderSettings(lut=LabelLUT(opacities=np.array([0.0, 8.0, 4.0, 8.0], np.float32)), step=0.05)
+    inr = INR(CONFIG, device, seed=int(rng.integers(1 << 30)))
+    settings = RenderSettings(lut=LabelLUT(opacities=np.array(opacities, np.float32)), step=0.05)
     cameras = [orbit(a, 20.0, 3.5, width=12, height=10) for a in (30.0, 160.0)]
     targets = [rng.uniform(0, 0.5, (10, 12, 3)) for _ in cameras]
+    return volume, spacing, inr, settings, cameras, targets
+
+
+@pytest.mark.parametrize("path", ["cache", "direct"])
+def test_path_gradients_match_float64_torch(cpu_device, rng, path):
+    volume, spacing, inr, settings, cameras, targets = _small_problem(rng, cpu_device)
+    weights = [None, (rng.random((10, 12)) > 0.3).astype(np.float32)]  # the second view has "don't care" pixels
     vols = DeviceVolumes.upload(cpu_device, [volume])
     inr.zero_grad()
-    loss, _ = cache_path_gradients(inr, vols, spacing, cameras, settings, targets, chunk_points=200)
+    stats = {}
+    loss, images = PATHS[path](inr, vols, spacing, cameras, settings, targets, weights, chunk_points=200, stats=stats)
     grads = weight_gradients(inr)
+    assert stats["backward_points"] > 0
 
-    # float64 torch: render(softmax(INR(grid))) with the same weights.
+    # float64 torch: the same loss with autograd through renderer, softmax and INR.
     model = TorchINR(CONFIG).double()
     model.load_state_dict({k: v.double() for k, v in inr.state_dict().items()})
-    index = np.stack(np.unravel_index(np.arange(np.prod(shape)), shape), -1).astype(np.float64)
-    coords = torch.from_numpy(2 * index / (np.array(shape) - 1) - 1)
-    patches = torch.from_numpy(patches_np(volume, index))
-    probs = torch.softmax(model(coords, patches), dim=1).T.reshape(4, *shape)
-    total = 0.0
-    for camera, target in zip(cameras, targets):
-        scene = TorchScene.build(shape, spacing, settings, probabilities=probs)
-        image, _ = render_reference(scene, camera)
-        total = total + ((image - torch.from_numpy(target)) ** 2).mean()
+    total, ref_images = refinement_loss(model, torch.from_numpy(volume).double(), spacing, cameras, settings, targets,
+                                        path, weights)
     total.backward()
     assert abs(loss - float(total.detach())) <= 1e-5 * float(total.detach())
+    seen = weights[1] != 0
+    assert np.abs(images[1][seen] - ref_images[1].detach().numpy()[seen]).max() < 1e-5
     for name, param in model.named_parameters():
         ref = param.grad.numpy()
         assert np.linalg.norm(ref) > 0, name  # the views see the tumour classes: a real gradient
         err = np.linalg.norm(grads[name] - ref) / max(np.linalg.norm(ref), 1e-12)
         assert err <= 1e-4, (name, err)
+
+
+@pytest.mark.parametrize("path", ["cache", "direct"])
+def test_path_gradients_match_finite_differences(cpu_device, rng, path):
+    # Opacities low enough that no ray reaches T < 0.01, whose cut-off would make the loss jump.
+    volume, spacing, inr, settings, cameras, targets = _small_problem(rng, cpu_device, (0.0, 1.0, 0.5, 1.0))
+    vols = DeviceVolumes.upload(cpu_device, [volume])
+    state = {k: v.numpy() for k, v in inr.state_dict().items()}
+
+    def loss_at(shift: dict[str, np.ndarray] | None) -> float:
+        inr.load_state_dict({k: v + (0 if shift is None else shift[k]) for k, v in state.items()})
+        inr.zero_grad()
+        return PATHS[path](inr, vols, spacing, cameras, settings, targets)[0]
+
+    loss_at(None)
+    grads = weight_gradients(inr)
+    scale = np.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+    for _ in range(3):
+        # Half along the gradient, half random: a directional derivative of the gradient's size.
+        direction = {k: grads[k] / scale + rng.normal(size=v.shape) / np.sqrt(v.size * len(state))
+                     for k, v in state.items()}
+        norm = np.sqrt(sum(float((d * d).sum()) for d in direction.values()))
+        direction = {k: (d / norm).astype(np.float32) for k, d in direction.items()}
+        eps = 3e-2
+        fd = (loss_at({k: eps * d for k, d in direction.items()})
+              - loss_at({k: -eps * d for k, d in direction.items()})) / (2 * eps)
+        analytic = sum(float((grads[k] * direction[k]).sum()) for k in state)
+        assert abs(fd - analytic) <= 2e-3 * abs(analytic), (fd, analytic)
+
+
+def test_paths_agree_where_the_field_is_smooth(cpu_device, rng):
+    """Paths (a) and (b) render the same image up to the trilinear discretisation of (a)."""
+    from neumours.render.refine_direct import DirectRenderer
+    from neumours.infer.cache import VolumeCache
+    from neumours.render.raymarch import render
+
+    volume, spacing, inr, settings, cameras, _ = _small_problem(rng, cpu_device, (0.0, 1.0, 0.5, 1.0))
+    vols = DeviceVolumes.upload(cpu_device, [volume])
+    direct, _ = DirectRenderer(inr, vols, spacing, settings).render(cameras[0])
+    probs = VolumeCache(inr, vols, keep_probs=True).probabilities()
+    cached = render(cpu_device, None, spacing, cameras[0], settings, probabilities=probs)
+    difference = np.abs(direct - cached)
+    assert difference.max() > 0  # different fields ...
+    assert difference.mean() < 0.1 * np.abs(cached - np.asarray(settings.background)).mean()  # ... same picture
+
+
+def test_patches_torch_matches_numpy(rng):
+    volume = rng.normal(size=(4, 6, 5, 7))
+    positions = np.concatenate([rng.uniform(-1, 7, (20, 3)), rng.integers(0, 5, (10, 3))]).astype(np.float64)
+    got = patches_torch(torch.from_numpy(volume), torch.from_numpy(positions)).numpy()
+    np.testing.assert_allclose(got, patches_np(volume, positions), atol=1e-12)
 
 
 def test_image_loss_dont_care_pixels():

@@ -60,6 +60,14 @@ def zeros_buffer(device: spy.Device, count: int, dtype=np.float32) -> spy.Buffer
     return upload(device, np.zeros(max(int(count), 1), dtype=dtype), dtype)
 
 
+def copy_elements(device: spy.Device, dst: spy.Buffer, src: spy.Buffer, src_start: int, count: int,
+                  element_bytes: int = 4) -> None:
+    """Copy elements ``src_start .. src_start + count`` of ``src`` to the start of ``dst`` on the device."""
+    encoder = device.create_command_encoder()
+    encoder.copy_buffer(dst, 0, src, int(src_start) * element_bytes, int(count) * element_bytes)
+    device.submit_command_buffer(encoder.finish())
+
+
 def download(buffer: spy.Buffer, shape=None, dtype=np.float32) -> np.ndarray:
     """Read ``buffer`` back as a new numpy array of ``dtype``, reshaped to ``shape``."""
     dtype = _check_dtype(dtype)

@@ -77,6 +77,19 @@ def super_resolution_affine(affine: np.ndarray, shape: Sequence[int], grid: Sequ
     return out
 
 
+def forward_workspace(inr: INR, count: int) -> Workspace:
+    """Forward-only workspace: the hidden activations ping-pong between two buffers.
+
+    ``forward_device`` reads H_l and writes H_{l+1}, so two (count, hidden)
+    buffers suffice when no backward pass needs every H_l (half the memory of
+    :meth:`INR.workspace` for the paper's network, and no gradient buffers).
+    """
+    width = inr.config.hidden_width
+    pair = [empty_buffer(inr.device, count * width) for _ in range(2)]
+    hidden = [pair[layer % 2] for layer in range(inr.config.hidden_layers + 1)]
+    return Workspace(count, hidden, [])
+
+
 @dataclass
 class StageTimer:
     """Wall time per named stage, with the device synchronised at each boundary.
@@ -157,24 +170,12 @@ class VolumeCache:
         self.probs_buffer = empty_buffer(self.device, cfg.num_classes * self.total) if keep_probs else None
         self._run(timer)
 
-    def _workspace(self, count: int) -> Workspace:
-        """Forward-only workspace: the hidden activations ping-pong between two buffers.
-
-        ``forward_device`` reads H_l and writes H_{l+1}, so two (count, hidden)
-        buffers suffice when no backward pass needs every H_l (half the memory of
-        :meth:`INR.workspace` for the paper's network, and no gradient buffers).
-        """
-        width = self.inr.config.hidden_width
-        pair = [empty_buffer(self.device, count * width) for _ in range(2)]
-        hidden = [pair[layer % 2] for layer in range(self.inr.config.hidden_layers + 1)]
-        return Workspace(count, hidden, [])
-
     def _run(self, timer: StageTimer | None) -> None:
         cfg, dev = self.inr.config, self.device
         coords = empty_buffer(dev, self.chunk * 3)
         patches = empty_buffer(dev, self.chunk * cfg.patch_dim)
         logits = empty_buffer(dev, self.chunk * cfg.num_classes)
-        ws = self._workspace(self.chunk)
+        ws = forward_workspace(self.inr, self.chunk)
         keep = self.probs_buffer is not None
         argmax = load_kernel(dev, _FILE, "argmax_labels", {"NUM_CLASSES": cfg.num_classes, "WRITE_PROBS": keep})
         if timer is not None:

@@ -253,7 +253,7 @@ def _settings_tables(settings: RenderSettings) -> tuple[np.ndarray, np.ndarray, 
 _TABLE_CACHE: dict = {}
 
 
-def _settings_buffers(device: spy.Device, settings: RenderSettings) -> dict[str, spy.Buffer]:
+def settings_buffers(device: spy.Device, settings: RenderSettings) -> dict[str, spy.Buffer]:
     """The small per-frame tables on the device, uploaded once per distinct value."""
     arrays = _settings_tables(settings)
     key = (id(device), b"".join(a.tobytes() for a in arrays))
@@ -274,22 +274,29 @@ def _constants(scene: Scene, settings: RenderSettings) -> dict[str, object]:
             "USE_MRI": _uses_mri(scene, settings), "LABEL_MODE": scene.label_mode}
 
 
+def view_params(shape, spacing, camera: Camera, settings: RenderSettings) -> dict:
+    """The ``camera``, ``grid``, ``dt`` and ``background`` fields that every marching kernel reads."""
+    half = volume_box(shape, spacing)
+    return {
+        "camera": camera.kernel_vectors(),
+        "grid": {"dims": [int(s) for s in shape], "half": half.tolist(),
+                 "to_voxel": to_voxel_scale(shape, half).tolist()},
+        "dt": float(settings.step),
+        "background": [float(b) for b in settings.background],
+    }
+
+
 def _params(scene: Scene, camera: Camera, settings: RenderSettings, frame: Frame) -> dict:
     if (frame.width, frame.height) != (camera.width, camera.height):
         raise ValueError(f"frame is {frame.width}x{frame.height}, camera {camera.width}x{camera.height}")
-    half = volume_box(scene.shape, scene.spacing)
     tf = settings.transfer
     params = {
-        "camera": camera.kernel_vectors(),
-        "grid": {"dims": list(scene.shape), "half": half.tolist(),
-                 "to_voxel": to_voxel_scale(scene.shape, half).tolist()},
+        **view_params(scene.shape, scene.spacing, camera, settings),
         "transfer": {"scale": tf.density_scale, "lo": tf.density_lo,
                      "inv_width": 1.0 / (tf.density_hi - tf.density_lo), "brightness": tf.brightness},
-        "dt": float(settings.step),
-        "background": [float(b) for b in settings.background],
         "image": frame.image,
         "transmittance": frame.transmittance,
-        **_settings_buffers(scene.device, settings),
+        **settings_buffers(scene.device, settings),
     }
     if scene.mri is not None:
         params["mri"] = scene.mri.buffer

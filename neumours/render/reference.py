@@ -17,6 +17,7 @@ modality weights, look-up-table colours and opacities.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,9 @@ class TorchScene:
         lut_colours: (K, 3); lut_opacities: (K,).
         ramp: (scale, lo, inv_width, brightness) of the MRI transfer function.
         dt: step; background: (3,).
+        field: class probabilities as a function of (N, 3) box points -> (N, K),
+            in place of a probability volume (the INR evaluated at the samples:
+            refinement path (b)), or None.
     """
 
     half: Tensor
@@ -66,10 +70,12 @@ class TorchScene:
     ramp: tuple[float, float, float, float]
     dt: float
     background: Tensor
+    field: Callable[[Tensor], Tensor] | None = None
 
     @classmethod
     def build(cls, shape, spacing, settings: RenderSettings, volumes=None, labels=None, probabilities=None,
-              weights=None, lut_colours=None, lut_opacities=None, dtype=torch.float64, device="cpu") -> TorchScene:
+              weights=None, lut_colours=None, lut_opacities=None, dtype=torch.float64, device="cpu",
+              field=None) -> TorchScene:
         """Tensors from settings and arrays; tensors given here are used as they are (autograd flows to them).
 
         Args:
@@ -99,6 +105,7 @@ class TorchScene:
             ramp=(tf.density_scale, tf.density_lo, 1.0 / (tf.density_hi - tf.density_lo), tf.brightness),
             dt=float(settings.step),
             background=t(settings.background),
+            field=field,
         )
 
 
@@ -149,8 +156,10 @@ def _medium(scene: TorchScene, points: Tensor) -> tuple[Tensor, Tensor]:
         scale, lo, inv, brightness = scene.ramp
         sigma = scale * _ramp((intensity - lo) * inv)
         emission = (sigma * brightness)[:, None] * (wy @ scene.tint)
-    if scene.labels is not None or scene.probabilities is not None:
-        if scene.labels is not None:
+    if scene.labels is not None or scene.probabilities is not None or scene.field is not None:
+        if scene.field is not None:
+            probs = scene.field(points)
+        elif scene.labels is not None:
             nearest = _sample(scene.labels[None].to(points.dtype), grid, "nearest")[:, 0]
             probs = F.one_hot(nearest.round().long(), scene.lut_opacities.shape[0]).to(points.dtype)
         else:

@@ -1,13 +1,17 @@
-"""Render-loss refinement, path (a): gradients of an image loss through the volume cache
-back to the INR's weights.
+"""Render-loss refinement: correct an INR's weights from an image loss on rendered views.
 
-The INR is evaluated over the case's grid into a class-probability volume
-(:class:`neumours.infer.cache.VolumeCache`); the raymarcher renders it in soft
-mode from each camera; the image loss's gradient is back-propagated by the
-raymarcher into the probability volume, through the softmax
-(``slang/refine_kernels.slang``) and through the INR (``INR.backward_device``)
-chunk by chunk into the weight-gradient buffer. Everything stays on the device
-except the images, which the loss reads on the host.
+The loop (:func:`refine`): per step, the gradient of the image loss with
+respect to the INR's weights by one of two paths, plus an optional
+:class:`Anchor` penalty, then one AdamW step through the torch bridge.
+
+- path ``"cache"`` (a), :mod:`neumours.render.refine_cache`: render the cached
+  class-probability volume, back-propagate to it, then through the INR over the
+  voxels that received gradient;
+- path ``"direct"`` (b), :mod:`neumours.render.refine_direct`: evaluate the INR
+  at the ray samples themselves and back-propagate straight to the weights.
+
+Targets are images from given cameras (:func:`render_label_views` makes them
+from a corrected label volume) with optional per-pixel weights (0 = don't care).
 """
 
 from __future__ import annotations
@@ -16,80 +20,20 @@ from typing import Sequence
 
 import numpy as np
 
-from neumours.device import download, empty_buffer, load_kernel, upload
-from neumours.infer.cache import VolumeCache
-from neumours.model.inputs import DeviceVolumes, grid_inputs
+from neumours.device import download, empty_buffer, upload
+from neumours.model.inputs import DeviceVolumes
 from neumours.model.inr import INR
 from neumours.render.camera import Camera
-from neumours.render.raymarch import DeviceVolume, Frame, Gradients, Scene, render_backward_device, render_device
+from neumours.render.image_loss import image_loss
+from neumours.render.raymarch import DeviceVolume, Frame, Scene, render_device
+from neumours.render.refine_cache import cache_path_gradients
+from neumours.render.refine_direct import direct_path_gradients
 from neumours.render.transfer import RenderSettings
 
-_FILE = "refine_kernels.slang"
-
-
-def image_loss(image: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """Mean squared error over pixels and channels, and its gradient.
-
-    Args:
-        image, target: (H, W, 3). weight: (H, W) per-pixel weight (0 = don't care), or None.
-
-    Returns:
-        (loss, dL/dimage (H, W, 3) float32).
-    """
-    w = np.ones(image.shape[:2]) if weight is None else np.asarray(weight, np.float64)
-    diff = (np.asarray(image, np.float64) - target) * w[..., None]
-    n = max(float(w.sum()) * 3.0, 1.0)
-    return float((diff * diff).sum() / n), (2.0 * diff * w[..., None] / n).astype(np.float32)
-
-
-def cache_path_gradients(inr: INR, vols: DeviceVolumes, spacing, cameras: Sequence[Camera],
-                         settings: RenderSettings, targets: Sequence[np.ndarray],
-                         weights: Sequence[np.ndarray | None] | None = None, case_index: int = 0,
-                         chunk_points: int = 1 << 18) -> tuple[float, list[np.ndarray]]:
-    """Add d(image loss)/d(weights), summed over views, into ``inr``'s gradient buffer.
-
-    Args:
-        inr: the network (weights on the device); its gradient buffer is added to,
-            not zeroed (call ``inr.zero_grad()`` first).
-        vols: the case's normalised volumes on the device.
-        spacing: voxel size (sets the rendered box).
-        cameras: one per view; targets: (H, W, 3) images, one per view;
-            weights: optional (H, W) per-pixel weights (0 = don't care).
-        chunk_points: grid points per INR backward chunk.
-
-    Returns:
-        (loss summed over views, the rendered images).
-    """
-    device = inr.device
-    cfg = inr.config
-    cache = VolumeCache(inr, vols, case_index=case_index, keep_probs=True)
-    shape, total = cache.shape, cache.total
-    probs = DeviceVolume(cache.probs_buffer, cfg.num_classes, shape, channels_last=False)
-    scene = Scene(device, shape, tuple(spacing), probabilities=probs)
-    grads = Gradients.zeros(scene, mri=False, probabilities=True)
-    loss, images = 0.0, []
-    for k, (camera, target) in enumerate(zip(cameras, targets, strict=True)):
-        frame = Frame.allocate(device, camera.width, camera.height)
-        render_device(scene, camera, settings, frame)
-        image = frame.to_numpy()[0]
-        value, grad_image = image_loss(image, target, None if weights is None else weights[k])
-        render_backward_device(scene, camera, settings, frame, upload(device, grad_image), grads)
-        loss += value
-        images.append(image)
-
-    chunk = min(int(chunk_points), total)
-    ws = inr.workspace(chunk)
-    coords, patches = empty_buffer(device, chunk * 3), empty_buffer(device, chunk * cfg.patch_dim)
-    logits, grad_logits = empty_buffer(device, chunk * cfg.num_classes), empty_buffer(device, chunk * cfg.num_classes)
-    kernel = load_kernel(device, _FILE, "softmax_backward", {"NUM_CLASSES": cfg.num_classes})
-    for start in range(0, total, chunk):
-        count = min(chunk, total - start)
-        grid_inputs(cfg, vols, case_index, shape, start, count, coords, patches)
-        inr.forward_device(coords, patches, count, logits, ws)
-        kernel(count, params={"logits": logits, "grad_probs": grads.probabilities.buffer, "grad_logits": grad_logits,
-                              "start": start, "count": count, "total": total})
-        inr.backward_device(coords, patches, count, grad_logits, ws)
-    return loss, images
+#: The gradient paths by name.
+PATHS = {"cache": cache_path_gradients, "direct": direct_path_gradients}
+__all__ = ["PATHS", "Anchor", "cache_path_gradients", "direct_path_gradients", "image_loss", "refine",
+           "render_label_views", "views", "weight_gradients"]
 
 
 def weight_gradients(inr: INR) -> dict[str, np.ndarray]:
@@ -169,16 +113,23 @@ class Anchor:
 
 def refine(inr: INR, vols: DeviceVolumes, spacing, cameras: Sequence[Camera], settings: RenderSettings,
            targets: Sequence[np.ndarray], steps: int = 20, lr: float = 1e-4, anchor: Anchor | None = None,
-           weights: Sequence[np.ndarray | None] | None = None, progress: bool = False) -> list[dict]:
+           weights: Sequence[np.ndarray | None] | None = None, path: str = "cache",
+           progress: bool = False) -> list[dict]:
     """Optimise the INR's weights in place so its rendered probabilities match the targets.
 
-    Each step: path (a) gradients of the image loss summed over views, plus the
-    anchor's penalty, then one AdamW step (torch, through the bridge) with
-    gradients clipped to norm 1.
+    Each step: the image loss's weight gradients summed over views by ``path``
+    (``"cache"`` or ``"direct"``, see the module docstring), plus the anchor's
+    penalty, then one AdamW step (torch, through the bridge) with gradients
+    clipped to norm 1.
 
     Returns:
-        one ``{"step", "image_loss", "anchor"}`` row per step (losses before the step).
+        one ``{"step", "image_loss", "anchor", "seconds"}`` row per step (losses before the step).
     """
+    import time
+
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {sorted(PATHS)}, got {path!r}")
+    gradients = PATHS[path]
     import torch
     from tqdm import tqdm
 
@@ -186,12 +137,13 @@ def refine(inr: INR, vols: DeviceVolumes, spacing, cameras: Sequence[Camera], se
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rows = []
     for step in tqdm(range(steps), desc="refine", unit="step", disable=not progress):
+        start = time.perf_counter()
         inr.zero_grad()
-        loss, _ = cache_path_gradients(inr, vols, spacing, cameras, settings, targets, weights)
+        loss, _ = gradients(inr, vols, spacing, cameras, settings, targets, weights)
         penalty = anchor.add_gradients() if anchor is not None else 0.0
         inr.bridge.pull_grads()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         inr.bridge.push_params()
-        rows.append({"step": step, "image_loss": loss, "anchor": penalty})
+        rows.append({"step": step, "image_loss": loss, "anchor": penalty, "seconds": time.perf_counter() - start})
     return rows
