@@ -30,7 +30,11 @@ def _small_problem(rng, device, opacities=(0.0, 8.0, 4.0, 8.0)):
 
 
 @pytest.mark.parametrize("path", ["cache", "direct"])
-def test_path_gradients_match_float64_torch(cpu_device, rng, path):
+def test_path_gradients_match_float64_torch(cpu_device, path):
+    # A fixed problem: at a random one, float32 and float64 now and then put a
+    # sample's hidden unit on different sides of its ReLU kink (|z| ~ 1e-7), which
+    # moves a weight gradient by ~1e-4 of its norm. Here no |z| is below 1e-6.
+    rng = np.random.default_rng(3)
     volume, spacing, inr, settings, cameras, targets = _small_problem(rng, cpu_device)
     weights = [None, (rng.random((10, 12)) > 0.3).astype(np.float32)]  # the second view has "don't care" pixels
     vols = DeviceVolumes.upload(cpu_device, [volume])
@@ -53,7 +57,7 @@ def test_path_gradients_match_float64_torch(cpu_device, rng, path):
         ref = param.grad.numpy()
         assert np.linalg.norm(ref) > 0, name  # the views see the tumour classes: a real gradient
         err = np.linalg.norm(grads[name] - ref) / max(np.linalg.norm(ref), 1e-12)
-        assert err <= 1e-4, (name, err)
+        assert err <= 2e-5, (name, err)
 
 
 @pytest.mark.parametrize("path", ["cache", "direct"])
