@@ -1,6 +1,7 @@
-"""Correct an INR from four rendered views of one case (render-loss refinement, path (a)).
+"""Correct an INR from four rendered views of one case (render-loss refinement).
 
-    python examples/refine_from_views.py [--out DIR] [--train-steps 60] [--steps 20] [--device auto]
+    python examples/refine_from_views.py [--out DIR] [--train-steps 60] [--steps 20] [--path cache|direct]
+                                         [--device auto]
 
 An early checkpoint of the tiny network is the model to correct; four views of
 one case's ground truth play the clinician's correction. Prints Dice per
@@ -44,6 +45,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--train-steps", type=int, default=60, help="an early checkpoint")
     parser.add_argument("--steps", type=int, default=20, help="refinement steps")
     parser.add_argument("--size", type=int, default=48, help="view size in pixels")
+    parser.add_argument("--path", choices=("cache", "direct"), default="cache", help="gradient path (a) or (b)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     device = get_device(args.device)
@@ -70,10 +72,12 @@ def main(argv=None) -> dict:
     before = dice(inr, vols, 0, target)
     others_before = np.mean([dice(inr, other_vols, i, c)["WT"] for i, c in enumerate(others)])
     rows = refine(inr, vols, target.spacing, cameras, settings, images, steps=args.steps, lr=1e-2,
-                  anchor=Anchor(inr, other_vols, points=2048))
+                  anchor=Anchor(inr, other_vols, points=2048), path=args.path)
     after = dice(inr, vols, 0, target)
     others_after = np.mean([dice(inr, other_vols, i, c)["WT"] for i, c in enumerate(others)])
-    print(f"image loss {rows[0]['image_loss']:.4f} -> {rows[-1]['image_loss']:.4f} in {args.steps} steps")
+    seconds = np.median([r["seconds"] for r in rows[1:]] or [rows[0]["seconds"]])
+    print(f"path {args.path}: image loss {rows[0]['image_loss']:.4f} -> {rows[-1]['image_loss']:.4f} "
+          f"in {args.steps} steps, {seconds:.3f} s per step")
     print(f"{target.case_id} Dice before: {before}")
     print(f"{target.case_id} Dice after:  {after}")
     print(f"other cases, mean WT Dice: {others_before:.3f} -> {others_after:.3f}")

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,9 +46,10 @@ def test_paper_figures(tmp_path):
     assert Image.open(slices).size[0] > 0
 
 
-def test_refine_from_views(tmp_path, capsys):
+@pytest.mark.parametrize("path", ["cache", "direct"])
+def test_refine_from_views(tmp_path, capsys, path):
     result = load_example("refine_from_views").main(
         ["--out", str(tmp_path), "--cases", "3", "--shape", "16", "16", "16", "--train-steps", "4", "--steps", "2",
-         "--size", "12", "--device", "cpu"])
+         "--size", "12", "--path", path, "--device", "cpu"])
     assert len(result["rows"]) == 2 and set(result["after"]) == {"NCR", "ED", "ET", "TC", "WT"}
     assert "Dice after" in capsys.readouterr().out

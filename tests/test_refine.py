@@ -156,11 +156,12 @@ def test_refine_cli_writes_checkpoint_and_report(tmp_path, capsys):
     out = tmp_path / "refined.safetensors"
     common = ["refine", str(case), "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu"]
 
-    assert main(common + ["--from-labels", str(seg), "--views", "2", "--size", "12x12", "--steps", "2"]) == 0
+    assert main(common + ["--from-labels", str(seg), "--views", "2", "--size", "12x12", "--steps", "2",
+                          "--path", "direct"]) == 0
     _, config, metadata = load_checkpoint(out, expected_config=CONFIG)
     assert metadata["refined_on"] == "Phantom-00000-000"
     report = json.loads(out.with_suffix(".json").read_text())
-    assert len(report["steps"]) == 2 and "dice_WT" in report["dice_after"]
+    assert len(report["steps"]) == 2 and "dice_WT" in report["dice_after"] and report["path"] == "direct"
 
     # Bad targets: one line, exit 2, nothing written.
     capsys.readouterr()

@@ -2,14 +2,17 @@
 
     neumours refine CASE --checkpoint CKPT (--targets DIR | --from-labels SEG.nii.gz)
                     --out CKPT2 [--views 4] [--size 256x256] [--steps 20] [--lr 1e-4]
-                    [--anchor-data DIR] [--anchor-weight 1.0] [--device auto]
+                    [--path cache|direct] [--anchor-data DIR] [--anchor-weight 1.0] [--device auto]
 
 ``--from-labels`` renders a corrected label volume from ``--views`` orbiting
 cameras (the "clinician's correction"); ``--targets DIR`` reads
 ``DIR/targets.npz`` with ``images`` (V, H, W, 3), ``azimuth`` and ``elevation``
 (V,) in degrees and optional ``weights`` (V, H, W) (0 = don't care). Writes the
-refined checkpoint and ``CKPT2`` with ``.json``: the loss per step and, when the
-case has labels, Dice per region before and after.
+refined checkpoint and ``CKPT2`` with ``.json``: the loss and seconds per step
+and, when the case has labels, Dice per region before and after. ``--path``
+picks the gradient path: ``cache`` (through the cached probability volume; cost
+set by the voxels) or ``direct`` (the INR at the ray samples; cost set by
+pixels x samples per ray, so it suits small or masked views).
 """
 
 from __future__ import annotations
@@ -102,11 +105,11 @@ def refine_command(args) -> None:
     truth = corrected if corrected is not None else case.label
     before = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
     rows = refine(inr, vols, case.spacing, cameras, settings, targets, steps=args.steps, lr=args.lr, anchor=anchor,
-                  weights=weights, progress=True)
+                  weights=weights, path=args.path, progress=True)
     after = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
     metadata = dict(metadata, refined_from=str(args.checkpoint), refined_on=case.case_id, refine_steps=str(args.steps))
     save_checkpoint(args.out, inr.state_dict(), config, metadata)
-    report = {"case": case.case_id, "views": len(cameras), "steps": rows, "dice_before": before,
+    report = {"case": case.case_id, "views": len(cameras), "path": args.path, "steps": rows, "dice_before": before,
               "dice_after": after}
     from neumours.atomic import atomic_write_text
 
@@ -126,6 +129,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", default="256x256", help="target image size for --from-labels (default 256x256)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--path", choices=("cache", "direct"), default="cache",
+                   help="gradient path: through the volume cache (a) or the INR at the ray samples (b)")
     p.add_argument("--anchor-data", type=Path, help="cases whose predictions should stay as they are")
     p.add_argument("--anchor-weight", type=float, default=1.0)
     p.add_argument("--out", type=Path, required=True, help="refined checkpoint (.safetensors)")
