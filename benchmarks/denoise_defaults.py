@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     for r in sorted(results, key=lambda r: -r["mean"])[:12] + [chosen]:
         rows.append({**{k: v for k, v in r["params"].items()}, **{k: f"{v:.4f}" for k, v in r["dice"].items()},
                      "mean": f"{r['mean']:.4f}"})
-    print(f"raw (no denoising): " + ", ".join(f"{r} {v:.4f}" for r, v in zip(REGION_NAMES, raw)) +
+    print("raw (no denoising): " + ", ".join(f"{r} {v:.4f}" for r, v in zip(REGION_NAMES, raw)) +
           f", mean {raw.mean():.4f}")
     print_table(rows, list(grid) + list(REGION_NAMES) + ["mean"])
     print(f"chosen: {chosen['params']} (mean Dice {chosen['mean']:.4f}, best {best:.4f})")

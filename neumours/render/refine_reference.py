@@ -49,17 +49,21 @@ def patches_torch(volume: Tensor, positions: Tensor, patch_size: int = 3) -> Ten
     return out[0, :, :, :, 0].permute(1, 0, 2).reshape(n, volume.shape[0], *(patch_size,) * 3)
 
 
+def chunk_probabilities(model: TorchINR, volume: Tensor, start: int, count: int) -> Tensor:
+    """softmax(model) at grid voxels ``start .. start + count`` (C-order) of ``volume`` (C, X, Y, Z): (count, K)."""
+    shape = volume.shape[1:]
+    dims = torch.tensor(shape, dtype=volume.dtype, device=volume.device)
+    index = torch.arange(start, start + count, device=volume.device)
+    pos = torch.stack([index // (shape[1] * shape[2]), (index // shape[2]) % shape[1], index % shape[2]], -1)
+    pos = pos.to(volume.dtype)
+    return torch.softmax(model(2 * pos / (dims - 1) - 1, patches_torch(volume, pos)), dim=1)
+
+
 def grid_probabilities(model: TorchINR, volume: Tensor, chunk: int = 1 << 16) -> Tensor:
     """softmax(model) at every voxel of ``volume`` (C, X, Y, Z): (K, X, Y, Z), differentiable."""
     shape = volume.shape[1:]
-    dims = torch.tensor(shape, dtype=volume.dtype, device=volume.device)
     total = int(np.prod(shape))
-    out = []
-    for start in range(0, total, chunk):
-        index = torch.arange(start, min(start + chunk, total), device=volume.device)
-        pos = torch.stack([index // (shape[1] * shape[2]), (index // shape[2]) % shape[1], index % shape[2]], -1)
-        pos = pos.to(volume.dtype)
-        out.append(torch.softmax(model(2 * pos / (dims - 1) - 1, patches_torch(volume, pos)), dim=1))
+    out = [chunk_probabilities(model, volume, start, min(chunk, total - start)) for start in range(0, total, chunk)]
     return torch.cat(out).T.reshape(-1, *shape)
 
 
