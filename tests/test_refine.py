@@ -201,7 +201,7 @@ def test_gpu_path_gradients_paper_network(cuda_device, path):
     config = INRConfig.paper()
     inr = INR(config, cuda_device, seed=0)
     settings = RenderSettings()
-    cameras = views(case.shape, (1, 1, 1), 2, size=(64, 64))
+    cameras = views(case.label.shape, (1, 1, 1), 2, size=(64, 64))
     targets = render_label_views(cuda_device, case.label, (1, 1, 1), cameras, settings)
     vols = DeviceVolumes.upload(cuda_device, [volume])
     inr.zero_grad()
