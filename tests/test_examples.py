@@ -7,7 +7,6 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +45,9 @@ def test_paper_figures(tmp_path):
     assert Image.open(slices).size[0] > 0
 
 
-@pytest.mark.parametrize("path", ["cache", "direct"])
-def test_refine_from_views(tmp_path, capsys, path):
+def test_refine_from_views(tmp_path, capsys):
+    # Path (b) runs through `neumours refine --path direct` in tests/test_refine.py.
+    path = "cache"
     result = load_example("refine_from_views").main(
         ["--out", str(tmp_path), "--cases", "3", "--shape", "16", "16", "16", "--train-steps", "4", "--steps", "2",
          "--size", "12", "--path", path, "--device", "cpu"])

@@ -19,11 +19,11 @@ from neumours.render.transfer import LabelLUT
 CONFIG = INRConfig(num_freqs=3, spatial_width=8, modality_width=8, hidden_width=16, hidden_layers=2)
 
 
-def _small_problem(rng, device, opacities=(0.0, 8.0, 4.0, 8.0)):
+def _small_problem(rng, device, opacities=(0.0, 8.0, 4.0, 8.0), step=0.05):
     shape, spacing = (9, 8, 7), (1.0, 1.2, 1.0)
     volume = rng.normal(size=(4, *shape)).astype(np.float32)
     inr = INR(CONFIG, device, seed=int(rng.integers(1 << 30)))
-    settings = RenderSettings(lut=LabelLUT(opacities=np.array(opacities, np.float32)), step=0.05)
+    settings = RenderSettings(lut=LabelLUT(opacities=np.array(opacities, np.float32)), step=step)
     cameras = [orbit(a, 20.0, 3.5, width=12, height=10) for a in (30.0, 160.0)]
     targets = [rng.uniform(0, 0.5, (10, 12, 3)) for _ in cameras]
     return volume, spacing, inr, settings, cameras, targets
@@ -63,7 +63,7 @@ def test_path_gradients_match_float64_torch(cpu_device, path):
 @pytest.mark.parametrize("path", ["cache", "direct"])
 def test_path_gradients_match_finite_differences(cpu_device, rng, path):
     # Opacities low enough that no ray reaches T < 0.01, whose cut-off would make the loss jump.
-    volume, spacing, inr, settings, cameras, targets = _small_problem(rng, cpu_device, (0.0, 1.0, 0.5, 1.0))
+    volume, spacing, inr, settings, cameras, targets = _small_problem(rng, cpu_device, (0.0, 1.0, 0.5, 1.0), step=0.1)
     vols = DeviceVolumes.upload(cpu_device, [volume])
     state = {k: v.numpy() for k, v in inr.state_dict().items()}
 
