@@ -82,3 +82,16 @@ def test_scatter_add_gpu_atomics(cuda_device, rng):
 def test_large_upload_through_torch(cuda_device, rng, dtype):
     data = rng.integers(0, 1 << 30, 1 << 20).astype(dtype)  # 4 MiB: the torch path
     np.testing.assert_array_equal(download(upload(cuda_device, data, dtype), dtype=dtype), data)
+
+
+def test_scratch_buffers_reuse_and_grow(cpu_device):
+    from neumours.device import ScratchBuffers, download
+
+    scratch = ScratchBuffers(cpu_device)
+    a = scratch.upload("x", np.arange(10, dtype=np.float32))
+    assert scratch.get("x", 8) is a  # fits: the same buffer
+    b = scratch.upload("x", np.arange(4, dtype=np.float32) + 100)
+    assert b is a and download(b, (10,))[:5].tolist() == [100, 101, 102, 103, 4]
+    c = scratch.get("x", 20)
+    assert c is not a and c.size >= 80
+    assert scratch.get("x", 5, np.uint32) is not c  # another dtype, another buffer

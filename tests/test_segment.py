@@ -228,3 +228,18 @@ def test_gpu_cache_of_the_paper_network_matches_torch(cuda_device):
     e = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(cache.probabilities(), (e / e.sum(1, keepdims=True)).T.reshape(4, *volume.shape[1:]),
                                atol=1e-4)
+
+
+def test_segmenter_reuses_buffers_across_cases_of_different_sizes(cpu_device, tmp_path):
+    """One Segmenter, cases large -> small -> large: each result equals a fresh Segmenter's."""
+    from neumours.data.phantom import write_dataset
+    from neumours.infer.segment import Segmenter
+
+    checkpoint = save_checkpoint(tmp_path / "tiny.safetensors", INR(CONFIG, cpu_device, seed=3).state_dict(), CONFIG)
+    big = write_dataset(tmp_path / "big", 1, shape=(24, 20, 18), seed=1, progress=False)[0]
+    small = write_dataset(tmp_path / "small", 1, shape=(16, 17, 16), seed=2, progress=False)[0]
+    shared = Segmenter(checkpoint, cpu_device, chunk_points=2000)
+    results = [shared(case).raw_labels for case in (big, small, big)]
+    for case, got in zip((big, small, big), results):
+        fresh = Segmenter(checkpoint, cpu_device, chunk_points=2000)(case).raw_labels
+        np.testing.assert_array_equal(got, fresh)

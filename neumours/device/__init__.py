@@ -6,12 +6,21 @@ device and set of compile-time constants, and ``buffers`` moves numpy arrays in
 and out of device buffers. Everything heavy in Neumours runs through these.
 """
 
-from neumours.device.buffers import copy_elements, download, empty_buffer, upload, zeros_buffer
+from neumours.device.buffers import (
+    ScratchBuffers,
+    copy_elements,
+    download,
+    empty_buffer,
+    upload,
+    upload_into,
+    zeros_buffer,
+)
 from neumours.device.kernels import Kernel, load_kernel, slang_dir
 from neumours.device.select import DEVICE_KINDS, describe, get_device
 
 __all__ = [
     "DEVICE_KINDS",
+    "ScratchBuffers",
     "copy_elements",
     "Kernel",
     "describe",
@@ -21,5 +30,6 @@ __all__ = [
     "load_kernel",
     "slang_dir",
     "upload",
+    "upload_into",
     "zeros_buffer",
 ]

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import slangpy as spy
 
-from neumours.device import download, empty_buffer, load_kernel
+from neumours.device import ScratchBuffers, download, empty_buffer, load_kernel
 from neumours.model.inputs import DeviceVolumes, grid_inputs
 from neumours.model.inr import INR, Workspace
 
@@ -77,15 +77,19 @@ def super_resolution_affine(affine: np.ndarray, shape: Sequence[int], grid: Sequ
     return out
 
 
-def forward_workspace(inr: INR, count: int) -> Workspace:
+def forward_workspace(inr: INR, count: int, scratch: ScratchBuffers | None = None) -> Workspace:
     """Forward-only workspace: the hidden activations ping-pong between two buffers.
 
     ``forward_device`` reads H_l and writes H_{l+1}, so two (count, hidden)
     buffers suffice when no backward pass needs every H_l (half the memory of
     :meth:`INR.workspace` for the paper's network, and no gradient buffers).
+    Taken from ``scratch`` when given (reused between calls).
     """
     width = inr.config.hidden_width
-    pair = [empty_buffer(inr.device, count * width) for _ in range(2)]
+    if scratch is not None:
+        pair = [scratch.get(f"forward.hidden{i}", count * width) for i in range(2)]
+    else:
+        pair = [empty_buffer(inr.device, count * width) for _ in range(2)]
     hidden = [pair[layer % 2] for layer in range(inr.config.hidden_layers + 1)]
     return Workspace(count, hidden, [])
 
@@ -131,6 +135,9 @@ class VolumeCache:
             :data:`MAX_BUFFER_BYTES`.
         timer: optional :class:`StageTimer`; adds ``"inference"`` (inputs + INR
             forward) and ``"argmax"`` seconds.
+        scratch: optional :class:`~neumours.device.ScratchBuffers` for the
+            per-chunk working buffers (kept for the next case; the labels and
+            probabilities are always new buffers).
 
     Attributes:
         labels_buffer: uint32 device buffer of G0*G1*G2 labels, C-order.
@@ -141,7 +148,8 @@ class VolumeCache:
 
     def __init__(self, inr: INR, volumes: DeviceVolumes | np.ndarray, case_index: int = 0,
                  grid_shape: Sequence[int] | None = None, keep_probs: bool = False,
-                 chunk_points: int = DEFAULT_CHUNK_POINTS, timer: StageTimer | None = None):
+                 chunk_points: int = DEFAULT_CHUNK_POINTS, timer: StageTimer | None = None,
+                 scratch: ScratchBuffers | None = None):
         self.inr = inr
         self.device = inr.device
         cfg = inr.config
@@ -168,14 +176,18 @@ class VolumeCache:
         self.chunks = -(-self.total // self.chunk)
         self.labels_buffer = empty_buffer(self.device, self.total, np.uint32)
         self.probs_buffer = empty_buffer(self.device, cfg.num_classes * self.total) if keep_probs else None
-        self._run(timer)
+        self._run(timer, scratch)
 
-    def _run(self, timer: StageTimer | None) -> None:
+    def _run(self, timer: StageTimer | None, scratch: ScratchBuffers | None) -> None:
         cfg, dev = self.inr.config, self.device
-        coords = empty_buffer(dev, self.chunk * 3)
-        patches = empty_buffer(dev, self.chunk * cfg.patch_dim)
-        logits = empty_buffer(dev, self.chunk * cfg.num_classes)
-        ws = forward_workspace(self.inr, self.chunk)
+
+        def buffer(name: str, count: int):
+            return scratch.get(name, count) if scratch is not None else empty_buffer(dev, count)
+
+        coords = buffer("cache.coords", self.chunk * 3)
+        patches = buffer("cache.patches", self.chunk * cfg.patch_dim)
+        logits = buffer("cache.logits", self.chunk * cfg.num_classes)
+        ws = forward_workspace(self.inr, self.chunk, scratch)
         keep = self.probs_buffer is not None
         argmax = load_kernel(dev, _FILE, "argmax_labels", {"NUM_CLASSES": cfg.num_classes, "WRITE_PROBS": keep})
         if timer is not None:

@@ -31,7 +31,7 @@ import slangpy as spy
 
 from neumours.data import Case, list_cases, load_case, normalize, save_label
 from neumours.data.nifti import is_nifti_name, write_nifti
-from neumours.device import upload
+from neumours.device import ScratchBuffers, upload
 from neumours.errors import NeumoursDataError, NeumoursError
 from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, StageTimer, VolumeCache, super_resolution_affine,
                                   super_resolution_shape)
@@ -96,13 +96,15 @@ def output_like(case: Case, shape, affine: np.ndarray) -> Case:
                                spacing=spacing, header=header)
 
 
-def _upload_one(device: spy.Device, images: np.ndarray) -> DeviceVolumes:
-    """:meth:`DeviceVolumes.upload` for one case, without its concatenation copy (~140 MB for BraTS)."""
+def _upload_one(device: spy.Device, images: np.ndarray, scratch: ScratchBuffers | None = None) -> DeviceVolumes:
+    """:meth:`DeviceVolumes.upload` for one case, without its concatenation copy (~140 MB for BraTS),
+    into ``scratch``'s volume buffer when given (no new allocation from the second case on)."""
     images = np.ascontiguousarray(images, dtype=np.float32)
     if images.ndim != 4:
         raise ValueError(f"images must have shape (modalities, X, Y, Z), got {images.shape}")
     table = np.array([(0, *images.shape[1:])], np.uint32)
-    return DeviceVolumes(device, upload(device, images), upload(device, table, np.uint32),
+    volumes = scratch.upload("segment.volumes", images) if scratch is not None else upload(device, images)
+    return DeviceVolumes(device, volumes, upload(device, table, np.uint32),
                          [tuple(int(s) for s in images.shape[1:])], images.shape[0])
 
 
@@ -136,6 +138,9 @@ class Segmenter:
         self.inr.load_state_dict(state)  # pushes the weights to the device
         self.chunk_points = int(chunk_points)
         self.device_normalise = bool(device_normalise)
+        # Working buffers (the case's volumes, per-chunk inputs and activations) live
+        # from case to case: creating them anew cost more than the INR pass itself.
+        self.scratch = ScratchBuffers(device)
 
     def cache(self, images: np.ndarray, grid_shape=None, keep_probs: bool = False,
               timer: StageTimer | None = None, raw: bool = True) -> VolumeCache:
@@ -146,7 +151,7 @@ class Segmenter:
                 already normalised ones (``raw=False``).
         """
         t0 = time.perf_counter()
-        vols = _upload_one(self.device, images)
+        vols = _upload_one(self.device, images, self.scratch)
         if timer is not None:
             t0 = timer.add("upload", t0)
         if raw:
@@ -157,7 +162,7 @@ class Segmenter:
             if timer is not None:
                 timer.add("normalise", t0)
         return VolumeCache(self.inr, vols, grid_shape=grid_shape, keep_probs=keep_probs,
-                           chunk_points=self.chunk_points, timer=timer)
+                           chunk_points=self.chunk_points, timer=timer, scratch=self.scratch)
 
     def __call__(self, case: Case | str | os.PathLike, scale: float = 1, denoise: bool = False,
                  probs: bool = False, denoise_params: DenoiseParams | None = None, timings: bool = False,
@@ -171,7 +176,9 @@ class Segmenter:
             probs: keep the softmax probabilities.
             timings: synchronise the device between stages so that
                 :attr:`SegmentResult.timings` splits device work correctly.
-            keep_cache: keep the :class:`VolumeCache` (device buffers) on the result.
+            keep_cache: keep the :class:`VolumeCache` (device buffers) on the result;
+                its labels and probabilities stay valid, its ``volumes`` only until
+                this Segmenter's next call (they are reused).
 
         Raises:
             NeumoursError: the case cannot be loaded (naming the file), or a bad ``scale``.
