@@ -95,3 +95,31 @@ def test_scratch_buffers_reuse_and_grow(cpu_device):
     c = scratch.get("x", 20)
     assert c is not a and c.size >= 80
     assert scratch.get("x", 5, np.uint32) is not c  # another dtype, another buffer
+
+
+@pytest.mark.parametrize("order", ["C", "F", "reversed"])
+def test_upload_any_memory_order(cpu_device, order, rng):
+    _check_upload_orders(cpu_device, order, rng, shape=(3, 5, 4, 6))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", ["C", "F", "reversed"])
+def test_gpu_upload_any_memory_order(cuda_device, order, rng):
+    # Over 1 MB: the torch route, where non-C-ordered arrays are reordered on the GPU.
+    _check_upload_orders(cuda_device, order, rng, shape=(4, 60, 50, 40))
+
+
+def _check_upload_orders(device, order, rng, shape):
+    from neumours.device import ScratchBuffers, download, upload
+
+    values = rng.normal(size=shape).astype(np.float32)
+    labels = rng.integers(0, 2**32 - 1, size=shape, dtype=np.uint32)
+    for array, dtype in ((values, np.float32), (labels, np.uint32)):
+        host = {"C": array, "F": np.asfortranarray(array), "reversed": array[::-1]}[order]
+        expected = np.ascontiguousarray(host).reshape(-1)
+        np.testing.assert_array_equal(download(upload(device, host, dtype), dtype=dtype), expected)
+        scratch = ScratchBuffers(device)
+        np.testing.assert_array_equal(download(scratch.upload("v", host, dtype), dtype=dtype), expected)
+    # float64 input converts on the way, keeping its memory order.
+    np.testing.assert_array_equal(download(upload(device, np.asfortranarray(values.astype(np.float64)))),
+                                  values.reshape(-1))

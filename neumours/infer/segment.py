@@ -97,9 +97,10 @@ def output_like(case: Case, shape, affine: np.ndarray) -> Case:
 
 
 def _upload_one(device: spy.Device, images: np.ndarray, scratch: ScratchBuffers | None = None) -> DeviceVolumes:
-    """:meth:`DeviceVolumes.upload` for one case, without its concatenation copy (~140 MB for BraTS),
-    into ``scratch``'s volume buffer when given (no new allocation from the second case on)."""
-    images = np.ascontiguousarray(images, dtype=np.float32)
+    """:meth:`DeviceVolumes.upload` for one case, without its concatenation copy (~140 MB for BraTS)
+    or a host-side reordering of Fortran-ordered NIfTI data, into ``scratch``'s volume buffer when
+    given (no new allocation from the second case on)."""
+    images = np.asarray(images, dtype=np.float32)  # any memory order: the upload reorders on the GPU
     if images.ndim != 4:
         raise ValueError(f"images must have shape (modalities, X, Y, Z), got {images.shape}")
     table = np.array([(0, *images.shape[1:])], np.uint32)
