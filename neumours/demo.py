@@ -13,12 +13,11 @@ from pathlib import Path
 
 import slangpy as spy
 
-from neumours.data import list_cases, load_case, split_cases
+from neumours.data import list_cases, load_case
 from neumours.data.phantom import write_dataset
 from neumours.device import get_device
 from neumours.eval.evaluate import evaluate_checkpoint, summary_markdown, write_report
 from neumours.figures import case_montage, segmentation_comparison
-from neumours.infer.segment import Segmenter
 from neumours.train.config import preset
 from neumours.train.trainer import train
 
@@ -50,17 +49,16 @@ def run_demo(out_dir="neumours-demo", device=None, cases: int | None = None, sha
     summary = train(data, out / "run", config, device, progress=progress)
     checkpoint = out / "run" / "best.safetensors"
 
-    metric = evaluate_checkpoint(checkpoint, data, split="val", seed=seed, device=device, progress=progress)
+    rows = []  # the first three validation cases, for the figure, from the evaluation's own pass
+
+    def keep(case, raw, clean):
+        if len(rows) < 3:
+            rows.append((case.case_id, case.images[3], [case.label, raw, clean]))
+
+    metric = evaluate_checkpoint(checkpoint, data, split="val", seed=seed, device=device, progress=progress,
+                                 on_case=keep)
     source = f"{len(refs)} phantom cases, {config.schedule.steps} steps of the {plan_preset} preset"
     report = write_report(metric, out / "evaluation", source=source)
-
-    _, val_refs = split_cases(refs, config.schedule.val_fraction, seed)
-    segmenter = Segmenter(checkpoint, device)
-    rows = []
-    for ref in val_refs[:3]:
-        case = load_case(ref)
-        result = segmenter(case, denoise=True)
-        rows.append((case.case_id, case.images[3], [case.label, result.raw_labels, result.labels]))
     figure = segmentation_comparison(rows, out / "segmentations.png")
     montage = case_montage([load_case(r) for r in refs[:3]], out / "montage.png")
     return {"data": data, "run": out / "run", "train": summary, "evaluation": report, "figure": figure,

@@ -22,11 +22,12 @@ import csv
 import io
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 import numpy as np
 
 from neumours.atomic import atomic_write_text
-from neumours.data import list_cases, split_cases
+from neumours.data import Case, list_cases, split_cases
 from neumours.data.nifti import is_nifti_name, read_label_volume, strip_nifti_suffix
 from neumours.errors import NeumoursDataError, NeumoursError
 from neumours.eval.metrics import RegionMetric
@@ -115,11 +116,14 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, pro
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, split: str = "val",
-                        seed: int = 0, device=None, progress: bool = True) -> RegionMetric:
+                        seed: int = 0, device=None, progress: bool = True,
+                        on_case: Callable[[Case, np.ndarray, np.ndarray], None] | None = None) -> RegionMetric:
     """Segment the cases of ``data_dir`` with ``checkpoint`` and score them raw and denoised.
 
     Args:
         split: ``"val"`` (validation part of ``split_cases(cases, 0.1, seed)``) or ``"all"``.
+        on_case: called as ``on_case(case, raw_labels, denoised_labels)`` after each
+            case (figures from the same pass, without segmenting again).
 
     Raises:
         NeumoursError: bad checkpoint (before any case is read), a bad split name,
@@ -146,7 +150,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         result = segmenter(case)
         spacing = _spacing(case.affine)
         metric(result.raw_labels, case.label, spacing, case_id=case.case_id, variant="raw")
-        metric(denoise(result.raw_labels, spacing=spacing), case.label, spacing, case_id=case.case_id, variant="denoised")
+        clean = denoise(result.raw_labels, spacing=spacing)
+        metric(clean, case.label, spacing, case_id=case.case_id, variant="denoised")
+        if on_case is not None:
+            on_case(case, result.raw_labels, clean)
     return metric
 
 
