@@ -218,3 +218,65 @@ def test_gpu_path_gradients_paper_network(cuda_device, path):
         ref = param.grad.cpu().numpy()
         err = np.linalg.norm(grads[name] - ref) / max(np.linalg.norm(ref), 1e-12)
         assert err <= 2e-3, (name, err)
+
+
+def test_silhouette_image_is_tumour_opacity(cpu_device, rng):
+    """Under silhouette settings every channel of the soft render is 1 - T_N."""
+    from neumours.render.masks import silhouette_settings
+    from neumours.render.raymarch import DeviceVolume, Frame, Scene, render_device
+
+    probs = rng.dirichlet(np.ones(4), size=(10, 9, 8)).transpose(3, 0, 1, 2).astype(np.float32)
+    scene = Scene(cpu_device, (10, 9, 8), (1, 1, 1), probabilities=DeviceVolume.upload(cpu_device, probs))
+    camera = orbit(40.0, 25.0, 3.5, width=14, height=12)
+    frame = Frame.allocate(cpu_device, 14, 12)
+    render_device(scene, camera, silhouette_settings(RenderSettings(step=0.05, background=(0.3, 0.2, 0.1))), frame)
+    image, transmittance = frame.to_numpy()
+    assert (transmittance < 0.999).mean() > 0.3  # the tumour classes are seen
+    np.testing.assert_allclose(image, np.repeat(1 - transmittance[..., None], 3, -1), atol=2e-6)
+
+
+def test_mask_targets():
+    from neumours.render.masks import DONT_CARE, mask_targets
+
+    images, weights = mask_targets(np.array([[[0, 1], [DONT_CARE, 1]]], np.uint8))
+    assert images[0][..., 0].tolist() == [[0, 1], [0, 1]] and weights[0].tolist() == [[1, 1], [0, 1]]
+    with pytest.raises(ValueError, match="has value 7"):
+        mask_targets([np.array([[0, 7]])])
+    with pytest.raises(ValueError, match="2-D integer"):
+        mask_targets([np.zeros((2, 2), np.float32)])
+
+
+def test_refine_cli_mask_targets(tmp_path, capsys):
+    """Masks (from a corrected label volume, or drawn and saved in targets.npz) refine through the CLI."""
+    import json
+
+    from neumours.cli import main
+    from neumours.data.phantom import write_dataset
+    from neumours.device import get_device
+    from neumours.model.checkpoint import save_checkpoint
+
+    write_dataset(tmp_path / "data", 1, shape=(16, 16, 16), seed=4, progress=False)
+    case = tmp_path / "data" / "Phantom-00000-000"
+    seg = case / "Phantom-00000-000-seg.nii.gz"
+    checkpoint = save_checkpoint(tmp_path / "model.safetensors", INR(CONFIG, get_device("cpu")).state_dict(), CONFIG)
+    common = ["refine", str(case), "--checkpoint", str(checkpoint), "--device", "cpu", "--steps", "3", "--lr", "3e-2"]
+    out = tmp_path / "a.safetensors"
+    assert main(common + ["--from-labels", str(seg), "--masks", "--views", "2", "--size", "12x12", "--out",
+                          str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["targets"] == "masks" and report["steps"][-1]["image_loss"] < report["steps"][0]["image_loss"]
+
+    targets = tmp_path / "drawn"
+    targets.mkdir()
+    masks = np.full((2, 10, 12), 255, np.uint8)
+    masks[:, 3:7, 4:8] = 1  # "tumour here"
+    masks[:, :2] = 0        # "not tumour along the top rows"; the rest: don't care
+    np.savez(targets / "targets.npz", masks=masks, azimuth=np.array([0.0, 90.0]), elevation=np.zeros(2))
+    assert main(common + ["--targets", str(targets), "--out", str(tmp_path / "b.safetensors")]) == 0
+
+    masks[0, 0, 0] = 9
+    np.savez(targets / "targets.npz", masks=masks, azimuth=np.array([0.0, 90.0]), elevation=np.zeros(2))
+    capsys.readouterr()
+    assert main(common + ["--targets", str(targets), "--out", str(tmp_path / "c.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "mask 0 has value 9" in err and err.count("\n") == 1 and not (tmp_path / "c.safetensors").exists()

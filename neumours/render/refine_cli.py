@@ -2,12 +2,15 @@
 
     neumours refine CASE --checkpoint CKPT (--targets DIR | --from-labels SEG.nii.gz)
                     --out CKPT2 [--views 4] [--size 256x256] [--steps 20] [--lr 1e-4]
-                    [--path cache|direct] [--anchor-data DIR] [--anchor-weight 1.0] [--device auto]
+                    [--masks] [--path cache|direct] [--anchor-data DIR] [--anchor-weight 1.0] [--device auto]
 
 ``--from-labels`` renders a corrected label volume from ``--views`` orbiting
-cameras (the "clinician's correction"); ``--targets DIR`` reads
-``DIR/targets.npz`` with ``images`` (V, H, W, 3), ``azimuth`` and ``elevation``
-(V,) in degrees and optional ``weights`` (V, H, W) (0 = don't care). Writes the
+cameras (the "clinician's correction"; with ``--masks``, as tumour masks);
+``--targets DIR`` reads ``DIR/targets.npz`` with ``azimuth`` and ``elevation``
+(V,) in degrees and either ``images`` (V, H, W, 3) with optional ``weights``
+(V, H, W) (0 = don't care), or ``masks`` (V, H, W) of 0 (not tumour), 1
+(tumour) and 255 (don't care), compared with the rendered tumour silhouette
+(:mod:`neumours.render.masks`). Writes the
 refined checkpoint and ``CKPT2`` with ``.json``: the loss and seconds per step
 and, when the case has labels, Dice per region before and after. ``--path``
 picks the gradient path: ``cache`` (through the cached probability volume; cost
@@ -26,35 +29,48 @@ import numpy as np
 from neumours.errors import NeumoursError
 
 
-def _load_targets(path: Path, shape, spacing, size_hint):
+def _load_targets(path: Path, shape, spacing):
+    """Cameras, image targets, weights and whether they came from masks, from ``path/targets.npz``."""
     from neumours.render.box import volume_box
     from neumours.render.camera import fit_distance, orbit
+    from neumours.render.masks import mask_targets
 
     file = path / "targets.npz"
     if not file.is_file():
-        raise NeumoursError(f"{file}: targets file not found (expected images, azimuth, elevation)")
+        raise NeumoursError(f"{file}: targets file not found (expected images or masks, azimuth, elevation)")
     try:
         data = np.load(file)
-        images = np.asarray(data["images"], np.float32)
+        names = set(data.files)
+        if ("images" in names) == ("masks" in names):
+            raise NeumoursError(f"{file}: needs exactly one of the arrays 'images' and 'masks', has {sorted(names)}")
+        from_masks = "masks" in names
         azimuth, elevation = np.asarray(data["azimuth"], float), np.asarray(data["elevation"], float)
-        weights = np.asarray(data["weights"], np.float32) if "weights" in data else None
+        if from_masks:
+            masks = np.asarray(data["masks"])
+            if masks.ndim != 3:
+                raise NeumoursError(f"{file}: masks must be (views, height, width), got {masks.shape}")
+            images, weights = mask_targets(masks)
+            images = np.stack(images)
+        else:
+            images = np.asarray(data["images"], np.float32)
+            weights = np.asarray(data["weights"], np.float32) if "weights" in data else None
     except KeyError as exc:
         raise NeumoursError(f"{file}: missing array {exc} (cameras need azimuth and elevation)") from None
     except (OSError, ValueError) as exc:
-        raise NeumoursError(f"{file}: not a readable .npz ({exc})") from None
+        raise NeumoursError(f"{file}: {exc}") from None
     if images.ndim != 4 or images.shape[-1] != 3:
         raise NeumoursError(f"{file}: images must be (views, height, width, 3), got {images.shape}")
     views = len(images)
     if azimuth.shape != (views,) or elevation.shape != (views,):
         raise NeumoursError(f"{file}: {views} images but {azimuth.size} azimuths and {elevation.size} elevations")
-    if weights is not None and weights.shape != images.shape[:3]:
-        raise NeumoursError(f"{file}: weights must be {images.shape[:3]}, got {weights.shape}")
+    if weights is not None and np.shape(weights) != images.shape[:3]:
+        raise NeumoursError(f"{file}: weights must be {images.shape[:3]}, got {np.shape(weights)}")
     if not np.isfinite(images).all():
         raise NeumoursError(f"{file}: images contain NaN/Inf")
     height, width = images.shape[1:3]
     distance = fit_distance(volume_box(shape, spacing), 30.0, width / height)
     cameras = [orbit(a, e, distance, width=width, height=height) for a, e in zip(azimuth, elevation)]
-    return cameras, list(images), None if weights is None else list(weights)
+    return cameras, list(images), None if weights is None else list(weights), from_masks
 
 
 def refine_command(args) -> None:
@@ -67,6 +83,7 @@ def refine_command(args) -> None:
     from neumours.model.inputs import DeviceVolumes
     from neumours.model.inr import INR
     from neumours.render.cli import parse_size
+    from neumours.render.masks import mask_targets, render_label_masks, silhouette_settings
     from neumours.render.refine import Anchor, refine, render_label_views, views
     from neumours.render.transfer import RenderSettings
 
@@ -79,23 +96,26 @@ def refine_command(args) -> None:
     size = parse_size(args.size)
     state, config, metadata = load_checkpoint(args.checkpoint)
     case = load_case(args.case)
-    corrected = None
+    corrected, from_masks = None, args.masks
     if args.from_labels is not None:
         corrected, _ = read_label_volume(args.from_labels)
         if corrected.shape != case.shape:
             raise NeumoursError(f"{args.from_labels}: label shape {corrected.shape} does not match case "
                                 f"{case.case_id} shape {case.shape}")
     else:
-        cameras, targets, weights = _load_targets(args.targets, case.shape, case.spacing, size)
+        cameras, targets, weights, from_masks = _load_targets(args.targets, case.shape, case.spacing)
 
     device = get_device(args.device)
     inr = INR(config, device)
     inr.load_state_dict(state)
     vols = DeviceVolumes.upload(device, [normalize(case.images)])
-    settings = RenderSettings()
+    settings = silhouette_settings(RenderSettings()) if from_masks else RenderSettings()
     if corrected is not None:
         cameras = views(case.shape, case.spacing, args.views, size)
-        targets, weights = render_label_views(device, corrected, case.spacing, cameras, settings), None
+        if from_masks:
+            targets, weights = mask_targets(render_label_masks(device, corrected, case.spacing, cameras, settings))
+        else:
+            targets, weights = render_label_views(device, corrected, case.spacing, cameras, settings), None
     anchor = None
     if args.anchor_data is not None:
         others = [load_case(r) for r in list_cases(args.anchor_data)[:4]]
@@ -109,7 +129,8 @@ def refine_command(args) -> None:
     after = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
     metadata = dict(metadata, refined_from=str(args.checkpoint), refined_on=case.case_id, refine_steps=str(args.steps))
     save_checkpoint(args.out, inr.state_dict(), config, metadata)
-    report = {"case": case.case_id, "views": len(cameras), "path": args.path, "steps": rows, "dice_before": before,
+    report = {"case": case.case_id, "views": len(cameras), "path": args.path,
+              "targets": "masks" if from_masks else "images", "steps": rows, "dice_before": before,
               "dice_after": after}
     from neumours.atomic import atomic_write_text
 
@@ -126,6 +147,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--targets", type=Path, help="folder with targets.npz")
     p.add_argument("--from-labels", type=Path, help="corrected label NIfTI rendered from --views cameras")
     p.add_argument("--views", type=int, default=4)
+    p.add_argument("--masks", action="store_true",
+                   help="with --from-labels: tumour masks of the corrected labels as targets, not colour images")
     p.add_argument("--size", default="256x256", help="target image size for --from-labels (default 256x256)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=1e-4)
