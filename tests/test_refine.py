@@ -280,3 +280,28 @@ def test_refine_cli_mask_targets(tmp_path, capsys):
     assert main(common + ["--targets", str(targets), "--out", str(tmp_path / "c.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "mask 0 has value 9" in err and err.count("\n") == 1 and not (tmp_path / "c.safetensors").exists()
+
+    assert main(common + ["--targets", str(targets), "--masks", "--out", str(tmp_path / "c.safetensors")]) == 2
+    assert "--masks goes with --from-labels" in capsys.readouterr().err
+
+
+def test_refine_cli_too_many_ray_samples(tmp_path, capsys, monkeypatch):
+    """Path (b) refusing a view whose samples outgrow its buffers: one line, exit 2, nothing written."""
+    import neumours.render.refine_direct as direct
+    from neumours.cli import main
+    from neumours.data.phantom import write_dataset
+    from neumours.device import get_device
+    from neumours.model.checkpoint import save_checkpoint
+
+    monkeypatch.setattr(direct, "MAX_BUFFER_BYTES", 1000)  # stands in for 2 GiB at a test-sized view
+    write_dataset(tmp_path / "data", 1, shape=(16, 16, 16), seed=4, progress=False)
+    case = tmp_path / "data" / "Phantom-00000-000"
+    checkpoint = save_checkpoint(tmp_path / "model.safetensors", INR(CONFIG, get_device("cpu")).state_dict(), CONFIG)
+    out = tmp_path / "r.safetensors"
+    capsys.readouterr()
+    assert main(["refine", str(case), "--checkpoint", str(checkpoint), "--device", "cpu", "--path", "direct",
+                 "--from-labels", str(case / "Phantom-00000-000-seg.nii.gz"), "--views", "1", "--size", "12x12",
+                 "--out", str(out)]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar's line
+    assert last.startswith("neumours: error:") and "ray samples need buffers over 2 GiB" in last
+    assert not out.exists() and not out.with_suffix(".json").exists()

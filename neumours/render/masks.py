@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from neumours.render.camera import Camera
+from neumours.render.refine import render_label_views
 from neumours.render.transfer import NUM_CLASSES, LabelLUT, RenderSettings
 
 #: Mask values.
@@ -62,7 +63,5 @@ def mask_targets(masks: Sequence[np.ndarray] | np.ndarray) -> tuple[list[np.ndar
 def render_label_masks(device, labels: np.ndarray, spacing, cameras: Sequence[Camera], settings: RenderSettings,
                        threshold: float = 0.5) -> list[np.ndarray]:
     """Masks of a (corrected) label volume: TUMOUR where its silhouette 1 - T_N reaches ``threshold``."""
-    from neumours.render.refine import render_label_views
-
     images = render_label_views(device, labels, spacing, cameras, silhouette_settings(settings))
     return [np.where(image[..., 0] >= threshold, TUMOUR, NOT_TUMOUR).astype(np.uint8) for image in images]

@@ -89,6 +89,8 @@ def refine_command(args) -> None:
 
     if (args.targets is None) == (args.from_labels is None):
         raise NeumoursError("give exactly one of --targets DIR or --from-labels SEG.nii.gz")
+    if args.masks and args.from_labels is None:
+        raise NeumoursError("--masks goes with --from-labels (a targets.npz says itself whether it holds masks)")
     if args.steps < 1 or args.views < 1 or not args.lr > 0:
         raise NeumoursError("--steps and --views must be at least 1 and --lr > 0")
     if not str(args.out).endswith(".safetensors"):
@@ -124,8 +126,11 @@ def refine_command(args) -> None:
 
     truth = corrected if corrected is not None else case.label
     before = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
-    rows = refine(inr, vols, case.spacing, cameras, settings, targets, steps=args.steps, lr=args.lr, anchor=anchor,
-                  weights=weights, path=args.path, progress=True)
+    try:
+        rows = refine(inr, vols, case.spacing, cameras, settings, targets, steps=args.steps, lr=args.lr,
+                      anchor=anchor, weights=weights, path=args.path, progress=True)
+    except ValueError as exc:  # e.g. more ray samples than path (b)'s buffers hold
+        raise NeumoursError(f"{args.case}: cannot refine ({exc})") from None
     after = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
     metadata = dict(metadata, refined_from=str(args.checkpoint), refined_on=case.case_id, refine_steps=str(args.steps))
     save_checkpoint(args.out, inr.state_dict(), config, metadata)
