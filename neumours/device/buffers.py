@@ -85,11 +85,12 @@ def upload_into(device: spy.Device, buffer: spy.Buffer, array: np.ndarray, dtype
 class ScratchBuffers:
     """Device buffers kept between calls and handed out again by name.
 
-    Creating a large buffer is slow on CUDA (~0.2 ms per MB on an H100 with
-    slangpy 0.43.1, against ~0.02 ms per MB to fill one), so work repeated per
-    case (segmenting many cases) takes its working buffers from here. A buffer
-    is reallocated only when a request outgrows it; whoever asks for a name owns
-    its contents until the next request for that name.
+    Creating a buffer of a size the process has not freed before is slow on
+    CUDA (~0.2 ms per MB on an H100 with slangpy 0.43.1; a freed block of the
+    same size comes back in ~0.1 ms), so work repeated per case on cases of
+    varying shapes (segmenting a mixed dataset) takes its working buffers from
+    here. A buffer is reallocated only when a request outgrows it; whoever asks
+    for a name owns its contents until the next request for that name.
     """
 
     def __init__(self, device: spy.Device):
