@@ -21,10 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import print_table, time_it, write_json  # noqa: E402
 from inr_throughput import TILE_VARIANTS, make_volume  # noqa: E402
 
-from neumours.device import describe, empty_buffer, get_device, load_kernel, upload, zeros_buffer  # noqa: E402
+from neumours.device import describe, empty_buffer, get_device, upload, zeros_buffer  # noqa: E402
+from neumours.kernels.accumulate import scatter_add  # noqa: E402
 from neumours.model.config import INRConfig  # noqa: E402
-from neumours.model.gemm import Fourier, Strided, gemm  # noqa: E402
-from neumours.model.inputs import DeviceVolumes, grid_inputs  # noqa: E402
+from neumours.kernels.gemm import Fourier, Strided, gemm  # noqa: E402
+from neumours.model.inputs import CaseVolumes, grid_inputs  # noqa: E402
 from neumours.model.reference import fourier_features_torch  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
                             Strided(y, 256, 1), n, 128, cfg.fourier_dim, bias=Strided(b, 1, 0), relu=True, tiles=tiles)
 
     shape = (240, 240, 155)
-    vols = DeviceVolumes.upload(device, [make_volume(shape)])
+    vols = CaseVolumes.upload(device, [make_volume(shape)])
     g_coords, g_patches = empty_buffer(device, n * 3), empty_buffer(device, n * cfg.patch_dim)
 
     def gather():
@@ -98,11 +99,9 @@ def main(argv=None) -> int:
     tiny = zeros_buffer(device, 1)
     tiny_t = torch.zeros(1, device="cuda")
     one = upload(device, np.zeros(1, np.uint32), np.uint32)
-    kernel = load_kernel(device, "accumulate_kernels.slang", "scatter_add")
-
     def dispatches():
         for _ in range(100):
-            kernel(1, params={"values": tiny, "indices": one, "out": tiny, "count": 1})
+            scatter_add(device, tiny, one, tiny, 1)
 
     t = time_it(dispatches, sync, 5)
     results["dispatch x100"] = t

@@ -25,7 +25,7 @@ from common import print_table, time_it, write_json  # noqa: E402
 from neumours.device import describe, empty_buffer, get_device, upload  # noqa: E402
 from neumours.model import gemm as gemm_module  # noqa: E402
 from neumours.model.config import INRConfig  # noqa: E402
-from neumours.model.inputs import DeviceVolumes, grid_inputs  # noqa: E402
+from neumours.model.inputs import CaseVolumes, grid_inputs  # noqa: E402
 from neumours.model.inr import INR  # noqa: E402
 from neumours.model.reference import TorchINR  # noqa: E402
 
@@ -49,7 +49,7 @@ def make_volume(shape, seed=0) -> np.ndarray:
     return (vol * inside).astype(np.float32)
 
 
-def slang_inference(inr: INR, vols: DeviceVolumes, shape, chunk: int):
+def slang_inference(inr: INR, vols: CaseVolumes, shape, chunk: int):
     total = int(np.prod(shape))
     cfg = inr.config
     coords = empty_buffer(inr.device, chunk * 3)
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     total = int(np.prod(shape))
     volume = make_volume(shape)
     inr = INR(cfg, device=device, seed=0)
-    vols = DeviceVolumes.upload(device, [volume])
+    vols = CaseVolumes.upload(device, [volume])
     model = TorchINR(cfg).cuda()
     model.load_state_dict({k: v.cuda() for k, v in inr.state_dict().items()})
 

@@ -23,16 +23,16 @@ from scipy import ndimage
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import print_table, write_json  # noqa: E402
 
-from neumours.data import normalize  # noqa: E402
+from neumours.data import normalise  # noqa: E402
 from neumours.data.phantom import make_case  # noqa: E402
 from neumours.device import describe, download, empty_buffer, get_device, upload  # noqa: E402
 from neumours.infer.cache import VolumeCache  # noqa: E402
 from neumours.model.checkpoint import load_checkpoint  # noqa: E402
-from neumours.model.inputs import DeviceVolumes, gather_inputs  # noqa: E402
+from neumours.model.inputs import CaseVolumes, gather_inputs  # noqa: E402
 from neumours.model.inr import INR  # noqa: E402
 
 
-def softmax_at(inr: INR, vols: DeviceVolumes, positions: np.ndarray) -> np.ndarray:
+def softmax_at(inr: INR, vols: CaseVolumes, positions: np.ndarray) -> np.ndarray:
     """softmax(INR) at (N, 3) voxel positions of case 0: (N, K)."""
     cfg, dev, n = inr.config, inr.device, len(positions)
     coords, patches = empty_buffer(dev, 3 * n), empty_buffer(dev, cfg.patch_dim * n)
@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     inr = INR(config, device)
     inr.load_state_dict(state)
     case = make_case(tuple(args.shape), seed=0)
-    images = normalize(case.images)
-    vols = DeviceVolumes.upload(device, [images])
+    images = normalise(case.images)
+    vols = CaseVolumes.upload(device, [images])
     grid = VolumeCache(inr, vols, keep_probs=True).probabilities().astype(np.float64)  # (K, X, Y, Z)
 
     rng = np.random.default_rng(0)

@@ -2,7 +2,7 @@
 INR at the ray samples) and the path-(a) loop in torch, same GPU, same run.
 
 A step: d(image loss)/d(weights) summed over the views, clip to norm 1, one AdamW
-step through the bridge (``neumours.render.refine.refine`` with ``steps=1``).
+step through the bridge (``neumours.refine.loop.refine`` with ``steps=1``).
 Case: a 240 x 240 x 155 phantom; network: the paper's, from ``--checkpoint`` (else
 its random initialisation); targets: a "clinician's correction" of the ground truth
 (the enhancing tumour grown by 2 voxels into the rest of the tumour) rendered from
@@ -38,20 +38,21 @@ from scipy import ndimage
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import print_table, time_it, write_json  # noqa: E402
 
-from neumours.data import normalize  # noqa: E402
+from neumours.data import normalise  # noqa: E402
 from neumours.data.phantom import make_case  # noqa: E402
 from neumours.device import describe, get_device  # noqa: E402
 from neumours.eval.metrics import region_scores  # noqa: E402
 from neumours.infer.cache import VolumeCache  # noqa: E402
 from neumours.model.checkpoint import load_checkpoint  # noqa: E402
 from neumours.model.config import INRConfig  # noqa: E402
-from neumours.model.inputs import DeviceVolumes  # noqa: E402
+from neumours.model.inputs import CaseVolumes  # noqa: E402
 from neumours.model.inr import INR  # noqa: E402
 from neumours.model.reference import TorchINR  # noqa: E402
 from neumours.render import RenderSettings  # noqa: E402
 from neumours.render.reference import TorchScene, render_reference  # noqa: E402
-from neumours.render.refine import PATHS, refine, render_label_views, views, weight_gradients  # noqa: E402
-from neumours.render.refine_reference import chunk_probabilities, grid_probabilities  # noqa: E402
+from neumours.refine.loop import PATHS, refine, weight_gradients  # noqa: E402
+from neumours.render.views import orbit_cameras, render_label_views  # noqa: E402
+from neumours.refine.reference import chunk_probabilities, grid_probabilities  # noqa: E402
 
 SPACING = (1.0, 1.0, 1.0)
 
@@ -63,7 +64,7 @@ def corrected_labels(label: np.ndarray, grow: int = 2) -> np.ndarray:
     return out
 
 
-def dice(inr: INR, vols: DeviceVolumes, case, labels: np.ndarray) -> dict[str, float]:
+def dice(inr: INR, vols: CaseVolumes, case, labels: np.ndarray) -> dict[str, float]:
     """Dice per region of the cached segmentation against ``labels``."""
     scores = region_scores(VolumeCache(inr, vols).labels(), labels, SPACING)
     return {k[5:]: round(v, 4) for k, v in scores.items() if k.startswith("dice_")}
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
     on_gpu = torch.cuda.is_available() and device.info.type.name == "cuda"
     shape = tuple(args.shape)
     case = make_case(shape, seed=0)
-    images = normalize(case.images)
+    images = normalise(case.images)
     if args.checkpoint:
         state, config, _ = load_checkpoint(args.checkpoint)
     else:
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
     if state is not None:
         inr.load_state_dict(state)
     initial = inr.state_dict()
-    vols = DeviceVolumes.upload(device, [images])
+    vols = CaseVolumes.upload(device, [images])
     settings = RenderSettings()
     correction = corrected_labels(case.label)
 
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
 
     def problem(size, masked=False):
-        cameras = views(shape, SPACING, args.views, size=(size, size))
+        cameras = orbit_cameras(shape, SPACING, args.views, size=(size, size))
         targets = render_label_views(device, correction, SPACING, cameras, settings)
         return cameras, targets, roi_weights(targets, settings.background) if masked else None
 

@@ -34,10 +34,10 @@ from common import print_table, time_it, write_json  # noqa: E402
 
 from neumours.data.phantom import make_case  # noqa: E402
 from neumours.device import describe, get_device, upload  # noqa: E402
-from neumours.render import (DeviceVolume, Frame, Gradients, RenderSettings, Scene, auto_windows,  # noqa: E402
+from neumours.render import (ChannelVolume, Frame, Gradients, RenderSettings, Scene, auto_windows,  # noqa: E402
                              fit_distance, orbit, render_backward_device, render_device, volume_box)
 from neumours.render.box import intersect_box  # noqa: E402
-from neumours.render.cli import parse_size  # noqa: E402
+from neumours.cli.render import parse_size  # noqa: E402
 from neumours.render.reference import TorchScene, camera_rays, march_rays  # noqa: E402
 
 SPACING = (1.0, 1.0, 1.0)
@@ -82,8 +82,8 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- Slang
     hard = Scene.upload(device, SPACING, volumes=images, labels=label)
     soft = Scene.upload(device, SPACING, volumes=images, probabilities=probs)
-    soft_cf = Scene(device, shape, SPACING, mri=DeviceVolume.upload(device, images, channels_last=False),
-                    probabilities=DeviceVolume.upload(device, probs, channels_last=False))
+    soft_cf = Scene(device, shape, SPACING, mri=ChannelVolume.upload(device, images, channels_last=False),
+                    probabilities=ChannelVolume.upload(device, probs, channels_last=False))
     frame = Frame.allocate(device, width, height)
     rng = np.random.default_rng(0)
     grad_np = rng.normal(size=(height, width, 3)).astype(np.float32) / (width * height)

@@ -61,7 +61,7 @@ def slang_pipeline(seg: Segmenter, case_dir: Path, out: Path, timings: bool):
 
 
 def torch_zscore(images: torch.Tensor) -> torch.Tensor:
-    """neumours.data.normalize in torch: brain = any modality nonzero, float64 statistics."""
+    """neumours.data.normalise in torch: brain = any modality nonzero, float64 statistics."""
     mask = (images != 0).any(0)
     count = mask.sum().clamp(min=1).double()
     x = images.double() * mask

@@ -18,11 +18,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import print_table, write_json  # noqa: E402
 
-from neumours.data import list_cases, load_case, normalize, split_cases  # noqa: E402
+from neumours.data import list_cases, load_case, normalise, split_cases  # noqa: E402
 from neumours.data.phantom import write_dataset  # noqa: E402
 from neumours.device import describe, get_device  # noqa: E402
 from neumours.model.checkpoint import load_checkpoint  # noqa: E402
-from neumours.model.inputs import DeviceVolumes  # noqa: E402
+from neumours.model.inputs import CaseVolumes  # noqa: E402
 from neumours.model.inr import INR  # noqa: E402
 from neumours.train.config import preset  # noqa: E402
 from neumours.train.curves import compare_runs, read_metrics  # noqa: E402
@@ -39,7 +39,7 @@ def split_dice(device, checkpoint, refs) -> np.ndarray:
     scores = []
     for ref in refs:
         case = load_case(ref)
-        vols = DeviceVolumes.upload(device, [normalize(case.images)])
+        vols = CaseVolumes.upload(device, [normalise(case.images)])
         scores.append(dice_per_class(VolumeCache(inr, vols).labels(), case.label))
     return np.mean(scores, axis=0)
 

@@ -18,12 +18,14 @@ import numpy as np
 from PIL import Image
 
 from neumours.atomic import atomic_path
+from neumours.conventions import CLASS_NAMES
 from neumours.data import load_case
 from neumours.device import get_device
 from neumours.figures import segmentation_comparison
 from neumours.infer.segment import Segmenter
 from neumours.render import Frame, RenderSettings, Scene, auto_windows, fit_distance, orbit, render_device, volume_box
-from neumours.render.cli import parse_size
+from neumours.cli.render import parse_size
+from neumours.render.io import stamp_label_legend
 
 TITLES = ("ground truth", "INR raw", "INR denoised")
 
@@ -55,7 +57,8 @@ def main(argv=None) -> list[Path]:
     for labels in volumes:
         render_device(Scene.upload(device, case.spacing, volumes=case.images, labels=labels), camera, settings, frame)
         panels.append(np.clip(frame.to_numpy()[0], 0, 1))
-    strip = (np.concatenate(panels, axis=1) * 255).astype(np.uint8)
+    strip = stamp_label_legend((np.concatenate(panels, axis=1) * 255).astype(np.uint8), settings.lut.colours[1:],
+                               CLASS_NAMES[1:])
     renders = args.out / "fig7_renders.png"
     with atomic_path(renders) as tmp:
         Image.fromarray(strip).save(tmp, format="PNG")

@@ -18,16 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from neumours.data import list_cases, load_case, normalize
+from neumours.data import list_cases, load_case, normalise
 from neumours.data.phantom import write_dataset
 from neumours.device import get_device
 from neumours.eval.metrics import region_scores
 from neumours.infer.cache import VolumeCache
 from neumours.model.checkpoint import load_checkpoint
-from neumours.model.inputs import DeviceVolumes
+from neumours.model.inputs import CaseVolumes
 from neumours.model.inr import INR
 from neumours.render import RenderSettings
-from neumours.render.refine import Anchor, refine, render_label_views, views
+from neumours.refine.loop import Anchor, refine
+from neumours.render.views import orbit_cameras, render_label_views
 from neumours.train.config import preset
 from neumours.train.trainer import train
 
@@ -61,12 +62,12 @@ def main(argv=None) -> dict:
 
     cases = [load_case(r) for r in list_cases(args.out / "data")]
     target, others = cases[0], cases[1:]
-    vols = DeviceVolumes.upload(device, [normalize(target.images)])
-    other_vols = DeviceVolumes.upload(device, [normalize(c.images) for c in others])
+    vols = CaseVolumes.upload(device, [normalise(target.images)])
+    other_vols = CaseVolumes.upload(device, [normalise(c.images) for c in others])
 
     # The correction: the ground truth seen from four orbiting cameras.
     settings = RenderSettings()
-    cameras = views(target.shape, target.spacing, 4, size=(args.size, args.size))
+    cameras = orbit_cameras(target.shape, target.spacing, 4, size=(args.size, args.size))
     images = render_label_views(device, target.label, target.spacing, cameras, settings)
 
     before = dice(inr, vols, 0, target)

@@ -22,8 +22,9 @@ from neumours.data.phantom import make_case, write_case
 from neumours.device import get_device
 from neumours.render import (Frame, LabelLUT, RenderSettings, Scene, TransferFunction, auto_windows, fit_distance,
                              orbit, render_device, volume_box)
-from neumours.render.cli import parse_size
-from neumours.render.io import write_animation, write_image
+from neumours.cli.render import parse_size
+from neumours.conventions import CLASS_NAMES
+from neumours.render.io import stamp_label_legend, to_uint8, write_animation, write_image
 
 
 def main(argv=None) -> list[Path]:
@@ -64,7 +65,8 @@ def main(argv=None) -> list[Path]:
 
     def shot(azimuth: float) -> np.ndarray:
         render_device(scene, orbit(azimuth, 25.0, distance, width=width, height=height), settings, frame)
-        return frame.to_numpy()[0]
+        # A key to the label colours (drawn once the image is tall enough to hold it).
+        return stamp_label_legend(to_uint8(frame.to_numpy()[0]), settings.lut.colours[1:], CLASS_NAMES[1:])
 
     still = write_image(args.out / "still.png", shot(40.0))
     turntable = write_animation(args.out / "turntable.gif", [shot(360.0 * k / args.frames) for k in range(args.frames)])

@@ -11,16 +11,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import slangpy as spy
-
-from neumours.data import list_cases, load_case
-from neumours.data.phantom import write_dataset
-from neumours.device import get_device
-from neumours.eval.evaluate import evaluate_checkpoint, summary_markdown, write_report
-from neumours.figures import case_montage, segmentation_comparison
-from neumours.train.config import preset
-from neumours.train.trainer import train
-
 #: (cases, shape, preset, steps) per kind of device.
 CPU_PLAN = (16, (64, 64, 48), "tiny", 300)
 GPU_PLAN = (40, (128, 128, 96), "paper", 3000)
@@ -36,6 +26,16 @@ def run_demo(out_dir="neumours-demo", device=None, cases: int | None = None, sha
         device: slangpy device (default: auto); decides the plan (CPU_PLAN / GPU_PLAN)
             unless ``cases``, ``shape`` or ``steps`` override it.
     """
+    import slangpy as spy
+
+    from neumours.data import list_cases, load_case
+    from neumours.data.phantom import write_dataset
+    from neumours.device import get_device
+    from neumours.eval.evaluate import evaluate_checkpoint, summary_markdown, write_report
+    from neumours.figures import case_montage, segmentation_comparison
+    from neumours.train.config import preset
+    from neumours.train.trainer import train
+
     device = device or get_device()
     cpu = device.info.type == spy.DeviceType.cpu
     plan_cases, plan_shape, plan_preset, plan_steps = CPU_PLAN if cpu else GPU_PLAN

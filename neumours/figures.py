@@ -1,4 +1,4 @@
-"""Figures written as PNG: case montages (and, later, paper-style comparisons).
+"""Figures written as PNG: case montages and the paper's Fig. 5-style segmentation comparison.
 
 matplotlib with the Agg backend, so figures are made on machines without a
 display; every file is written atomically.
@@ -15,7 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from matplotlib.patches import Patch  # noqa: E402
+
 from neumours.atomic import atomic_path  # noqa: E402
+from neumours.conventions import CLASS_NAMES  # noqa: E402
 from neumours.regions import LABEL_COLOURS  # noqa: E402
 
 _MODALITY_TITLES = {"t1n": "T1n", "t1c": "T1c", "t2w": "T2w", "t2f": "FLAIR"}
@@ -34,6 +37,14 @@ def label_overlay(label_slice: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     for value, colour in LABEL_COLOURS.items():
         rgba[label_slice == value] = (*colour, alpha)
     return rgba
+
+
+def add_label_legend(fig) -> None:
+    """A colour key of the overlaid labels (NCR, ED, ET) under the figure's panels."""
+    handles = [Patch(facecolor=LABEL_COLOURS[k], edgecolor="none", label=CLASS_NAMES[k]) for k in sorted(LABEL_COLOURS)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9,
+               bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
 
 
 def _window(image: np.ndarray) -> tuple[float, float]:
@@ -77,12 +88,15 @@ def case_montage(cases, path, modalities: Sequence[str] = ("t1n", "t1c", "t2w", 
                     ax.set_title(_MODALITY_TITLES.get(name, name), fontsize=10)
                 if m == 0:
                     ax.set_ylabel(f"{case.case_id}\n{plane}", fontsize=7)
-    return save_figure(fig, path, dpi=90)
+    if any(case.label is not None for case in cases):
+        add_label_legend(fig)
+    return save_figure(fig, path, dpi=90, layout=False)
 
 
-def save_figure(fig, path, dpi: int = 100) -> Path:
-    """Lay out, write ``fig`` as PNG atomically, close it; returns the path."""
-    fig.tight_layout()
+def save_figure(fig, path, dpi: int = 100, layout: bool = True) -> Path:
+    """Lay out (unless ``layout`` is False: already done), write ``fig`` as PNG atomically, close it."""
+    if layout:
+        fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
@@ -115,4 +129,5 @@ def segmentation_comparison(cases, path, titles=("ground truth", "INR raw", "INR
                 ax.set_title(title, fontsize=10)
             if col == 0:
                 ax.set_ylabel(case_id, fontsize=8)
-    return save_figure(fig, path, dpi=90)
+    add_label_legend(fig)
+    return save_figure(fig, path, dpi=90, layout=False)

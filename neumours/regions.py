@@ -1,15 +1,17 @@
-"""Label classes and evaluation regions of SPEC.md, defined once.
+"""Evaluation regions and label colours (docs/method.md), defined once.
 
-Labels: 0 background, 1 necrotic core (NCR), 2 peritumoral edema (ED),
-3 enhancing tumour (ET). Regions: NCR={1}, ED={2}, ET={3}, TC={1,3}, WT={1,2,3}.
+Labels (:data:`neumours.conventions.CLASS_NAMES`): 0 background, 1 necrotic core
+(NCR), 2 peritumoral edema (ED), 3 enhancing tumour (ET). Regions: NCR={1},
+ED={2}, ET={3}, TC={1,3}, WT={1,2,3}.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-#: Class index -> short name, in logit order.
-CLASS_NAMES = ("background", "NCR", "ED", "ET")
+from neumours.conventions import CLASS_KEYS, CLASS_NAMES, NUM_CLASSES
+
+__all__ = ["CLASS_KEYS", "CLASS_NAMES", "LABEL_COLOURS", "NUM_CLASSES", "REGIONS", "region_mask", "region_volumes_ml"]
 
 #: Evaluation region -> the labels it contains.
 REGIONS: dict[str, tuple[int, ...]] = {
@@ -32,5 +34,5 @@ def region_mask(label: np.ndarray, region: str) -> np.ndarray:
 def region_volumes_ml(label: np.ndarray, spacing) -> dict[str, float]:
     """Volume of every region in millilitres, from the voxel spacing in mm."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    counts = np.bincount(label.reshape(-1).astype(np.int64), minlength=4)
+    counts = np.bincount(label.reshape(-1).astype(np.int64), minlength=NUM_CLASSES)
     return {name: float(counts[list(labels)].sum()) * voxel_ml for name, labels in REGIONS.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from neumours.cli import main
+from neumours.cli.main import main
 
 
 def run(args, capsys):

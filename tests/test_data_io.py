@@ -18,7 +18,7 @@ from neumours.data import (
     kfold,
     list_cases,
     load_case,
-    normalize,
+    normalise,
     read_nifti,
     save_label,
     split_cases,
@@ -445,17 +445,17 @@ def test_save_label_rejects_bad_input(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# normalize
+# normalise
 # ---------------------------------------------------------------------------
 
 
-def test_normalize_matches_float64_formula():
+def test_normalise_matches_float64_formula():
     images = _volumes().astype(np.float32) * np.float32(3.7)
     images[2][_brain() & (np.indices(SHAPE)[0] < 4)] = 0  # some brain voxels zero in one modality only
     mask = brain_mask(images)
     assert mask.dtype == bool and mask.shape == SHAPE
     np.testing.assert_array_equal(mask, _brain())
-    out = normalize(images)
+    out = normalise(images)
     assert out.dtype == np.float32 and out.shape == images.shape
     for c in range(4):
         vals = images[c][mask].astype(np.float64)
@@ -465,10 +465,10 @@ def test_normalize_matches_float64_formula():
     assert (out[:, ~mask] == 0).all()
 
 
-def test_normalize_constant_modality_no_division_by_zero():
+def test_normalise_constant_modality_no_division_by_zero():
     images = _volumes().astype(np.float32)
     images[1][_brain()] = 42.0
-    out = normalize(images)
+    out = normalise(images)
     assert np.isfinite(out).all()
     assert (out[1] == 0).all()
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from neumours.device import download, get_device, load_kernel, upload, zeros_buffer
+from neumours.kernels.accumulate import scatter_add
 from neumours.errors import DeviceUnavailableError
 
 
@@ -55,9 +56,7 @@ def test_scatter_add_accumulates_collisions(cpu_device, rng):
     values = rng.normal(size=n).astype(np.float32)
     indices = rng.integers(0, bins, n).astype(np.uint32)
     out = zeros_buffer(cpu_device, bins)
-    kernel = load_kernel(cpu_device, "accumulate_kernels.slang", "scatter_add")
-    kernel(n, params={"values": upload(cpu_device, values), "indices": upload(cpu_device, indices, np.uint32),
-                      "out": out, "count": n})
+    scatter_add(cpu_device, upload(cpu_device, values), upload(cpu_device, indices, np.uint32), out, n)
     expected = np.zeros(bins)
     np.add.at(expected, indices, values.astype(np.float64))
     np.testing.assert_allclose(download(out, (bins,)), expected, rtol=1e-5, atol=1e-4)
@@ -69,9 +68,7 @@ def test_scatter_add_gpu_atomics(cuda_device, rng):
     values = rng.normal(size=n).astype(np.float32)
     indices = rng.integers(0, bins, n).astype(np.uint32)
     out = zeros_buffer(cuda_device, bins)
-    kernel = load_kernel(cuda_device, "accumulate_kernels.slang", "scatter_add")
-    kernel(n, params={"values": upload(cuda_device, values), "indices": upload(cuda_device, indices, np.uint32),
-                      "out": out, "count": n})
+    scatter_add(cuda_device, upload(cuda_device, values), upload(cuda_device, indices, np.uint32), out, n)
     expected = np.zeros(bins)
     np.add.at(expected, indices, values.astype(np.float64))
     np.testing.assert_allclose(download(out, (bins,)), expected, rtol=1e-3, atol=1e-2)

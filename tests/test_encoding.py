@@ -30,7 +30,7 @@ def test_forward_matches_float64(cpu_device, rng, K):
     ref = fourier_features_np(p, K)
     assert out.shape == (len(p), 3 + 6 * K) and out.dtype == np.float32
     assert rel_err(out, ref) <= 1e-5
-    # Order of SPEC.md: p first, then sin/cos blocks of the three axes.
+    # Order of docs/method.md: p first, then sin/cos blocks of the three axes.
     np.testing.assert_array_equal(out[:, :3], p)
     np.testing.assert_allclose(out[:, 3:6], np.sin(np.pi * p.astype(np.float64)), atol=1e-6)
     np.testing.assert_allclose(out[:, 6:9], np.cos(np.pi * p.astype(np.float64)), atol=1e-6)

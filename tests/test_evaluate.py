@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from neumours.cli import main
+from neumours.cli.main import main
 from neumours.data.phantom import make_case, write_dataset
 from neumours.eval.metrics import REGION_NAMES, RegionMetric, dice, hd95, region_scores
 from neumours.model.checkpoint import save_checkpoint

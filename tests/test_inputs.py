@@ -6,7 +6,7 @@ import numpy as np
 
 from neumours.device import download, empty_buffer, upload
 from neumours.model.config import INRConfig
-from neumours.model.inputs import DeviceVolumes, gather_inputs, grid_inputs
+from neumours.model.inputs import CaseVolumes, gather_inputs, grid_inputs
 from neumours.model.reference import patches_np
 
 CONFIG = INRConfig.tiny()
@@ -19,7 +19,7 @@ def coords_of(positions, shape):
 def test_gather_on_grid_and_off_grid(cpu_device, rng):
     shapes = [(9, 7, 6), (5, 8, 4)]
     images = [rng.normal(size=(4, *s)).astype(np.float32) for s in shapes]
-    vols = DeviceVolumes.upload(cpu_device, images)
+    vols = CaseVolumes.upload(cpu_device, images)
     n = 200
     case_ids = rng.integers(0, 2, n).astype(np.uint32)
     dims = np.array(shapes)[case_ids]
@@ -50,7 +50,7 @@ def test_gather_on_grid_and_off_grid(cpu_device, rng):
 def test_grid_inputs_cover_the_volume_and_super_resolution(cpu_device, rng):
     shape = (6, 5, 4)
     image = rng.normal(size=(4, *shape)).astype(np.float32)
-    vols = DeviceVolumes.upload(cpu_device, [image])
+    vols = CaseVolumes.upload(cpu_device, [image])
     for grid in (shape, (11, 9, 7)):  # plain, and ~2x finer over the same field of view
         total = int(np.prod(grid))
         start, count = 7, total - 7

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from neumours.bridge import TorchBridge
-from neumours.device import download, load_kernel, upload
+from neumours.model.bridge import TorchBridge
+from neumours.device import download, upload
+from neumours.kernels.accumulate import scatter_add
 from neumours.errors import NeumoursError
 from neumours.model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from neumours.model.config import INRConfig
@@ -366,9 +367,8 @@ def test_bridge_pull_and_zero_grads(bridge, rng):
     assert all(p.grad is not None and p.grad.untyped_storage().data_ptr() == bridge.grads.untyped_storage().data_ptr()
                for p in params)  # fmt: skip
     # A Slang kernel accumulating into the device buffer (as the backward pass does) reaches torch.
-    kernel = load_kernel(bridge.device, "accumulate_kernels.slang", "scatter_add")
-    kernel(n, params={"values": upload(bridge.device, grads), "indices": upload(bridge.device, np.arange(n), np.uint32),
-                      "out": bridge.grads_buffer, "count": n})  # fmt: skip
+    scatter_add(bridge.device, upload(bridge.device, grads), upload(bridge.device, np.arange(n), np.uint32),
+                bridge.grads_buffer, n)
     bridge.pull_grads()
     np.testing.assert_array_equal(params[0].grad.numpy().reshape(-1), grads[: params[0].numel()])
     np.testing.assert_array_equal(bridge.grads.numpy(), grads)
@@ -383,11 +383,10 @@ def test_bridge_cuda_is_zero_copy(cuda_device, rng):
     # A Slang kernel's writes to the grads buffer are what torch's .grad views read.
     n = layout.total
     grads = rng.normal(size=n).astype(np.float32)
-    kernel = load_kernel(cuda_device, "accumulate_kernels.slang", "scatter_add")
     params = bridge.torch_parameters()
     bridge.zero_grads()
-    kernel(n, params={"values": upload(cuda_device, grads), "indices": upload(cuda_device, np.arange(n), np.uint32),
-                      "out": bridge.grads_buffer, "count": n})  # fmt: skip
+    scatter_add(cuda_device, upload(cuda_device, grads), upload(cuda_device, np.arange(n), np.uint32),
+                bridge.grads_buffer, n)
     bridge.pull_grads()
     np.testing.assert_allclose(bridge.grads.cpu().numpy(), grads, rtol=1e-6, atol=1e-6)
     # Optimiser steps on the Parameters write the device buffer itself.

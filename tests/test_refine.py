@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from neumours.model.config import INRConfig
-from neumours.model.inputs import DeviceVolumes
+from neumours.model.inputs import CaseVolumes
 from neumours.model.inr import INR
 from neumours.model.reference import TorchINR, patches_np
 from neumours.render import RenderSettings, orbit
-from neumours.render.refine import PATHS, image_loss, weight_gradients
-from neumours.render.refine_reference import patches_torch, refinement_loss
+from neumours.refine.image_loss import image_loss
+from neumours.refine.loop import PATHS, weight_gradients
+from neumours.refine.reference import patches_torch, refinement_loss
 from neumours.render.transfer import LabelLUT
 
 CONFIG = INRConfig(num_freqs=3, spatial_width=8, modality_width=8, hidden_width=16, hidden_layers=2)
@@ -37,7 +38,7 @@ def test_path_gradients_match_float64_torch(cpu_device, path):
     rng = np.random.default_rng(3)
     volume, spacing, inr, settings, cameras, targets = _small_problem(rng, cpu_device)
     weights = [None, (rng.random((10, 12)) > 0.3).astype(np.float32)]  # the second view has "don't care" pixels
-    vols = DeviceVolumes.upload(cpu_device, [volume])
+    vols = CaseVolumes.upload(cpu_device, [volume])
     inr.zero_grad()
     stats = {}
     loss, images = PATHS[path](inr, vols, spacing, cameras, settings, targets, weights, chunk_points=200, stats=stats)
@@ -64,7 +65,7 @@ def test_path_gradients_match_float64_torch(cpu_device, path):
 def test_path_gradients_match_finite_differences(cpu_device, rng, path):
     # Opacities low enough that no ray reaches T < 0.01, whose cut-off would make the loss jump.
     volume, spacing, inr, settings, cameras, targets = _small_problem(rng, cpu_device, (0.0, 1.0, 0.5, 1.0), step=0.1)
-    vols = DeviceVolumes.upload(cpu_device, [volume])
+    vols = CaseVolumes.upload(cpu_device, [volume])
     state = {k: v.numpy() for k, v in inr.state_dict().items()}
 
     def loss_at(shift: dict[str, np.ndarray] | None) -> float:
@@ -90,12 +91,12 @@ def test_path_gradients_match_finite_differences(cpu_device, rng, path):
 
 def test_paths_agree_where_the_field_is_smooth(cpu_device, rng):
     """Paths (a) and (b) render the same image up to the trilinear discretisation of (a)."""
-    from neumours.render.refine_direct import DirectRenderer
+    from neumours.refine.direct_path import DirectRenderer
     from neumours.infer.cache import VolumeCache
     from neumours.render.raymarch import render
 
     volume, spacing, inr, settings, cameras, _ = _small_problem(rng, cpu_device, (0.0, 1.0, 0.5, 1.0))
-    vols = DeviceVolumes.upload(cpu_device, [volume])
+    vols = CaseVolumes.upload(cpu_device, [volume])
     direct, _ = DirectRenderer(inr, vols, spacing, settings).render(cameras[0])
     probs = VolumeCache(inr, vols, keep_probs=True).probabilities()
     cached = render(cpu_device, None, spacing, cameras[0], settings, probabilities=probs)
@@ -120,18 +121,19 @@ def test_image_loss_dont_care_pixels():
 
 def test_refine_moves_the_segmentation_towards_corrected_views(cpu_device, rng):
     from neumours.data.phantom import make_case
-    from neumours.data import normalize
+    from neumours.data import normalise
     from neumours.infer.cache import VolumeCache
-    from neumours.render.refine import Anchor, refine, render_label_views, views
+    from neumours.refine.loop import Anchor, refine
+    from neumours.render.views import orbit_cameras, render_label_views
 
     case = make_case((20, 20, 16), seed=2)
-    images = normalize(case.images)
-    vols = DeviceVolumes.upload(cpu_device, [images])
+    images = normalise(case.images)
+    vols = CaseVolumes.upload(cpu_device, [images])
     inr = INR(CONFIG, cpu_device, seed=1)
     settings = RenderSettings(step=0.05)
-    cameras = views(case.label.shape, (1, 1, 1), 2, size=(16, 16))
+    cameras = orbit_cameras(case.label.shape, (1, 1, 1), 2, size=(16, 16))
     targets = render_label_views(cpu_device, case.label, (1, 1, 1), cameras, settings)
-    other = DeviceVolumes.upload(cpu_device, [normalize(make_case((16, 16, 16), seed=3).images)])
+    other = CaseVolumes.upload(cpu_device, [normalise(make_case((16, 16, 16), seed=3).images)])
     anchor = Anchor(inr, other, points=256, weight=1.0)
     rows = refine(inr, vols, (1, 1, 1), cameras, settings, targets, steps=5, lr=3e-2, anchor=anchor)
     assert rows[-1]["image_loss"] < 0.9 * rows[0]["image_loss"]
@@ -144,7 +146,7 @@ def test_refine_cli_writes_checkpoint_and_report(tmp_path, capsys):
 
     import nibabel as nib
 
-    from neumours.cli import main
+    from neumours.cli.main import main
     from neumours.data.phantom import write_dataset
     from neumours.model.checkpoint import load_checkpoint, save_checkpoint
     from neumours.device import get_device
@@ -192,18 +194,18 @@ def test_gpu_path_gradients_paper_network(cuda_device, path):
     """Both paths on CUDA with the paper's network, a 48^3 phantom and 2 views of 64 x 64, against
     float64 torch on the same GPU (hundreds of thousands of points: ReLU-kink flips between fp32
     and fp64 are many but each moves the gradient by ~1/N, hence the looser bound)."""
-    from neumours.data import normalize
+    from neumours.data import normalise
     from neumours.data.phantom import make_case
-    from neumours.render.refine import render_label_views, views
+    from neumours.render.views import orbit_cameras, render_label_views
 
     case = make_case((48, 48, 48), seed=1)
-    volume = normalize(case.images)
+    volume = normalise(case.images)
     config = INRConfig.paper()
     inr = INR(config, cuda_device, seed=0)
     settings = RenderSettings()
-    cameras = views(case.label.shape, (1, 1, 1), 2, size=(64, 64))
+    cameras = orbit_cameras(case.label.shape, (1, 1, 1), 2, size=(64, 64))
     targets = render_label_views(cuda_device, case.label, (1, 1, 1), cameras, settings)
-    vols = DeviceVolumes.upload(cuda_device, [volume])
+    vols = CaseVolumes.upload(cuda_device, [volume])
     inr.zero_grad()
     loss, _ = PATHS[path](inr, vols, (1, 1, 1), cameras, settings, targets)
     grads = weight_gradients(inr)
@@ -222,11 +224,11 @@ def test_gpu_path_gradients_paper_network(cuda_device, path):
 
 def test_silhouette_image_is_tumour_opacity(cpu_device, rng):
     """Under silhouette settings every channel of the soft render is 1 - T_N."""
-    from neumours.render.masks import silhouette_settings
-    from neumours.render.raymarch import DeviceVolume, Frame, Scene, render_device
+    from neumours.refine.masks import silhouette_settings
+    from neumours.render.raymarch import ChannelVolume, Frame, Scene, render_device
 
     probs = rng.dirichlet(np.ones(4), size=(10, 9, 8)).transpose(3, 0, 1, 2).astype(np.float32)
-    scene = Scene(cpu_device, (10, 9, 8), (1, 1, 1), probabilities=DeviceVolume.upload(cpu_device, probs))
+    scene = Scene(cpu_device, (10, 9, 8), (1, 1, 1), probabilities=ChannelVolume.upload(cpu_device, probs))
     camera = orbit(40.0, 25.0, 3.5, width=14, height=12)
     frame = Frame.allocate(cpu_device, 14, 12)
     render_device(scene, camera, silhouette_settings(RenderSettings(step=0.05, background=(0.3, 0.2, 0.1))), frame)
@@ -236,7 +238,7 @@ def test_silhouette_image_is_tumour_opacity(cpu_device, rng):
 
 
 def test_mask_targets():
-    from neumours.render.masks import DONT_CARE, mask_targets
+    from neumours.refine.masks import DONT_CARE, mask_targets
 
     images, weights = mask_targets(np.array([[[0, 1], [DONT_CARE, 1]]], np.uint8))
     assert images[0][..., 0].tolist() == [[0, 1], [0, 1]] and weights[0].tolist() == [[1, 1], [0, 1]]
@@ -250,7 +252,7 @@ def test_refine_cli_mask_targets(tmp_path, capsys):
     """Masks (from a corrected label volume, or drawn and saved in targets.npz) refine through the CLI."""
     import json
 
-    from neumours.cli import main
+    from neumours.cli.main import main
     from neumours.data.phantom import write_dataset
     from neumours.device import get_device
     from neumours.model.checkpoint import save_checkpoint
@@ -287,8 +289,8 @@ def test_refine_cli_mask_targets(tmp_path, capsys):
 
 def test_refine_cli_too_many_ray_samples(tmp_path, capsys, monkeypatch):
     """Path (b) refusing a view whose samples outgrow its buffers: one line, exit 2, nothing written."""
-    import neumours.render.refine_direct as direct
-    from neumours.cli import main
+    import neumours.refine.direct_path as direct
+    from neumours.cli.main import main
     from neumours.data.phantom import write_dataset
     from neumours.device import get_device
     from neumours.model.checkpoint import save_checkpoint

@@ -308,15 +308,15 @@ def test_backward_matches_finite_differences(cpu_device):
 def test_device_api_accepts_channel_first_volumes(cpu_device):
     # A cached probability volume arrives channel-first (C, X, Y, Z); results must not depend on layout.
     from neumours.device import upload
-    from neumours.render import DeviceVolume, Frame, Gradients, Scene, render_backward_device, render_device
+    from neumours.render import ChannelVolume, Frame, Gradients, Scene, render_backward_device, render_device
 
     volumes, _, probs = make_data()
     settings, cam = make_settings(), camera()
     g = np.random.default_rng(4).normal(size=(HEIGHT, WIDTH, 3)).astype(np.float32)
     results = []
     for channels_last in (True, False):
-        scene = Scene(cpu_device, SHAPE, SPACING, mri=DeviceVolume.upload(cpu_device, volumes, channels_last),
-                      probabilities=DeviceVolume.upload(cpu_device, probs, channels_last))
+        scene = Scene(cpu_device, SHAPE, SPACING, mri=ChannelVolume.upload(cpu_device, volumes, channels_last),
+                      probabilities=ChannelVolume.upload(cpu_device, probs, channels_last))
         frame = Frame.allocate(cpu_device, WIDTH, HEIGHT)
         render_device(scene, cam, settings, frame)
         grads = Gradients.zeros(scene)

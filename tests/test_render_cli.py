@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neumours.cli import main
+from neumours.cli.main import main
 from neumours.data.phantom import make_case, write_case
 from neumours.render.io import mp4_available
 

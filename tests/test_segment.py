@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from neumours.cli import main
+from neumours.cli.main import main
 from neumours.data import load_case
 from neumours.data.nifti import read_label_volume
-from neumours.device import download, empty_buffer, load_kernel, upload
+from neumours.device import download, empty_buffer, upload
+from neumours.kernels.probabilities import argmax_labels
 from neumours.infer.cache import VolumeCache, super_resolution_affine, super_resolution_shape
 from neumours.model.checkpoint import save_checkpoint
 from neumours.model.config import INRConfig
@@ -46,9 +47,7 @@ def test_argmax_kernel_matches_numpy(cpu_device, rng):
     logits[:20, 2] = logits[:20, 1] = 50.0  # ties go to the lowest class, as numpy's argmax
     labels = upload(cpu_device, np.full(total, 99, np.uint32), np.uint32)
     probs = upload(cpu_device, np.full(4 * total, -1, np.float32))
-    kernel = load_kernel(cpu_device, "segment_kernels.slang", "argmax_labels", {"NUM_CLASSES": 4, "WRITE_PROBS": True})
-    kernel(n, params={"logits": upload(cpu_device, logits), "labels": labels, "probs": probs, "start": start,
-                      "count": n, "total": total})
+    argmax_labels(cpu_device, upload(cpu_device, logits), labels, start, n, total, 4, probs=probs)
     got = download(labels, (total,), np.uint32)
     np.testing.assert_array_equal(got[start:start + n], logits.argmax(1))
     assert (got[:start] == 99).all() and (got[start + n:] == 99).all()  # nothing outside the chunk
@@ -56,9 +55,8 @@ def test_argmax_kernel_matches_numpy(cpu_device, rng):
     np.testing.assert_allclose(download(probs, (4, total))[:, start:start + n], (e / e.sum(1, keepdims=True)).T,
                                rtol=1e-5, atol=1e-7)
     # Without probabilities the kernel binds no probability buffer.
-    plain = load_kernel(cpu_device, "segment_kernels.slang", "argmax_labels", {"NUM_CLASSES": 4, "WRITE_PROBS": False})
     labels2 = empty_buffer(cpu_device, total, np.uint32)
-    plain(n, params={"logits": upload(cpu_device, logits), "labels": labels2, "start": 0, "count": n, "total": total})
+    argmax_labels(cpu_device, upload(cpu_device, logits), labels2, 0, n, total, 4)
     np.testing.assert_array_equal(download(labels2, (n,), np.uint32), logits.argmax(1))
 
 
@@ -182,23 +180,23 @@ def test_cli_segment_errors_leave_no_output(phantom, tmp_path, capsys):
 
 
 def test_device_normalisation_matches_numpy(cpu_device):
-    from neumours.data import normalize
+    from neumours.data import normalise
     from neumours.data.phantom import make_case
     from neumours.infer.normalise import normalise_on_device
-    from neumours.model.inputs import DeviceVolumes
+    from neumours.model.inputs import CaseVolumes
 
     images = make_case((20, 18, 16), seed=0, index=2).images
     constant = images.copy()
     constant[2] = np.where(images[0] > 0, 5.0, 0.0)  # std 0 inside the brain: only centred
     other = np.zeros((4, 5, 4, 3), np.float32)
     other[:, 1:4, 1:3, 1] = np.arange(24, dtype=np.float32).reshape(4, 3, 2) + 1
-    vols = DeviceVolumes.upload(cpu_device, [images, constant, other])
+    vols = CaseVolumes.upload(cpu_device, [images, constant, other])
     for index, source in enumerate((images, constant, other)):
         normalise_on_device(vols, index)
     offset = 0
     for source in (images, constant, other):
         got = download(vols.volumes)[offset:offset + source.size].reshape(source.shape)
-        np.testing.assert_allclose(got, normalize(source), rtol=1e-5, atol=2e-6)
+        np.testing.assert_allclose(got, normalise(source), rtol=1e-5, atol=2e-6)
         offset += source.size
 
 
@@ -207,12 +205,12 @@ def test_gpu_cache_of_the_paper_network_matches_torch(cuda_device):
     """Full-size network on CUDA: labels equal torch's float64 arg-max away from near-ties; chunking invariant."""
     from neumours.data.phantom import make_case
     from neumours.infer.normalise import normalise_on_device
-    from neumours.model.inputs import DeviceVolumes
+    from neumours.model.inputs import CaseVolumes
 
     config = INRConfig.paper()
     inr = INR(config, cuda_device, seed=0)
     images = make_case((40, 36, 30), seed=0, index=0).images
-    vols = DeviceVolumes.upload(cuda_device, [images])
+    vols = CaseVolumes.upload(cuda_device, [images])
     normalise_on_device(vols)
     volume = download(vols.volumes, images.shape)
     cache = VolumeCache(inr, vols, keep_probs=True)

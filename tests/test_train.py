@@ -142,11 +142,11 @@ def test_pool_cycles_cases_that_do_not_fit(cpu_device, dataset, tmp_path):
         # The swapped-in case is on the device where the case table says.
         table = pool.case_table.to_numpy().view(np.uint32).reshape(-1, 4)
         assert tuple(table[0, 1:]) == pool.cases[0].shape
-        from neumours.data import load_case, normalize
+        from neumours.data import load_case, normalise
 
         ref = next(r for r in refs if r.case_id == pool.cases[0].case_id)
         volumes = pool.volumes.to_numpy().view(np.float32)
-        expected = normalize(load_case(ref).images).reshape(-1)
+        expected = normalise(load_case(ref).images).reshape(-1)
         np.testing.assert_array_equal(volumes[: expected.size], expected)
     finally:
         pool.close()

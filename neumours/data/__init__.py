@@ -9,7 +9,7 @@ from __future__ import annotations
 from neumours.data.case import Case, load_case, save_label
 from neumours.data.layouts import MODALITIES, CaseRef, list_cases
 from neumours.data.nifti import read_nifti
-from neumours.data.normalize import brain_mask, normalize
+from neumours.data.normalise import brain_mask, normalise
 from neumours.data.split import kfold, split_cases
 
 __all__ = [
@@ -20,7 +20,7 @@ __all__ = [
     "kfold",
     "list_cases",
     "load_case",
-    "normalize",
+    "normalise",
     "read_nifti",
     "save_label",
     "split_cases",

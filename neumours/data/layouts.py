@@ -43,11 +43,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
+from neumours.conventions import MODALITIES
 from neumours.data.nifti import is_nifti_name, strip_nifti_suffix
 from neumours.errors import NeumoursDataError
-
-MODALITIES: tuple[str, str, str, str] = ("t1n", "t1c", "t2w", "t2f")
-"""Modality order of every image array: T1 native, T1 contrast, T2, T2-FLAIR."""
 
 _MODALITY_NAMES = {"t1n": "T1 native", "t1c": "T1 contrast-enhanced", "t2w": "T2", "t2f": "T2-FLAIR"}
 
@@ -309,7 +307,7 @@ def list_cases(root: str | os.PathLike) -> list[CaseRef]:
     if not root.exists():
         raise NeumoursDataError(root, "folder does not exist")
     if not root.is_dir():
-        raise NeumoursDataError(root, "is not a folder; list_cases needs a folder of cases")
+        raise NeumoursDataError(root, "is not a folder (expected a folder of cases)")
     refs: list[CaseRef] = []
     seen: set[str] = set()
 
@@ -359,16 +357,16 @@ def resolve_case(source: CaseRef | str | os.PathLike) -> CaseRef:
         if refs:
             ids = ", ".join(r.case_id for r in refs[:5]) + (", ..." if len(refs) > 5 else "")
             raise NeumoursDataError(
-                path, f"folder holds {len(refs)} cases ({ids}); load one as <folder>/<case id> or use list_cases"
+                path, f"folder holds {len(refs)} cases ({ids}); name one case as <folder>/<case id>"
             )
         if any((path / d).is_dir() for d in _NNUNET_IMAGE_DIRS):
             raise NeumoursDataError(
-                path, "is an nnU-Net dataset folder; load one case as <dataset>/imagesTr/<case id> or use list_cases"
+                path, "is an nnU-Net dataset folder; name one case as <dataset>/imagesTr/<case id>"
             )
         raise NeumoursDataError(
             path,
             "no case files found in this folder (expected <case>-t1n.nii.gz, -t1c, -t2w, -t2f); "
-            "for a folder of cases use list_cases",
+            "or name one case of a folder of cases as <folder>/<case id>",
         )
     if path.is_file():
         refs, _ = _scan_dir(path.parent)

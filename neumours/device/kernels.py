@@ -1,7 +1,8 @@
 """Compiling explicit Slang compute entry points, once per device and constants.
 
 Kernels are explicit ``[shader("compute")]`` entry points (the slangpy
-functional API fails on the CPU device in slangpy 0.43.1, DESIGN.md), compiled
+functional API fails on the CPU device in slangpy 0.43.1, upstream slangpy
+issue #1136; docs/architecture.md), compiled
 with compile-time constants passed as preprocessor defines. Sizes are defined
 once, in Python, and reach Slang only through these constants.
 """
@@ -102,9 +103,14 @@ def load_kernel(
         entry: name of a ``[shader("compute")]`` function in that file.
         constants: compile-time constants (``#define`` name → int/float/bool).
     """
-    constants = dict(constants or {})
-    key = (file, entry, tuple(sorted((k, _define_value(v)) for k, v in constants.items())))
+    constants = constants or {}
     per_device = _KERNELS.setdefault(device, {})
-    if key not in per_device:
-        per_device[key] = Kernel(device, file, entry, constants)
-    return per_device[key]
+    fast_key = (file, entry, tuple(constants.items()))  # this call's order: no sorting on the hot path
+    kernel = per_device.get(fast_key)
+    if kernel is None:
+        key = (file, entry, tuple(sorted((k, _define_value(v)) for k, v in constants.items())))
+        kernel = per_device.get(key)
+        if kernel is None:
+            kernel = per_device[key] = Kernel(device, file, entry, constants)
+        per_device[fast_key] = kernel
+    return kernel

@@ -1,6 +1,6 @@
 """Dice and 95th-percentile Hausdorff distance per BraTS region, and an accumulator.
 
-Regions (SPEC.md): NCR={1}, ED={2}, ET={3}, TC={1,3}, WT={1,2,3}.
+Regions (docs/method.md): NCR={1}, ED={2}, ET={3}, TC={1,3}, WT={1,2,3}.
 
 Dice: 2|P ∩ G| / (|P| + |G|) over the region's voxels.
 

@@ -1,9 +1,9 @@
 """Volume caching: the INR evaluated over a whole case in one pass of Slang kernels.
 
-SPEC.md "Inference and caching": the grid is cut into chunks of whole axis-0
+docs/method.md "Inference and caching": the grid is cut into chunks of whole axis-0
 slabs (contiguous in C-order), and every chunk runs three kernels on the device,
 ``grid_inputs`` (coordinates + patches), the INR forward (``INR.forward_device``)
-and ``argmax_labels`` (``slang/segment_kernels.slang``), which writes the chunk's
+and ``argmax_labels`` (``slang/probability_kernels.slang``), which writes the chunk's
 labels (and optionally softmax probabilities) into whole-volume buffers. Nothing
 comes back to the host until :meth:`VolumeCache.labels` or
 :meth:`VolumeCache.probabilities` is called; the renderer samples
@@ -24,11 +24,10 @@ from typing import Sequence
 import numpy as np
 import slangpy as spy
 
-from neumours.device import ScratchBuffers, download, empty_buffer, load_kernel
-from neumours.model.inputs import DeviceVolumes, grid_inputs
+from neumours.device import ScratchBuffers, download, empty_buffer
+from neumours.kernels.probabilities import argmax_labels
+from neumours.model.inputs import CaseVolumes, grid_inputs
 from neumours.model.inr import INR, Workspace
-
-_FILE = "segment_kernels.slang"
 
 #: Default most points per chunk: 2^20 keeps the forward-only workspace near 2.5 GB
 #: for the paper's network (two (N, 256) activations, inputs and logits, ~2.5 kB a point).
@@ -124,7 +123,7 @@ class VolumeCache:
         inr: the network (its parameters must be on the device: call
             ``inr.bridge.push_params()`` after changing weights on a non-CUDA device;
             ``load_state_dict`` already does).
-        volumes: normalised volumes on the device (:meth:`DeviceVolumes.upload`), or a
+        volumes: normalised volumes on the device (:meth:`CaseVolumes.upload`), or a
             normalised (modalities, X, Y, Z) float32 array to upload.
         case_index: which case of ``volumes``.
         grid_shape: output grid (G0, G1, G2); default the case's shape. Finer grids
@@ -146,15 +145,15 @@ class VolumeCache:
         chunks: how many chunks the pass took.
     """
 
-    def __init__(self, inr: INR, volumes: DeviceVolumes | np.ndarray, case_index: int = 0,
+    def __init__(self, inr: INR, volumes: CaseVolumes | np.ndarray, case_index: int = 0,
                  grid_shape: Sequence[int] | None = None, keep_probs: bool = False,
                  chunk_points: int = DEFAULT_CHUNK_POINTS, timer: StageTimer | None = None,
                  scratch: ScratchBuffers | None = None):
         self.inr = inr
         self.device = inr.device
         cfg = inr.config
-        if not isinstance(volumes, DeviceVolumes):
-            volumes = DeviceVolumes.upload(self.device, [volumes])
+        if not isinstance(volumes, CaseVolumes):
+            volumes = CaseVolumes.upload(self.device, [volumes])
         if volumes.num_modalities != cfg.num_modalities:
             raise ValueError(f"volumes have {volumes.num_modalities} modalities, the INR expects {cfg.num_modalities}")
         self.volumes = volumes
@@ -188,8 +187,6 @@ class VolumeCache:
         patches = buffer("cache.patches", self.chunk * cfg.patch_dim)
         logits = buffer("cache.logits", self.chunk * cfg.num_classes)
         ws = forward_workspace(self.inr, self.chunk, scratch)
-        keep = self.probs_buffer is not None
-        argmax = load_kernel(dev, _FILE, "argmax_labels", {"NUM_CLASSES": cfg.num_classes, "WRITE_PROBS": keep})
         if timer is not None:
             timer.sync()
         for start in range(0, self.total, self.chunk):
@@ -199,11 +196,8 @@ class VolumeCache:
             self.inr.forward_device(coords, patches, count, logits, ws)
             if timer is not None:
                 t0 = timer.add("inference", t0)
-            params = {"logits": logits, "labels": self.labels_buffer, "start": start, "count": count,
-                      "total": self.total}
-            if keep:
-                params["probs"] = self.probs_buffer
-            argmax(count, params=params)
+            argmax_labels(dev, logits, self.labels_buffer, start, count, self.total, cfg.num_classes,
+                          probs=self.probs_buffer)
             if timer is not None:
                 timer.add("argmax", t0)
 

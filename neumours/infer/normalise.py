@@ -1,6 +1,6 @@
-"""Brain z-score normalisation on the device, in place in a :class:`DeviceVolumes` buffer.
+"""Brain z-score normalisation on the device, in place in a :class:`CaseVolumes` buffer.
 
-The same numbers as :func:`neumours.data.normalize` (float64 statistics over
+The same numbers as :func:`neumours.data.normalise` (float64 statistics over
 the voxels where any modality is nonzero, population std, background stays 0),
 computed by ``slang/normalise_kernels.slang`` so that a case goes to the
 device raw and is normalised there: on a 240 x 240 x 155 case numpy's version
@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 import slangpy as spy
 
-from neumours.device import load_kernel, upload
-from neumours.model.inputs import DeviceVolumes
+from neumours.device import upload
+from neumours.kernels.normalise import apply_zscore, brain_partials, partial_stride
+from neumours.model.inputs import CaseVolumes
 
-_FILE = "normalise_kernels.slang"
 #: Threads of the statistics pass (each sums every T-th voxel).
 PARTIAL_THREADS = 16384
-# As neumours.data.normalize: below this std a modality is only centred.
+# As neumours.data.normalise: below this std a modality is only centred.
 _MIN_STD = 1e-6
 
 
@@ -28,7 +28,7 @@ def _partials_buffer(device: spy.Device, count: int) -> spy.Buffer:
     return device.create_buffer(element_count=max(count, 1), struct_size=8, usage=usage)
 
 
-def normalise_on_device(vols: DeviceVolumes, case_index: int = 0) -> None:
+def normalise_on_device(vols: CaseVolumes, case_index: int = 0) -> None:
     """Z-score case ``case_index`` of ``vols`` in place (raw intensities in, normalised out).
 
     Raises:
@@ -37,12 +37,10 @@ def normalise_on_device(vols: DeviceVolumes, case_index: int = 0) -> None:
     device, c = vols.device, vols.num_modalities
     n = int(np.prod(vols.shapes[case_index]))
     threads = int(min(PARTIAL_THREADS, n))
-    constants = {"NUM_MODALITIES": c, "PATCH_SIZE": 3}
-    partials = _partials_buffer(device, threads * (1 + 2 * c))
-    load_kernel(device, _FILE, "brain_partials", constants)(
-        threads, partial_params={"volumes": vols.volumes, "case_table": vols.case_table, "partials": partials,
-                                 "case_id": int(case_index), "threads": threads})
-    sums = partials.to_numpy().view(np.float64)[: threads * (1 + 2 * c)].reshape(threads, -1).sum(axis=0)
+    stride = partial_stride(c)
+    partials = _partials_buffer(device, threads * stride)
+    brain_partials(device, vols.volumes, vols.case_table, case_index, partials, threads, c)
+    sums = partials.to_numpy().view(np.float64)[: threads * stride].reshape(threads, -1).sum(axis=0)
     count = sums[0]
     if count == 0:
         mean, scale = np.zeros(c), np.ones(c)
@@ -54,6 +52,4 @@ def normalise_on_device(vols: DeviceVolumes, case_index: int = 0) -> None:
             raise ValueError("volumes hold NaN/Inf values")
         scale = np.where(std > _MIN_STD, 1.0 / np.where(std > _MIN_STD, std, 1.0), 1.0)
     shift_scale = upload(device, np.concatenate([mean, scale]).astype(np.float32))
-    load_kernel(device, _FILE, "apply_zscore", constants)(
-        n, apply_params={"volumes": vols.volumes, "case_table": vols.case_table, "shift_scale": shift_scale,
-                         "case_id": int(case_index)})
+    apply_zscore(device, vols.volumes, vols.case_table, case_index, shift_scale, n, c)

@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 import slangpy as spy
 
-from neumours.data import Case, list_cases, load_case, normalize, save_label
+from neumours.data import Case, list_cases, load_case, normalise, save_label
 from neumours.data.nifti import is_nifti_name, write_nifti
 from neumours.device import ScratchBuffers, upload
 from neumours.errors import NeumoursDataError, NeumoursError
@@ -38,7 +38,7 @@ from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, StageTimer, VolumeCache,
 from neumours.infer.denoise import DenoiseParams, denoise as denoise_labels
 from neumours.infer.normalise import normalise_on_device
 from neumours.model.checkpoint import load_checkpoint
-from neumours.model.inputs import DeviceVolumes
+from neumours.model.inputs import CaseVolumes
 from neumours.model.inr import INR
 
 #: Order of the stages in :attr:`SegmentResult.timings` (those that ran).
@@ -81,8 +81,10 @@ def output_like(case: Case, shape, affine: np.ndarray) -> Case:
     """A :class:`Case` describing an output grid, for :func:`neumours.data.save_label`.
 
     Same header fields as ``case`` (orientation codes, units, description) with
-    the grid's shape, zooms and affine; ``images`` is a zero-size broadcast
-    view, so no memory is allocated.
+    the grid's shape, zooms and affine, written into both the qform and the
+    sform with the input's codes (a viewer that reads only one of them places
+    the grid the same way); ``images`` is a zero-size broadcast view, so no
+    memory is allocated.
     """
     shape = tuple(int(n) for n in shape)
     if shape == case.shape and np.allclose(affine, case.affine):
@@ -91,13 +93,16 @@ def output_like(case: Case, shape, affine: np.ndarray) -> Case:
     header = case.header.copy()
     header.set_data_shape(shape)
     header.set_zooms(spacing)
+    qform_code, sform_code = int(header["qform_code"]), int(header["sform_code"])
+    header.set_qform(affine, code=qform_code)
+    header.set_sform(affine, code=sform_code if (qform_code or sform_code) else 2)
     images = np.broadcast_to(np.float32(0), (case.images.shape[0], *shape))
     return dataclasses.replace(case, images=images, label=None, affine=np.asarray(affine, np.float64),
                                spacing=spacing, header=header)
 
 
-def _upload_one(device: spy.Device, images: np.ndarray, scratch: ScratchBuffers | None = None) -> DeviceVolumes:
-    """:meth:`DeviceVolumes.upload` for one case, without its concatenation copy (~140 MB for BraTS)
+def _upload_one(device: spy.Device, images: np.ndarray, scratch: ScratchBuffers | None = None) -> CaseVolumes:
+    """:meth:`CaseVolumes.upload` for one case, without its concatenation copy (~140 MB for BraTS)
     or a host-side reordering of Fortran-ordered NIfTI data, into ``scratch``'s volume buffer when
     given (no new allocation from the second case on)."""
     images = np.asarray(images, dtype=np.float32)  # any memory order: the upload reorders on the GPU
@@ -105,7 +110,7 @@ def _upload_one(device: spy.Device, images: np.ndarray, scratch: ScratchBuffers 
         raise ValueError(f"images must have shape (modalities, X, Y, Z), got {images.shape}")
     table = np.array([(0, *images.shape[1:])], np.uint32)
     volumes = scratch.upload("segment.volumes", images) if scratch is not None else upload(device, images)
-    return DeviceVolumes(device, volumes, upload(device, table, np.uint32),
+    return CaseVolumes(device, volumes, upload(device, table, np.uint32),
                          [tuple(int(s) for s in images.shape[1:])], images.shape[0])
 
 
@@ -117,7 +122,7 @@ class Segmenter:
         device: slangpy device; default :func:`neumours.device.get_device`.
         chunk_points: most INR points per chunk (whole axis-0 slabs).
         device_normalise: z-score on the device (:func:`normalise_on_device`, the
-            default) rather than with numpy on the host (:func:`neumours.data.normalize`);
+            default) rather than with numpy on the host (:func:`neumours.data.normalise`);
             the numbers agree to float32 rounding.
 
     Raises:
@@ -197,7 +202,7 @@ class Segmenter:
         if self.device_normalise:
             cache = self.cache(case.images, grid, keep_probs=probs, timer=timer, raw=True)
         else:
-            normalised = normalize(case.images)
+            normalised = normalise(case.images)
             timer.add("normalise", t0)
             cache = self.cache(normalised, grid, keep_probs=probs, timer=timer, raw=False)
         t0 = time.perf_counter()

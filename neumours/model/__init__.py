@@ -1,3 +1,10 @@
-"""The INR and its parts: the Fourier encoding (``encoding``) and plain
-float64/torch reference implementations used by tests and benchmarks
-(``reference``)."""
+"""The INR of docs/method.md and its parts.
+
+``config`` (INRConfig: the sizes, defined once), ``params`` (the flat parameter
+vector's layout and initialisation), ``bridge`` (that vector and its gradient
+shared with torch optimisers), ``encoding`` (Fourier features on the host),
+``inputs`` (CaseVolumes: normalised cases on the device, and the INR's inputs
+read from them), ``inr`` (the network as Slang kernels, forward and backward),
+``checkpoint`` (safetensors files), ``reference`` (float64 / torch references:
+the tests' ground truth and the benchmarks' peer).
+"""

@@ -1,6 +1,6 @@
-"""INR checkpoints: safetensors files with SPEC.md tensor names and the config inside.
+"""INR checkpoints: safetensors files with docs/method.md tensor names and the config inside.
 
-A checkpoint holds float32 tensors named as in SPEC.md ("spatial.weight", ...,
+A checkpoint holds float32 tensors named as in docs/method.md ("spatial.weight", ...,
 "head.bias"), so ``TorchINR().load_state_dict`` or any safetensors reader can use
 it, plus string metadata: ``format`` ("neumours-inr/1"), ``config`` (JSON of
 :meth:`INRConfig.to_dict`) and whatever the caller adds (case, step, Dice...).
@@ -47,7 +47,7 @@ def save_checkpoint(
 
     Args:
         path: target file, normally ``*.safetensors``; parent folders are created.
-        state: name -> numpy array or torch tensor with SPEC.md names and shapes
+        state: name -> numpy array or torch tensor with docs/method.md names and shapes
             (``TorchINR.state_dict()``, ``TorchBridge.state_dict()``), or the flat
             (total,) parameter vector of :class:`ParamLayout`.
         config: the network sizes, stored so the loader can rebuild the network.

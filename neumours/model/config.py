@@ -1,6 +1,6 @@
 """The INR's sizes, defined once: every kernel, layout and checkpoint reads them here.
 
-SPEC.md "Network": gamma(p) (3 + 6K) -> spatial Linear, the (4, 3, 3, 3) modality
+docs/method.md "Network": gamma(p) (3 + 6K) -> spatial Linear, the (4, 3, 3, 3) modality
 patch -> Conv3d (valid padding, so one output voxel), the two ReLU'd halves
 concatenated (spatial first) -> ``hidden_layers`` x (Linear, ReLU) -> Linear to
 the class logits. Slang receives these numbers as compile-time constants only.
@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from neumours.conventions import NUM_CLASSES, NUM_MODALITIES, fourier_dim
 from neumours.errors import NeumoursError
 
 
@@ -36,8 +37,8 @@ class INRConfig:
     modality_width: int = 128
     hidden_width: int = 256
     hidden_layers: int = 3
-    num_classes: int = 4
-    num_modalities: int = 4
+    num_classes: int = NUM_CLASSES
+    num_modalities: int = NUM_MODALITIES
     patch_size: int = 3
 
     def __post_init__(self) -> None:
@@ -59,7 +60,7 @@ class INRConfig:
     @property
     def fourier_dim(self) -> int:
         """Length of gamma(p): 3 + 6K (387 for K = 64)."""
-        return 3 + 6 * self.num_freqs
+        return fourier_dim(self.num_freqs)
 
     @property
     def patch_dim(self) -> int:
@@ -74,7 +75,7 @@ class INRConfig:
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Tensor names and shapes (torch convention, out x in), in flat-buffer order.
 
-        The names are SPEC.md's, i.e. the ``state_dict`` keys of
+        The names are docs/method.md's, i.e. the ``state_dict`` keys of
         :class:`neumours.model.reference.TorchINR`.
         """
         p = self.patch_size

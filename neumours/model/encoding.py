@@ -1,4 +1,4 @@
-"""Fourier features of SPEC.md, computed by the Slang kernels of ``slang/encoding*.slang``.
+"""Fourier features of docs/method.md, computed by the Slang kernels of ``slang/encoding*.slang``.
 
 gamma(p) = [p, sin(pi*1*p), cos(pi*1*p), ..., sin(pi*K*p), cos(pi*K*p)], each
 sin/cos block holding the three axes, so a point has 3 + 6K features (387 for
@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from neumours.device import download, empty_buffer, get_device, load_kernel, upload
+from neumours.conventions import fourier_dim
+from neumours.device import download, empty_buffer, get_device, upload
+from neumours.kernels.encoding import encode_backward, encode_forward
 
-_KERNELS = "encoding_kernels.slang"
-
-
-def fourier_dim(num_freqs: int) -> int:
-    """Number of features for ``num_freqs`` frequencies: 3 + 6K."""
-    return 3 + 6 * int(num_freqs)
+__all__ = ["fourier_dim", "fourier_features", "fourier_features_backward"]
 
 
 def _check_points(points: np.ndarray) -> np.ndarray:
@@ -45,15 +42,14 @@ def fourier_features(points: np.ndarray, K: int = 64, device=None) -> np.ndarray
         device: a slangpy device; default :func:`neumours.device.get_device`.
 
     Returns:
-        (N, 3 + 6K) float32 features in SPEC.md order.
+        (N, 3 + 6K) float32 features in docs/method.md order.
     """
     points = _check_points(points)
     K = _check_freqs(K)
     device = device or get_device()
     n, dim = len(points), fourier_dim(K)
     features = empty_buffer(device, n * dim)
-    kernel = load_kernel(device, _KERNELS, "encode_forward", {"NUM_FREQS": K})
-    kernel(n, params={"points": upload(device, points), "features": features, "count": n})
+    encode_forward(device, upload(device, points), features, n, K)
     return download(features, (n, dim))
 
 
@@ -79,14 +75,5 @@ def fourier_features_backward(
         raise ValueError(f"grad_features must have shape {(n, dim)}, got {grad_features.shape}")
     device = device or get_device()
     grad_points = empty_buffer(device, n * 3)
-    kernel = load_kernel(device, _KERNELS, "encode_backward", {"NUM_FREQS": K})
-    kernel(
-        n,
-        params={
-            "points": upload(device, points),
-            "grad_features": upload(device, grad_features),
-            "grad_points": grad_points,
-            "count": n,
-        },
-    )
+    encode_backward(device, upload(device, points), upload(device, grad_features), grad_points, n, K)
     return download(grad_points, (n, 3))

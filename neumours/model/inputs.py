@@ -14,14 +14,13 @@ from typing import Sequence
 import numpy as np
 import slangpy as spy
 
-from neumours.device import load_kernel, upload
+from neumours.device import upload
+from neumours.kernels import patch
 from neumours.model.config import INRConfig
-
-_FILE = "patch_kernels.slang"
 
 
 @dataclass
-class DeviceVolumes:
+class CaseVolumes:
     """Normalised (modalities, X, Y, Z) volumes of several cases in one device buffer.
 
     Attributes:
@@ -37,7 +36,7 @@ class DeviceVolumes:
     num_modalities: int
 
     @classmethod
-    def upload(cls, device: spy.Device, images: Sequence[np.ndarray]) -> "DeviceVolumes":
+    def upload(cls, device: spy.Device, images: Sequence[np.ndarray]) -> "CaseVolumes":
         """Copy normalised volumes, each (modalities, X, Y, Z) float32, to the device."""
         images = [np.ascontiguousarray(im, dtype=np.float32) for im in images]
         if not images or any(im.ndim != 4 or im.shape[0] != images[0].shape[0] for im in images):
@@ -53,11 +52,7 @@ class DeviceVolumes:
                    [tuple(int(s) for s in im.shape[1:]) for im in images], images[0].shape[0])
 
 
-def _constants(config: INRConfig) -> dict:
-    return {"NUM_MODALITIES": config.num_modalities, "PATCH_SIZE": config.patch_size}
-
-
-def gather_inputs(config: INRConfig, vols: DeviceVolumes, positions: spy.Buffer, case_ids: spy.Buffer,
+def gather_inputs(config: INRConfig, vols: CaseVolumes, positions: spy.Buffer, case_ids: spy.Buffer,
                   count: int, coords: spy.Buffer, patches: spy.Buffer) -> None:
     """Coordinates and patches for ``count`` points given as voxel positions.
 
@@ -67,12 +62,11 @@ def gather_inputs(config: INRConfig, vols: DeviceVolumes, positions: spy.Buffer,
         case_ids: (count,) uint32 index into ``vols``.
         coords: output (count, 3). patches: output (count, config.patch_dim).
     """
-    kernel = load_kernel(vols.device, _FILE, "gather_inputs", _constants(config))
-    kernel(count * config.patch_dim, params={"volumes": vols.volumes, "case_table": vols.case_table, "positions": positions,
-                          "case_ids": case_ids, "coords": coords, "patches": patches, "count": count})
+    patch.gather_inputs(vols.device, vols.volumes, vols.case_table, positions, case_ids, coords, patches, count,
+                        config.num_modalities, config.patch_size)
 
 
-def grid_inputs(config: INRConfig, vols: DeviceVolumes, case_id: int, grid: Sequence[int], start: int,
+def grid_inputs(config: INRConfig, vols: CaseVolumes, case_id: int, grid: Sequence[int], start: int,
                 count: int, coords: spy.Buffer, patches: spy.Buffer) -> None:
     """Coordinates and patches for grid points ``start .. start + count`` (C-order) of one case.
 
@@ -83,7 +77,5 @@ def grid_inputs(config: INRConfig, vols: DeviceVolumes, case_id: int, grid: Sequ
     dims = np.array(vols.shapes[case_id], np.float64)
     grid = np.array(grid, np.int64)
     step = np.where(grid > 1, (dims - 1) / np.maximum(grid - 1, 1), 0.0).astype(np.float32)
-    kernel = load_kernel(vols.device, _FILE, "grid_inputs", _constants(config))
-    kernel(count * config.patch_dim, grid_params={"volumes": vols.volumes, "case_table": vols.case_table, "coords": coords,
-                               "patches": patches, "case_id": int(case_id), "grid": [int(g) for g in grid],
-                               "step": [float(s) for s in step], "start": int(start), "count": int(count)})
+    patch.grid_inputs(vols.device, vols.volumes, vols.case_table, case_id, grid, step, start, count, coords, patches,
+                      config.num_modalities, config.patch_size)

@@ -1,4 +1,4 @@
-"""The INR of SPEC.md run by Slang kernels, its parameters in one flat device buffer.
+"""The INR of docs/method.md run by Slang kernels, its parameters in one flat device buffer.
 
 Forward for N points (all device-resident, no host round trip):
 
@@ -9,7 +9,7 @@ Forward for N points (all device-resident, no host round trip):
 
 Backward walks the same layers: dW += delta^T H (split over points, reduced per
 group before one atomic add per weight and group), delta_prev = (delta W) * [H > 0].
-Every product is ``slang/gemm_kernels.slang``; see neumours/model/gemm.py.
+Every product is ``slang/gemm_kernels.slang``; see neumours/kernels/gemm.py.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import slangpy as spy
 
-from neumours.bridge import TorchBridge
-from neumours.device import download, empty_buffer, get_device, load_kernel, upload
+from neumours.device import download, empty_buffer, get_device, upload
+from neumours.kernels.encoding import encode_backward
+from neumours.kernels.gemm import ACCUMULATE, RELU_GRAD, Fourier, Strided, gemm, tiles_for
+from neumours.model.bridge import TorchBridge
 from neumours.model.config import INRConfig
-from neumours.model.gemm import ACCUMULATE, RELU_GRAD, Fourier, Strided, gemm, tiles_for
 from neumours.model.params import ParamLayout, init_params
 
 
@@ -43,7 +44,7 @@ class Workspace:
 
 
 class INR:
-    """The network of SPEC.md as Slang kernels, with torch-shared parameters.
+    """The network of docs/method.md as Slang kernels, with torch-shared parameters.
 
     Args:
         config: network sizes; default the paper's (262,020 parameters).
@@ -67,11 +68,11 @@ class INR:
         return self.layout.total
 
     def state_dict(self):
-        """Parameters as torch tensors named as in SPEC.md (copies)."""
+        """Parameters as torch tensors named as in docs/method.md (copies)."""
         return self.bridge.state_dict()
 
     def load_state_dict(self, state) -> None:
-        """Load parameters from torch tensors or numpy arrays with SPEC.md names and shapes."""
+        """Load parameters from torch tensors or numpy arrays with docs/method.md names and shapes."""
         self.bridge.load_state_dict(state)
 
     def zero_grad(self) -> None:
@@ -210,9 +211,7 @@ class INR:
              count, F, S)
         gemm(dev, Strided(delta, hid, 1, S), self._weight_transposed("modality.weight"),
              Strided(ws.grad_patches, cfg.patch_dim, 1), count, cfg.patch_dim, cfg.modality_width)
-        kernel = load_kernel(dev, "encoding_kernels.slang", "encode_backward", {"NUM_FREQS": cfg.num_freqs})
-        kernel(count, params={"points": coords, "grad_features": ws.grad_gamma, "grad_points": ws.grad_coords,
-                              "count": count})
+        encode_backward(dev, coords, ws.grad_gamma, ws.grad_coords, count, cfg.num_freqs)
 
     # ------------------------------------------------------------------ host API
     def _host_inputs(self, coords: np.ndarray, patches: np.ndarray):
@@ -252,7 +251,7 @@ class INR:
         Gradients start from zero (unlike :meth:`backward_device`, which accumulates).
 
         Returns:
-            ``{name: gradient}`` with SPEC.md names and shapes, plus ``"coords"``
+            ``{name: gradient}`` with docs/method.md names and shapes, plus ``"coords"``
             (N, 3) and ``"patches"`` (N, 4, 3, 3, 3) when ``input_grads``.
         """
         c, p, n = self._host_inputs(coords, patches)

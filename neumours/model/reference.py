@@ -16,7 +16,7 @@ from neumours.model.config import INRConfig
 
 
 def fourier_features_np(points: np.ndarray, K: int) -> np.ndarray:
-    """gamma(p) of SPEC.md in float64: (N, 3) -> (N, 3 + 6K)."""
+    """gamma(p) of docs/method.md in float64: (N, 3) -> (N, 3 + 6K)."""
     p = np.asarray(points, dtype=np.float64)
     blocks = [p]
     for k in range(1, K + 1):
@@ -37,7 +37,7 @@ def fourier_features_grad_np(points: np.ndarray, grad_features: np.ndarray, K: i
 
 
 def fourier_features_torch(points: Tensor, K: int) -> Tensor:
-    """gamma(p) of SPEC.md in torch, differentiable w.r.t. ``points``.
+    """gamma(p) of docs/method.md in torch, differentiable w.r.t. ``points``.
 
     Args:
         points: (N, 3) coordinates, any float dtype and device; the features are
@@ -57,7 +57,7 @@ def fourier_features_torch(points: Tensor, K: int) -> Tensor:
 
 
 class TorchINR(nn.Module):
-    """The INR of SPEC.md in plain torch: the verification reference and the benchmark peer.
+    """The INR of docs/method.md in plain torch: the verification reference and the benchmark peer.
 
     Tests run it in float64 (``.double()``) to check the Slang forward/backward
     kernels; benchmarks run it on CUDA in float32 and under bf16 autocast as the
@@ -84,7 +84,7 @@ class TorchINR(nn.Module):
         """Class logits for each point.
 
         Args:
-            coords: (N, 3) positions in [-1, 1] (SPEC.md "Coordinates and inputs").
+            coords: (N, 3) positions in [-1, 1] (docs/method.md "Coordinates and inputs").
             patches: (N, num_modalities, p, p, p) normalised intensities around
                 each point, channel first.
 
@@ -109,7 +109,7 @@ class TorchINR(nn.Module):
 
 
 def patches_np(volume: np.ndarray, positions: np.ndarray, patch_size: int = 3) -> np.ndarray:
-    """Patches of SPEC.md in float64: trilinear samples at voxel offsets, zero outside.
+    """Patches of docs/method.md in float64: trilinear samples at voxel offsets, zero outside.
 
     Args:
         volume: (C, X, Y, Z) normalised intensities.

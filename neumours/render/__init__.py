@@ -1,10 +1,13 @@
-"""The differentiable volume raymarcher (SPEC.md "Rendering", issue 6).
+"""The differentiable volume raymarcher (docs/method.md "Rendering"): the renderer library only.
 
 ``camera`` (look-at and orbit cameras), ``box`` (the volume's box in world
 space), ``transfer`` (windows, transfer function, label look-up table),
-``raymarch`` (Slang forward/backward, host and device APIs), ``reference``
-(the same integrator in torch: tests and benchmark peer), ``io`` (PNG, GIF,
-MP4 output), ``cli`` (the ``neumours render`` command).
+``raymarch`` (Slang forward/backward, host and device APIs), ``views`` (orbiting
+camera sets, label volumes rendered from them), ``reference`` (the same
+integrator in torch: tests and benchmark peer), ``io`` (PNG, GIF, MP4 output).
+It depends on ``device``, ``kernels`` and the shared conventions only; the
+``neumours render`` command lives in :mod:`neumours.cli.render`, render-loss
+refinement in :mod:`neumours.refine`.
 
 The names below are imported on first use, so ``neumours --help`` does not
 load slangpy and torch.
@@ -20,7 +23,7 @@ _EXPORTS = {
     "fit_distance": "camera",
     "orbit": "camera",
     "MIN_TRANSMITTANCE": "raymarch",
-    "DeviceVolume": "raymarch",
+    "ChannelVolume": "raymarch",
     "Frame": "raymarch",
     "Gradients": "raymarch",
     "Scene": "raymarch",
@@ -33,6 +36,8 @@ _EXPORTS = {
     "RenderSettings": "transfer",
     "TransferFunction": "transfer",
     "auto_windows": "transfer",
+    "orbit_cameras": "views",
+    "render_label_views": "views",
 }
 
 __all__ = sorted(_EXPORTS)

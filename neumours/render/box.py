@@ -2,7 +2,7 @@
 
 The box is ``[-half, half]`` with ``half = extent / max(extent)`` and
 ``extent = (shape - 1) * spacing``: its corners are the corner voxel centres
-(as in SPEC.md's coordinates), the longest physical axis spans [-1, 1] and
+(as in docs/method.md's coordinates), the longest physical axis spans [-1, 1] and
 anisotropic voxels keep their true proportions. ``slang/raymarch.slang``
 implements the same maps on the device.
 """

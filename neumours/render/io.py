@@ -22,8 +22,44 @@ ANIMATION_SUFFIXES = (".gif", ".mp4")
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) float in [0, 1] -> (H, W, 3) uint8, clipped and rounded."""
+    """(H, W, 3) float in [0, 1] -> (H, W, 3) uint8, clipped and rounded (uint8 passes through)."""
+    if np.asarray(image).dtype == np.uint8:
+        return np.asarray(image)
     return (np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+#: Images shorter than this get no legend: it would cover most of them.
+MIN_LEGEND_HEIGHT = 96
+
+
+def stamp_label_legend(image: np.ndarray, colours, names) -> np.ndarray:
+    """A copy of ``image`` (H, W, 3) uint8 with a colour key (swatch + name per class) in its lower left corner.
+
+    Args:
+        colours: (K, 3) RGB in [0, 1] of the classes to list; names: their K names.
+
+    Images under :data:`MIN_LEGEND_HEIGHT` pixels are returned unchanged.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = np.asarray(image, np.uint8)
+    height = image.shape[0]
+    if height < MIN_LEGEND_HEIGHT:
+        return image.copy()
+    size = max(10, height // 40)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size default font
+        font = ImageFont.load_default()
+    pil = Image.fromarray(image)
+    draw = ImageDraw.Draw(pil)
+    x, y = size // 2, height - size // 2 - len(names) * (size + size // 3)
+    for colour, name in zip(colours, names):
+        rgb = tuple(int(round(255 * float(c))) for c in colour)
+        draw.rectangle([x, y, x + size, y + size], fill=rgb, outline=(255, 255, 255))
+        draw.text((x + size + size // 2, y + size // 2), name, fill=(255, 255, 255), font=font, anchor="lm")
+        y += size + size // 3
+    return np.asarray(pil)
 
 
 def mp4_available() -> bool:
@@ -32,7 +68,7 @@ def mp4_available() -> bool:
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write one frame (format from the suffix: .png, .jpg, .jpeg)."""
+    """Write one frame (float (H, W, 3) in [0, 1] or uint8; format from the suffix: .png, .jpg, .jpeg)."""
     from PIL import Image
 
     path = Path(path)

@@ -12,11 +12,12 @@ Device API (buffers stay on the device; the viewer, refinement loops, benchmarks
     render_device(scene, camera, settings, frame)
     grads = Gradients.zeros(scene); render_backward_device(scene, camera, settings, frame, grad_image, grads)
 
-Volumes are uploaded channel-last, (X, Y, Z, C), so the 4 modalities (or 4
-class probabilities) of a voxel share a cache line; channel-first buffers made
+Volumes are uploaded channel-last, (X, Y, Z, C), so the modalities (or class
+probabilities) of a voxel share a cache line; channel-first buffers made
 elsewhere (e.g. a cached probability volume) are accepted as they are via
-:class:`DeviceVolume`. The maths is in ``slang/raymarch.slang`` and
-``neumours/render/transfer.py``.
+:class:`ChannelVolume`. The maths is in ``slang/raymarch.slang`` and
+``neumours/render/transfer.py``; the kernels are dispatched by
+:mod:`neumours.kernels.raymarch`, which also defines the raymarcher's constants.
 """
 
 from __future__ import annotations
@@ -26,23 +27,22 @@ from dataclasses import dataclass
 import numpy as np
 import slangpy as spy
 
-from neumours.device import download, load_kernel, upload, zeros_buffer
+from neumours.conventions import NUM_CLASSES, NUM_MODALITIES
+from neumours.device import download, upload, zeros_buffer
+from neumours.kernels import raymarch as kernels
+from neumours.kernels.raymarch import (LABELS_HARD, LABELS_NONE, LABELS_SOFT, LUT_ROW, MIN_TRANSMITTANCE,
+                                       MODALITY_ROW)
 from neumours.render.box import to_voxel_scale, volume_box
 from neumours.render.camera import Camera
-from neumours.render.transfer import NUM_CLASSES, NUM_MODALITIES, RenderSettings
+from neumours.render.transfer import RenderSettings
 
-_FILE = "raymarch_kernels.slang"
-#: Rays stop once their transmittance falls below this (SPEC.md).
-MIN_TRANSMITTANCE = 0.01
-#: Floats per row of the modality table and of the look-up table (layouts in the kernels file).
-MODALITY_ROW = 8
-LUT_ROW = 4
-#: LABEL_MODE of the kernels.
-LABELS_NONE, LABELS_HARD, LABELS_SOFT = 0, 1, 2
+__all__ = ["ChannelVolume", "Frame", "Gradients", "LABELS_HARD", "LABELS_NONE", "LABELS_SOFT", "LUT_ROW",
+           "MIN_TRANSMITTANCE", "MODALITY_ROW", "Scene", "render", "render_backward", "render_backward_device",
+           "render_device", "settings_buffers", "view_params"]
 
 
 @dataclass
-class DeviceVolume:
+class ChannelVolume:
     """A multi-channel volume in one flat float32 device buffer.
 
     Attributes:
@@ -59,14 +59,14 @@ class DeviceVolume:
     channels_last: bool = True
 
     @classmethod
-    def upload(cls, device: spy.Device, array: np.ndarray, channels_last: bool = True) -> DeviceVolume:
+    def upload(cls, device: spy.Device, array: np.ndarray, channels_last: bool = True) -> ChannelVolume:
         """Copy a (C, X, Y, Z) array to the device, reordered to (X, Y, Z, C) if ``channels_last``."""
         array = np.asarray(array, np.float32)
         data = np.moveaxis(array, 0, -1) if channels_last else array
         return cls(upload(device, data), array.shape[0], tuple(int(s) for s in array.shape[1:]), channels_last)
 
     @classmethod
-    def zeros_like(cls, other: DeviceVolume, device: spy.Device) -> DeviceVolume:
+    def zeros_like(cls, other: ChannelVolume, device: spy.Device) -> ChannelVolume:
         return cls(zeros_buffer(device, other.channels * int(np.prod(other.shape))), other.channels, other.shape,
                    other.channels_last)
 
@@ -100,9 +100,9 @@ class Scene:
     device: spy.Device
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
-    mri: DeviceVolume | None = None
+    mri: ChannelVolume | None = None
     labels: spy.Buffer | None = None
-    probabilities: DeviceVolume | None = None
+    probabilities: ChannelVolume | None = None
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -150,9 +150,9 @@ class Scene:
             raise ValueError("volume shapes disagree: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
         return cls(
             device, next(iter(shapes.values())), spacing,
-            mri=DeviceVolume.upload(device, volumes) if volumes is not None else None,
+            mri=ChannelVolume.upload(device, volumes) if volumes is not None else None,
             labels=upload(device, labels, np.uint32) if labels is not None else None,
-            probabilities=DeviceVolume.upload(device, probabilities) if probabilities is not None else None,
+            probabilities=ChannelVolume.upload(device, probabilities) if probabilities is not None else None,
         )
 
     @property
@@ -207,8 +207,8 @@ class Gradients:
         lut: (NUM_CLASSES, LUT_ROW): dL/d (opacity, r, g, b) per class.
     """
 
-    mri: DeviceVolume | None
-    probabilities: DeviceVolume | None
+    mri: ChannelVolume | None
+    probabilities: ChannelVolume | None
     weights: spy.Buffer
     lut: spy.Buffer
 
@@ -219,8 +219,8 @@ class Gradients:
         mri = mri and scene.mri is not None
         probabilities = probabilities and scene.probabilities is not None
         return cls(
-            DeviceVolume.zeros_like(scene.mri, dev) if mri else None,
-            DeviceVolume.zeros_like(scene.probabilities, dev) if probabilities else None,
+            ChannelVolume.zeros_like(scene.mri, dev) if mri else None,
+            ChannelVolume.zeros_like(scene.probabilities, dev) if probabilities else None,
             zeros_buffer(dev, NUM_MODALITIES),
             zeros_buffer(dev, NUM_CLASSES * LUT_ROW),
         )
@@ -268,12 +268,6 @@ def _uses_mri(scene: Scene, settings: RenderSettings) -> bool:
     return scene.mri is not None and any(w.enabled for w in settings.windows)
 
 
-def _constants(scene: Scene, settings: RenderSettings) -> dict[str, object]:
-    return {"NUM_MODALITIES": NUM_MODALITIES, "NUM_CLASSES": NUM_CLASSES, "MODALITY_ROW": MODALITY_ROW,
-            "LUT_ROW": LUT_ROW, "MIN_TRANSMITTANCE": MIN_TRANSMITTANCE,
-            "USE_MRI": _uses_mri(scene, settings), "LABEL_MODE": scene.label_mode}
-
-
 def view_params(shape, spacing, camera: Camera, settings: RenderSettings) -> dict:
     """The ``camera``, ``grid``, ``dt`` and ``background`` fields that every marching kernel reads."""
     half = volume_box(shape, spacing)
@@ -318,8 +312,8 @@ def render_device(scene: Scene, camera: Camera, settings: RenderSettings, frame:
         settings: windows, transfer function, look-up table, step, background.
         frame: from :meth:`Frame.allocate`.
     """
-    kernel = load_kernel(scene.device, _FILE, "render_forward", _constants(scene, settings))
-    kernel((camera.width, camera.height, 1), params=_params(scene, camera, settings, frame))
+    kernels.render_forward(scene.device, _params(scene, camera, settings, frame), camera.width, camera.height,
+                           _uses_mri(scene, settings), scene.label_mode)
 
 
 def render_backward_device(scene: Scene, camera: Camera, settings: RenderSettings, frame: Frame,
@@ -334,17 +328,14 @@ def render_backward_device(scene: Scene, camera: Camera, settings: RenderSetting
         grads: from :meth:`Gradients.zeros`; its ``mri`` / ``probabilities``
             being None switches those volume gradients off (compiled out).
     """
-    constants = _constants(scene, settings)
-    constants["GRAD_MRI"] = grads.mri is not None
-    constants["GRAD_PROBS"] = grads.probabilities is not None
     params = _params(scene, camera, settings, frame)
     params.update(grad_image=grad_image, grad_weights=grads.weights, grad_lut=grads.lut)
     if grads.mri is not None:
         params["grad_mri"] = grads.mri.buffer
     if grads.probabilities is not None:
         params["grad_probs"] = grads.probabilities.buffer
-    kernel = load_kernel(scene.device, _FILE, "render_backward", constants)
-    kernel((camera.width, camera.height, 1), params=params)
+    kernels.render_backward(scene.device, params, camera.width, camera.height, _uses_mri(scene, settings),
+                            scene.label_mode, grads.mri is not None, grads.probabilities is not None)
 
 
 def render(device: spy.Device, volumes: np.ndarray | None, spacing, camera: Camera,

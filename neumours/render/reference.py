@@ -1,7 +1,7 @@
 """The raymarcher's integrator in plain torch: the float64 reference of the tests and the benchmark peer.
 
 Written independently of the Slang code from the same definitions
-(``transfer.py`` and ``box.py`` docstrings, SPEC.md eq. 1-3), vectorised over
+(``transfer.py`` and ``box.py`` docstrings, docs/method.md eq. 1-3), vectorised over
 rays: every ray takes the same number of fixed steps, with masks for rays that
 left the box or terminated (T < 0.01). Trilinear and nearest sampling use
 ``torch.nn.functional.grid_sample`` (``align_corners=True``, border padding),
@@ -171,7 +171,7 @@ def _medium(scene: TorchScene, points: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def march_rays(scene: TorchScene, origins: Tensor, directions: Tensor, check_every: int = 8) -> tuple[Tensor, Tensor]:
-    """Composite rays front to back (SPEC.md eq. 1-3), all rays in lockstep.
+    """Composite rays front to back (docs/method.md eq. 1-3), all rays in lockstep.
 
     Args:
         scene: from :meth:`TorchScene.build`.

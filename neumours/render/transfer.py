@@ -14,7 +14,7 @@ How a sample becomes a medium (``slang/raymarch.slang``; ``reference.py`` is the
    ``sigma_lab = sum_k p_k opacity_k`` and colour ``sum_k p_k opacity_k colour_k / sigma_lab``.
 5. The two media add: ``sigma = sigma_mri + sigma_lab``, and the colour is the
    density-weighted mean ``(sigma_mri c + sum_k p_k opacity_k colour_k) / sigma``;
-   then eq. 1-3 of SPEC.md composite front to back with step ``step``.
+   then eq. 1-3 of docs/method.md composite front to back with step ``step``.
 
 Label "opacities" are therefore extinction coefficients (sigma of eq. 1): a
 sample of class k absorbs ``1 - exp(-opacity_k * step)`` of the light.
@@ -28,12 +28,8 @@ from typing import Mapping
 
 import numpy as np
 
-from neumours.data.layouts import MODALITIES
-from neumours.regions import CLASS_NAMES, LABEL_COLOURS
-
-#: Number of MRI channels and label classes the kernels are compiled for.
-NUM_MODALITIES = len(MODALITIES)
-NUM_CLASSES = len(CLASS_NAMES)
+from neumours.conventions import MODALITIES, NUM_CLASSES, NUM_MODALITIES
+from neumours.regions import LABEL_COLOURS
 
 #: Default label extinctions (background, NCR, ED, ET): edema as a light veil
 #: around a dense core.
@@ -128,7 +124,7 @@ class LabelLUT:
 
     Attributes:
         colours: (NUM_CLASSES, 3) RGB in [0, 1], class order of
-            :data:`neumours.regions.CLASS_NAMES`; default from ``LABEL_COLOURS``.
+            :data:`neumours.conventions.CLASS_NAMES`; default from ``LABEL_COLOURS``.
         opacities: (NUM_CLASSES,) extinction coefficients >= 0 (sigma of eq. 1,
             per unit of box length); background 0 by default.
     """

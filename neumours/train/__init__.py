@@ -1,2 +1,2 @@
-"""Training the Slang INR as SPEC.md (paper Table I) describes: loss, sampling,
+"""Training the Slang INR as docs/method.md (paper Table I) describes: loss, sampling,
 case pool, optimisers and schedule, validation, checkpoints and curves."""

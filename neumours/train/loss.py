@@ -1,4 +1,4 @@
-"""The training loss of SPEC.md, computed on the device by ``slang/loss_kernels.slang``.
+"""The training loss of docs/method.md, computed on the device by ``slang/loss_kernels.slang``.
 
 L = (1 - lambda) * CE_w + lambda * (1 - mean over classes of soft Dice), with
 CE_w torch's class-weighted mean cross-entropy and soft Dice
@@ -17,14 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import slangpy as spy
 
-from neumours.device import download, load_kernel, upload
-
-_FILE = "loss_kernels.slang"
+from neumours.device import download, upload
+from neumours.kernels.loss import loss_grad, loss_stats, num_stats
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss settings (SPEC.md defaults).
+    """Loss settings (paper Table I defaults, docs/method.md).
 
     Attributes:
         dice_weight: lambda, the Dice share of the loss.
@@ -36,11 +35,6 @@ class LossConfig:
     dice_weight: float = 0.5
     class_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0)
     dice_smooth: float = 1.0
-
-
-def num_stats(num_classes: int) -> int:
-    """Floats of batch sums per micro-batch: weight, CE, and 3 per class."""
-    return 2 + 3 * num_classes
 
 
 class DeviceLoss:
@@ -60,9 +54,6 @@ class DeviceLoss:
         self.stride = num_stats(self.num_classes)
         self.class_weights = upload(device, np.asarray(config.class_weights, np.float32))
         self.stats = upload(device, np.zeros(self.slots * self.stride, np.float32))
-        constants = {"NUM_CLASSES": self.num_classes, "USE_GROUPSHARED": device.info.type != spy.DeviceType.cpu}
-        self._stats_kernel = load_kernel(device, _FILE, "loss_stats", constants)
-        self._grad_kernel = load_kernel(device, _FILE, "loss_grad", constants)
 
     def reset(self) -> None:
         """Zero the batch sums of every slot (start of a step)."""
@@ -78,12 +69,10 @@ class DeviceLoss:
             slot: which micro-batch of the step (its sums are kept for :meth:`values`).
             scale: 1 / micro-batches, so accumulated gradients are of the mean loss.
         """
-        params = {"logits": logits, "labels": labels, "class_weights": self.class_weights, "stats": self.stats,
-                  "grad_logits": grad_logits, "stats_offset": slot * self.stride, "count": int(count),
-                  "lambda": float(self.config.dice_weight), "smooth": float(self.config.dice_smooth),
-                  "scale": float(scale)}
-        self._stats_kernel(count, params=params)
-        self._grad_kernel(count, params=params)
+        offset, cfg = slot * self.stride, self.config
+        loss_stats(self.device, logits, labels, self.class_weights, self.stats, offset, count, self.num_classes)
+        loss_grad(self.device, logits, labels, self.class_weights, self.stats, offset, grad_logits, count,
+                  cfg.dice_weight, cfg.dice_smooth, scale, self.num_classes)
 
     def values(self, slots: int | None = None) -> dict[str, float | list[float]]:
         """Loss, CE, soft Dice per class and their mean, averaged over the step's micro-batches."""

@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedule of SPEC.md, over the bridge's parameters.
+"""Optimisers and learning-rate schedule of docs/method.md, over the bridge's parameters.
 
 ``adamw``: torch.optim.AdamW on every tensor. ``muon``: torch.optim.Muon on the
 2-D weight matrices (it takes only 2-D parameters) and AdamW on the biases and
@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from neumours.bridge import TorchBridge
+from neumours.model.bridge import TorchBridge
 from neumours.errors import NeumoursError
 
 

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import slangpy as spy
 
-from neumours.data import load_case, normalize
+from neumours.data import load_case, normalise
 from neumours.device import upload
 from neumours.errors import NeumoursDataError
 
@@ -37,7 +37,7 @@ def load_training_case(ref) -> tuple[np.ndarray, HostCase]:
     if case.label is None:
         raise NeumoursDataError(getattr(ref, "path", ref), "training case has no label volume")
     label = case.label.reshape(-1)
-    return normalize(case.images), HostCase(case.case_id, tuple(case.images.shape[1:]), label,
+    return normalise(case.images), HostCase(case.case_id, tuple(case.images.shape[1:]), label,
                                             np.flatnonzero(label).astype(np.int64))
 
 
@@ -61,7 +61,7 @@ class CasePool:
 
     Attributes:
         volumes, case_table: device buffers read by ``gather_inputs`` (see
-            neumours.model.inputs.DeviceVolumes).
+            neumours.model.inputs.CaseVolumes).
         cases: the HostCase of every slot.
     """
 

@@ -7,7 +7,7 @@ import torch
 
 def seg_loss_torch(logits: torch.Tensor, labels: torch.Tensor, class_weights, dice_weight: float = 0.5,
                    smooth: float = 1.0) -> tuple[torch.Tensor, dict]:
-    """(1 - lambda) CE_w + lambda (1 - mean soft Dice) of SPEC.md, differentiable.
+    """(1 - lambda) CE_w + lambda (1 - mean soft Dice) of docs/method.md, differentiable.
 
     Args:
         logits: (N, C). labels: (N,) int64 in [0, C).

@@ -1,4 +1,4 @@
-"""Drawing training points from the case pool (SPEC.md: foreground ratio 0.1).
+"""Drawing training points from the case pool (docs/method.md: foreground ratio 0.1).
 
 Each micro-batch: a case per point, uniformly over the pool; a
 ``foreground_ratio`` share of the points at tumour voxels (label > 0) of their

@@ -23,13 +23,13 @@ import torch
 from tqdm import tqdm
 
 from neumours.atomic import atomic_path, atomic_write_text
-from neumours.data import list_cases, load_case, normalize, split_cases
+from neumours.data import list_cases, load_case, normalise, split_cases
 from neumours.device import empty_buffer, get_device
 from neumours.errors import NeumoursDataError, NeumoursError
 from neumours.model.checkpoint import load_checkpoint, save_checkpoint
-from neumours.model.inputs import DeviceVolumes, gather_inputs
+from neumours.model.inputs import CaseVolumes, gather_inputs
 from neumours.model.inr import INR
-from neumours.regions import CLASS_NAMES
+from neumours.conventions import CLASS_KEYS, CLASS_NAMES
 from neumours.train.config import TrainConfig, load_toml, save_toml
 from neumours.train.loss import DeviceLoss
 from neumours.train.optim import build_optimizers, learning_rate, set_learning_rate
@@ -37,7 +37,6 @@ from neumours.train.pool import CasePool
 from neumours.train.sampler import PointSampler
 from neumours.train.validate import Validator
 
-CLASS_KEYS = ["bg", "NCR", "ED", "ET"]
 METRIC_COLUMNS = (["step", "loss", "ce"] + [f"dice_{k}" for k in CLASS_KEYS] + ["dice_mean", "lr", "grad_norm", "time_s"]
                   + [f"val_dice_{k}" for k in CLASS_KEYS] + ["val_dice_mean"])
 CHECKPOINT_BEST = "best.safetensors"
@@ -73,9 +72,9 @@ class Trainer:
         self.inr = INR(net, self.device, seed=config.schedule.seed)
         self.pool = CasePool(self.device, train_refs, net.num_modalities, config.sampler.pool_bytes,
                              config.schedule.seed)
-        self.pool_volumes = DeviceVolumes(self.device, self.pool.volumes, self.pool.case_table, [], net.num_modalities)
+        self.pool_volumes = CaseVolumes(self.device, self.pool.volumes, self.pool.case_table, [], net.num_modalities)
         val_cases = [load_case(r) for r in val_refs]
-        self.validator = Validator(self.inr, [normalize(c.images) for c in val_cases],
+        self.validator = Validator(self.inr, [normalise(c.images) for c in val_cases],
                                    [c.label for c in val_cases])
         self.sampler = PointSampler(config.sampler.foreground_ratio, config.schedule.seed)
         self.loss = DeviceLoss(self.device, config.loss, config.sampler.micro_batches)

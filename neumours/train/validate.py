@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from neumours.conventions import NUM_CLASSES
 from neumours.eval.metrics import dice
 from neumours.infer.cache import VolumeCache
-from neumours.model.inputs import DeviceVolumes
+from neumours.model.inputs import CaseVolumes
 from neumours.model.inr import INR
 
 
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int = 4) -> np.ndarray:
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """(num_classes,) hard Dice of every class; 1 where a class is absent from both."""
     return np.array([dice(pred == c, truth == c) for c in range(num_classes)])
 
@@ -25,7 +26,7 @@ class Validator:
     def __init__(self, inr: INR, images: list[np.ndarray], labels: list[np.ndarray]):
         self.inr = inr
         self.labels = labels
-        self.vols = DeviceVolumes.upload(inr.device, images) if images else None
+        self.vols = CaseVolumes.upload(inr.device, images) if images else None
 
     def __call__(self) -> np.ndarray:
         """Mean over validation cases of Dice per class, (num_classes,)."""

@@ -4,7 +4,7 @@ The renderer leaves dL/dp, the gradient of the image loss with respect to the
 class probabilities of a set of points (the grid voxels of path (a), the ray
 samples of path (b)), channel first in one device buffer. This module finds
 the blocks of points that received any gradient (``gradient_blocks`` in
-``slang/refine_kernels.slang``), and over those only, chunk by chunk,
+``slang/probability_kernels.slang``), and over those only, chunk by chunk,
 recomputes the INR forward pass, turns dL/dp into dL/dlogits through the
 softmax (``softmax_backward``) and runs the INR backward pass, which adds into
 the weight-gradient buffer.
@@ -17,10 +17,10 @@ from typing import Callable
 import numpy as np
 import slangpy as spy
 
-from neumours.device import download, empty_buffer, load_kernel
+from neumours.device import download, empty_buffer
+from neumours.kernels.probabilities import gradient_blocks, softmax_backward
 from neumours.model.inr import INR
 
-_FILE = "refine_kernels.slang"
 #: Points per block of the zero-gradient test; blocks with no gradient skip the backward pass.
 BLOCK_POINTS = 1024
 
@@ -36,11 +36,8 @@ def active_ranges(device: spy.Device, grad_probs: spy.Buffer, num_classes: int, 
         grad_probs: (num_classes, total) float32 dL/dp.
         chunk: longest range.
     """
-    blocks = -(-total // block)
-    flags = empty_buffer(device, blocks, np.uint32)
-    kernel = load_kernel(device, _FILE, "gradient_blocks", {"NUM_CLASSES": num_classes})
-    kernel(blocks, block_params={"grad_probs": grad_probs, "flags": flags, "total": total, "block": block,
-                                 "blocks": blocks})
+    flags = empty_buffer(device, -(-total // block), np.uint32)
+    blocks = gradient_blocks(device, grad_probs, flags, total, block, num_classes)
     active = download(flags, (blocks,), np.uint32).astype(bool)
     # Runs of consecutive active blocks, as point ranges, cut to at most `chunk` points.
     edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
@@ -73,11 +70,9 @@ def backprop_probabilities(inr: INR, grad_probs: spy.Buffer, total: int, fill_in
     ws = inr.workspace(chunk)
     coords, patches = empty_buffer(device, chunk * 3), empty_buffer(device, chunk * cfg.patch_dim)
     logits, grad_logits = empty_buffer(device, chunk * cfg.num_classes), empty_buffer(device, chunk * cfg.num_classes)
-    softmax_backward = load_kernel(device, _FILE, "softmax_backward", {"NUM_CLASSES": cfg.num_classes})
     for start, count in ranges:
         fill_inputs(start, count, coords, patches)
         inr.forward_device(coords, patches, count, logits, ws)
-        softmax_backward(count, params={"logits": logits, "grad_probs": grad_probs, "grad_logits": grad_logits,
-                                        "start": start, "count": count, "total": total})
+        softmax_backward(device, logits, grad_probs, grad_logits, start, count, total, cfg.num_classes)
         inr.backward_device(coords, patches, count, grad_logits, ws)
     return sum(count for _, count in ranges)

@@ -1,39 +1,41 @@
-"""``neumours refine``: correct a trained INR from rendered views of one case.
-
-    neumours refine CASE --checkpoint CKPT (--targets DIR | --from-labels SEG.nii.gz)
-                    --out CKPT2 [--views 4] [--size 256x256] [--steps 20] [--lr 1e-4]
-                    [--masks] [--path cache|direct] [--anchor-data DIR] [--anchor-weight 1.0] [--device auto]
-
-``--from-labels`` renders a corrected label volume from ``--views`` orbiting
-cameras (the "clinician's correction"; with ``--masks``, as tumour masks);
-``--targets DIR`` reads ``DIR/targets.npz`` with ``azimuth`` and ``elevation``
-(V,) in degrees and either ``images`` (V, H, W, 3) with optional ``weights``
-(V, H, W) (0 = don't care), or ``masks`` (V, H, W) of 0 (not tumour), 1
-(tumour) and 255 (don't care), compared with the rendered tumour silhouette
-(:mod:`neumours.render.masks`). Writes the
-refined checkpoint and ``CKPT2`` with ``.json``: the loss and seconds per step
-and, when the case has labels, Dice per region before and after. ``--path``
-picks the gradient path: ``cache`` (through the cached probability volume; cost
-set by the voxels) or ``direct`` (the INR at the ray samples; cost set by
-pixels x samples per ray, so it suits small or masked views).
-"""
+"""``neumours refine``: correct a trained INR from rendered views of one case (DESCRIPTION says how)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
+from neumours.cli.options import add_command, add_device_option
 from neumours.errors import NeumoursError
+
+DESCRIPTION = """\
+Correct a trained INR from rendered views of one case: an image loss on the
+views flows back through the raymarcher into the INR's weights.
+
+Targets, one of:
+  --from-labels SEG.nii.gz  a corrected label volume, rendered from --views
+                            orbiting cameras (with --masks: as tumour masks)
+  --targets DIR             DIR/targets.npz with azimuth and elevation (V,) in
+                            degrees and either images (V, H, W, 3) with optional
+                            weights (V, H, W) (0 = don't care), or masks (V, H, W)
+                            of 0 (not tumour), 1 (tumour), 255 (don't care)
+
+Writes the refined checkpoint and, beside it, a .json report: loss and seconds
+per step and, when the case has labels, Dice per region before and after."""
+
+EPILOG = """\
+Gradient paths (--path): cache renders the cached class-probability volume
+(cost set by the voxels, whatever the views); direct evaluates the INR at the
+ray samples (cost set by pixels x samples per ray: small or masked views)."""
 
 
 def _load_targets(path: Path, shape, spacing):
     """Cameras, image targets, weights and whether they came from masks, from ``path/targets.npz``."""
     from neumours.render.box import volume_box
     from neumours.render.camera import fit_distance, orbit
-    from neumours.render.masks import mask_targets
+    from neumours.refine.masks import mask_targets
 
     file = path / "targets.npz"
     if not file.is_file():
@@ -74,18 +76,19 @@ def _load_targets(path: Path, shape, spacing):
 
 
 def refine_command(args) -> None:
-    from neumours.data import list_cases, load_case, normalize
+    from neumours.data import list_cases, load_case, normalise
     from neumours.data.nifti import read_label_volume
     from neumours.device import get_device
     from neumours.eval.metrics import region_scores
     from neumours.infer.cache import VolumeCache
     from neumours.model.checkpoint import load_checkpoint, save_checkpoint
-    from neumours.model.inputs import DeviceVolumes
+    from neumours.model.inputs import CaseVolumes
     from neumours.model.inr import INR
-    from neumours.render.cli import parse_size
-    from neumours.render.masks import mask_targets, render_label_masks, silhouette_settings
-    from neumours.render.refine import Anchor, refine, render_label_views, views
+    from neumours.cli.render import parse_size
+    from neumours.refine.loop import Anchor, refine
+    from neumours.refine.masks import mask_targets, render_label_masks, silhouette_settings
     from neumours.render.transfer import RenderSettings
+    from neumours.render.views import orbit_cameras, render_label_views
 
     if (args.targets is None) == (args.from_labels is None):
         raise NeumoursError("give exactly one of --targets DIR or --from-labels SEG.nii.gz")
@@ -110,10 +113,10 @@ def refine_command(args) -> None:
     device = get_device(args.device)
     inr = INR(config, device)
     inr.load_state_dict(state)
-    vols = DeviceVolumes.upload(device, [normalize(case.images)])
+    vols = CaseVolumes.upload(device, [normalise(case.images)])
     settings = silhouette_settings(RenderSettings()) if from_masks else RenderSettings()
     if corrected is not None:
-        cameras = views(case.shape, case.spacing, args.views, size)
+        cameras = orbit_cameras(case.shape, case.spacing, args.views, size)
         if from_masks:
             targets, weights = mask_targets(render_label_masks(device, corrected, case.spacing, cameras, settings))
         else:
@@ -121,7 +124,7 @@ def refine_command(args) -> None:
     anchor = None
     if args.anchor_data is not None:
         others = [load_case(r) for r in list_cases(args.anchor_data)[:4]]
-        anchor = Anchor(inr, DeviceVolumes.upload(device, [normalize(c.images) for c in others]),
+        anchor = Anchor(inr, CaseVolumes.upload(device, [normalise(c.images) for c in others]),
                         weight=args.anchor_weight)
 
     truth = corrected if corrected is not None else case.label
@@ -144,24 +147,25 @@ def refine_command(args) -> None:
           f"image loss {rows[0]['image_loss']:.4g} -> {rows[-1]['image_loss']:.4g}; wrote {args.out}")
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("refine", help="correct a trained INR from rendered views of one case",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("case", type=Path)
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--targets", type=Path, help="folder with targets.npz")
-    p.add_argument("--from-labels", type=Path, help="corrected label NIfTI rendered from --views cameras")
-    p.add_argument("--views", type=int, default=4)
+def add_parsers(sub) -> None:
+    p = add_command(sub, "refine", "correct a trained INR from rendered views of one case", DESCRIPTION, EPILOG,
+                    usage="neumours refine CASE --checkpoint CKPT (--from-labels SEG | --targets DIR) --out CKPT2 "
+                          "[options]")
+    p.add_argument("case", type=Path, help="the case to refine on (a case folder, any layout)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="INR checkpoint to start from (.safetensors)")
+    p.add_argument("--targets", type=Path, help="folder holding targets.npz (cameras and images or masks)")
+    p.add_argument("--from-labels", type=Path, help="corrected label NIfTI, rendered from --views cameras")
+    p.add_argument("--views", type=int, default=4, help="with --from-labels: orbiting cameras at equal azimuth steps")
     p.add_argument("--masks", action="store_true",
                    help="with --from-labels: tumour masks of the corrected labels as targets, not colour images")
-    p.add_argument("--size", default="256x256", help="target image size for --from-labels (default 256x256)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--size", default="256x256", help="with --from-labels: target image size, WIDTHxHEIGHT")
+    p.add_argument("--steps", type=int, default=20, help="AdamW steps")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--path", choices=("cache", "direct"), default="cache",
                    help="gradient path: through the volume cache (a) or the INR at the ray samples (b)")
-    p.add_argument("--anchor-data", type=Path, help="cases whose predictions should stay as they are")
-    p.add_argument("--anchor-weight", type=float, default=1.0)
-    p.add_argument("--out", type=Path, required=True, help="refined checkpoint (.safetensors)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--anchor-data", type=Path,
+                   help="folder of other cases whose predictions should stay as they are (first 4 used)")
+    p.add_argument("--anchor-weight", type=float, default=1.0, help="weight of the anchor penalty")
+    p.add_argument("--out", type=Path, required=True, help="refined checkpoint to write (.safetensors)")
+    add_device_option(p)
     p.set_defaults(func=refine_command)
-    return p

@@ -4,14 +4,14 @@ The loop (:func:`refine`): per step, the gradient of the image loss with
 respect to the INR's weights by one of two paths, plus an optional
 :class:`Anchor` penalty, then one AdamW step through the torch bridge.
 
-- path ``"cache"`` (a), :mod:`neumours.render.refine_cache`: render the cached
+- path ``"cache"`` (a), :mod:`neumours.refine.cache_path`: render the cached
   class-probability volume, back-propagate to it, then through the INR over the
   voxels that received gradient;
-- path ``"direct"`` (b), :mod:`neumours.render.refine_direct`: evaluate the INR
+- path ``"direct"`` (b), :mod:`neumours.refine.direct_path`: evaluate the INR
   at the ray samples themselves and back-propagate straight to the weights.
 
-Targets are images from given cameras (:func:`render_label_views` makes them
-from a corrected label volume) with optional per-pixel weights (0 = don't care).
+Targets are images from given cameras (:func:`neumours.render.views.render_label_views`
+makes them from a corrected label volume) with optional per-pixel weights (0 = don't care).
 """
 
 from __future__ import annotations
@@ -21,53 +21,24 @@ from typing import Sequence
 import numpy as np
 
 from neumours.device import download, empty_buffer, upload
-from neumours.model.inputs import DeviceVolumes
+from neumours.kernels.probabilities import argmax_labels
+from neumours.model.inputs import CaseVolumes, gather_inputs
 from neumours.model.inr import INR
+from neumours.refine.cache_path import cache_path_gradients
+from neumours.refine.direct_path import direct_path_gradients
 from neumours.render.camera import Camera
-from neumours.render.image_loss import image_loss
-from neumours.render.raymarch import DeviceVolume, Frame, Scene, render_device
-from neumours.render.refine_cache import cache_path_gradients
-from neumours.render.refine_direct import direct_path_gradients
 from neumours.render.transfer import RenderSettings
 
 #: The gradient paths by name.
 PATHS = {"cache": cache_path_gradients, "direct": direct_path_gradients}
-__all__ = ["PATHS", "Anchor", "cache_path_gradients", "direct_path_gradients", "image_loss", "refine",
-           "render_label_views", "views", "weight_gradients"]
+__all__ = ["PATHS", "Anchor", "refine", "weight_gradients"]
 
 
 def weight_gradients(inr: INR) -> dict[str, np.ndarray]:
-    """The gradient buffer as named arrays (SPEC.md names and shapes)."""
+    """The gradient buffer as named arrays (docs/method.md names and shapes)."""
     inr.bridge.pull_grads()
     flat = download(inr.bridge.grads_buffer, (inr.layout.total,))
     return {name: view.copy() for name, view in inr.layout.views(flat).items()}
-
-
-def views(shape, spacing, count: int, size: tuple[int, int] = (256, 256), elevation: float = 20.0,
-          fov_y_deg: float = 30.0) -> list[Camera]:
-    """``count`` cameras orbiting the volume's box at equal azimuth steps, framing the whole box."""
-    from neumours.render.box import volume_box
-    from neumours.render.camera import fit_distance, orbit
-
-    width, height = size
-    distance = fit_distance(volume_box(shape, spacing), fov_y_deg, width / height)
-    return [orbit(360.0 * k / count, elevation, distance, fov_y_deg=fov_y_deg, width=width, height=height)
-            for k in range(count)]
-
-
-def render_label_views(device, labels: np.ndarray, spacing, cameras: Sequence[Camera],
-                       settings: RenderSettings, num_classes: int = 4) -> list[np.ndarray]:
-    """Target images: a (corrected) label volume rendered in soft mode as one-hot probabilities,
-    the same path the refined model's probabilities take."""
-    one_hot = (np.arange(num_classes)[:, None, None, None] == labels[None]).astype(np.float32)
-    scene = Scene(device, tuple(labels.shape), tuple(spacing),
-                  probabilities=DeviceVolume.upload(device, one_hot, channels_last=False))
-    images = []
-    for camera in cameras:
-        frame = Frame.allocate(device, camera.width, camera.height)
-        render_device(scene, camera, settings, frame)
-        images.append(frame.to_numpy()[0])
-    return images
 
 
 class Anchor:
@@ -79,9 +50,7 @@ class Anchor:
     start, growing as predictions drift).
     """
 
-    def __init__(self, inr: INR, vols: DeviceVolumes, points: int = 4096, weight: float = 1.0, seed: int = 0):
-        from neumours.model.inputs import gather_inputs
-
+    def __init__(self, inr: INR, vols: CaseVolumes, points: int = 4096, weight: float = 1.0, seed: int = 0):
         rng = np.random.default_rng(seed)
         cfg = inr.config
         case_ids = rng.integers(0, len(vols.shapes), points).astype(np.uint32)
@@ -93,13 +62,17 @@ class Anchor:
         gather_inputs(cfg, vols, upload(inr.device, positions), upload(inr.device, case_ids, np.uint32), points,
                       self.coords, self.patches)
         self.logits = empty_buffer(inr.device, points * cfg.num_classes)
+        self._labels = empty_buffer(inr.device, points, np.uint32)
+        self._probs = empty_buffer(inr.device, points * cfg.num_classes)
         self.targets = self._probabilities()
 
     def _probabilities(self) -> np.ndarray:
+        """The current model's class probabilities at the anchor points, (points, num_classes) float64."""
+        classes = self.inr.config.num_classes
         self.workspace = self.inr.forward_device(self.coords, self.patches, self.count, self.logits)
-        z = download(self.logits, (self.count, self.inr.config.num_classes)).astype(np.float64)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
+        argmax_labels(self.inr.device, self.logits, self._labels, 0, self.count, self.count, classes,
+                      probs=self._probs)
+        return download(self._probs, (classes, self.count)).T.astype(np.float64)
 
     def add_gradients(self) -> float:
         """Add the penalty's weight gradients into the INR's buffer; returns the penalty (CE - entropy)."""
@@ -111,7 +84,7 @@ class Anchor:
         return penalty
 
 
-def refine(inr: INR, vols: DeviceVolumes, spacing, cameras: Sequence[Camera], settings: RenderSettings,
+def refine(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence[Camera], settings: RenderSettings,
            targets: Sequence[np.ndarray], steps: int = 20, lr: float = 1e-4, anchor: Anchor | None = None,
            weights: Sequence[np.ndarray | None] | None = None, path: str = "cache",
            progress: bool = False) -> list[dict]:

@@ -34,7 +34,7 @@ def brain_mask(images: np.ndarray) -> np.ndarray:
     return np.any(_as_volumes(images) != 0, axis=0)
 
 
-def normalize(images: np.ndarray) -> np.ndarray:
+def normalise(images: np.ndarray) -> np.ndarray:
     """Z-score each modality over the brain voxels; background stays exactly 0.
 
     Mean and standard deviation are accumulated in float64 (9 million float32

@@ -1,6 +1,6 @@
 """Render-loss refinement, path (b): the INR evaluated at the ray samples, no volume cache.
 
-Per view (``slang/direct_kernels.slang``):
+Per view (``slang/ray_sample_kernels.slang``, dispatched by :mod:`neumours.kernels.ray_samples`):
 
 1. ``ray_sample_counts``: how many samples each pixel's ray takes in the box
    (none for pixels of weight 0, which the loss ignores);
@@ -10,7 +10,7 @@ Per view (``slang/direct_kernels.slang``):
    the class probabilities of every sample.
 4. ``composite_forward`` / ``composite_backward``: eq. 1-3 over each ray's
    samples and its adjoint, giving dL/dp per sample.
-5. :func:`neumours.render.refine_backprop.backprop_probabilities` carries dL/dp
+5. :func:`neumours.refine.backprop.backprop_probabilities` carries dL/dp
    through the softmax and the INR into the weight-gradient buffer.
 
 The samples are those of the cached renderer (same t, same stopping rule);
@@ -29,18 +29,17 @@ from typing import Sequence
 import numpy as np
 import slangpy as spy
 
-from neumours.device import copy_elements, download, empty_buffer, load_kernel, upload
+from neumours.device import copy_elements, download, empty_buffer, upload
 from neumours.infer.cache import MAX_BUFFER_BYTES, forward_workspace
-from neumours.model.inputs import DeviceVolumes, gather_inputs
+from neumours.kernels import ray_samples
+from neumours.kernels.probabilities import argmax_labels
+from neumours.model.inputs import CaseVolumes, gather_inputs
 from neumours.model.inr import INR
+from neumours.refine.backprop import backprop_probabilities
+from neumours.refine.image_loss import image_loss
 from neumours.render.camera import Camera
-from neumours.render.image_loss import image_loss
-from neumours.render.raymarch import LUT_ROW, MIN_TRANSMITTANCE, Frame, settings_buffers, view_params
-from neumours.render.refine_backprop import backprop_probabilities
+from neumours.render.raymarch import Frame, settings_buffers, view_params
 from neumours.render.transfer import RenderSettings
-
-_FILE = "direct_kernels.slang"
-_SEGMENT_FILE = "segment_kernels.slang"
 
 
 @dataclass
@@ -71,7 +70,7 @@ class DirectRenderer:
         chunk_points: most samples per INR pass.
     """
 
-    def __init__(self, inr: INR, vols: DeviceVolumes, spacing, settings: RenderSettings, case_index: int = 0,
+    def __init__(self, inr: INR, vols: CaseVolumes, spacing, settings: RenderSettings, case_index: int = 0,
                  chunk_points: int = 1 << 18):
         self.inr, self.vols, self.settings = inr, vols, settings
         self.device, self.config = inr.device, inr.config
@@ -79,33 +78,26 @@ class DirectRenderer:
         self.shape = tuple(vols.shapes[self.case_index])
         self.spacing = tuple(float(s) for s in spacing)
         self.chunk = int(chunk_points)
-        constants = {"NUM_CLASSES": self.config.num_classes, "LUT_ROW": LUT_ROW,
-                     "MIN_TRANSMITTANCE": MIN_TRANSMITTANCE}
-        self._kernels = {name: load_kernel(self.device, _FILE, name, constants) for name in
-                         ("ray_sample_counts", "ray_sample_positions", "composite_forward", "composite_backward")}
         self._case_ids = None
 
-    def _params(self, camera: Camera, **buffers) -> dict:
+    def _params(self, camera: Camera) -> dict:
         return {**view_params(self.shape, self.spacing, camera, self.settings),
-                "lut": settings_buffers(self.device, self.settings)["lut"], **buffers}
+                "lut": settings_buffers(self.device, self.settings)["lut"]}
 
     def samples(self, camera: Camera, weight: np.ndarray | None = None) -> RaySamples:
         """Every sample of every ray of ``camera`` (none for pixels where ``weight`` is 0)."""
         n = camera.width * camera.height
         counts = empty_buffer(self.device, n, np.uint32)
-        extra = {"use_weights": 0}
-        if weight is not None:
-            extra = {"use_weights": 1, "pixel_weights": upload(self.device, np.asarray(weight, np.float32))}
-        size = (camera.width, camera.height, 1)
-        self._kernels["ray_sample_counts"](size, params=self._params(camera, counts=counts, **extra))
+        pixel_weights = None if weight is None else upload(self.device, np.asarray(weight, np.float32))
+        params, size = self._params(camera), (camera.width, camera.height)
+        ray_samples.ray_sample_counts(self.device, params, counts, *size, pixel_weights=pixel_weights)
         host = download(counts, (n,), np.uint32).astype(np.int64)
         total = int(host.sum())
         if 4 * self.config.num_classes * total > MAX_BUFFER_BYTES:
             raise ValueError(f"{total} ray samples need buffers over 2 GiB: use a smaller image or a larger step")
         offsets = upload(self.device, np.cumsum(host) - host, np.uint32)
         positions = empty_buffer(self.device, 3 * total)
-        self._kernels["ray_sample_positions"](size, params=self._params(camera, counts=counts, offsets=offsets,
-                                                                        positions=positions))
+        ray_samples.ray_sample_positions(self.device, params, counts, offsets, positions, total, *size)
         return RaySamples(counts, offsets, positions, total)
 
     def _fill(self, samples: RaySamples):
@@ -130,14 +122,12 @@ class DirectRenderer:
         coords, patches = empty_buffer(dev, chunk * 3), empty_buffer(dev, chunk * cfg.patch_dim)
         logits, labels = empty_buffer(dev, chunk * cfg.num_classes), empty_buffer(dev, total, np.uint32)
         ws = forward_workspace(self.inr, chunk)
-        softmax = load_kernel(dev, _SEGMENT_FILE, "argmax_labels", {"NUM_CLASSES": cfg.num_classes, "WRITE_PROBS": 1})
         fill = self._fill(samples)
         for start in range(0, total, chunk):
             count = min(chunk, total - start)
             fill(start, count, coords, patches)
             self.inr.forward_device(coords, patches, count, logits, ws)
-            softmax(count, params={"logits": logits, "labels": labels, "probs": probs, "start": start,
-                                   "count": count, "total": total})
+            argmax_labels(dev, logits, labels, start, count, total, cfg.num_classes, probs=probs)
         return probs
 
     def render(self, camera: Camera, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -154,9 +144,9 @@ class DirectRenderer:
 
     def _composite(self, camera: Camera, samples: RaySamples, probs: spy.Buffer) -> Frame:
         frame = Frame.allocate(self.device, camera.width, camera.height)
-        self._kernels["composite_forward"]((camera.width, camera.height, 1), params=self._params(
-            camera, counts=samples.counts, offsets=samples.offsets, probs=probs, image=frame.image,
-            transmittance=frame.transmittance, total=max(samples.total, 1)))
+        ray_samples.composite_forward(self.device, self._params(camera), samples.counts, samples.offsets, probs,
+                                      samples.total, frame.image, frame.transmittance, self.config.num_classes,
+                                      camera.width, camera.height)
         return frame
 
     def gradients(self, camera: Camera, target: np.ndarray, weight: np.ndarray | None = None,
@@ -174,10 +164,10 @@ class DirectRenderer:
         backward = 0
         if samples.total:
             grad_probs = empty_buffer(self.device, self.config.num_classes * samples.total)
-            self._kernels["composite_backward"]((camera.width, camera.height, 1), params=self._params(
-                camera, counts=samples.counts, offsets=samples.offsets, probs=probs, image=frame.image,
-                transmittance=frame.transmittance, grad_image=upload(self.device, grad_image),
-                grad_probs=grad_probs, total=samples.total))
+            ray_samples.composite_backward(self.device, self._params(camera), samples.counts, samples.offsets, probs,
+                                           samples.total, frame.image, frame.transmittance,
+                                           upload(self.device, grad_image), grad_probs, self.config.num_classes,
+                                           camera.width, camera.height)
             backward = backprop_probabilities(self.inr, grad_probs, samples.total, self._fill(samples), self.chunk)
         if stats is not None:
             stats["forward_points"] = stats.get("forward_points", 0) + samples.total + backward
@@ -185,11 +175,11 @@ class DirectRenderer:
         return loss, image
 
 
-def direct_path_gradients(inr: INR, vols: DeviceVolumes, spacing, cameras: Sequence[Camera],
+def direct_path_gradients(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence[Camera],
                           settings: RenderSettings, targets: Sequence[np.ndarray],
                           weights: Sequence[np.ndarray | None] | None = None, case_index: int = 0,
                           chunk_points: int = 1 << 18, stats: dict | None = None) -> tuple[float, list[np.ndarray]]:
-    """Path (b) with the signature of :func:`neumours.render.refine_cache.cache_path_gradients`.
+    """Path (b) with the signature of :func:`neumours.refine.cache_path.cache_path_gradients`.
 
     Adds d(image loss)/d(weights), summed over views, into ``inr``'s gradient buffer.
 

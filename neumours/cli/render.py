@@ -16,11 +16,11 @@ written atomically, so a failure leaves no partial output behind.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from pathlib import Path
 
+from neumours.cli.options import add_command, add_device_option
 from neumours.errors import NeumoursError
 
 _MAX_SIZE = 16384
@@ -39,7 +39,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def parse_modalities(text: str) -> dict[str, float]:
     """``"t2f=1,t1c=0.5"`` -> {"t2f": 1.0, "t1c": 0.5}; a bare name means weight 1."""
-    from neumours.data.layouts import MODALITIES
+    from neumours.conventions import MODALITIES
 
     weights: dict[str, float] = {}
     for item in text.split(","):
@@ -90,8 +90,8 @@ def _probabilities(path: Path, case):
     """(4, X, Y, Z) class probabilities from a (X, Y, Z, 4) NIfTI."""
     import numpy as np
 
+    from neumours.conventions import NUM_CLASSES
     from neumours.data.nifti import read_nifti
-    from neumours.render.transfer import NUM_CLASSES
 
     data = np.asarray(read_nifti(path).get_fdata(dtype=np.float32))
     if data.shape != (*case.shape, NUM_CLASSES):
@@ -121,14 +121,17 @@ def _labels(args, case):
 
 
 def render_command(args) -> None:
-    """Run ``neumours render`` with parsed arguments (see :func:`add_parser`)."""
+    """Run ``neumours render`` with parsed arguments (see :func:`add_parsers`)."""
     (width, height), modalities = _check_args(args)
 
+    import numpy as np
+
     from neumours.data import load_case
-    from neumours.device import get_device
+    from neumours.device import get_device, upload
     from neumours.render import (Frame, RenderSettings, Scene, auto_windows, fit_distance, orbit, render_device,
                                  volume_box)
-    from neumours.render.io import write_animation, write_image
+    from neumours.conventions import CLASS_NAMES
+    from neumours.render.io import stamp_label_legend, to_uint8, write_animation, write_image
 
     case = load_case(args.case)
     labels = _labels(args, case)
@@ -138,11 +141,15 @@ def render_command(args) -> None:
         settings = settings.with_modalities(modalities)
 
     device = get_device(args.device)
+    scene = Scene.upload(device, case.spacing, volumes=case.images, labels=labels, probabilities=probabilities)
     if args.checkpoint is not None:  # volume caching: the INR over the whole case, arg-max labels
         from neumours.infer.segment import Segmenter
 
-        labels = Segmenter(args.checkpoint, device)(case, denoise=args.denoise).labels
-    scene = Scene.upload(device, case.spacing, volumes=case.images, labels=labels, probabilities=probabilities)
+        segmenter = Segmenter(args.checkpoint, device)
+        if args.denoise:  # denoising runs on the host: its labels go up once
+            scene.labels = upload(device, segmenter(case, denoise=True).labels, np.uint32)
+        else:  # the cache's labels stay on the device, where the INR wrote them
+            scene.labels = segmenter.cache(case.images).labels_buffer
     frame = Frame.allocate(device, width, height)
     distance = args.distance or fit_distance(volume_box(case.shape, case.spacing), args.fov, width / height)
     count = args.turntable or 1
@@ -151,7 +158,10 @@ def render_command(args) -> None:
         camera = orbit(args.azimuth + 360.0 * k / count, args.elevation, distance, fov_y_deg=args.fov,
                        width=width, height=height)
         render_device(scene, camera, settings, frame)
-        images.append(frame.to_numpy()[0])
+        image = to_uint8(frame.to_numpy()[0])
+        if scene.label_mode != 0 and not args.no_legend:  # a key to the label colours (tumour classes)
+            image = stamp_label_legend(image, settings.lut.colours[1:], CLASS_NAMES[1:])
+        images.append(image)
     if args.turntable is None:
         write_image(args.out, images[0])
     else:
@@ -159,12 +169,12 @@ def render_command(args) -> None:
     print(f"wrote {args.out} ({width}x{height}, {count} frame{'s' if count > 1 else ''})")
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parsers(sub) -> None:
     """Add the ``render`` subcommand to the ``neumours`` command's subparsers."""
-    p = subparsers.add_parser(
-        "render", help="render a case (and a segmentation) with the differentiable raymarcher",
-        description="Ray-march the four MRI modalities of a case, optionally with a segmentation, "
-                    "to a PNG (or a GIF/MP4 turntable with --turntable N).")
+    p = add_command(sub, "render", "render a case (and a segmentation) with the differentiable raymarcher",
+                    "Ray-march the four MRI modalities of a case, optionally with a segmentation, to a PNG "
+                    "(or a GIF/MP4 turntable with --turntable N). MRI windows come from each modality's intensity "
+                    "percentiles. At most one of --seg, --probs, --ground-truth and --checkpoint.")
     p.add_argument("case", type=Path, help="a case folder (BraTS, MU-Glioma-Post or nnU-Net layout)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--seg", type=Path, help="label NIfTI (0..3, or legacy 4) to overlay")
@@ -172,17 +182,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     source.add_argument("--ground-truth", action="store_true", help="overlay the case's own label file")
     source.add_argument("--checkpoint", type=Path, help="segment the case with an INR checkpoint first")
     p.add_argument("--out", type=Path, required=True, help="output .png (.jpg), or .gif/.mp4 with --turntable")
-    p.add_argument("--size", default="1920x1080", help="WIDTHxHEIGHT (default 1920x1080)")
-    p.add_argument("--azimuth", type=float, default=30.0, help="degrees about +z from +x (default 30)")
-    p.add_argument("--elevation", type=float, default=20.0, help="degrees above the xy plane (default 20)")
+    p.add_argument("--size", default="1920x1080", help="image size, WIDTHxHEIGHT")
+    p.add_argument("--azimuth", type=float, default=30.0, help="camera angle about +z from +x, degrees")
+    p.add_argument("--elevation", type=float, default=20.0, help="camera angle above the xy plane, degrees")
     p.add_argument("--distance", type=float, default=None, help="orbit distance in box units (default: fit the box)")
-    p.add_argument("--fov", type=float, default=30.0, help="vertical field of view in degrees (default 30)")
+    p.add_argument("--fov", type=float, default=30.0, help="vertical field of view, degrees")
     p.add_argument("--modalities", default=None,
                    help="enabled modalities and weights, e.g. t2f=1,t1c=0.5 (default: all four at 0.25)")
-    p.add_argument("--step", type=float, default=0.02, help="ray-march step in box units (default 0.02)")
+    p.add_argument("--step", type=float, default=0.02, help="ray-march step in box units (the longest axis spans 2)")
     p.add_argument("--turntable", type=int, default=None, metavar="N", help="N frames around the case (.gif/.mp4)")
-    p.add_argument("--fps", type=float, default=15.0, help="turntable frame rate (default 15)")
+    p.add_argument("--fps", type=float, default=15.0, help="turntable frame rate")
     p.add_argument("--denoise", action="store_true", help="with --checkpoint: denoise the segmentation first")
-    p.add_argument("--device", default="auto", help="auto, cuda, vulkan, metal or cpu (default auto)")
+    p.add_argument("--no-legend", action="store_true",
+                   help="no colour key of the label classes (drawn on label overlays at least 96 pixels high)")
+    add_device_option(p)
     p.set_defaults(func=render_command)
-    return p

@@ -6,9 +6,9 @@ derivative, independently of the Slang kernels:
 - path (a): p = softmax(TorchINR) over the case's grid, rendered by
   :func:`neumours.render.reference.render_reference` (trilinear samples of p);
 - path (b): the renderer's field is softmax(TorchINR) at each sample's own
-  voxel position, patches read off-grid by trilinear interpolation (SPEC.md).
+  voxel position, patches read off-grid by trilinear interpolation (docs/method.md).
 
-The loss is the image loss of :func:`neumours.render.image_loss.image_loss`,
+The loss is the image loss of :func:`neumours.refine.image_loss.image_loss`,
 summed over views.
 """
 
@@ -29,7 +29,7 @@ from neumours.render.transfer import RenderSettings
 
 
 def patches_torch(volume: Tensor, positions: Tensor, patch_size: int = 3) -> Tensor:
-    """SPEC.md patches at voxel positions: trilinear samples at voxel offsets, zero outside.
+    """docs/method.md patches at voxel positions: trilinear samples at voxel offsets, zero outside.
 
     Args:
         volume: (C, X, Y, Z). positions: (N, 3) voxel positions (same dtype and device).

@@ -5,7 +5,7 @@ The INR is evaluated over the case's grid into a class-probability volume
 mode from each camera and back-propagates the image loss into that volume
 (dL/dp at every voxel, scattered from the trilinear samples); then, over the
 voxels that received gradient only, the softmax and the INR backward pass carry
-it into the weight-gradient buffer (:mod:`neumours.render.refine_backprop`).
+it into the weight-gradient buffer (:mod:`neumours.refine.backprop`).
 Everything stays on the device except the images, which the loss reads on the host.
 
 Cost: one INR forward over every voxel, plus a forward and backward over the
@@ -20,16 +20,16 @@ import numpy as np
 
 from neumours.device import upload
 from neumours.infer.cache import VolumeCache
-from neumours.model.inputs import DeviceVolumes, grid_inputs
+from neumours.model.inputs import CaseVolumes, grid_inputs
 from neumours.model.inr import INR
+from neumours.refine.backprop import backprop_probabilities
+from neumours.refine.image_loss import image_loss
 from neumours.render.camera import Camera
-from neumours.render.image_loss import image_loss
-from neumours.render.raymarch import DeviceVolume, Frame, Gradients, Scene, render_backward_device, render_device
-from neumours.render.refine_backprop import backprop_probabilities
+from neumours.render.raymarch import ChannelVolume, Frame, Gradients, Scene, render_backward_device, render_device
 from neumours.render.transfer import RenderSettings
 
 
-def cache_path_gradients(inr: INR, vols: DeviceVolumes, spacing, cameras: Sequence[Camera],
+def cache_path_gradients(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence[Camera],
                          settings: RenderSettings, targets: Sequence[np.ndarray],
                          weights: Sequence[np.ndarray | None] | None = None, case_index: int = 0,
                          chunk_points: int = 1 << 18, stats: dict | None = None) -> tuple[float, list[np.ndarray]]:
@@ -52,7 +52,7 @@ def cache_path_gradients(inr: INR, vols: DeviceVolumes, spacing, cameras: Sequen
     cfg = inr.config
     cache = VolumeCache(inr, vols, case_index=case_index, keep_probs=True)
     shape, total = cache.shape, cache.total
-    probs = DeviceVolume(cache.probs_buffer, cfg.num_classes, shape, channels_last=False)
+    probs = ChannelVolume(cache.probs_buffer, cfg.num_classes, shape, channels_last=False)
     scene = Scene(device, shape, tuple(spacing), probabilities=probs)
     grads = Gradients.zeros(scene, mri=False, probabilities=True)
     loss, images = 0.0, []

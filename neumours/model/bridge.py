@@ -70,11 +70,11 @@ class TorchBridge:
     # -- per-tensor views -------------------------------------------------------------
 
     def named_parameters(self) -> dict[str, torch.Tensor]:
-        """name -> view of :attr:`params` shaped as in SPEC.md (no copies)."""
+        """name -> view of :attr:`params` shaped as in docs/method.md (no copies)."""
         return self.layout.views(self.params)
 
     def named_grads(self) -> dict[str, torch.Tensor]:
-        """name -> view of :attr:`grads` shaped as in SPEC.md (no copies)."""
+        """name -> view of :attr:`grads` shaped as in docs/method.md (no copies)."""
         return self.layout.views(self.grads)
 
     def torch_parameters(self) -> list[torch.nn.Parameter]:
@@ -159,11 +159,11 @@ class TorchBridge:
     # -- state --------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """name -> clone of the current weights (SPEC.md names and shapes, :attr:`params`'s device)."""
+        """name -> clone of the current weights (docs/method.md names and shapes, :attr:`params`'s device)."""
         return {name: view.detach().clone() for name, view in self.named_parameters().items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Replace all weights (torch tensors or numpy arrays, SPEC.md names and shapes).
+        """Replace all weights (torch tensors or numpy arrays, docs/method.md names and shapes).
 
         Writes :attr:`params` in place (Parameters and optimisers keep pointing
         at it) and updates the device buffer.

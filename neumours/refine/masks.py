@@ -16,9 +16,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from neumours.conventions import NUM_CLASSES
 from neumours.render.camera import Camera
-from neumours.render.refine import render_label_views
-from neumours.render.transfer import NUM_CLASSES, LabelLUT, RenderSettings
+from neumours.render.transfer import LabelLUT, RenderSettings
+from neumours.render.views import render_label_views
 
 #: Mask values.
 NOT_TUMOUR, TUMOUR, DONT_CARE = 0, 1, 255

@@ -1,4 +1,4 @@
-"""Python side of ``slang/gemm_kernels.slang``: one tiled matrix product for every
+"""Wrapper of ``slang/gemm_kernels.slang``: one tiled matrix product for every
 dense layer of the INR, forward and backward.
 
 ``gemm(device, a, b, out, ...)`` computes ``C[m, n] = sum_k A(m, k) B(n, k)``
@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import slangpy as spy
 
 from neumours.device import load_kernel
+from neumours.kernels.checks import uses_groupshared
 
-_FILE = "gemm_kernels.slang"
+FILE = "gemm_kernels.slang"
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,6 @@ WIDE = Tiles(128, 128, 8, 8, 8)
 NARROW = Tiles(128, 4, 16, 4, 4)
 
 STORE, RELU_GRAD, ACCUMULATE = 0, 1, 2
-
-_KERNELS: dict = {}
-
 
 #: 4 x 128 blocks: products with few rows (the head's weight gradient).
 SHORT = Tiles(4, 128, 8, 4, 4)
@@ -182,11 +180,8 @@ def gemm(
         "NUM_FREQS": num_freqs,
         "COLUMN_SUMS": column_sums is not None,
         "ONES_COLUMN": bias_grad is not None,
-        "USE_GROUPSHARED": device.info.type != spy.DeviceType.cpu,
+        "USE_GROUPSHARED": uses_groupshared(device),
     }
-    key = (device, tuple(constants.values()))
-    kernel = _KERNELS.get(key)
-    if kernel is None:  # load_kernel caches too; this skips building its key on every call
-        kernel = _KERNELS[key] = load_kernel(device, _FILE, "gemm", constants)
+    kernel = load_kernel(device, FILE, "gemm", constants)
     groups = (-(-m // tiles.tile_m), -(-n // tiles.tile_n), -(-k // k_chunk) if k else 1)
-    kernel((groups[0] * tiles.threads, groups[1], groups[2]), g=params)
+    kernel((groups[0] * tiles.threads, groups[1], groups[2]), params=params)

@@ -1,0 +1,39 @@
+"""What every command's parser shares: the help formatter and the common options."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; every option's help ends with its default.
+
+    A default of None or False (an optional path, a switch) is not worth
+    printing; anything else is appended as ``(default: X)``.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(str(v) for v in default)
+        return f"{text} (default: {default})"
+
+
+def add_command(subparsers, name: str, help: str, description: str, epilog: str | None = None,
+                usage: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand parser with the shared formatter."""
+    return subparsers.add_parser(name, help=help, description=description, epilog=epilog, usage=usage,
+                                 formatter_class=HelpFormatter)
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="compute device: auto (cuda, vulkan, metal, then cpu), cuda, vulkan, metal or cpu; "
+                             "NEUMOURS_DEVICE overrides it")
+
+
+def add_quiet_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")

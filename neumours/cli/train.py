@@ -1,0 +1,94 @@
+"""``neumours train`` and ``neumours plot``: train the INR, draw training curves."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from neumours.cli.options import add_command, add_device_option
+from neumours.errors import NeumoursError
+
+
+def resolve_config(args):
+    """The run's configuration: the preset (or the resumed run's own), then ``--config``, then the flags."""
+    import dataclasses
+
+    from neumours.train.config import TrainConfig, load_toml, preset
+
+    config = load_toml(args.resume / "config.toml", TrainConfig()) if args.resume else preset(args.preset)
+    if args.config:
+        config = load_toml(args.config, config)
+    if args.optimizer:
+        config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, name=args.optimizer))
+    schedule = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("val_every", args.val_every))
+                if v is not None}
+    if schedule:
+        config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, **schedule))
+    if config.schedule.steps < 1 or config.schedule.val_every < 1:
+        raise NeumoursError("--steps and --val-every must be at least 1")
+    return config
+
+
+def warn_if_slow(config, device) -> None:
+    """One line on stderr when the paper's network is about to train on the CPU device."""
+    import slangpy as spy
+
+    from neumours.model.config import INRConfig
+
+    if device.info.type == spy.DeviceType.cpu and config.network == INRConfig.paper():
+        print("neumours: note: the paper network on the CPU device takes minutes per step; "
+              "add --preset tiny for a CPU-sized run", file=sys.stderr)
+
+
+def cmd_train(args) -> None:
+    from neumours.data import list_cases
+    from neumours.device import get_device
+    from neumours.train.trainer import train
+
+    if (args.out is None) == (args.resume is None):
+        raise NeumoursError("give either --out RUN for a new run or --resume RUN to continue one")
+    config = resolve_config(args)
+    list_cases(args.data)  # a bad data folder fails here, before a device is set up
+    device = get_device(args.device)
+    warn_if_slow(config, device)
+    summary = train(args.data, args.resume or args.out, config, device, resume=args.resume is not None)
+    print(f"trained {summary['steps']} steps in {summary['time_s']:.1f} s; best validation mean Dice "
+          f"{summary['best_val_dice_mean']:.4f}; run: {summary['run_dir']}")
+
+
+def cmd_plot(args) -> None:
+    from neumours.train.curves import compare_runs, plot_run
+
+    if len(args.runs) == 1:
+        path = plot_run(args.runs[0], args.out)
+    else:
+        path = compare_runs(args.runs, args.out or args.runs[0] / "comparison.png")
+    print(f"wrote {path}")
+
+
+def add_parsers(sub) -> None:
+    p = add_command(sub, "train", "train the INR on a folder of cases",
+                    "Train the Slang INR (paper Table I by default). Writes RUN/config.toml, metrics.csv, "
+                    "best.safetensors, last.safetensors, last.state.pt and curves.png. Settings come from the "
+                    "preset, then --config, then the flags (docs/configuration.md lists every key).")
+    p.add_argument("--data", type=Path, required=True,
+                   help="dataset folder (BraTS, MU-Glioma-Post or nnU-Net layout)")
+    p.add_argument("--out", type=Path, help="run folder to create (or give --resume)")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its last checkpoint")
+    p.add_argument("--preset", choices=["paper", "tiny"], default="paper",
+                   help="paper: Table I; tiny: a small network that trains in seconds on the CPU")
+    p.add_argument("--optimizer", choices=["adamw", "muon"], help="override [optimizer] name")
+    p.add_argument("--steps", type=int, help="override [schedule] steps")
+    p.add_argument("--val-every", type=int, help="override [schedule] val_every (steps between validations)")
+    p.add_argument("--seed", type=int, help="override [schedule] seed (split, initialisation, sampling)")
+    p.add_argument("--config", type=Path, help="TOML file overriding the preset (sections network, loss, "
+                                               "optimizer, sampler, schedule)")
+    add_device_option(p)
+    p.set_defaults(func=cmd_train)
+
+    p = add_command(sub, "plot", "training curves of a run, or several runs overlaid",
+                    "One run: RUN/curves.png. Several runs: one overlay (e.g. AdamW vs Muon), by default "
+                    "FIRST_RUN/comparison.png. Raw values are drawn faintly under their moving average.")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="training run folder(s)")
+    p.add_argument("--out", type=Path, help="output PNG (default: RUN/curves.png or FIRST_RUN/comparison.png)")
+    p.set_defaults(func=cmd_plot)

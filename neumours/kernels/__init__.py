@@ -1,0 +1,17 @@
+"""One thin Python wrapper per Slang compute entry point.
+
+Every ``[shader("compute")]`` function in ``slang/<name>_kernels.slang`` is
+dispatched by exactly one function of ``neumours.kernels.<name>`` (gemm's
+``gemm_kernels.slang`` by :func:`neumours.kernels.gemm.gemm`), which checks
+that the buffers are large enough for the requested counts, passes the
+compile-time constants (sizes come from Python only) and fills the file's one
+``ParameterBlock params``. Tests, benchmarks and the rest of the package call
+these wrappers, never ``load_kernel`` directly, as gsplat's ``_wrapper.py``
+does for its CUDA kernels.
+
+Modules: ``accumulate`` (scatter_add), ``encoding`` (Fourier features and their
+gradient), ``gemm`` (the dense-layer product), ``patch`` (INR inputs from
+volumes), ``normalise`` (brain z-score), ``loss`` (training loss),
+``probabilities`` (arg-max, softmax and its gradient), ``raymarch`` (render
+forward/backward), ``ray_samples`` (the INR evaluated along rays).
+"""

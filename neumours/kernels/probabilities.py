@@ -1,0 +1,58 @@
+"""Wrappers of ``slang/probability_kernels.slang``: labels and class probabilities of points, and their gradients.
+
+Logits come chunk by chunk, (count, num_classes); labels, probabilities and
+their gradients live in whole-volume (or whole-sample-set) buffers of
+``total`` points, probabilities channel first (num_classes, total).
+"""
+
+from __future__ import annotations
+
+import slangpy as spy
+
+from neumours.device import load_kernel
+from neumours.kernels.checks import require
+
+FILE = "probability_kernels.slang"
+
+
+def argmax_labels(device: spy.Device, logits: spy.Buffer, labels: spy.Buffer, start: int, count: int, total: int,
+                  num_classes: int, probs: spy.Buffer | None = None) -> None:
+    """labels[start + i] = argmax(logits[i]) (ties to the lowest class); with ``probs``, also the softmax.
+
+    Args:
+        logits: (count, num_classes) float32. labels: (total,) uint32.
+        probs: (num_classes, total) float32, or None.
+    """
+    require(logits, count * num_classes, "logits")
+    require(labels, total, "labels")
+    if start + count > total:
+        raise ValueError(f"points {start} .. {start + count} lie beyond the {total} of the output")
+    params = {"logits": logits, "labels": labels, "start": int(start), "count": int(count), "total": int(total)}
+    if probs is not None:
+        require(probs, num_classes * total, "probs")
+        params["probs"] = probs
+    load_kernel(device, FILE, "argmax_labels", {"NUM_CLASSES": int(num_classes), "WRITE_PROBS": probs is not None})(
+        count, params=params)
+
+
+def softmax_backward(device: spy.Device, logits: spy.Buffer, grad_probs: spy.Buffer, grad_logits: spy.Buffer,
+                     start: int, count: int, total: int, num_classes: int) -> None:
+    """grad_logits (count, C) = dL/dz through the softmax, given dL/dp (C, total) of points start .. start + count."""
+    require(logits, count * num_classes, "logits")
+    require(grad_probs, num_classes * total, "grad_probs")
+    require(grad_logits, count * num_classes, "grad_logits")
+    load_kernel(device, FILE, "softmax_backward", {"NUM_CLASSES": int(num_classes)})(
+        count, params={"logits": logits, "grad_probs": grad_probs, "grad_logits": grad_logits, "start": int(start),
+                       "count": int(count), "total": int(total)})
+
+
+def gradient_blocks(device: spy.Device, grad_probs: spy.Buffer, flags: spy.Buffer, total: int, block: int,
+                    num_classes: int) -> int:
+    """flags[b] = 1 where points b * block .. (b + 1) * block of dL/dp (C, total) hold any nonzero; returns blocks."""
+    blocks = -(-int(total) // int(block))
+    require(grad_probs, num_classes * total, "grad_probs")
+    require(flags, blocks, "flags")
+    load_kernel(device, FILE, "gradient_blocks", {"NUM_CLASSES": int(num_classes)})(
+        blocks, params={"grad_probs": grad_probs, "flags": flags, "total": int(total), "block": int(block),
+                        "blocks": blocks})
+    return blocks

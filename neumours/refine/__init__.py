@@ -1,0 +1,11 @@
+"""Render-loss refinement: correcting a trained INR's weights from rendered views of one case.
+
+A sibling of :mod:`neumours.train`: an optimisation loop over the INR's
+weights, whose loss is an image loss on views rendered by
+:mod:`neumours.render`. ``loop`` (:func:`refine`, :class:`Anchor`),
+``cache_path`` (gradient path (a), through the volume cache), ``direct_path``
+(path (b), the INR at the ray samples), ``backprop`` (dL/dp per point to the
+weights, shared by both), ``masks`` (2-D tumour / not tumour / don't care
+targets), ``image_loss`` (MSE with don't-care pixels), ``reference`` (both
+paths in float64 torch: tests and benchmark peer).
+"""
