@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import print_table, time_it, write_json  # noqa: E402
 
 from neumours.device import describe, empty_buffer, get_device, upload  # noqa: E402
-from neumours.model import gemm as gemm_module  # noqa: E402
+from neumours.kernels import gemm as gemm_module  # noqa: E402
 from neumours.model.config import INRConfig  # noqa: E402
 from neumours.model.inputs import CaseVolumes, grid_inputs  # noqa: E402
 from neumours.model.inr import INR  # noqa: E402

@@ -207,7 +207,7 @@ def test_gpu_cache_of_the_paper_network_matches_torch(cuda_device):
     from neumours.infer.normalise import normalise_on_device
     from neumours.model.inputs import CaseVolumes
 
-    config = INRConfig.paper()
+    config = INRConfig(precision="fp32")
     inr = INR(config, cuda_device, seed=0)
     images = make_case((40, 36, 30), seed=0, index=0).images
     vols = CaseVolumes.upload(cuda_device, [images])

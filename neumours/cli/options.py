@@ -35,5 +35,11 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
                              "NEUMOURS_DEVICE overrides it")
 
 
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="INR kernels: bf16 tensor cores (CUDA only), fp32 FMA (every device), or auto "
+                             "(bf16 on CUDA, fp32 elsewhere)")
+
+
 def add_quiet_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

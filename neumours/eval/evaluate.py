@@ -117,7 +117,8 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, pro
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, split: str = "val",
                         seed: int = 0, device=None, progress: bool = True,
-                        on_case: Callable[[Case, np.ndarray, np.ndarray], None] | None = None) -> RegionMetric:
+                        on_case: Callable[[Case, np.ndarray, np.ndarray], None] | None = None,
+                        precision: str = "auto") -> RegionMetric:
     """Segment the cases of ``data_dir`` with ``checkpoint`` and score them raw and denoised.
 
     Args:
@@ -137,7 +138,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
 
     if split not in ("val", "all"):
         raise NeumoursError(f"--split must be 'val' or 'all', got {split!r}")
-    segmenter = Segmenter(checkpoint, device)
+    segmenter = Segmenter(checkpoint, device, precision=precision)
     refs = list_cases(data_dir)
     if split == "val":
         _, refs = split_cases(refs, 0.1, seed)
@@ -233,7 +234,7 @@ def write_report(metric: RegionMetric, out_dir: str | os.PathLike, source: str =
 def run_evaluate(out_dir: str | os.PathLike | None = None, pred: str | os.PathLike | None = None,
                  gt: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
                  data: str | os.PathLike | None = None, split: str = "val", seed: int = 0, device=None,
-                 progress: bool = True) -> tuple[RegionMetric, str]:
+                 progress: bool = True, precision: str = "auto") -> tuple[RegionMetric, str]:
     """The command: pick the way in from the arguments, score, write the report if ``out_dir``.
 
     Returns:
@@ -254,7 +255,7 @@ def run_evaluate(out_dir: str | os.PathLike | None = None, pred: str | os.PathLi
     else:
         if checkpoint is None or data is None:
             raise NeumoursError("--checkpoint and --data go together")
-        metric = evaluate_checkpoint(checkpoint, data, split, seed, device, progress)
+        metric = evaluate_checkpoint(checkpoint, data, split, seed, device, progress, precision=precision)
         which = f"validation split (split_cases(…, 0.1, seed={seed}))" if split == "val" else "all cases"
         source = (f"Checkpoint `{checkpoint}` on `{data}`, {which}; denoised = "
                   "`neumours.infer.denoise.denoise` defaults.")

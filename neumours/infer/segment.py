@@ -124,14 +124,16 @@ class Segmenter:
         device_normalise: z-score on the device (:func:`normalise_on_device`, the
             default) rather than with numpy on the host (:func:`neumours.data.normalise`);
             the numbers agree to float32 rounding.
+        precision: "auto" (bf16 tensor cores on CUDA, fp32 elsewhere), "fp32" or "bf16".
 
     Raises:
         NeumoursError: the checkpoint cannot be used (one line naming the file).
     """
 
     def __init__(self, checkpoint: str | os.PathLike, device: spy.Device | None = None,
-                 chunk_points: int = DEFAULT_CHUNK_POINTS, device_normalise: bool = True):
+                 chunk_points: int = DEFAULT_CHUNK_POINTS, device_normalise: bool = True, precision: str = "auto"):
         state, config, metadata = load_checkpoint(checkpoint)
+        config = dataclasses.replace(config, precision=precision)
         if device is None:
             from neumours.device import get_device
 
@@ -222,9 +224,10 @@ class Segmenter:
 
 def segment_case(case: Case | str | os.PathLike, checkpoint: str | os.PathLike, scale: float = 1,
                  denoise: bool = False, probs: bool = False, device: spy.Device | None = None,
-                 timings: bool = False) -> SegmentResult:
+                 timings: bool = False, precision: str = "auto") -> SegmentResult:
     """One-shot :class:`Segmenter` call (loads the checkpoint each time; reuse a Segmenter for many cases)."""
-    return Segmenter(checkpoint, device)(case, scale=scale, denoise=denoise, probs=probs, timings=timings)
+    return Segmenter(checkpoint, device, precision=precision)(case, scale=scale, denoise=denoise, probs=probs,
+                                                              timings=timings)
 
 
 def write_segmentation(result: SegmentResult, path: str | os.PathLike, labels: np.ndarray | None = None) -> Path:
@@ -268,7 +271,8 @@ def _check_out_name(path: Path, what: str) -> None:
 def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.PathLike,
                   denoise: bool = False, probs: str | os.PathLike | None = None, scale: float = 1,
                   timings: bool = False, device: spy.Device | None = None, progress: bool = True,
-                  on_result: Callable[[SegmentResult, Path], None] | None = None) -> list[Path]:
+                  on_result: Callable[[SegmentResult, Path], None] | None = None,
+                  precision: str = "auto") -> list[Path]:
     """Segment one case or every case under a folder (``neumours segment``).
 
     Args:
@@ -299,7 +303,7 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
         super_resolution_shape((2, 2, 2), scale)
     except ValueError as exc:
         raise NeumoursError(f"--scale: {exc}") from None
-    segmenter = Segmenter(checkpoint, device)  # a bad checkpoint fails before any case is read
+    segmenter = Segmenter(checkpoint, device, precision=precision)  # a bad checkpoint fails before any case
     refs = list_cases(source)
     if single and len(refs) != 1:
         raise NeumoursError(f"{source}: holds {len(refs)} cases; --out must name a folder, not {out.name}")

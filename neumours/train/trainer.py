@@ -196,7 +196,7 @@ class Trainer:
             if not (self.run_dir / name).is_file():
                 raise NeumoursError(f"{self.run_dir}: cannot resume, {name} is missing")
         saved = load_toml(self.run_dir / "config.toml", TrainConfig())
-        if saved.network != self.config.network:
+        if saved.network.architecture() != self.config.network.architecture():
             raise NeumoursError(f"{self.run_dir}: cannot resume, the run's network differs from this configuration")
         state, _, _ = load_checkpoint(self.run_dir / CHECKPOINT_LAST, expected_config=self.config.network)
         self.inr.load_state_dict(state)
