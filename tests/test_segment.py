@@ -161,6 +161,26 @@ def test_cli_segment_super_resolution_and_folder(phantom):
     assert sorted(p.name for p in folder.iterdir()) == [f"{c.name}.nii.gz" for c in cases]
 
 
+def test_scaled_outputs_keep_qform_and_sform(phantom, cpu_device):
+    """A --scale 2 segmentation (and its probabilities) keeps both orientation codes of the input,
+    and its qform and sform both hold the finer grid's affine, so every viewer places it alike."""
+    from neumours.infer.segment import segment_paths
+
+    root, cases, ckpt = phantom
+    out, probs = root / "scaled.nii.gz", root / "scaled_probs.nii.gz"
+    segment_paths(cases[0], ckpt, out, probs=probs, scale=2, device=cpu_device, progress=False)
+    case = load_case(cases[0])
+    codes = int(case.header["qform_code"]), int(case.header["sform_code"])
+    assert min(codes) > 0  # the phantom writes both, as scanners' NIfTI files do
+    expected = super_resolution_affine(case.affine, case.shape, super_resolution_shape(case.shape, 2))
+    for path in (out, probs):
+        img = nib.load(path)
+        assert (int(img.header["qform_code"]), int(img.header["sform_code"])) == codes
+        np.testing.assert_allclose(img.affine, expected, atol=1e-5)
+        np.testing.assert_allclose(img.header.get_qform(), img.affine, atol=1e-5)
+        np.testing.assert_allclose(img.header.get_sform(), img.affine, atol=1e-5)
+
+
 def test_cli_segment_errors_leave_no_output(phantom, tmp_path, capsys):
     root, cases, ckpt = phantom
     bad = tmp_path / "bad.safetensors"

@@ -58,7 +58,7 @@ def add_parsers(sub) -> None:
 
     p = add_command(
         sub, "evaluate", "Dice and HD95 per region (NCR, ED, ET, TC, WT)",
-        "Score segmentations per case and region. Two modes, one per call:\n"
+        "Score segmentations per case and region. Two mutually exclusive modes, one per call:\n"
         "  --pred DIR --gt DIR          predictions already on disk against the ground truth\n"
         "  --checkpoint CKPT --data DIR segment with the INR and score raw and denoised labels\n"
         "With --out, writes per_case.csv and summary.md there.",

@@ -15,7 +15,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        # Identity, not ==: a default of 0 (a seed) equals False but is worth printing.
+        if "%(default)" in text or any(default is v for v in (None, False, argparse.SUPPRESS)) \
+                or not action.option_strings:
             return text
         if isinstance(default, (list, tuple)):
             default = " ".join(str(v) for v in default)

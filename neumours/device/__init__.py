@@ -1,9 +1,11 @@
 """Compute devices and compiled Slang kernels.
 
-``get_device`` picks a slangpy device (CUDA, Vulkan, Metal or the CPU target),
-``load_kernel`` compiles an explicit compute entry point of ``slang/`` once per
-device and set of compile-time constants, and ``buffers`` moves numpy arrays in
-and out of device buffers. Everything heavy in Neumours runs through these.
+``select`` (``get_device``) picks a slangpy device (CUDA, Vulkan, Metal or the
+CPU target), ``kernels`` (``load_kernel``) compiles an explicit compute entry
+point of ``slang/`` once per device and set of compile-time constants, and
+``buffers`` moves numpy arrays in and out of device buffers (``ScratchBuffers``
+keeps working buffers between calls). Everything heavy in Neumours runs through
+these; the rest of the package dispatches kernels through :mod:`neumours.kernels`.
 """
 
 from neumours.device.buffers import (
