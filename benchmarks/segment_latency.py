@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     results = {"device": describe(device), "torch": torch.__version__, "python": platform.python_version(),
                "shape": args.shape, "config": args.config, "modalities": list(MODALITIES), "runs": {}}
     t0 = time.perf_counter()
-    seg = Segmenter(ckpt, device, chunk_points=args.chunks[0])
+    seg = Segmenter(ckpt, device, chunk_points=args.chunks[0])   # precision auto: bf16 tensor cores on CUDA
+    seg_fp32 = Segmenter(ckpt, device, chunk_points=args.chunks[0], precision="fp32")
     results["checkpoint_load_s"] = time.perf_counter() - t0
     cold, _, _ = slang_pipeline(seg, case_dir, work / "slang.nii.gz", timings=False)
     results["slang_cold_first_call_s"] = cold
@@ -185,6 +186,8 @@ def main(argv=None) -> int:
     variants.append((f"slang host-normalise chunk={_slang_chunk(config, args.shape, args.chunks[0])}", "slang",
                      args.chunks[0],
                      {"device_normalise": False}))
+    variants.append((f"slang fp32 chunk={_slang_chunk(config, args.shape, args.chunks[0])}", "slang", args.chunks[0],
+                     {"segmenter": seg_fp32}))
     for chunk in args.chunks:
         variants.append((f"torch fp32 chunk={chunk}", "torch", chunk, {"bf16": False}))
     variants.append((f"torch bf16 chunk={args.chunks[0]}", "torch", args.chunks[0], {"bf16": True}))
@@ -194,9 +197,10 @@ def main(argv=None) -> int:
     labels = {}
     for name, kind, chunk, opts in variants:
         if kind == "slang":
-            seg.chunk_points = chunk
-            seg.device_normalise = opts.get("device_normalise", True)
-            run = lambda timings: slang_pipeline(seg, case_dir, work / "slang.nii.gz", timings)  # noqa: E731
+            runner = opts.get("segmenter", seg)
+            runner.chunk_points = chunk
+            runner.device_normalise = opts.get("device_normalise", True)
+            run = lambda timings: slang_pipeline(runner, case_dir, work / "slang.nii.gz", timings)  # noqa: E731
         else:
             run = lambda timings: torch_pipeline(model, case_dir, work / "torch.nii.gz", chunk,  # noqa: E731
                                                  opts["bf16"], timings)

@@ -33,10 +33,10 @@ _BLOCK = {WIDE: (128, 128), NARROW: (256, 16)}
 SLICE_K = 32
 THREADS = 256
 NO_ONES = 0xFFFFFFFF
-#: Order of the kernel's scalar table (``scalars`` in the kernel file).
+#: Order of the kernel's scalar table (``scalars`` in the kernel file); "zero" is always 0.
 SCALARS = ("a_offset", "a_ld", "b_offset", "b_ld", "bias_offset", "mask_offset", "mask_ld", "c_offset", "c_ld",
            "ones_column", "bias_out_offset", "colsum_split", "colsum_offset", "colsum_offset_hi", "size_m", "size_n",
-           "size_k", "k_chunk")
+           "size_k", "k_chunk", "zero")
 
 
 @dataclass(frozen=True)
@@ -135,5 +135,9 @@ def tensor_gemm(device: spy.Device, a: Operand, b: Operand, out: spy.Buffer, m: 
     constants = {"TILES": tiles, "A_SOURCE": a.source, "A_LAYOUT": a.layout, "B_SOURCE": b.source,
                  "B_LAYOUT": b.layout, "EPILOGUE": epilogue, "RELU": bool(relu), "HAS_BIAS": bias is not None,
                  "C_BF16": out_bf16, "HAS_COLSUM": column_sums is not None}
-    groups = (-(-m // block_m), -(-size_n // block_n), -(-k // k_chunk) if k else 1)
-    load_kernel(device, FILE, "tensor_gemm", constants)((groups[0] * THREADS, groups[1], groups[2]), params=params)
+    # Groups along n vary fastest (grid x), so the groups that share a tile of A run together
+    # and read it once from memory; grid y (at most 65,535) counts blocks of rows.
+    m_blocks, n_blocks, k_groups = -(-m // block_m), -(-size_n // block_n), -(-k // k_chunk) if k else 1
+    if m_blocks > 65535:
+        raise ValueError(f"{m} rows need {m_blocks} row blocks, more than one dispatch holds (65,535)")
+    load_kernel(device, FILE, "tensor_gemm", constants)((n_blocks * THREADS, m_blocks, k_groups), params=params)
