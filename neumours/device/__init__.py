@@ -17,7 +17,7 @@ from neumours.device.buffers import (
     upload_into,
     zeros_buffer,
 )
-from neumours.device.kernels import Kernel, load_kernel, slang_dir
+from neumours.device.kernels import Kernel, load_kernel, recording, slang_dir
 from neumours.device.select import DEVICE_KINDS, describe, get_device
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "empty_buffer",
     "get_device",
     "load_kernel",
+    "recording",
     "slang_dir",
     "upload",
     "upload_into",
