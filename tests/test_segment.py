@@ -261,3 +261,15 @@ def test_segmenter_reuses_buffers_across_cases_of_different_sizes(cpu_device, tm
     for case, got in zip((big, small, big), results):
         fresh = Segmenter(checkpoint, cpu_device, chunk_points=2000)(case).raw_labels
         np.testing.assert_array_equal(got, fresh)
+
+
+def test_pack_labels_kernel_matches_numpy(cpu_device, rng):
+    from neumours.kernels.probabilities import pack_labels
+
+    for total in (1, 4, 1003):
+        labels = rng.integers(0, 4, total).astype(np.uint32)
+        packed = upload(cpu_device, np.full(-(-total // 4), 0xDEADBEEF, np.uint32), np.uint32)  # poisoned
+        pack_labels(cpu_device, upload(cpu_device, labels, np.uint32), packed, total)
+        got = download(packed, (-(-total // 4),), np.uint32).view(np.uint8)
+        np.testing.assert_array_equal(got[:total], labels)
+        assert not got[total:].any()

@@ -25,7 +25,7 @@ import numpy as np
 import slangpy as spy
 
 from neumours.device import ScratchBuffers, download, empty_buffer
-from neumours.kernels.probabilities import argmax_labels
+from neumours.kernels.probabilities import argmax_labels, pack_labels
 from neumours.model.inputs import CaseVolumes, grid_inputs
 from neumours.model.inr import INR, Workspace
 
@@ -202,8 +202,15 @@ class VolumeCache:
                 timer.add("argmax", t0)
 
     def labels(self) -> np.ndarray:
-        """The labels, downloaded: (G0, G1, G2) uint8, values 0 .. num_classes - 1."""
-        return download(self.labels_buffer, self.shape, np.uint32).astype(np.uint8)
+        """The labels, downloaded: (G0, G1, G2) uint8, values 0 .. num_classes - 1.
+
+        Packed four to a word on the device first, so a quarter of the bytes cross
+        (9 MB instead of 36 MB for a 240 x 240 x 155 case).
+        """
+        packed = empty_buffer(self.device, -(-self.total // 4), np.uint32)
+        pack_labels(self.device, self.labels_buffer, packed, self.total)
+        words = download(packed, (-(-self.total // 4),), np.uint32)
+        return words.view(np.uint8)[: self.total].reshape(self.shape).copy()
 
     def probabilities(self) -> np.ndarray:
         """Softmax probabilities, downloaded: (num_classes, G0, G1, G2) float32, channel first.
