@@ -130,7 +130,7 @@ def kernel_breakdown(fn, sync) -> list:
         sync()
     kernels = [(e.name, e.device_time) for e in prof.events() if e.device_time > 0]
     total = sum(t for _, t in kernels)
-    print(f"slang training step: {len(kernels)} kernels, {total:.0f} us of GPU time")
+    print(f"slang: {len(kernels)} kernels, {total:.0f} us of GPU time")
     for name, t in kernels:
         print(f"  {t:8.1f} us  {name[:60]}")
     return kernels
@@ -223,6 +223,9 @@ def main(argv=None) -> int:
                      "vs torch bf16": f"{step['torch_bf16']['median_s'] / t['median_s']:.2f}x"})
     results["train_step"] = step
     results["train_step_kernels_us"] = kernel_breakdown(slang_step_for(inr_bf16), sync)
+    one_chunk = (min(args.chunk, total) // (shape[1] * shape[2])) * shape[1] * shape[2]
+    results["inference_chunk_kernels_us"] = kernel_breakdown(
+        slang_inference(inr_bf16, vols, (one_chunk // (shape[1] * shape[2]), shape[1], shape[2]), one_chunk), sync)
 
     # 3. One hidden layer's product alone, bf16: our kernel vs cuBLAS, same shape and data.
     rows.extend(layer_product(device, sync, args.chunk, results))
