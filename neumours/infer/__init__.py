@@ -1,2 +1,3 @@
 """Inference: volume caching on the device (``cache``), whole-case segmentation and
-NIfTI writing (``segment``), and post-processing of label volumes (``denoise``)."""
+NIfTI writing (``segment``), and post-processing of label volumes (``denoise`` with
+scipy on the host, ``denoise_device`` with the same result on the device)."""

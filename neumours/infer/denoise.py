@@ -36,6 +36,11 @@ model existed yet; ``benchmarks/denoise_defaults.py`` reproduces it and its
 docstring has the table. Work past step 1 is done in the bounding box of the
 kept tumour: a heavily noisy 240 x 240 x 155 prediction takes 0.13-0.18 s on
 one core of the development machine (time grows with the kept tumour's extent).
+
+This is the reference and the CPU device's path. On a GPU the Segmenter runs
+the same operation where the labels are,
+:func:`neumours.infer.denoise_device.denoise_on_device`, which gives exactly
+these labels (tested voxel for voxel, ties of the nearest-voxel step included).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ kept     kept labels       (read)                    output, in place
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from typing import Sequence
 
@@ -38,6 +39,7 @@ import numpy as np
 import slangpy as spy
 
 from neumours.device import ScratchBuffers, download, empty_buffer, upload_into
+from neumours.infer.cache import StageTimer
 from neumours.infer.denoise import DEFAULTS, DenoiseParams, voxel_thresholds
 from neumours.kernels import denoise as k
 from neumours.kernels.checks import require
@@ -70,7 +72,7 @@ class _Buffers:
 def denoise_on_device(device: spy.Device, labels: spy.Buffer, shape: Sequence[int],
                       params: DenoiseParams | None = None, spacing=(1.0, 1.0, 1.0), *,
                       scratch: ScratchBuffers | None = None, to_host: bool = True, out: spy.Buffer | None = None,
-                      **overrides) -> np.ndarray | spy.Buffer:
+                      timer: StageTimer | None = None, **overrides) -> np.ndarray | spy.Buffer:
     """Clean a label volume held on the device (the steps of :func:`neumours.infer.denoise.denoise`).
 
     Args:
@@ -84,6 +86,10 @@ def denoise_on_device(device: spy.Device, labels: spy.Buffer, shape: Sequence[in
             otherwise return the uint32 device buffer that holds them.
         out: uint32 buffer of at least X * Y * Z for the denoised labels (not ``labels``);
             default a new buffer (``to_host=False``) or one from ``scratch``.
+        timer: a :class:`~neumours.infer.cache.StageTimer` that receives the seconds of
+            each step ("components", "islands", "holes", "nearest", "download"),
+            synchronising the device between them (for benchmarks; a Segmenter
+            times the whole call instead).
         **overrides: fields of :class:`DenoiseParams` to change.
 
     Returns:
@@ -108,6 +114,12 @@ def denoise_on_device(device: spy.Device, labels: spy.Buffer, shape: Sequence[in
     kept = out
     upload_into(device, stats, k.STATS_START, np.uint32)
     conn = params.connectivity
+    t0 = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal t0
+        if timer is not None:
+            t0 = timer.add(name, t0)
 
     # 1. Whole-tumour components: keep the largest and those of >= min_component voxels.
     k.cc_init(device, labels, a, stats, shape, k.MODE_TUMOUR)
@@ -118,6 +130,7 @@ def denoise_on_device(device: spy.Device, labels: spy.Buffer, shape: Sequence[in
     k.largest_size(device, a, b, stats, shape)
     k.largest_root(device, a, b, stats, shape)
     k.keep_components(device, labels, a, b, stats, kept, shape, count_threshold(min_component))
+    step("components")
 
     # 2. Class islands of < min_island voxels that are not a whole component.
     islands = params.min_class_island_mm3 > 0
@@ -130,6 +143,7 @@ def denoise_on_device(device: spy.Device, labels: spy.Buffer, shape: Sequence[in
         k.island_targets(device, c, d, a, b, targets, shape, count_threshold(min_island))
     else:
         k.fill(device, targets, n, 0)
+    step("islands")
 
     # 3. Holes: background of the box not connected to its faces (6-connected, or 4-connected per axis-2 slice).
     holes = params.fill_holes != "none"
@@ -141,6 +155,7 @@ def denoise_on_device(device: spy.Device, labels: spy.Buffer, shape: Sequence[in
         k.fill(device, d, n, 0)
         k.hole_seeds(device, c, d, stats, shape, planar)
         k.hole_targets(device, c, d, targets, shape)
+    step("holes")
 
     # 4. Targets take the label of their nearest known voxel.
     if islands or holes:
@@ -149,8 +164,12 @@ def denoise_on_device(device: spy.Device, labels: spy.Buffer, shape: Sequence[in
         k.edt_pass(device, a, c, d, stats, shape, 1)
         k.edt_pass(device, c, a, d, stats, shape, 2)
         k.fill_targets(device, kept, targets, a, shape)
-
-    return download_labels(device, kept, shape, scratch) if to_host else kept
+    step("nearest")
+    if not to_host:
+        return kept
+    result = download_labels(device, kept, shape, scratch)
+    step("download")
+    return result
 
 
 def download_labels(device: spy.Device, labels: spy.Buffer, shape: Sequence[int],
