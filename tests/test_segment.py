@@ -273,3 +273,30 @@ def test_pack_labels_kernel_matches_numpy(cpu_device, rng):
         got = download(packed, (-(-total // 4),), np.uint32).view(np.uint8)
         np.testing.assert_array_equal(got[:total], labels)
         assert not got[total:].any()
+
+
+def test_segmenter_denoises_on_the_device_like_the_host_and_downloads_raw_labels_only_on_demand(phantom, cpu_device):
+    """device_denoise=True (the default off the CPU device) gives the scipy path's labels; the raw
+    labels stay on the device until asked for; timings have "denoise" before "download"."""
+    from neumours.infer.denoise import DenoiseParams
+    from neumours.infer.segment import STAGES, Segmenter
+
+    root, cases, _ = phantom
+    # Seed 2 of the tiny network labels these phantoms with background, NCR and ET in pieces.
+    ckpt = save_checkpoint(root / "seed2.safetensors", INR(CONFIG, cpu_device, seed=2).state_dict(), CONFIG)
+    host = Segmenter(ckpt, cpu_device)
+    assert not host.device_denoise  # the CPU device keeps scipy
+    on_device = Segmenter(ckpt, cpu_device, device_denoise=True)
+    for params in (None, DenoiseParams(0, 200, "axial", 6)):
+        expected = host(cases[0], denoise=True, denoise_params=params, timings=True)
+        got = on_device(cases[0], denoise=True, denoise_params=params, timings=True)
+        assert not isinstance(got.raw, np.ndarray)  # still a device buffer
+        np.testing.assert_array_equal(got.labels, expected.labels)
+        np.testing.assert_array_equal(got.raw_labels, expected.raw_labels)
+        assert (got.labels != got.raw_labels).any()  # denoising changed something
+        assert isinstance(got.raw, np.ndarray)  # downloaded once, kept
+        stages = [s for s in got.timings if s in ("denoise", "download")]
+        assert stages == ["denoise", "download"] and STAGES.index("denoise") < STAGES.index("download")
+    plain = on_device(cases[1])
+    np.testing.assert_array_equal(plain.labels, plain.raw_labels)
+    np.testing.assert_array_equal(plain.labels, host(cases[1]).labels)

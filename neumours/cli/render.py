@@ -146,7 +146,12 @@ def render_command(args) -> None:
         from neumours.infer.segment import Segmenter
 
         segmenter = Segmenter(args.checkpoint, device, precision=args.precision)
-        if args.denoise:  # denoising runs on the host: its labels go up once
+        if args.denoise and segmenter.device_denoise:  # denoised where the INR wrote the labels
+            from neumours.infer.denoise_device import denoise_on_device
+
+            raw = segmenter.cache(case.images).labels_buffer
+            scene.labels = denoise_on_device(device, raw, case.shape, spacing=case.spacing, to_host=False)
+        elif args.denoise:  # the CPU device denoises with scipy: its labels go up once
             scene.labels = upload(device, segmenter(case, denoise=True).labels, np.uint32)
         else:  # the cache's labels stay on the device, where the INR wrote them
             scene.labels = segmenter.cache(case.images).labels_buffer

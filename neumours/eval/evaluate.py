@@ -8,7 +8,9 @@ Two ways in:
   grid; extra prediction files are ignored.
 * :func:`evaluate_checkpoint` — segment and score in one go (``--checkpoint CKPT
   --data DIR [--split val|all] [--seed S]``): each case is scored raw and denoised
-  (:func:`neumours.infer.denoise.denoise` with its defaults). ``--split val`` is the
+  (the defaults of :mod:`neumours.infer.denoise`, on the device where the Segmenter
+  runs, the voxel spacing of the image header, as ``neumours segment --denoise``
+  writes them). ``--split val`` is the
   validation part of ``neumours.data.split_cases(cases, 0.1, seed)``, the split
   training uses.
 
@@ -133,7 +135,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     from tqdm import tqdm
 
     from neumours.data import load_case
-    from neumours.infer.denoise import denoise
     from neumours.infer.segment import Segmenter
 
     if split not in ("val", "all"):
@@ -148,10 +149,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     metric = RegionMetric()
     for ref in tqdm(refs, desc="evaluate", unit="case", disable=not progress or len(refs) < 2):
         case = load_case(ref)
-        result = segmenter(case)
+        result = segmenter(case, denoise=True)  # on the device where there is one, as `segment --denoise`
         spacing = _spacing(case.affine)
         metric(result.raw_labels, case.label, spacing, case_id=case.case_id, variant="raw")
-        clean = denoise(result.raw_labels, spacing=spacing)
+        clean = result.labels
         metric(clean, case.label, spacing, case_id=case.case_id, variant="denoised")
         if on_case is not None:
             on_case(case, result.raw_labels, clean)
