@@ -54,7 +54,7 @@ def gpu_used_mib() -> float:
 
 
 def weights_finite(inr: INR) -> bool:
-    return all(bool(np.all(np.isfinite(v))) for v in inr.state_dict().values())
+    return all(bool(torch.isfinite(torch.as_tensor(v)).all()) for v in inr.state_dict().values())
 
 
 def report(label: str, step: int, loss: float, grad_norm: float, finite: bool, memory: float, rate: float) -> dict:
