@@ -122,7 +122,7 @@ def long_refinement(steps: int, every: int, views: int, size: int, device) -> di
     settings = RenderSettings()
     corrected = case.label.copy()
     corrected[ndimage.binary_dilation(case.label == 3, iterations=2) & (case.label > 0)] = 3
-    cameras = orbit_cameras(case.shape, spacing, views, size=(size, size))
+    cameras = orbit_cameras(case.label.shape, spacing, views, size=(size, size))
     targets = render_label_views(device, corrected, spacing, cameras, settings)
     rows, last = [], time.perf_counter()
     for done in range(every, steps + 1, every):
