@@ -154,9 +154,9 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp())
     write_dataset(work / "data", args.cases, shape=tuple(args.shape), seed=0, progress=False)
     results = {"device": describe(device), "torch": torch.__version__, "args": vars(args)}
-    for precision in args.precisions:
+    for precision in args.precisions if args.steps else ():
         results[f"train_{precision}"] = long_training(work / "data", work, precision, args.steps, args.every, device)
-    if args.peer_steps:
+    if args.peer_steps and args.steps:
         rate = torch_peer(work / "data", work, args.peer_steps, device)
         results["torch_bf16_steps_per_s"] = rate
         for precision in args.precisions:
