@@ -16,6 +16,11 @@ from neumours.kernels.checks import require
 FILE = "probability_kernels.slang"
 
 
+def _constants(num_classes: int, write_probs: bool = False) -> dict:
+    """The file's compile-time constants; every entry point gets all of them (the file compiles as a whole)."""
+    return {"NUM_CLASSES": int(num_classes), "WRITE_PROBS": bool(write_probs)}
+
+
 def argmax_labels(device: spy.Device, logits: spy.Buffer, labels: spy.Buffer, start: int, count: int, total: int,
                   num_classes: int, probs: spy.Buffer | None = None) -> None:
     """labels[start + i] = argmax(logits[i]) (ties to the lowest class); with ``probs``, also the softmax.
@@ -32,7 +37,7 @@ def argmax_labels(device: spy.Device, logits: spy.Buffer, labels: spy.Buffer, st
     if probs is not None:
         require(probs, num_classes * total, "probs")
         params["probs"] = probs
-    load_kernel(device, FILE, "argmax_labels", {"NUM_CLASSES": int(num_classes), "WRITE_PROBS": probs is not None})(
+    load_kernel(device, FILE, "argmax_labels", _constants(num_classes, probs is not None))(
         count, params=params)
 
 
@@ -42,7 +47,7 @@ def softmax_backward(device: spy.Device, logits: spy.Buffer, grad_probs: spy.Buf
     require(logits, count * num_classes, "logits")
     require(grad_probs, num_classes * total, "grad_probs")
     require(grad_logits, count * num_classes, "grad_logits")
-    load_kernel(device, FILE, "softmax_backward", {"NUM_CLASSES": int(num_classes)})(
+    load_kernel(device, FILE, "softmax_backward", _constants(num_classes))(
         count, params={"logits": logits, "grad_probs": grad_probs, "grad_logits": grad_logits, "start": int(start),
                        "count": int(count), "total": int(total)})
 
@@ -53,7 +58,7 @@ def gradient_blocks(device: spy.Device, grad_probs: spy.Buffer, flags: spy.Buffe
     blocks = -(-int(total) // int(block))
     require(grad_probs, num_classes * total, "grad_probs")
     require(flags, blocks, "flags")
-    load_kernel(device, FILE, "gradient_blocks", {"NUM_CLASSES": int(num_classes)})(
+    load_kernel(device, FILE, "gradient_blocks", _constants(num_classes))(
         blocks, params={"grad_probs": grad_probs, "flags": flags, "total": int(total), "block": int(block),
                         "blocks": blocks})
     return blocks
@@ -64,5 +69,5 @@ def pack_labels(device: spy.Device, labels: spy.Buffer, packed: spy.Buffer, tota
     words = -(-int(total) // 4)
     require(labels, total, "labels")
     require(packed, words, "packed")
-    load_kernel(device, FILE, "pack_labels", {"NUM_CLASSES": NUM_CLASSES})(words, params={"labels": labels, "packed": packed,
-                                                                              "total": int(total)})
+    load_kernel(device, FILE, "pack_labels", _constants(NUM_CLASSES))(
+        words, params={"labels": labels, "packed": packed, "total": int(total)})
