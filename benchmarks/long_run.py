@@ -57,8 +57,10 @@ def weights_finite(inr: INR) -> bool:
     return all(bool(torch.isfinite(torch.as_tensor(v)).all()) for v in inr.state_dict().values())
 
 
-def report(label: str, step: int, loss: float, grad_norm: float, finite: bool, memory: float, rate: float) -> dict:
-    print(f"{label:>10} step {step:6d}  loss {loss:.5f}  grad_norm {grad_norm:.4f}  finite {finite}  "
+def report(label: str, step: int, loss: float, grad_norm: float | None, finite: bool, memory: float,
+           rate: float) -> dict:
+    norm = "-" if grad_norm is None else f"{grad_norm:.4f}"
+    print(f"{label:>10} step {step:6d}  loss {loss:.5f}  grad_norm {norm:>6}  finite {finite}  "
           f"gpu {memory:8.1f} MiB  {rate:7.1f} steps/s", flush=True)
     return {"step": step, "loss": loss, "grad_norm": grad_norm, "finite": finite, "gpu_mib": memory,
             "steps_per_s": rate}
@@ -130,7 +132,7 @@ def long_refinement(steps: int, every: int, views: int, size: int, device) -> di
         device.wait_for_idle()
         now = time.perf_counter()
         loss = history[-1]["image_loss"]
-        rows.append(report("refine", done, loss, float("nan"), weights_finite(inr) and
+        rows.append(report("refine", done, loss, None, weights_finite(inr) and
                            all(np.isfinite(h["image_loss"]) for h in history), gpu_used_mib(), every / (now - last)))
         last = now
     return summarise("refine", rows)
