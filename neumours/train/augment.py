@@ -37,13 +37,15 @@ class AugmentConfig:
         flip: probability, per case and micro-batch, of mirroring the case along each of ``flip_axes``.
         flip_axes: array axes that may be mirrored (0 is left-right in BraTS' RAS-like layout).
         rotate_deg: largest rotation of the coordinate about each axis, degrees (uniform in +-).
-        scale: largest relative change of the coordinate's scale (log-uniform in 1 +- scale).
+        scale: largest relative change of the coordinate's scale (a factor log-uniform in
+            [1 / (1 + scale), 1 + scale]).
         translate: largest shift of the coordinate per axis, in normalised units (the volume is [-1, 1]).
         warp: largest displacement of the smooth sine warp of the coordinate, normalised units.
-        intensity_scale: largest relative change of each modality's contrast (log-uniform in 1 +- value).
+        intensity_scale: largest relative change of each modality's contrast (a factor log-uniform in
+            [1 / (1 + value), 1 + value]).
         intensity_shift: largest shift of each modality's values, in units of its brain standard deviation.
         gamma: largest relative change of the gamma applied to each modality's [lo, hi] range
-            (log-uniform in 1 +- value).
+            (a gamma log-uniform in [1 / (1 + value), 1 + value]).
         bias: amplitude of the log bias field per modality: a quadratic polynomial of the coordinate
             with linear coefficients in +-bias and square and product coefficients in +-bias / 2.
         noise: largest standard deviation of added Gaussian noise, per modality (uniform in [0, noise]),
@@ -74,7 +76,7 @@ class AugmentConfig:
             if getattr(self, name) > 1:
                 raise ValueError(f"{name} is a probability, got {getattr(self, name)}")
         if self.scale >= 1 or self.intensity_scale >= 1 or self.gamma >= 1:
-            raise ValueError("scale, intensity_scale and gamma must be below 1 (factors 1 +- value)")
+            raise ValueError("scale, intensity_scale and gamma must be below 1")
         if any(a not in (0, 1, 2) for a in self.flip_axes):
             raise ValueError(f"flip_axes must be among 0, 1, 2, got {self.flip_axes}")
 
