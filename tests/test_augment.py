@@ -166,3 +166,20 @@ def test_augmenter_table_covers_its_ranges():
     np.testing.assert_array_equal(identity[:, layout.FLIP:layout.FLIP + 3], 0)
     again = Augmenter(dataclasses.replace(STRONG), NUM_MODALITIES, seed=3).table(ranges)
     np.testing.assert_array_equal(again, table.astype(np.float32))
+
+
+@pytest.mark.gpu
+def test_kernel_matches_reference_on_cuda(cuda_device):
+    rng = np.random.default_rng(11)
+    shapes = [(40, 36, 32), (32, 40, 28)]
+    images = _cases(rng, shapes)
+    n = 65_536
+    case_ids = rng.integers(0, len(shapes), n).astype(np.uint32)
+    positions = np.floor(rng.uniform(0, 1, (n, 3)) * np.array(shapes)[case_ids]).astype(np.float32)
+    coords, patches = _gather(cuda_device, images, positions, case_ids)
+    table = Augmenter(STRONG, NUM_MODALITIES, seed=5).table([value_range(i) for i in images])
+    got_c, got_p = _augment(cuda_device, coords, patches, case_ids, table, ALL)
+    c_in, p_in = download(coords, (n, 3)), download(patches, (n, CONFIG.patch_dim))
+    ref_c, ref_p = augment_reference(c_in, p_in, case_ids, table, ALL, 7, NUM_MODALITIES, CONFIG.patch_size)
+    np.testing.assert_allclose(got_c, ref_c, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_p, ref_p, rtol=1e-4, atol=1e-4)

@@ -103,14 +103,15 @@ class AugmentConfig:
                    intensity_shift=0.2, gamma=0.3, bias=0.3, noise=0.1, dropout=0.1)
 
 
-def _rotation(angles: np.ndarray) -> np.ndarray:
-    """3 x 3 rotation about axes 0, 1, 2 by ``angles`` (radians), applied in that order."""
-    matrix = np.eye(3)
-    for axis, angle in enumerate(angles):
+def _rotations(angles: np.ndarray) -> np.ndarray:
+    """(S, 3, 3) rotations about axes 0, 1, 2 by ``angles`` (S, 3) radians, applied in that order."""
+    matrix = np.broadcast_to(np.eye(3), (len(angles), 3, 3)).copy()
+    for axis in range(3):
         i, j = [a for a in range(3) if a != axis]
-        r = np.eye(3)
-        r[i, i] = r[j, j] = np.cos(angle)
-        r[i, j], r[j, i] = -np.sin(angle), np.sin(angle)
+        cos, sin = np.cos(angles[:, axis]), np.sin(angles[:, axis])
+        r = np.broadcast_to(np.eye(3), matrix.shape).copy()
+        r[:, i, i] = r[:, j, j] = cos
+        r[:, i, j], r[:, j, i] = -sin, sin
         matrix = r @ matrix
     return matrix
 
@@ -136,45 +137,47 @@ class Augmenter:
         return self.config.flags
 
     def table(self, value_ranges: list[np.ndarray]) -> np.ndarray:
-        """One row per slot: (slots, stride) float32.
+        """One row per slot: (slots, stride) float32, every slot drawn at once (a few
+        vector draws per micro-batch, not a loop over cases on the training thread).
 
         Args:
             value_ranges: per slot, (num_modalities, 2) lowest and highest nonzero
                 normalised value of each modality (the range gamma acts on).
         """
         cfg, rng, c = self.config, self.rng, self.num_modalities
-        slots = len(value_ranges)
-        table = np.zeros((slots, self.stride), np.float64)
-        for s, value_range in enumerate(value_ranges):
-            row = table[s]
-            axes = list(cfg.flip_axes)
-            row[layout.FLIP + np.array(axes, np.int64)] = rng.random(len(axes)) < cfg.flip
-            angles = np.deg2rad(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg, 3))
-            zoom = np.exp(rng.uniform(-np.log1p(cfg.scale), np.log1p(cfg.scale)))
-            row[layout.AFFINE:layout.AFFINE + 9] = (zoom * _rotation(angles)).reshape(-1)
-            row[layout.AFFINE + 9:layout.AFFINE + 12] = rng.uniform(-cfg.translate, cfg.translate, 3)
-            for k in range(layout.WARP_TERMS):
-                w = layout.WARP + k * layout.WARP_STRIDE
-                direction = rng.normal(size=3)
-                direction /= max(np.linalg.norm(direction), 1e-12)
-                row[w:w + 3] = direction * np.pi * rng.uniform(1.0, 2.0)  # one to two half waves over [-1, 1]
-                row[w + 3] = rng.uniform(0.0, 2 * np.pi)
-                row[w + 4:w + 7] = rng.uniform(-cfg.warp, cfg.warp, 3)
-            keep = rng.random(c) >= cfg.dropout
-            if not keep.any():
-                keep[rng.integers(c)] = True
-            for m in range(c):
-                b = layout.SLOT_HEAD + m * layout.MODALITY_STRIDE
-                row[b + layout.MOD_SCALE] = np.exp(rng.uniform(-np.log1p(cfg.intensity_scale),
-                                                               np.log1p(cfg.intensity_scale)))
-                row[b + layout.MOD_SHIFT] = rng.uniform(-cfg.intensity_shift, cfg.intensity_shift)
-                row[b + layout.MOD_GAMMA] = np.exp(rng.uniform(-np.log1p(cfg.gamma), np.log1p(cfg.gamma)))
-                row[b + layout.MOD_LO], row[b + layout.MOD_HI] = value_range[m]
-                row[b + layout.MOD_KEEP] = keep[m]
-                row[b + layout.MOD_NOISE] = rng.uniform(0.0, cfg.noise)
-                half = cfg.bias / 2
-                row[b + layout.MOD_BIAS:b + layout.MOD_BIAS + layout.BIAS_TERMS] = np.concatenate(
-                    [rng.uniform(-cfg.bias, cfg.bias, 3), rng.uniform(-half, half, 6)])
+        s = len(value_ranges)
+        table = np.zeros((s, self.stride), np.float64)
+        axes = np.array(cfg.flip_axes, np.int64)
+        table[:, layout.FLIP + axes] = rng.random((s, len(axes))) < cfg.flip
+        angles = np.deg2rad(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg, (s, 3)))
+        zoom = np.exp(rng.uniform(-np.log1p(cfg.scale), np.log1p(cfg.scale), s))
+        table[:, layout.AFFINE:layout.AFFINE + 9] = (zoom[:, None, None] * _rotations(angles)).reshape(s, 9)
+        table[:, layout.AFFINE + 9:layout.AFFINE + 12] = rng.uniform(-cfg.translate, cfg.translate, (s, 3))
+        warp = table[:, layout.WARP:layout.WARP + layout.WARP_TERMS * layout.WARP_STRIDE].reshape(
+            s, layout.WARP_TERMS, layout.WARP_STRIDE)
+        direction = rng.normal(size=(s, layout.WARP_TERMS, 3))
+        direction /= np.maximum(np.linalg.norm(direction, axis=2, keepdims=True), 1e-12)
+        frequency = np.pi * rng.uniform(1.0, 2.0, (s, layout.WARP_TERMS, 1))  # one to two half waves over [-1, 1]
+        warp[..., 0:3] = direction * frequency
+        warp[..., 3] = rng.uniform(0.0, 2 * np.pi, (s, layout.WARP_TERMS))
+        warp[..., 4:7] = rng.uniform(-cfg.warp, cfg.warp, (s, layout.WARP_TERMS, 3))
+        table[:, layout.WARP:layout.WARP + warp[0].size] = warp.reshape(s, -1)
+        keep = rng.random((s, c)) >= cfg.dropout
+        none_kept = ~keep.any(axis=1)
+        keep[none_kept, rng.integers(c, size=int(none_kept.sum()))] = True
+        mods = table[:, layout.SLOT_HEAD:].reshape(s, c, layout.MODALITY_STRIDE)
+        log_scale, log_gamma = np.log1p(cfg.intensity_scale), np.log1p(cfg.gamma)
+        mods[..., layout.MOD_SCALE] = np.exp(rng.uniform(-log_scale, log_scale, (s, c)))
+        mods[..., layout.MOD_SHIFT] = rng.uniform(-cfg.intensity_shift, cfg.intensity_shift, (s, c))
+        mods[..., layout.MOD_GAMMA] = np.exp(rng.uniform(-log_gamma, log_gamma, (s, c)))
+        ranges = np.asarray(value_ranges, np.float64).reshape(s, c, 2)
+        mods[..., layout.MOD_LO], mods[..., layout.MOD_HI] = ranges[..., 0], ranges[..., 1]
+        mods[..., layout.MOD_KEEP] = keep
+        mods[..., layout.MOD_NOISE] = rng.uniform(0.0, cfg.noise, (s, c))
+        bias = mods[..., layout.MOD_BIAS:layout.MOD_BIAS + layout.BIAS_TERMS]
+        bias[..., :3] = rng.uniform(-cfg.bias, cfg.bias, (s, c, 3))
+        bias[..., 3:] = rng.uniform(-cfg.bias / 2, cfg.bias / 2, (s, c, 6))
+        table[:, layout.SLOT_HEAD:] = mods.reshape(s, -1)
         return table.astype(np.float32)
 
     def state(self) -> dict:
