@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from neumours.cli.options import add_command, add_quiet_option
+from neumours.data.phantom_ranges import DIFFICULTIES, KINDS
 from neumours.errors import NeumoursError
 
 #: Smallest phantom edge (voxels) the generator supports.
@@ -20,12 +21,44 @@ def parse_shape(values: list[int]) -> tuple[int, int, int]:
 
 def cmd_synth(args) -> None:
     from neumours.data.phantom import write_dataset
+    from neumours.data.phantom_ranges import load_ranges, phantom_ranges
+    from neumours.outputs import check_output_file, check_output_folder
 
     if args.cases < 1:
         raise NeumoursError(f"--cases must be at least 1, got {args.cases}")
-    paths = write_dataset(args.out, args.cases, shape=parse_shape(args.shape), seed=args.seed,
-                          progress=not args.quiet)
-    print(f"wrote {len(paths)} phantom case(s) to {args.out}")
+    if args.preview_cases < 1:
+        raise NeumoursError(f"--preview-cases must be at least 1, got {args.preview_cases}")
+    shape = parse_shape(args.shape)
+    if args.difficulty == "classic" and (args.kind != "pre" or args.ranges is not None):
+        raise NeumoursError("--difficulty classic is the original pre-operative recipe: it takes no --ranges "
+                            "and no --kind post")
+    ranges = None
+    if args.ranges is not None:
+        try:
+            ranges = load_ranges(args.ranges, phantom_ranges(args.difficulty, args.kind))
+        except ValueError as exc:
+            raise NeumoursError(str(exc)) from None
+    check_output_folder(args.out, "dataset folder")
+    if args.preview is not None:
+        check_output_file(args.preview, "preview image")
+    shown = []
+
+    def keep(case) -> None:
+        if len(shown) < args.preview_cases:
+            shown.append(case)
+
+    paths = write_dataset(args.out, args.cases, shape=shape, seed=args.seed, progress=not args.quiet,
+                          difficulty=args.difficulty, kind=args.kind, ranges=ranges,
+                          on_case=keep if args.preview is not None else None)
+    if args.difficulty == "classic":
+        what = "classic recipe"
+    else:
+        what = f"{args.difficulty if ranges is None else 'custom'}, {args.kind}-operative"
+    print(f"wrote {len(paths)} phantom case(s) ({what}) to {args.out}")
+    if args.preview is not None:
+        from neumours.figures import case_montage
+
+        print(f"wrote preview {case_montage(shown, args.preview)}")
 
 
 def cmd_inspect(args) -> None:
@@ -39,12 +72,25 @@ def cmd_inspect(args) -> None:
 def add_parsers(sub) -> None:
     p = add_command(sub, "synth", "write synthetic BraTS-style phantom cases",
                     "Write N phantom cases in the BraTS 2023 layout (1 mm spacing): four modalities and a "
-                    "label volume per case.")
+                    "label volume per case, plus synth.toml recording how they were made. Each case draws its "
+                    "anatomy, lesions, sub-regions and acquisition from the ranges of --difficulty "
+                    "(docs/phantom.md).")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--cases", type=int, default=4, help="number of cases")
     p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64], metavar=("X", "Y", "Z"),
                    help="volume shape in voxels (BraTS is 240 240 155)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--kind", choices=KINDS, default="pre",
+                   help="pre: pre-operative gliomas (BraTS-like); post: post-operative cases with a resection cavity "
+                        "(not tumour), residual enhancement and FLAIR change (MU-Glioma-Post-like)")
+    p.add_argument("--difficulty", choices=DIFFICULTIES, default="hard",
+                   help="ranges of the phantom family (docs/phantom.md); classic: the original single recipe")
+    p.add_argument("--ranges", type=Path, metavar="TOML",
+                   help="TOML file overriding ranges of the --difficulty preset (keys of PhantomRanges, or the "
+                        "[ranges] table of a dataset's synth.toml)")
+    p.add_argument("--preview", type=Path, metavar="PNG",
+                   help="also write a montage (axial and coronal slices, labels overlaid) of the first cases")
+    p.add_argument("--preview-cases", type=int, default=3, help="cases shown in the --preview montage")
     add_quiet_option(p)
     p.set_defaults(func=cmd_synth)
 

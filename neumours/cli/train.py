@@ -22,6 +22,10 @@ def resolve_config(args):
         config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, name=args.optimizer))
     if args.precision is not None:
         config = dataclasses.replace(config, network=dataclasses.replace(config.network, precision=args.precision))
+    if args.augment:
+        from neumours.train.augment import AugmentConfig
+
+        config = dataclasses.replace(config, augment=AugmentConfig.default_on())
     schedule = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("val_every", args.val_every))
                 if v is not None}
     if schedule:
@@ -84,7 +88,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--val-every", type=int, help="override [schedule] val_every (steps between validations)")
     p.add_argument("--seed", type=int, help="override [schedule] seed (split, initialisation, sampling)")
     p.add_argument("--config", type=Path, help="TOML file overriding the preset (sections network, loss, "
-                                               "optimizer, sampler, schedule)")
+                                               "optimizer, sampler, schedule, augment)")
+    p.add_argument("--augment", action="store_true",
+                   help="switch on every [augment] transform at its moderate setting (flips, coordinate jitter, "
+                        "intensity scale/shift/gamma, bias field, noise, modality dropout; docs/phantom.md); "
+                        "a --config [augment] table sets single keys instead")
     add_device_option(p)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="override [network] precision: bf16 tensor cores (CUDA only), fp32 FMA, or auto "

@@ -1,6 +1,18 @@
-"""Synthetic BraTS-style multi-modal MRI phantom with a glioma and its labels.
+"""Synthetic BraTS-style multi-modal MRI phantoms with gliomas and their labels.
 
-What it models: a skull-stripped brain (``phantom_anatomy``: white matter, a folded
+Two generators behind :func:`make_case`:
+
+* **the family** (``difficulty`` ``"easy"``, ``"medium"``, ``"hard"`` (default);
+  ``kind`` ``"pre"`` or ``"post"``): every case draws its anatomy, lesions,
+  sub-regions, post-operative site, look-alikes and acquisition from the ranges
+  of :class:`~neumours.data.phantom_ranges.PhantomRanges` (what each range is,
+  and why, in docs/phantom.md; the code in ``phantom_family``,
+  ``phantom_lesions``, ``phantom_acquire``);
+* **the classic recipe** (``difficulty="classic"``, pre-operative only): the
+  single recipe of the first phantom, kept bit for bit so results made with it
+  stay reproducible. It is described next.
+
+The classic recipe: a skull-stripped brain (``phantom_anatomy``: white matter, a folded
 grey-matter ribbon, CSF rim, sulci, interhemispheric fissure, lateral ventricles,
 deep grey nuclei) with one glioma per case, placed in one hemisphere's white
 matter with a case-specific size, orientation and blobby (noise-perturbed)
@@ -17,27 +29,27 @@ multiplicative bias field per modality (about ±10-20%), Rician noise
 modality (white matter at 300-3000). Values are integers >= 1 inside the brain
 and exactly 0 outside it, as in skull-stripped BraTS int16 files.
 
-What it does not model: real anatomy (no cerebellum, brainstem, vessels, true
-gyral topology), mass effect or midline shift, multifocal or post-operative
-tumours, non-enhancing tumour separate from necrosis, relaxation physics (the
-contrasts are a lookup table), k-space effects (Gibbs ringing, motion, ghosting),
-spatially correlated noise, or registration error between modalities.
+What neither models: real anatomy (no cerebellum, brainstem, true gyral
+topology), mass effect or midline shift, relaxation physics (the contrasts are a
+lookup table), k-space effects (Gibbs ringing, motion, ghosting), spatially
+correlated noise, or registration error between modalities.
 
-Everything is deterministic in (seed, index): the same pair gives identical
-arrays and byte-identical files on the same software stack.
+Everything is deterministic in (seed, index, kind, ranges): the same arguments
+give identical arrays and byte-identical files on the same software stack.
 """
 
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from neumours.atomic import atomic_path
+from neumours.atomic import atomic_path, atomic_write_text
 from neumours.data.phantom_anatomy import CSF, GM, WM, Brain, mni_brain, procedural_brain, smooth_field
+from neumours.data.phantom_ranges import DIFFICULTIES, KINDS, PhantomRanges, phantom_ranges, toml_value
 
 # Modality order; matches neumours.data.MODALITIES (kept local to avoid an import cycle).
 _MODALITIES = ("t1n", "t1c", "t2w", "t2f")
@@ -56,12 +68,16 @@ _PV_SIGMA = 0.55  # partial-volume blur, voxels
 _MIN_SHAPE = 16
 
 
+#: Case-id prefix per kind (``Phantom-00003-000``, ``PhantomPost-00003-000``).
+ID_PREFIX = {"pre": "Phantom", "post": "PhantomPost"}
+
+
 @dataclass
 class PhantomCase:
     """One synthetic case, in memory.
 
     Attributes:
-        case_id: BraTS-like id, e.g. ``Phantom-00003-000``.
+        case_id: BraTS-like id, e.g. ``Phantom-00003-000`` (post-operative: ``PhantomPost-...``).
         images: (4, X, Y, Z) float32 raw intensities in the order t1n, t1c, t2w, t2f;
             integer-valued, >= 1 inside the brain and exactly 0 outside (skull-stripped),
             so they are stored losslessly as int16.
@@ -69,8 +85,20 @@ class PhantomCase:
         affine: (4, 4) float64 voxel-to-world (RAS, 1 mm spacing, volume centre at 0).
         has_necrosis: whether label 1 is present.
         tissue: (X, Y, Z) uint8 healthy-tissue ground truth (0 background, 1 CSF, 2 GM, 3 WM,
-            4 deep grey; under the tumour, the tissue it replaced), for tests and analysis;
-            not written to disk.
+            4 deep grey; under the tumour or cavity, the tissue it replaced), for tests and
+            analysis; not written to disk.
+        kind: ``"pre"`` or ``"post"`` (post-operative).
+        difficulty: the preset that made it (``"classic"`` for the original recipe; ``"custom"``
+            for ranges given directly).
+        lesions: number of separate gliomas drawn (a post-operative site counts as one).
+        has_enhancement: whether label 3 is present.
+        cavity: (X, Y, Z) bool resection cavity and corridor (label 0), post-operative only.
+        params: what was drawn for this case (anatomy, lesions, look-alikes, acquisition),
+            JSON-friendly; empty for the classic recipe.
+        appearance: (X, Y, Z) uint8 what each voxel looks like (the anatomy codes, then the
+            codes of ``neumours.data.phantom_lesions``: edema, enhancing, necrosis,
+            non-enhancing tumour, cavity fluid, blood, vessel, white-matter lesion), family
+            only; not written to disk.
     """
 
     case_id: str
@@ -79,18 +107,30 @@ class PhantomCase:
     affine: np.ndarray
     has_necrosis: bool
     tissue: np.ndarray | None = None
+    kind: str = "pre"
+    difficulty: str = "classic"
+    lesions: int = 1
+    has_enhancement: bool = True
+    cavity: np.ndarray | None = None
+    params: dict = field(default_factory=dict)
+    appearance: np.ndarray | None = None
 
 
 def make_case(shape=(96, 96, 64), seed: int = 0, index: int = 0, case_id: str | None = None,
-              anatomy: str = "procedural") -> PhantomCase:
-    """Generate one phantom case, deterministic in (seed, index).
+              anatomy: str = "procedural", difficulty: str = "hard", kind: str = "pre",
+              ranges: PhantomRanges | None = None) -> PhantomCase:
+    """Generate one phantom case, deterministic in (seed, index, kind, ranges).
 
     Args:
         shape: (X, Y, Z) voxel counts, each >= 16; 1 mm voxels, the brain fills most of it.
         seed: dataset seed (non-negative int).
         index: case number within the dataset (non-negative int).
-        case_id: id to use; default ``Phantom-<index:05d>-000``.
+        case_id: id to use; default ``Phantom-<index:05d>-000`` (``PhantomPost-...`` for post).
         anatomy: ``"procedural"`` (default) or ``"mni"`` (needs nilearn).
+        difficulty: ``"hard"`` (default), ``"medium"``, ``"easy"`` (presets of the family) or
+            ``"classic"`` (the original single recipe, pre-operative only).
+        kind: ``"pre"`` (pre-operative) or ``"post"`` (post-operative: resection cavity).
+        ranges: the family's ranges to use instead of the ``difficulty`` preset.
 
     Returns:
         A :class:`PhantomCase`.
@@ -100,6 +140,30 @@ def make_case(shape=(96, 96, 64), seed: int = 0, index: int = 0, case_id: str | 
         raise ValueError(f"shape must be 3 sizes >= {_MIN_SHAPE}, got {shape}")
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got {seed}, {index}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    case_id = case_id or f"{ID_PREFIX[kind]}-{index:05d}-000"
+    affine = np.eye(4)
+    affine[:3, 3] = -(np.asarray(shape, dtype=np.float64) - 1) / 2
+    if difficulty == "classic" and ranges is None:
+        if kind != "pre":
+            raise ValueError("the classic recipe is pre-operative only; use difficulty 'easy', 'medium' or 'hard' "
+                             "for post-operative cases")
+        return _classic_case(shape, seed, index, case_id, anatomy, affine)
+    from neumours.data.phantom_family import make_family_case
+
+    chosen = ranges if ranges is not None else phantom_ranges(difficulty, kind)
+    made = make_family_case(shape, seed, index, kind, chosen, anatomy)
+    return PhantomCase(case_id, made.images, made.label, affine, bool((made.label == 1).any()), made.tissue,
+                       kind=kind, difficulty=difficulty if ranges is None else "custom", lesions=made.lesions,
+                       has_enhancement=bool((made.label == 3).any()), cavity=made.cavity, params=made.params,
+                       appearance=made.appearance)
+
+
+def _classic_case(shape, seed: int, index: int, case_id: str, anatomy: str, affine: np.ndarray) -> PhantomCase:
+    """The original single recipe (module docstring), unchanged: the same draws in the same order."""
     rng = np.random.default_rng([int(seed), int(index)])
     necrotic = bool(rng.random() >= 0.25)
     if anatomy == "procedural":
@@ -110,10 +174,8 @@ def make_case(shape=(96, 96, 64), seed: int = 0, index: int = 0, case_id: str | 
         raise ValueError(f"anatomy must be 'procedural' or 'mni', got {anatomy!r}")
     label, box, edema_weight, texture = _grow_tumour(rng, brain, necrotic)
     images = _acquire(rng, brain, label, box, edema_weight, texture)
-    affine = np.eye(4)
-    affine[:3, 3] = -(np.asarray(shape, dtype=np.float64) - 1) / 2
-    return PhantomCase(case_id or f"Phantom-{index:05d}-000", images, label, affine,
-                       bool((label == 1).any()), brain.tissue)
+    return PhantomCase(case_id, images, label, affine, bool((label == 1).any()), brain.tissue,
+                       has_enhancement=bool((label == 3).any()))
 
 
 def _place(rng: np.random.Generator, brain: Brain, r_core: float) -> np.ndarray:
@@ -292,21 +354,45 @@ def write_case(case: PhantomCase, root) -> Path:
     return folder
 
 
-def write_dataset(out_dir, n_cases: int, shape=(96, 96, 64), seed: int = 0,
-                  progress: bool = True) -> list[Path]:
+def write_dataset(out_dir, n_cases: int, shape=(96, 96, 64), seed: int = 0, progress: bool = True,
+                  difficulty: str = "hard", kind: str = "pre", ranges: PhantomRanges | None = None,
+                  on_case=None) -> list[Path]:
     """Generate and write ``n_cases`` phantom cases ``Phantom-00000-000``, ``Phantom-00001-000``, ...
+
+    Also writes ``synth.toml`` into ``out_dir``: the arguments and (for the family) every
+    range, so the dataset can be made again.
 
     Args:
         out_dir: dataset folder; case folders go directly inside it (BraTS layout).
-        n_cases: number of cases (case ``i`` is ``make_case(shape, seed, index=i)``).
+        n_cases: number of cases (case ``i`` is ``make_case(shape, seed, index=i, ...)``).
         shape: (X, Y, Z) of every case.
         seed: dataset seed; the same seed gives byte-identical files.
         progress: show a tqdm progress bar.
+        difficulty, kind, ranges: as for :func:`make_case`.
+        on_case: called with each :class:`PhantomCase` after it is written (previews).
 
     Returns:
         The case folders, in index order.
     """
     from tqdm import tqdm
 
-    return [write_case(make_case(shape, seed=seed, index=i), out_dir)
-            for i in tqdm(range(n_cases), desc="phantom", unit="case", disable=not progress)]
+    folders = []
+    for i in tqdm(range(n_cases), desc="phantom", unit="case", disable=not progress):
+        case = make_case(shape, seed=seed, index=i, difficulty=difficulty, kind=kind, ranges=ranges)
+        folders.append(write_case(case, out_dir))
+        if on_case is not None:
+            on_case(case)
+    atomic_write_text(Path(out_dir) / "synth.toml", synth_record(n_cases, shape, seed, difficulty, kind, ranges))
+    return folders
+
+
+def synth_record(n_cases: int, shape, seed: int, difficulty: str, kind: str, ranges: PhantomRanges | None) -> str:
+    """TOML text recording how a dataset was made (``[ranges]``: the family's ranges, absent for classic)."""
+    head = {"cases": n_cases, "shape": list(shape), "seed": seed,
+            "difficulty": difficulty if ranges is None else "custom", "kind": kind}
+    lines = ["# Written by neumours.data.phantom.write_dataset; `neumours synth --ranges` reads [ranges]."]
+    lines += [f"{k} = {toml_value(v)}" for k, v in head.items()]
+    if ranges is not None or difficulty != "classic":
+        chosen = ranges if ranges is not None else phantom_ranges(difficulty, kind)
+        lines += ["", "[ranges]"] + [f"{k} = {toml_value(v)}" for k, v in chosen.to_dict().items()]
+    return "\n".join(lines) + "\n"

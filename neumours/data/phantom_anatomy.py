@@ -52,6 +52,29 @@ class Brain:
     bbox: tuple[slice, slice, slice]
 
 
+@dataclass(frozen=True)
+class BrainParams:
+    """Per-case anatomy of the phantom family (``neumours.data.phantom_family``).
+
+    Every factor multiplies the classic recipe's value (all ones: the classic
+    shape with a ventricle factor of 1); ``procedural_brain`` without params is
+    the classic recipe itself, which draws the ventricle factor from its generator.
+
+    Attributes:
+        scale: (3,) brain radii factor per axis (head size and shape).
+        surface: amplitude factor of the outer surface perturbation.
+        fold: knot-spacing factor of the folding field (below 1: finer, more sulci).
+        sulcus_depth: depth factor of the sulci.
+        ventricles: ventricle size (the classic recipe draws it in [0.8, 1.35]; atrophy needs up to ~2).
+    """
+
+    scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    surface: float = 1.0
+    fold: float = 1.0
+    sulcus_depth: float = 1.0
+    ventricles: float = 1.0
+
+
 def _bspline_basis(n: int, spacing: float) -> np.ndarray:
     """(n, m) float32 cubic B-spline basis at n voxels for knots ``spacing`` voxels apart."""
     m = int(np.ceil((n - 1) / spacing)) + 4
@@ -85,18 +108,22 @@ def _smoothstep(x, lo, hi):
     return t * t * (3 - 2 * t)
 
 
-def procedural_brain(shape, rng: np.random.Generator) -> Brain:
+def procedural_brain(shape, rng: np.random.Generator, params: BrainParams | None = None) -> Brain:
     """Procedural brain filling most of a volume of ``shape`` (see module docstring).
 
     Args:
         shape: (X, Y, Z) voxel counts (1 mm voxels; the brain scales with the volume).
         rng: random source; the case's shape, folding and ventricle size come from it.
+        params: anatomy factors of the phantom family; None is the classic recipe
+            (the same random draws, bit for bit, as before the family existed).
     """
     size = np.asarray(shape, dtype=np.float64)
     centre = (size - 1) / 2 + rng.uniform(-0.015, 0.015, 3) * size
     radii = size * np.array([0.37, 0.43, 0.41]) * rng.uniform(0.95, 1.03, 3)
+    if params is not None:
+        radii = radii * np.asarray(params.scale, dtype=np.float64)
     rm = float(radii.mean())
-    surf_amp = 0.035
+    surf_amp = 0.035 if params is None else 0.035 * params.surface
     lo = np.maximum(np.floor(centre - radii * (1 + 5 * surf_amp)).astype(int), 0)
     hi = np.minimum(np.ceil(centre + radii * (1 + 5 * surf_amp)).astype(int) + 1, np.asarray(shape))
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
@@ -118,15 +145,16 @@ def procedural_brain(shape, rng: np.random.Generator) -> Brain:
 
     # Cortex: CSF rim, GM ribbon, sulci = zero set of a folding field, lined with GM.
     t_csf, t_gm = max(0.8, 0.012 * rm), max(1.2, 0.03 * rm)
-    fold_h = max(3.0, 0.11 * rm)
+    fold_h = max(3.0, 0.11 * rm * (1.0 if params is None else params.fold))
     dist = np.abs(smooth_field(rng, sub, fold_h)) * f32(fold_h / _GRAD_PER_KNOT)
-    sulc_depth = f32(0.17 * rm) * (1 + f32(0.3) * smooth_field(rng, sub, max(3.0, rm / 3)))
+    depth_factor = 0.17 if params is None else 0.17 * params.sulcus_depth
+    sulc_depth = f32(depth_factor * rm) * (1 + f32(0.3) * smooth_field(rng, sub, max(3.0, rm / 3)))
     half_sulc = max(0.5, 0.009 * rm)
     csf = (depth < t_csf) | ((dist < half_sulc) & (depth < sulc_depth))
     gm = (depth < t_csf + t_gm) | ((dist < half_sulc + t_gm) & (depth < sulc_depth + t_gm))
 
     # Lateral ventricles: arched tubes either side of the midline; deep grey nuclei below them.
-    vscale = rng.uniform(0.8, 1.35)
+    vscale = rng.uniform(0.8, 1.35) if params is None else params.ventricles
     wx, wz = max(0.075 * vscale, 1.2 / radii[0]), max(0.11 * vscale, 1.2 / radii[2])
     yv = (y + f32(0.07)) / f32(0.4)
     zc = f32(0.16) - f32(0.6) * (y + f32(0.05)) ** 2

@@ -16,6 +16,6 @@ volumes), ``normalise`` (brain z-score), ``loss`` (training loss),
 forward/backward), ``ray_samples`` (the INR evaluated along rays), ``denoise``
 (connected components, class islands, holes and the nearest-voxel transform of
 denoising on the device), ``tensor_gemm`` and ``bf16`` (the tensor-core product and
-its bf16 weight copies); ``checks`` (buffer-size and device-feature checks shared by
-the wrappers).
+its bf16 weight copies), ``augment`` (training-time augmentation of the INR's inputs);
+``checks`` (buffer-size and device-feature checks shared by the wrappers).
 """

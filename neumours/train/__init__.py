@@ -5,5 +5,7 @@ regenerates docs/configuration.md), ``loss`` (DeviceLoss), ``sampler``
 (PointSampler), ``pool`` (CasePool: training cases on the device), ``optim``
 (AdamW, Muon, learning-rate schedule), ``trainer`` (Trainer, ``train``: the loop,
 checkpoints, metrics), ``validate`` (Dice per class on the validation cases),
-``curves`` (training-curve figures), ``reference`` (the loss in float64 torch).
+``curves`` (training-curve figures), ``reference`` (the loss in float64 torch),
+``augment`` (AugmentConfig, Augmenter: the ``[augment]`` section and its per-case draws),
+``augment_reference`` (the augmentation kernel in float64 numpy).
 """

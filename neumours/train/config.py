@@ -2,7 +2,8 @@
 
 The resolved configuration of a run is saved as ``RUN/config.toml`` and can be
 passed back with ``--config``. Sections: ``[network]`` (INRConfig fields),
-``[loss]``, ``[optimizer]``, ``[sampler]``, ``[schedule]``.
+``[loss]``, ``[optimizer]``, ``[sampler]``, ``[schedule]``, ``[augment]``
+(training-time augmentation, all off by default).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from neumours.atomic import atomic_write_text
 from neumours.conventions import NUM_CLASSES, NUM_MODALITIES
 from neumours.errors import NeumoursError
 from neumours.model.config import INRConfig
+from neumours.train.augment import AugmentConfig
 from neumours.train.loss import LossConfig
 
 
@@ -101,6 +103,7 @@ class TrainConfig:
         optimizer: optimiser and schedule of the learning rate (:class:`OptimizerConfig`).
         sampler: points per step (:class:`SamplerConfig`).
         schedule: run length and validation (:class:`ScheduleConfig`).
+        augment: training-time augmentation (:class:`~neumours.train.augment.AugmentConfig`; off by default).
     """
 
     network: INRConfig = field(default_factory=INRConfig.paper)
@@ -108,6 +111,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -234,8 +238,9 @@ def config_reference() -> str:
     out = [
         "# Training configuration",
         "",
-        "<!-- Generated from the dataclasses of neumours/train/config.py, neumours/train/loss.py and",
-        "     neumours/model/config.py by `python -m neumours.train.config docs/configuration.md`.",
+        "<!-- Generated from the dataclasses of neumours/train/config.py, neumours/train/loss.py,",
+        "     neumours/train/augment.py and neumours/model/config.py by",
+        "     `python -m neumours.train.config docs/configuration.md`.",
         "     Do not edit by hand: tests/test_config_reference.py fails when this file and the code differ. -->",
         "",
         "`neumours train` resolves its settings in three layers: the preset (`--preset paper`, the",
@@ -258,7 +263,8 @@ def config_reference() -> str:
         "In the tables, *paper* is the default (`--preset paper`) and *tiny* is given only where",
         f"`--preset tiny` differs. `num_classes` and `num_modalities` describe the data ({NUM_CLASSES} classes,",
         f"{NUM_MODALITIES} modalities: [method.md](method.md) \"Data\"); they are recorded in every checkpoint and",
-        "are not meant to be changed. The method behind the numbers: [method.md](method.md).",
+        "are not meant to be changed. The method behind the numbers: [method.md](method.md); what",
+        "`[augment]` does and what the coordinate input allows: [phantom.md](phantom.md) \"Augmentation\".",
     ]
     for section in dataclasses.fields(TrainConfig):
         current, small = getattr(paper, section.name), getattr(tiny, section.name)

@@ -19,16 +19,19 @@ import slangpy as spy
 from neumours.data import load_case, normalise
 from neumours.device import upload
 from neumours.errors import NeumoursDataError
+from neumours.train.augment import value_range
 
 
 @dataclass
 class HostCase:
-    """What the sampler needs of a case on the host: shape, flat labels, tumour voxel indices."""
+    """What the sampler and the augmentation need of a case on the host: shape, flat labels,
+    tumour voxel indices, the range of each normalised modality."""
 
     case_id: str
     shape: tuple[int, int, int]
     label: np.ndarray           # (X * Y * Z,) uint8
     tumour: np.ndarray          # flat indices of label > 0
+    value_range: np.ndarray | None = None  # (C, 2) lowest, highest nonzero normalised value per modality
 
 
 def load_training_case(ref) -> tuple[np.ndarray, HostCase]:
@@ -37,8 +40,9 @@ def load_training_case(ref) -> tuple[np.ndarray, HostCase]:
     if case.label is None:
         raise NeumoursDataError(getattr(ref, "path", ref), "training case has no label volume")
     label = case.label.reshape(-1)
-    return normalise(case.images), HostCase(case.case_id, tuple(case.images.shape[1:]), label,
-                                            np.flatnonzero(label).astype(np.int64))
+    images = normalise(case.images)
+    return images, HostCase(case.case_id, tuple(case.images.shape[1:]), label,
+                            np.flatnonzero(label).astype(np.int64), value_range(images))
 
 
 def _voxels(ref) -> int:

@@ -24,12 +24,14 @@ from tqdm import tqdm
 
 from neumours.atomic import atomic_path, atomic_write_text
 from neumours.data import list_cases, load_case, normalise, split_cases
-from neumours.device import empty_buffer, get_device, recording
+from neumours.device import empty_buffer, get_device, recording, upload_into
 from neumours.errors import NeumoursDataError, NeumoursError
 from neumours.model.checkpoint import load_checkpoint, save_checkpoint
 from neumours.model.inputs import CaseVolumes, gather_inputs
 from neumours.model.inr import INR
 from neumours.conventions import CLASS_KEYS, CLASS_NAMES
+from neumours.kernels.augment import augment_inputs, slot_stride
+from neumours.train.augment import Augmenter
 from neumours.train.config import TrainConfig, load_toml, save_toml
 from neumours.train.loss import DeviceLoss
 from neumours.train.optim import build_optimizers, learning_rate, set_learning_rate
@@ -86,6 +88,14 @@ class Trainer:
         self._coords, self._patches = empty_buffer(dev, n * 3), empty_buffer(dev, n * net.patch_dim)
         self._logits, self._grad_logits = empty_buffer(dev, n * net.num_classes), empty_buffer(dev, n * net.num_classes)
         self._workspace = self.inr.workspace(n)
+        # Augmentation (off by default): its own generator, tables and output buffers; with
+        # it off nothing here is drawn or dispatched, so the run is the one without it.
+        self.augmenter = Augmenter(config.augment, net.num_modalities, config.schedule.seed) \
+            if config.augment.flags else None
+        if self.augmenter is not None:
+            rows = self.pool.capacity * slot_stride(net.num_modalities)
+            self._tables = [empty_buffer(dev, rows) for _ in range(m)]
+            self._aug_coords, self._aug_patches = empty_buffer(dev, n * 3), empty_buffer(dev, n * net.patch_dim)
         self.step = 0
         self.best = -1.0
         self.rows: list[dict] = []
@@ -110,13 +120,23 @@ class Trainer:
             positions.copy_from_numpy(p)
             case_ids.copy_from_numpy(c)
             labels.copy_from_numpy(y)
+            if self.augmenter is not None:
+                upload_into(self.device, self._tables[mb],
+                            self.augmenter.table([c.value_range for c in self.pool.cases]))
         with recording(self.device):  # the step's ~80 kernels in one submission
             for mb in range(m):
                 positions, case_ids, labels = self._inputs[mb]
                 gather_inputs(cfg.network, self.pool_volumes, positions, case_ids, n, self._coords, self._patches)
-                self.inr.forward_device(self._coords, self._patches, n, self._logits, self._workspace)
+                coords, patches = self._coords, self._patches
+                if self.augmenter is not None:
+                    coords, patches = self._aug_coords, self._aug_patches
+                    augment_inputs(self.device, self._coords, self._patches, case_ids, self._tables[mb],
+                                   self.pool.size, coords, patches, n, self.augmenter.flags,
+                                   self.step * m + mb + (cfg.schedule.seed << 20), cfg.network.num_modalities,
+                                   cfg.network.patch_size)
+                self.inr.forward_device(coords, patches, n, self._logits, self._workspace)
                 self.loss.backward(self._logits, labels, n, self._grad_logits, mb, scale=1.0 / m)
-                self.inr.backward_device(self._coords, self._patches, n, self._grad_logits, self._workspace)
+                self.inr.backward_device(coords, patches, n, self._grad_logits, self._workspace)
         self.inr.bridge.pull_grads()
         params = self.inr.bridge.torch_parameters()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.clip_norm))
@@ -181,6 +201,7 @@ class Trainer:
     def _save_last(self) -> None:
         self._save_checkpoint(CHECKPOINT_LAST, None)
         state = {"step": self.step, "best": self.best, "sampler": self.sampler.state(),
+                 "augment": None if self.augmenter is None else self.augmenter.state(),
                  "optimizers": [o.state_dict() for o in self.optimizers], "rows": self.rows}
         with atomic_path(self.run_dir / STATE_LAST) as tmp:
             torch.save(state, tmp)
@@ -211,6 +232,8 @@ class Trainer:
             raise NeumoursError(f"{self.run_dir / STATE_LAST}: cannot resume ({exc})") from None
         self.step, self.best, self.rows = progress["step"], progress["best"], progress["rows"]
         self.sampler.set_state(progress["sampler"])
+        if self.augmenter is not None and progress.get("augment") is not None:
+            self.augmenter.set_state(progress["augment"])
         self.inr.bridge.named_torch_parameters()  # re-attach .grad views after load_state_dict
 
     def close(self) -> None:

@@ -1,0 +1,252 @@
+"""What the phantom family varies between cases, and over which ranges (docs/phantom.md).
+
+:class:`PhantomRanges` holds every range the family draws from, one field per
+property: anatomy, lesions (number, size, place, shape), how the sub-regions look
+and nest, the post-operative site, look-alikes that are not tumour, and the
+acquisition. A pair ``(lo, hi)`` is drawn uniformly per case (log-uniformly for
+``wm_level``), a float in [0, 1] is the share of cases (or modalities) that have
+the property. :func:`phantom_ranges` gives the preset of a difficulty and kind;
+:func:`load_ranges` reads a TOML file of overrides (``neumours synth --ranges``).
+
+The ``"classic"`` difficulty is not a set of ranges: it is the single recipe the
+phantom had before the family (``neumours.data.phantom.make_case`` keeps it bit
+for bit), so experiments made with it stay reproducible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Difficulty presets, easiest first; ``classic`` is the original single recipe.
+DIFFICULTIES = ("classic", "easy", "medium", "hard")
+#: Case kinds: pre-operative (BraTS-like) and post-operative (MU-Glioma-Post-like).
+KINDS = ("pre", "post")
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class PhantomRanges:
+    """Ranges of the phantom family (defaults: the hard pre-operative preset).
+
+    Anatomy (factors on the classic recipe, :class:`~neumours.data.phantom_anatomy.BrainParams`):
+        brain_scale: per-axis brain radius factor (head size and shape).
+        surface: amplitude factor of the brain-surface perturbation.
+        fold: knot-spacing factor of the folding field (below 1: denser sulci).
+        sulcus_depth: sulcal depth factor.
+        ventricles: ventricle size factor (large = atrophy).
+
+    Lesions (pre-operative gliomas, and satellites in post-operative cases):
+        multifocal_share: share of cases with more than one lesion.
+        max_lesions: most lesions in a multifocal case.
+        whole_tumour: whole-tumour volume, a fraction of the brain volume (all lesions).
+        edema_reach: whole-tumour radius over tumour-core radius (1 = no edema beyond the core).
+        elongation: standard deviation of the log semi-axes (0 = a ball).
+        roughness: amplitude of the boundary perturbation (relative radius).
+        lobulation: radius over knot spacing of the boundary field (large = many small lobes).
+        cortical_share: share of lesions centred near the cortex instead of deep white matter.
+        necrosis_share: share of lesions with a necrotic centre (label 1).
+        enhancement_share: share of lesions with enhancing tumour (label 3); without it the
+            core is non-enhancing tumour, labelled 1 as in BraTS since 2021.
+        rim: enhancing-rim thickness over core radius, when necrotic.
+        open_rim_share: share of necrotic lesions whose rim is open on one side (necrosis
+            touching edema).
+        solid_label1: share of label-1 voxels that look like solid non-enhancing tumour
+            rather than fluid-like necrosis.
+
+    Post-operative site (``kind="post"``; label 0 except the tumour labels said):
+        cavity_ratio: resection-cavity radius over the resected core's radius.
+        corridor_share: share of cavities joined to the brain surface by a surgical corridor.
+        blood_share: share of cavities with T1-bright blood products on their wall.
+        cavity_flair: FLAIR level of the cavity fluid relative to white matter (suppressed
+            water to proteinaceous fluid).
+        residual_share: share of cavities with residual enhancing tumour on the wall.
+        residual_cover: share of the cavity wall that residual enhancement covers.
+        treatment_share: share of post-operative cases with unlabelled therapy-related
+            white-matter FLAIR hyperintensity around the ventricles.
+
+    Look-alikes (label 0):
+        vessels: number of enhancing vessels (bright on T1c, dark on T2).
+        wm_lesions: number of small FLAIR-bright white-matter lesions.
+
+    Acquisition (per case, per modality):
+        contrast_jitter: standard deviation of the log factor on each tissue's contrast to
+            white matter (signs are kept).
+        contrast_overlap: factor on every lesion tissue's contrast to white matter (low:
+            tumour and healthy tissue overlap).
+        texture: tissue-texture amplitude.
+        pv_sigma: partial-volume blur, voxels.
+        thick_slice_share: share of modalities acquired as thick slices (then resampled).
+        slice_thickness: slice thickness of those, voxels.
+        bias: standard deviation of the log bias field.
+        noise: Rician noise level relative to white matter.
+        wm_level: white-matter intensity (scale), drawn log-uniformly.
+        offset: constant added inside the brain, relative to white matter.
+        gamma: exponent of a monotone intensity mapping (1 = linear).
+    """
+
+    # anatomy
+    brain_scale: Range = (0.88, 1.04)
+    surface: Range = (0.6, 1.8)
+    fold: Range = (0.75, 1.35)
+    sulcus_depth: Range = (0.7, 1.5)
+    ventricles: Range = (0.7, 1.6)
+    # lesions
+    multifocal_share: float = 0.25
+    max_lesions: int = 3
+    whole_tumour: Range = (0.008, 0.16)
+    edema_reach: Range = (1.1, 2.6)
+    elongation: Range = (0.05, 0.35)
+    roughness: Range = (0.1, 0.45)
+    lobulation: Range = (1.2, 3.5)
+    cortical_share: float = 0.25
+    necrosis_share: float = 0.75
+    enhancement_share: float = 0.88
+    rim: Range = (0.12, 0.45)
+    open_rim_share: float = 0.35
+    solid_label1: Range = (0.0, 0.6)
+    # post-operative site
+    cavity_ratio: Range = (0.55, 1.05)
+    corridor_share: float = 0.8
+    blood_share: float = 0.5
+    cavity_flair: Range = (0.3, 1.3)
+    residual_share: float = 0.65
+    residual_cover: Range = (0.15, 0.8)
+    treatment_share: float = 0.4
+    # look-alikes
+    vessels: tuple[int, int] = (0, 8)
+    wm_lesions: tuple[int, int] = (0, 6)
+    # acquisition
+    contrast_jitter: float = 0.15
+    contrast_overlap: Range = (0.45, 1.0)
+    texture: Range = (0.01, 0.05)
+    pv_sigma: Range = (0.35, 1.0)
+    thick_slice_share: float = 0.4
+    slice_thickness: Range = (2.0, 5.0)
+    bias: Range = (0.03, 0.22)
+    noise: Range = (0.01, 0.08)
+    wm_level: Range = (100.0, 5000.0)
+    offset: Range = (0.0, 0.15)
+    gamma: Range = (0.8, 1.25)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                if len(value) != 2 or not value[0] <= value[1]:
+                    raise ValueError(f"{f.name} must be a range (lo, hi) with lo <= hi, got {value}")
+                if value[0] < 0:
+                    raise ValueError(f"{f.name} must not be negative, got {value}")
+            elif f.name.endswith("_share") and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{f.name} is a share and must lie in [0, 1], got {value}")
+        if self.max_lesions < 1:
+            raise ValueError(f"max_lesions must be at least 1, got {self.max_lesions}")
+        if self.edema_reach[0] < 1.0:
+            raise ValueError(f"edema_reach must be >= 1 (whole tumour contains the core), got {self.edema_reach}")
+        if self.whole_tumour[1] >= 0.5 or self.whole_tumour[0] <= 0:
+            raise ValueError(f"whole_tumour must lie in (0, 0.5) of the brain, got {self.whole_tumour}")
+        if self.wm_level[0] < 1:
+            raise ValueError(f"wm_level must be >= 1, got {self.wm_level}")
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self)}
+
+
+def _easy() -> PhantomRanges:
+    """One lesion of moderate size, clean acquisition, no look-alikes, no thick slices."""
+    return PhantomRanges(
+        brain_scale=(0.96, 1.02), surface=(0.9, 1.1), fold=(0.95, 1.05), sulcus_depth=(0.9, 1.1),
+        ventricles=(0.8, 1.3), multifocal_share=0.0, max_lesions=1, whole_tumour=(0.03, 0.12),
+        edema_reach=(1.3, 2.0), elongation=(0.1, 0.2), roughness=(0.15, 0.3), lobulation=(1.8, 2.4),
+        cortical_share=0.0, necrosis_share=0.75, enhancement_share=1.0, rim=(0.15, 0.3), open_rim_share=0.0,
+        solid_label1=(0.0, 0.1), residual_share=0.8, residual_cover=(0.4, 0.7), treatment_share=0.0,
+        vessels=(0, 0), wm_lesions=(0, 0), contrast_jitter=0.08, contrast_overlap=(0.9, 1.0),
+        texture=(0.01, 0.025), pv_sigma=(0.5, 0.6), thick_slice_share=0.0, bias=(0.04, 0.08),
+        noise=(0.015, 0.045), wm_level=(300.0, 3000.0), offset=(0.0, 0.0), gamma=(1.0, 1.0))
+
+
+def _medium() -> PhantomRanges:
+    """Half-way between easy and hard: some multifocal cases, mild look-alikes and artefacts."""
+    return PhantomRanges(
+        brain_scale=(0.92, 1.03), surface=(0.8, 1.4), fold=(0.85, 1.2), sulcus_depth=(0.8, 1.3),
+        ventricles=(0.75, 1.6), multifocal_share=0.12, max_lesions=2, whole_tumour=(0.015, 0.14),
+        edema_reach=(1.15, 2.3), elongation=(0.05, 0.28), roughness=(0.1, 0.38), lobulation=(1.4, 3.0),
+        cortical_share=0.15, necrosis_share=0.75, enhancement_share=0.94, rim=(0.12, 0.4), open_rim_share=0.2,
+        solid_label1=(0.0, 0.4), residual_share=0.7, residual_cover=(0.25, 0.75), treatment_share=0.2,
+        vessels=(0, 4), wm_lesions=(0, 3), contrast_jitter=0.12, contrast_overlap=(0.65, 1.0),
+        texture=(0.01, 0.035), pv_sigma=(0.4, 0.8), thick_slice_share=0.2, slice_thickness=(2.0, 4.0),
+        bias=(0.03, 0.15), noise=(0.012, 0.06), wm_level=(150.0, 4000.0), offset=(0.0, 0.08), gamma=(0.9, 1.12))
+
+
+# Post-operative differences (MU-Glioma-Post: 59.4 % of timepoints have no necrotic core, enhancement
+# is often residual or absent): applied on top of each difficulty's pre-operative ranges.
+_POST = {"easy": {"necrosis_share": 0.5, "enhancement_share": 0.8},
+         "medium": {"necrosis_share": 0.5, "enhancement_share": 0.7},
+         "hard": {"necrosis_share": 0.5, "enhancement_share": 0.65}}
+
+
+def phantom_ranges(difficulty: str = "hard", kind: str = "pre") -> PhantomRanges:
+    """The preset ranges of a difficulty (``easy``, ``medium``, ``hard``) and kind (``pre``, ``post``).
+
+    Raises:
+        ValueError: an unknown difficulty or kind, or ``"classic"`` (a recipe, not ranges).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    presets = {"easy": _easy, "medium": _medium, "hard": PhantomRanges}
+    if difficulty not in presets:
+        raise ValueError(f"difficulty must be one of {', '.join(p for p in presets)} for ranges "
+                         f"(classic is the original single recipe), got {difficulty!r}")
+    ranges = presets[difficulty]()
+    return dataclasses.replace(ranges, **_POST[difficulty]) if kind == "post" else ranges
+
+
+def ranges_from_dict(data: dict, base: PhantomRanges, source: str = "ranges") -> PhantomRanges:
+    """``base`` with the keys of ``data`` replaced (lists become ranges).
+
+    Raises:
+        ValueError: an unknown key or a bad value, naming ``source``.
+    """
+    known = {f.name for f in dataclasses.fields(PhantomRanges)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{source}: unknown phantom range(s): {', '.join(sorted(unknown))}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    try:
+        return dataclasses.replace(base, **values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def load_ranges(path: str | Path, base: PhantomRanges) -> PhantomRanges:
+    """Ranges from a TOML file: its keys (or those of its ``[ranges]`` table, as in a dataset's
+    ``synth.toml``) override ``base``.
+
+    Raises:
+        ValueError: the file is missing, not TOML, or holds unknown keys or bad values.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: ranges file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a valid TOML file ({exc})") from None
+    if isinstance(data.get("ranges"), dict):  # a synth.toml record: its [ranges] table
+        data = data["ranges"]
+    return ranges_from_dict(data, base, source=str(path))
+
+
+def toml_value(value) -> str:
+    """A TOML literal for a bool, number, string or list of them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(float(value)) if isinstance(value, float) else repr(int(value))
