@@ -6,7 +6,7 @@ explicitly; it is not re-exported here.
 
 from __future__ import annotations
 
-from neumours.data.case import Case, load_case, save_label
+from neumours.data.case import Case, CaseFailure, check_case, check_cases, load_case, save_label
 from neumours.data.layouts import MODALITIES, CaseRef, list_cases
 from neumours.data.nifti import read_nifti
 from neumours.data.normalise import brain_mask, normalise
@@ -14,9 +14,12 @@ from neumours.data.split import kfold, split_cases
 
 __all__ = [
     "Case",
+    "CaseFailure",
     "CaseRef",
     "MODALITIES",
     "brain_mask",
+    "check_case",
+    "check_cases",
     "kfold",
     "list_cases",
     "load_case",
