@@ -1,7 +1,8 @@
 """The ``neumours`` command: the parser, the shared options and the dispatch.
 
 Errors meant for the user (bad data, unavailable device, wrong checkpoint)
-print one line ``neumours: error: ...`` and exit with status 2.
+print one line ``neumours: error: ...`` and exit with status 2. A
+``--keep-going`` run whose bad cases were skipped prints a table of them first.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import sys
 
 from neumours.cli.options import HelpFormatter
-from neumours.errors import NeumoursError
+from neumours.errors import CasesFailedError, NeumoursError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except NeumoursError as exc:
+        if isinstance(exc, CasesFailedError):  # --keep-going: which cases failed, then the one line
+            print(exc.table(), file=sys.stderr)
         print(f"neumours: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
