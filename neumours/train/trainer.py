@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from neumours.atomic import make_folder
 from neumours.data import check_cases, list_cases, load_case, normalise, split_cases
-from neumours.device import empty_buffer, get_device
+from neumours.device import empty_buffer, get_device, recording
 from neumours.errors import NeumoursDataError, NeumoursError
 from neumours.model.checkpoint import load_checkpoint, save_checkpoint
 from neumours.train import checkpoints
@@ -133,16 +133,19 @@ class Trainer:
         set_learning_rate(self.optimizers, lr)
         self.inr.bridge.zero_grads()
         self.loss.reset()
-        for mb in range(m):
+        for mb in range(m):  # each micro-batch's points in its own buffers, all uploaded first
             positions, case_ids, labels = self._inputs[mb]
             p, c, y = self.sampler.sample(self.pool.cases, n)
             positions.copy_from_numpy(p)
             case_ids.copy_from_numpy(c)
             labels.copy_from_numpy(y)
-            gather_inputs(cfg.network, self.pool_volumes, positions, case_ids, n, self._coords, self._patches)
-            self.inr.forward_device(self._coords, self._patches, n, self._logits, self._workspace)
-            self.loss.backward(self._logits, labels, n, self._grad_logits, mb, scale=1.0 / m)
-            self.inr.backward_device(self._coords, self._patches, n, self._grad_logits, self._workspace)
+        with recording(self.device):  # the step's ~80 kernels in one submission
+            for mb in range(m):
+                positions, case_ids, labels = self._inputs[mb]
+                gather_inputs(cfg.network, self.pool_volumes, positions, case_ids, n, self._coords, self._patches)
+                self.inr.forward_device(self._coords, self._patches, n, self._logits, self._workspace)
+                self.loss.backward(self._logits, labels, n, self._grad_logits, mb, scale=1.0 / m)
+                self.inr.backward_device(self._coords, self._patches, n, self._grad_logits, self._workspace)
         self.inr.bridge.pull_grads()
         params = self.inr.bridge.torch_parameters()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.clip_norm))
@@ -248,7 +251,7 @@ class Trainer:
         if not (self.run_dir / "config.toml").is_file():
             raise NeumoursError(f"{self.run_dir}: cannot resume, config.toml is missing")
         saved = load_toml(self.run_dir / "config.toml", TrainConfig())
-        if saved.network != self.config.network:
+        if saved.network.architecture() != self.config.network.architecture():
             raise NeumoursError(f"{self.run_dir}: cannot resume, the run's network differs from this configuration")
         state, _, _ = load_checkpoint(checkpoint.weights, expected_config=self.config.network)
         self.inr.load_state_dict(state)
