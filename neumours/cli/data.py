@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_quiet_option
+from neumours.cli.options import add_command, add_force_geometry_option, add_quiet_option
 from neumours.errors import NeumoursError
 
 #: Smallest phantom edge (voxels) the generator supports.
@@ -20,10 +20,13 @@ def parse_shape(values: list[int]) -> tuple[int, int, int]:
 
 def cmd_synth(args) -> None:
     from neumours.data.phantom import write_dataset
+    from neumours.outputs import check_output_folder
 
     if args.cases < 1:
         raise NeumoursError(f"--cases must be at least 1, got {args.cases}")
-    paths = write_dataset(args.out, args.cases, shape=parse_shape(args.shape), seed=args.seed,
+    shape = parse_shape(args.shape)
+    check_output_folder(args.out, "output folder (--out)")
+    paths = write_dataset(args.out, args.cases, shape=shape, seed=args.seed,
                           progress=not args.quiet)
     print(f"wrote {len(paths)} phantom case(s) to {args.out}")
 
@@ -33,7 +36,7 @@ def cmd_inspect(args) -> None:
     from neumours.summary import case_summary, format_case_summary
 
     for ref in list_cases(args.case):
-        print(format_case_summary(case_summary(load_case(ref))))
+        print(format_case_summary(case_summary(load_case(ref, force_geometry=args.force_geometry))))
 
 
 def add_parsers(sub) -> None:
@@ -53,4 +56,5 @@ def add_parsers(sub) -> None:
                     "region (NCR, ED, ET, TC, WT).")
     p.add_argument("case", type=Path, help="a case folder, or a folder of cases (BraTS, MU-Glioma-Post or nnU-Net "
                                            "layout)")
+    add_force_geometry_option(p)
     p.set_defaults(func=cmd_inspect)

@@ -57,7 +57,7 @@ def super_resolution_shape(shape: Sequence[int], scale: float) -> tuple[int, int
 
 
 def grid_problem(grid: Sequence[int], num_classes: int, probs: bool = False, host_bytes: int | None = None,
-                 device_bytes: int | None = None) -> str | None:
+                 device_bytes: int | None = None, shared: bool = False) -> str | None:
     """Why a label grid cannot be computed, or None when it fits.
 
     Limits, all known before any work: 32-bit indices (``num_classes`` x voxels
@@ -65,17 +65,19 @@ def grid_problem(grid: Sequence[int], num_classes: int, probs: bool = False, hos
     (:data:`MAX_BUFFER_BYTES`: the uint32 labels, and the float32 probabilities
     with ``probs``), and the memory left (``device_bytes`` for the device's
     buffers; ``host_bytes`` for the downloaded labels, probabilities and the
-    NIfTI encoding of them; None: not checked).
+    NIfTI encoding of them; None: not checked). ``shared``: the device's buffers
+    live in host memory (slangpy's CPU device), so both needs count against ``host_bytes``.
+    The phrase returned completes "the GxGxG grid ...".
     """
     total = math.prod(int(g) for g in grid)
     if num_classes * total >= 2**32:
-        return "too many voxels for 32-bit indices"
+        return "has too many voxels for the kernels' 32-bit indices"
     if 4 * total > MAX_BUFFER_BYTES:
-        return "the label buffer would exceed the 2 GiB device buffer limit"
+        return "needs a label buffer over the 2 GiB device buffer limit"
     if probs and 4 * num_classes * total > MAX_BUFFER_BYTES:
-        return "the probability buffer would exceed the 2 GiB device buffer limit"
+        return "needs a probability buffer over the 2 GiB device buffer limit"
     on_device = 4 * total * (1 + (num_classes if probs else 0))
-    on_host = total * (4 + 1 + 1) + (3 * 4 * num_classes * total if probs else 0)
+    on_host = total * (4 + 1 + 1) + (3 * 4 * num_classes * total if probs else 0) + (on_device if shared else 0)
     if device_bytes is not None and on_device > device_bytes:
         return f"needs {on_device / 2**30:.1f} GiB of device memory, {device_bytes / 2**30:.1f} GiB free"
     if host_bytes is not None and on_host > host_bytes:
@@ -84,11 +86,12 @@ def grid_problem(grid: Sequence[int], num_classes: int, probs: bool = False, hos
 
 
 def largest_scale(shape: Sequence[int], num_classes: int, probs: bool = False, host_bytes: int | None = None,
-                  device_bytes: int | None = None) -> float | None:
+                  device_bytes: int | None = None, shared: bool = False) -> float | None:
     """The largest ``scale`` (to 0.01) whose grid :func:`grid_problem` accepts, or None (not even 1)."""
 
     def fits(scale: float) -> bool:
-        return grid_problem(super_resolution_shape(shape, scale), num_classes, probs, host_bytes, device_bytes) is None
+        grid = super_resolution_shape(shape, scale)
+        return grid_problem(grid, num_classes, probs, host_bytes, device_bytes, shared) is None
 
     if not fits(1.0):
         return None

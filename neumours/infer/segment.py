@@ -331,10 +331,11 @@ def check_scale(shape, scale: float, num_classes: int, probs: bool, device: spy.
     except ValueError as exc:
         raise NeumoursError(f"--scale: {exc}") from None
     host, dev = host_available_bytes(), device_available_bytes(device)
-    problem = grid_problem(grid, num_classes, probs, host, dev)
+    shared = device is not None and device.info.type == spy.DeviceType.cpu
+    problem = grid_problem(grid, num_classes, probs, host, dev, shared)
     if problem is None:
         return
-    best = largest_scale(shape, num_classes, probs, host, dev)
+    best = largest_scale(shape, num_classes, probs, host, dev, shared)
     fits = f"the largest that fits is --scale {best:g}" if best is not None else "not even --scale 1 fits"
     where = f"{what}: " if what else ""
     raise NeumoursError(f"{where}--scale {scale:g}: the {'x'.join(map(str, grid))} grid "
