@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from neumours.cli.options import HelpFormatter
 from neumours.errors import CasesFailedError, NeumoursError
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # nibabel warns about headers it guesses around ("Extension size is not a multiple of 16 bytes"); the
+    # readers report every problem they refuse in one line, so on the command line those would be noise.
+    warnings.filterwarnings("ignore", module=r"nibabel(\.|$)")
     try:
         args.func(args)
     except NeumoursError as exc:

@@ -83,7 +83,8 @@ def _check_same_grid(
             path, f"shape {shape} disagrees with {ref_path.name} shape {ref_shape} (volumes must be co-registered)"
         )
     if not _affines_agree(affine, ref_affine):
-        diff = float(np.max(np.abs(np.asarray(affine) - np.asarray(ref_affine))))
+        with np.errstate(all="ignore"):  # a forced, non-finite affine: the difference is NaN or Inf
+            diff = float(np.max(np.abs(np.asarray(affine) - np.asarray(ref_affine))))
         raise NeumoursDataError(
             path,
             f"affine disagrees with {ref_path.name} (largest difference {diff:.4g}; "
