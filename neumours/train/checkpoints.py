@@ -78,6 +78,14 @@ def resumable(run_dir: str | os.PathLike) -> bool:
     return (run_dir / MANIFEST).is_file() or ((run_dir / LAST).is_file() and (run_dir / LEGACY_STATE).is_file())
 
 
+def never_committed(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` is a run stopped before its first checkpoint: ``config.toml`` and no checkpoint
+    files of either format (``--resume`` then starts it again from step 0)."""
+    run_dir = Path(run_dir)
+    return (run_dir / "config.toml").is_file() and not any((run_dir / n).exists() for n in (MANIFEST, LAST,
+                                                                                            LEGACY_STATE))
+
+
 def remove_run(run_dir: str | os.PathLike) -> None:
     """Delete a run's own files from ``run_dir`` (``train --overwrite``); other files are left alone."""
     run_dir = Path(run_dir)
@@ -286,5 +294,5 @@ def commit(run_dir: str | os.PathLike, step: int, save_weights, state: dict, met
     return manifest
 
 
-__all__ = ["BEST", "LAST", "MANIFEST", "Checkpoint", "commit", "is_run", "load", "recover", "remove_run",
-           "resumable"]
+__all__ = ["BEST", "LAST", "MANIFEST", "Checkpoint", "commit", "is_run", "load", "never_committed", "recover",
+           "remove_run", "resumable"]

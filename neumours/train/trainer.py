@@ -12,9 +12,10 @@ and the checkpoint that ``--resume`` continues from: ``checkpoint.json`` and
 rows of one step, committed as one unit: :mod:`neumours.train.checkpoints`).
 A checkpoint is committed at every validation step (after its row is
 recorded) and at the end; ``kill -9`` at any moment leaves a run that resumes
-from the last commit, and the resumed run's weights are bit-identical to an
-uninterrupted run's (on the CPU device; see docs/reliability.md). Ctrl-C
-stops after the current step and commits a checkpoint there.
+from the last commit (killed before the first one, it starts again from step
+0), and the resumed run's weights are bit-identical to an uninterrupted
+run's (on the CPU device; see docs/reliability.md). Ctrl-C stops after the
+current step and commits a checkpoint there.
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ class Trainer:
         resumed = None
         if resume:
             checkpoints.recover(self.run_dir)
-            resumed = checkpoints.load(self.run_dir)  # verified before anything is built
+            # A run stopped before its first checkpoint holds only config.toml: it starts again from step 0
+            # (runs are deterministic in their seed, so that is the run it would have been).
+            if not checkpoints.never_committed(self.run_dir):
+                resumed = checkpoints.load(self.run_dir)  # verified before anything is built
         self.device = device or get_device()
         refs, failures = check_cases(list_cases(data), force_geometry=force_geometry, need_label=True,
                                      keep_going=keep_going)
@@ -116,9 +120,9 @@ class Trainer:
         self.committed_step: int | None = None
         self.rows: list[dict] = []
         self._stop_requested = False
-        if resume:
+        if resumed is not None:
             self._resume(resumed)
-        else:
+        elif not resume:
             if overwrite:
                 checkpoints.remove_run(self.run_dir)
             make_folder(self.run_dir)
