@@ -64,15 +64,15 @@ def _check_folder(target: Path, folder: Path, what: str) -> None:
     existing = _first_existing(resolved)
     if not existing.is_dir():
         raise NeumoursError(f"{target}: {what} cannot be created: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise NeumoursError(f"{target}: {what} is not writable ({existing} does not allow writing)")
     try:
         stats = os.statvfs(existing)
     except OSError:
-        return
-    if stats.f_flag & os.ST_RDONLY:
+        stats = None
+    if stats is not None and stats.f_flag & os.ST_RDONLY:  # before the permission check, which it also fails
         raise NeumoursError(f"{target}: {what} is on a read-only file system ({existing})")
-    if stats.f_bavail == 0:
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NeumoursError(f"{target}: {what} is not writable ({existing} does not allow writing)")
+    if stats is not None and stats.f_bavail == 0:
         raise NeumoursError(f"{target}: no space left on the device holding {existing}")
 
 
