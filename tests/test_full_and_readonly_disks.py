@@ -107,3 +107,19 @@ def test_read_only_file_system_is_refused_before_any_work(read_only, inputs, cap
                  ["train", "--data", case.parent, "--out", read_only / "run", "--preset", "tiny"]):
         err = fail(args, capsys)
         assert "read-only file system" in err and str(read_only) in err
+
+
+def test_disk_filling_up_during_training_keeps_the_last_checkpoint(small_disk, tmp_path, capsys):
+    from neumours.atomic import is_temporary
+    from neumours.train import checkpoints
+
+    data = write_dataset(tmp_path / "data", 3, shape=(24, 24, 16), seed=2, progress=False)[0].parent
+    run = small_disk / "run"
+    capsys.readouterr()
+    assert main([str(a) for a in ["train", "--data", data, "--out", run, "--preset", "tiny", "--steps", "6",
+                                  "--val-every", "2", "--device", "cpu"]]) == 2
+    err = capsys.readouterr().err.split("\r")[-1].split("\n")  # after the progress bar: the one line
+    assert err[-1] == "" and err[-2].startswith("neumours: error: ") and "Traceback" not in "".join(err)
+    assert "no space left" in err[-2] and ".tmp" not in err[-2]
+    assert not [p for p in run.rglob("*") if is_temporary(p.name)]
+    assert checkpoints.load(run).step % 2 == 0  # an earlier checkpoint, complete and verified

@@ -275,6 +275,9 @@ def commit(run_dir: str | os.PathLike, step: int, save_weights, state: dict, met
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(final, exc) from None
+    except NeumoursError as exc:  # a file of the folder failed: name it where it was going, not its temporary
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise NeumoursError(str(exc).replace(str(tmp), str(final))) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
