@@ -191,15 +191,34 @@ def test_segment_out_must_be_nifti_or_folder(world, capsys, tmp_path):
 
 # --- row 5: a folder whose last case is bad -----------------------------------------------------------------
 
-@pytest.mark.parametrize("probs", [False, True])
-def test_folder_with_a_bad_last_case_writes_nothing(world, capsys, tmp_path, probs):
-    out = tmp_path / "segs"
-    args = ["segment", world["mixed"], "--checkpoint", world["ckpt"], "--out", out, "--device", "cpu", "--quiet"]
-    if probs:
-        args += ["--probs", tmp_path / "probs"]
+@pytest.mark.parametrize("command", ["segment", "segment --probs", "evaluate", "train"])
+def test_folder_with_a_bad_last_case_writes_nothing(world, capsys, tmp_path, command):
+    out = tmp_path / "out"
+    args = {
+        "segment": ["segment", world["mixed"], "--checkpoint", world["ckpt"], "--out", out, "--device", "cpu",
+                    "--quiet"],
+        "segment --probs": ["segment", world["mixed"], "--checkpoint", world["ckpt"], "--out", out, "--probs",
+                            tmp_path / "probs", "--device", "cpu", "--quiet"],
+        "evaluate": ["evaluate", "--checkpoint", world["ckpt"], "--data", world["mixed"], "--split", "all", "--out",
+                     out, "--device", "cpu", "--quiet"],
+        "train": ["train", "--data", world["mixed"], "--out", out, "--preset", "tiny", "--steps", "1",
+                  "--device", "cpu"],
+    }[command]
     bad = sorted(world["mixed"].iterdir())[-1].name
     expect_one_line(args, capsys, world, [bad, "singular"], extra_roots=[tmp_path])
     assert not any(tmp_path.iterdir())
+
+
+def test_train_with_keep_going_trains_on_the_good_cases_and_lists_the_bad(world, capsys, tmp_path):
+    cases = sorted(world["mixed"].iterdir())
+    code = main([str(a) for a in ["train", "--data", world["mixed"], "--out", tmp_path / "run", "--preset", "tiny",
+                                  "--steps", "2", "--val-every", "2", "--keep-going", "--device", "cpu"]])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert (tmp_path / "run" / "checkpoint.json").is_file()
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("neumours: error: ") and "1 case(s) were left out" in last, err
+    assert cases[-1].name in err and "singular" in err
 
 
 def test_folder_with_keep_going_writes_the_good_cases_and_lists_the_bad(world, capsys, tmp_path):
