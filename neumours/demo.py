@@ -36,6 +36,9 @@ def run_demo(out_dir="neumours-demo", device=None, cases: int | None = None, sha
     from neumours.train.config import preset
     from neumours.train.trainer import train
 
+    from neumours.outputs import check_output_folder
+
+    check_output_folder(out_dir, "demo folder")
     device = device or get_device()
     cpu = device.info.type == spy.DeviceType.cpu
     plan_cases, plan_shape, plan_preset, plan_steps = CPU_PLAN if cpu else GPU_PLAN
@@ -46,7 +49,8 @@ def run_demo(out_dir="neumours-demo", device=None, cases: int | None = None, sha
     config = preset(plan_preset)
     config = dataclasses.replace(config, schedule=dataclasses.replace(
         config.schedule, steps=steps or plan_steps, val_every=max(1, (steps or plan_steps) // 5), seed=seed))
-    summary = train(data, out / "run", config, device, progress=progress)
+    # The demo owns out/: a second demo into the same folder replaces the first one's run.
+    summary = train(data, out / "run", config, device, progress=progress, overwrite=True)
     checkpoint = out / "run" / "best.safetensors"
 
     rows = []  # the first three validation cases, for the figure, from the evaluation's own pass

@@ -23,3 +23,23 @@ class NeumoursDataError(NeumoursError):
 
 class DeviceUnavailableError(NeumoursError):
     """The requested compute device (cuda, vulkan, metal, cpu) cannot be created."""
+
+
+class CasesFailedError(NeumoursError):
+    """Some cases of a ``--keep-going`` run failed; the others were processed.
+
+    ``failures`` holds ``(case id, error line)`` pairs; :meth:`table` is what the
+    CLI prints (on stderr, before the one error line) so the user sees which
+    cases to fix.
+    """
+
+    def __init__(self, message: str, failures):
+        self.failures = [(str(case_id), str(error)) for case_id, error in failures]
+        super().__init__(message)
+
+    def table(self) -> str:
+        """A plain-text table: case | error, one row per failed case."""
+        width = max([len("case")] + [len(c) for c, _ in self.failures])
+        rows = [f"{'case':<{width}}  error", f"{'-' * width}  -----"]
+        rows += [f"{case_id:<{width}}  {error}" for case_id, error in self.failures]
+        return "\n".join(rows)

@@ -12,6 +12,7 @@ created by the check itself.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -19,6 +20,32 @@ from neumours.errors import NeumoursError
 
 #: File systems whose files are not data (writes there are refused up front).
 _VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")
+
+#: What an errno means to someone writing a file (the rest use the system's own words).
+_WRITE_PROBLEMS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOTDIR: "part of the path is a file, not a folder",
+    errno.EEXIST: "part of the path exists as a file where a folder is needed",
+    errno.EISDIR: "is a folder, not a file",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENAMETOOLONG: "the file name is too long",
+    errno.ENOENT: "a folder on the path does not exist and cannot be created",
+    errno.EIO: "input/output error on the device",
+}
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> NeumoursError:
+    """The one-line error for an ``OSError`` raised while writing ``path`` (to be raised ``from None``).
+
+    ENOSPC, EROFS, ENOTDIR, EEXIST and the like that only show up during the
+    write (after :func:`check_output_file` passed: the disk filled up meanwhile,
+    a file system went read-only) are reported the same way as the up-front checks.
+    """
+    problem = _WRITE_PROBLEMS.get(exc.errno) or exc.strerror or str(exc)
+    return NeumoursError(f"{path}: cannot write ({problem})")
 
 
 def _first_existing(path: Path) -> Path:
@@ -37,15 +64,15 @@ def _check_folder(target: Path, folder: Path, what: str) -> None:
     existing = _first_existing(resolved)
     if not existing.is_dir():
         raise NeumoursError(f"{target}: {what} cannot be created: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise NeumoursError(f"{target}: {what} is not writable ({existing} does not allow writing)")
     try:
         stats = os.statvfs(existing)
     except OSError:
-        return
-    if stats.f_flag & os.ST_RDONLY:
+        stats = None
+    if stats is not None and stats.f_flag & os.ST_RDONLY:  # before the permission check, which it also fails
         raise NeumoursError(f"{target}: {what} is on a read-only file system ({existing})")
-    if stats.f_bavail == 0:
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NeumoursError(f"{target}: {what} is not writable ({existing} does not allow writing)")
+    if stats is not None and stats.f_bavail == 0:
         raise NeumoursError(f"{target}: no space left on the device holding {existing}")
 
 

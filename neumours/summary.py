@@ -9,8 +9,18 @@ from neumours.data import MODALITIES, brain_mask
 from neumours.regions import REGIONS, region_volumes_ml
 
 
+def orientation(affine) -> str:
+    """Axis codes of an affine (e.g. ``"RAS"``), or ``"unknown"`` where the affine gives none."""
+    try:
+        codes = nib.aff2axcodes(affine)
+    except Exception:  # noqa: BLE001 - nibabel raises LinAlgError/ValueError for degenerate affines
+        return "unknown"
+    return "".join(codes) if all(isinstance(c, str) for c in codes) else "unknown"
+
+
 def case_summary(case) -> dict:
-    """Facts about a loaded case: shapes, spacing, orientation, intensities, region volumes (mL)."""
+    """Facts about a loaded case: shapes, spacing (the checked geometry's), orientation, intensities,
+    region volumes (mL)."""
     mask = brain_mask(case.images)
     intensities = {}
     for name, image in zip(MODALITIES, case.images):
@@ -20,7 +30,8 @@ def case_summary(case) -> dict:
         "case_id": case.case_id,
         "shape": tuple(int(s) for s in case.images.shape[1:]),
         "spacing": tuple(float(s) for s in case.spacing),
-        "orientation": "".join(nib.aff2axcodes(case.affine)),
+        "orientation": orientation(case.affine),
+        "geometry_problem": getattr(case, "geometry_problem", None),
         "brain_ml": float(mask.sum()) * float(np.prod(case.spacing)) / 1000.0,
         "intensities": intensities,
         "volumes_ml": region_volumes_ml(case.label, case.spacing) if case.label is not None else None,
@@ -34,6 +45,10 @@ def format_case_summary(summary: dict) -> str:
         f"case {summary['case_id']}",
         f"  shape {'x'.join(map(str, summary['shape']))}  spacing {sx:g} x {sy:g} x {sz:g} mm"
         f"  orientation {summary['orientation']}  affines agree across modalities",
+    ]
+    if summary.get("geometry_problem"):
+        lines.append(f"  geometry NOT checked (--force-geometry): {summary['geometry_problem']}")
+    lines += [
         f"  brain {summary['brain_ml']:.1f} mL",
         "  intensity (brain voxels) min / median / max:",
     ]

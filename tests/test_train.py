@@ -93,7 +93,7 @@ def test_short_run_learns_and_writes_run(cpu_device, dataset, tmp_path):
     assert summary["steps"] == 100
     assert np.mean([r["loss"] for r in rows[-2:]]) < first["loss"]
     assert rows[-1]["val_dice_mean"] > before.mean()
-    for name in ("config.toml", "metrics.csv", "last.safetensors", "best.safetensors", "last.state.pt"):
+    for name in ("config.toml", "metrics.csv", "last.safetensors", "best.safetensors", "checkpoint.json"):
         assert (tmp_path / "run" / name).is_file(), name
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_quiet_option
+from neumours.cli.options import add_command, add_force_geometry_option, add_quiet_option
 from neumours.data.phantom_ranges import DIFFICULTIES, KINDS
 from neumours.errors import NeumoursError
 
@@ -38,7 +38,7 @@ def cmd_synth(args) -> None:
             ranges = load_ranges(args.ranges, phantom_ranges(args.difficulty, args.kind))
         except ValueError as exc:
             raise NeumoursError(str(exc)) from None
-    check_output_folder(args.out, "dataset folder")
+    check_output_folder(args.out, "output folder (--out)")
     if args.preview is not None:
         check_output_file(args.preview, "preview image")
     shown = []
@@ -66,7 +66,7 @@ def cmd_inspect(args) -> None:
     from neumours.summary import case_summary, format_case_summary
 
     for ref in list_cases(args.case):
-        print(format_case_summary(case_summary(load_case(ref))))
+        print(format_case_summary(case_summary(load_case(ref, force_geometry=args.force_geometry))))
 
 
 def add_parsers(sub) -> None:
@@ -99,4 +99,5 @@ def add_parsers(sub) -> None:
                     "region (NCR, ED, ET, TC, WT).")
     p.add_argument("case", type=Path, help="a case folder, or a folder of cases (BraTS, MU-Glioma-Post or nnU-Net "
                                            "layout)")
+    add_force_geometry_option(p)
     p.set_defaults(func=cmd_inspect)

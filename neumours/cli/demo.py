@@ -18,6 +18,9 @@ def cmd_demo(args) -> None:
         raise NeumoursError(f"--cases must be at least 2 (training and validation), got {args.cases}")
     if args.steps is not None and args.steps < 1:
         raise NeumoursError(f"--steps must be at least 1, got {args.steps}")
+    from neumours.outputs import check_output_folder
+
+    check_output_folder(args.out, "output folder (--out)")
     result = run_demo(args.out, device=get_device(args.device), cases=args.cases,
                       shape=parse_shape(args.shape) if args.shape else None, steps=args.steps, seed=args.seed)
     print(format_demo_report(result))
@@ -28,7 +31,8 @@ def add_parsers(sub) -> None:
                     "Synthesise phantom cases, train the INR (the tiny preset on the CPU, the paper's network "
                     "on a GPU), segment the validation cases raw and denoised, print the Table III analogue and "
                     "write figures.")
-    p.add_argument("--out", type=Path, default=Path("neumours-demo"), help="output folder")
+    p.add_argument("--out", type=Path, default=Path("neumours-demo"),
+                   help="output folder (an earlier demo's results in it are replaced)")
     (cpu_cases, cpu_shape, _, cpu_steps), (gpu_cases, gpu_shape, _, gpu_steps) = CPU_PLAN, GPU_PLAN
     p.add_argument("--cases", type=int, help=f"number of phantom cases (default: CPU {cpu_cases}, GPU {gpu_cases})")
     p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),

@@ -1,16 +1,18 @@
 """The ``neumours`` command: the parser, the shared options and the dispatch.
 
 Errors meant for the user (bad data, unavailable device, wrong checkpoint)
-print one line ``neumours: error: ...`` and exit with status 2.
+print one line ``neumours: error: ...`` and exit with status 2. A
+``--keep-going`` run whose bad cases were skipped prints a table of them first.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from neumours.cli.options import HelpFormatter
-from neumours.errors import NeumoursError
+from neumours.errors import CasesFailedError, NeumoursError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,9 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # nibabel warns about headers it guesses around ("Extension size is not a multiple of 16 bytes"); the
+    # readers report every problem they refuse in one line, so on the command line those would be noise.
+    warnings.filterwarnings("ignore", module=r"nibabel(\.|$)")
     try:
         args.func(args)
     except NeumoursError as exc:
+        if isinstance(exc, CasesFailedError):  # --keep-going: which cases failed, then the one line
+            print(exc.table(), file=sys.stderr)
         print(f"neumours: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

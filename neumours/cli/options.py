@@ -45,3 +45,17 @@ def add_precision_option(parser: argparse.ArgumentParser) -> None:
 
 def add_quiet_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_force_geometry_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force-geometry", action="store_true",
+                        help="load NIfTI files whose geometry fails the checks (singular or non-finite affine, zero, "
+                             "negative or non-finite voxel spacing, a shear): outputs keep the input's header; where "
+                             "no voxel size is usable 1 mm is assumed, so mL, mm and HD95 figures may be meaningless")
+
+
+def add_keep_going_option(parser: argparse.ArgumentParser, done: str) -> None:
+    parser.add_argument("--keep-going", action="store_true",
+                        help=f"without it, every case's headers are checked before anything is written and the first "
+                             f"bad case stops the run; with it, bad cases are skipped, the others {done}, and a "
+                             f"table of the failed cases ends the run (exit status 2)")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from neumours.cli.options import add_command, add_device_option, add_precision_option
+from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option,
+                                  add_precision_option)
 from neumours.errors import NeumoursError
 
 DESCRIPTION = """\
@@ -24,12 +26,19 @@ Targets, one of:
                             of 0 (not tumour), 1 (tumour), 255 (don't care)
 
 Writes the refined checkpoint and, beside it, a .json report: loss and seconds
-per step and, when the case has labels, Dice per region before and after."""
+per step and, when the case has labels, Dice per region before and after. The
+two are written together (both or neither); the report holds the checkpoint's
+SHA-256, so a report can always be matched to its checkpoint."""
 
 EPILOG = """\
 Gradient paths (--path): cache renders the cached class-probability volume
 (cost set by the voxels, whatever the views); direct evaluates the INR at the
 ray samples (cost set by pixels x samples per ray: small or masked views)."""
+
+
+def report_path(checkpoint: str | Path) -> Path:
+    """The .json report beside a refined checkpoint."""
+    return Path(checkpoint).with_suffix(".json")
 
 
 def _load_targets(path: Path, shape, spacing):
@@ -82,7 +91,7 @@ def refine_command(args) -> None:
     from neumours.device import get_device
     from neumours.eval.metrics import region_scores
     from neumours.infer.cache import VolumeCache
-    from neumours.model.checkpoint import load_checkpoint, save_checkpoint
+    from neumours.model.checkpoint import checkpoint_bytes, load_checkpoint
     from neumours.model.inputs import CaseVolumes
     from neumours.model.inr import INR
     from neumours.cli.render import parse_size
@@ -99,12 +108,15 @@ def refine_command(args) -> None:
         raise NeumoursError("--steps and --views must be at least 1 and --lr > 0")
     if not str(args.out).endswith(".safetensors"):
         raise NeumoursError(f"{args.out}: the refined checkpoint must end in .safetensors")
+    from neumours.outputs import check_output_file
+
+    check_output_file(args.out, "refined checkpoint (--out)")
     size = parse_size(args.size)
     state, config, metadata = load_checkpoint(args.checkpoint)
-    case = load_case(args.case)
+    case = load_case(args.case, force_geometry=args.force_geometry)
     corrected, from_masks = None, args.masks
     if args.from_labels is not None:
-        corrected, _ = read_label_volume(args.from_labels)
+        corrected, _ = read_label_volume(args.from_labels, force_geometry=args.force_geometry)
         if corrected.shape != case.shape:
             raise NeumoursError(f"{args.from_labels}: label shape {corrected.shape} does not match case "
                                 f"{case.case_id} shape {case.shape}")
@@ -124,7 +136,7 @@ def refine_command(args) -> None:
             targets, weights = render_label_views(device, corrected, case.spacing, cameras, settings), None
     anchor = None
     if args.anchor_data is not None:
-        others = [load_case(r) for r in list_cases(args.anchor_data)[:4]]
+        others = [load_case(r, force_geometry=args.force_geometry) for r in list_cases(args.anchor_data)[:4]]
         anchor = Anchor(inr, CaseVolumes.upload(device, [normalise(c.images) for c in others]),
                         weight=args.anchor_weight)
 
@@ -137,13 +149,15 @@ def refine_command(args) -> None:
         raise NeumoursError(f"{args.case}: cannot refine ({exc})") from None
     after = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
     metadata = dict(metadata, refined_from=str(args.checkpoint), refined_on=case.case_id, refine_steps=str(args.steps))
-    save_checkpoint(args.out, inr.state_dict(), config, metadata)
+    weights = checkpoint_bytes(inr.state_dict(), config, metadata, args.out)
     report = {"case": case.case_id, "views": len(cameras), "path": args.path,
-              "targets": "masks" if from_masks else "images", "steps": rows, "dice_before": before,
+              "targets": "masks" if from_masks else "images", "checkpoint": Path(args.out).name,
+              "checkpoint_sha256": hashlib.sha256(weights).hexdigest(), "steps": rows, "dice_before": before,
               "dice_after": after}
-    from neumours.atomic import atomic_write_text
+    from neumours.atomic import atomic_write_files
 
-    atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(report, indent=2, default=float) + "\n")
+    atomic_write_files({args.out: weights, report_path(args.out): (json.dumps(report, indent=2, default=float)
+                                                                   + "\n").encode("utf-8")})
     print(f"refined {args.checkpoint} on {case.case_id} from {len(cameras)} views in {args.steps} steps: "
           f"image loss {rows[0]['image_loss']:.4g} -> {rows[-1]['image_loss']:.4g}; wrote {args.out}")
 
@@ -167,7 +181,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--anchor-data", type=Path,
                    help="folder of other cases whose predictions should stay as they are (first 4 used)")
     p.add_argument("--anchor-weight", type=float, default=1.0, help="weight of the anchor penalty")
-    p.add_argument("--out", type=Path, required=True, help="refined checkpoint to write (.safetensors)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="refined checkpoint to write (.safetensors); its .json report goes beside it")
+    add_force_geometry_option(p)
     add_device_option(p)
     add_precision_option(p)
     p.set_defaults(func=refine_command)

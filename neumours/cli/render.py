@@ -20,7 +20,8 @@ import math
 import re
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_device_option, add_precision_option
+from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option,
+                                  add_precision_option)
 from neumours.errors import NeumoursError
 
 _MAX_SIZE = 16384
@@ -83,6 +84,9 @@ def _check_args(args) -> tuple[tuple[int, int], dict[str, float] | None]:
                             "(or use --turntable N with .gif/.mp4)")
     if args.denoise and args.checkpoint is None:
         raise NeumoursError("--denoise applies to --checkpoint only")
+    from neumours.outputs import check_output_file
+
+    check_output_file(args.out, "image (--out)")
     return size, modalities
 
 
@@ -108,7 +112,7 @@ def _labels(args, case):
     from neumours.data.nifti import read_label_volume
 
     if args.seg is not None:
-        label, _ = read_label_volume(args.seg)
+        label, _ = read_label_volume(args.seg, force_geometry=args.force_geometry)
         if label.shape != case.shape:
             raise NeumoursError(f"{args.seg}: label shape {label.shape} does not match case "
                                 f"{case.case_id} shape {case.shape}")
@@ -133,7 +137,7 @@ def render_command(args) -> None:
     from neumours.conventions import CLASS_NAMES
     from neumours.render.io import stamp_label_legend, to_uint8, write_animation, write_image
 
-    case = load_case(args.case)
+    case = load_case(args.case, force_geometry=args.force_geometry)
     labels = _labels(args, case)
     probabilities = _probabilities(args.probs, case) if args.probs is not None else None
     settings = RenderSettings(windows=auto_windows(case.images), step=args.step)
@@ -200,6 +204,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--denoise", action="store_true", help="with --checkpoint: denoise the segmentation first")
     p.add_argument("--no-legend", action="store_true",
                    help="no colour key of the label classes (drawn on label overlays at least 96 pixels high)")
+    add_force_geometry_option(p)
     add_device_option(p)
     add_precision_option(p)
     p.set_defaults(func=render_command)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_device_option
-from neumours.errors import NeumoursError
+from neumours.cli.options import add_command, add_device_option, add_force_geometry_option, add_keep_going_option
+from neumours.errors import CasesFailedError, NeumoursError
 
 
 def resolve_config(args):
@@ -51,20 +51,37 @@ def cmd_train(args) -> None:
     from neumours.device import get_device
     from neumours.train.trainer import train
 
+    from neumours.outputs import check_output_folder
+    from neumours.train.checkpoints import is_run
+
     if (args.out is None) == (args.resume is None):
         raise NeumoursError("give either --out RUN for a new run or --resume RUN to continue one")
+    if args.overwrite and args.out is None:
+        raise NeumoursError("--overwrite goes with --out (a new run replacing the one in that folder)")
+    run_dir = args.resume or args.out
+    check_output_folder(run_dir, "run folder")
+    if args.out is not None and not args.overwrite and is_run(args.out):
+        raise NeumoursError(f"{args.out}: already holds a training run; continue it with --resume {args.out}, "
+                            "choose a new --out folder, or add --overwrite to replace it")
     config = resolve_config(args)
     list_cases(args.data)  # a bad data folder fails here, before a device is set up
     device = get_device(args.device)
     warn_if_slow(config, device)
-    summary = train(args.data, args.resume or args.out, config, device, resume=args.resume is not None)
+    summary = train(args.data, run_dir, config, device, resume=args.resume is not None, overwrite=args.overwrite,
+                    force_geometry=args.force_geometry, keep_going=args.keep_going)
     print(f"trained {summary['steps']} steps in {summary['time_s']:.1f} s; best validation mean Dice "
           f"{summary['best_val_dice_mean']:.4f}; run: {summary['run_dir']}")
+    if summary.get("failures"):
+        raise CasesFailedError(f"{len(summary['failures'])} case(s) were left out of the run (listed above)",
+                               summary["failures"])
 
 
 def cmd_plot(args) -> None:
+    from neumours.outputs import check_output_file
     from neumours.train.curves import compare_runs, plot_run
 
+    check_output_file(args.out or args.runs[0] / ("curves.png" if len(args.runs) == 1 else "comparison.png"),
+                      "figure (--out)")
     if len(args.runs) == 1:
         path = plot_run(args.runs[0], args.out)
     else:
@@ -75,11 +92,15 @@ def cmd_plot(args) -> None:
 def add_parsers(sub) -> None:
     p = add_command(sub, "train", "train the INR on a folder of cases",
                     "Train the Slang INR (paper Table I by default). Writes RUN/config.toml, metrics.csv, "
-                    "best.safetensors, last.safetensors, last.state.pt and curves.png. Settings come from the "
-                    "preset, then --config, then the flags (docs/configuration.md lists every key).")
+                    "best.safetensors, last.safetensors, curves.png and the checkpoint --resume continues from "
+                    "(checkpoint.json + checkpoints/step-N/: weights, optimiser state and metrics of one step, "
+                    "committed together at every validation; a crash or kill at any moment leaves a run that "
+                    "resumes). Every case's headers are checked before anything is written. Settings come from "
+                    "the preset, then --config, then the flags (docs/configuration.md lists every key).")
     p.add_argument("--data", type=Path, required=True,
                    help="dataset folder (BraTS, MU-Glioma-Post or nnU-Net layout)")
-    p.add_argument("--out", type=Path, help="run folder to create (or give --resume)")
+    p.add_argument("--out", type=Path, help="run folder to create (or give --resume); a folder that already holds "
+                                            "a run is refused unless --overwrite")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its last checkpoint")
     p.add_argument("--preset", choices=["paper", "tiny"], default="paper",
                    help="paper: Table I; tiny: a small network that trains in seconds on the CPU")
@@ -89,6 +110,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, help="override [schedule] seed (split, initialisation, sampling)")
     p.add_argument("--config", type=Path, help="TOML file overriding the preset (sections network, loss, "
                                                "optimizer, sampler, schedule, augment)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --out: replace the run already in that folder (its files are deleted once the data "
+                        "and settings have been checked)")
+    add_force_geometry_option(p)
+    add_keep_going_option(p, "are used (the train/validation split is made over the good cases)")
     p.add_argument("--augment", action="store_true",
                    help="switch on every [augment] transform at its moderate setting (flips, coordinate jitter, "
                         "intensity scale/shift/gamma, bias field, noise, modality dropout; docs/phantom.md); "

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from neumours.data.case import Case, load_case, save_label
+from neumours.data.case import Case, CaseFailure, check_case, check_cases, load_case, save_label
 from neumours.data.layouts import MODALITIES, CaseRef, list_cases
 from neumours.data.nifti import read_nifti
 from neumours.data.normalise import brain_mask, normalise
@@ -17,9 +17,12 @@ from neumours.data.split import kfold, split_cases
 
 __all__ = [
     "Case",
+    "CaseFailure",
     "CaseRef",
     "MODALITIES",
     "brain_mask",
+    "check_case",
+    "check_cases",
     "kfold",
     "list_cases",
     "load_case",

@@ -1,8 +1,12 @@
-"""One case in memory (:class:`Case`), :func:`load_case` and :func:`save_label`.
+"""One case in memory (:class:`Case`), :func:`load_case`, :func:`check_case(s) <check_cases>` and :func:`save_label`.
 
 Loading reads the four modalities (and the label) concurrently: the fast gzip
 path in :mod:`neumours.data.nifti` releases the GIL while inflating, so on a
 multi-core machine the files decompress in parallel.
+
+:func:`check_cases` validates a whole folder of cases from their headers only
+(about a millisecond a file), so a command over many cases can refuse a bad
+one before it writes anything, or (``keep_going``) leave it out and report it.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from neumours.data.geometry import Geometry
 from neumours.data.layouts import MODALITIES, CaseRef, resolve_case
-from neumours.data.nifti import read_image_volume, read_label_volume, write_nifti
-from neumours.errors import NeumoursDataError
+from neumours.data.nifti import Volume, read_header, read_volume, write_nifti
+from neumours.errors import NeumoursDataError, NeumoursError
 
 # Affines "agree" when every entry is within this tolerance: BraTS exports
 # carry float32 rounding noise of ~1e-5 between modalities of one case.
@@ -38,11 +43,14 @@ class Case:
             mapped to 3), or ``None`` when the case has no label file.
         affine: float64, shape (4, 4): voxel -> scanner (RAS+ mm) transform of
             the first modality (all modalities agree with it).
-        spacing: voxel size in mm along the three array axes, from the header zooms.
+        spacing: voxel size in mm along the three array axes, from the checked
+            geometry (:func:`neumours.data.geometry.voxel_spacing` of the affine).
         header: the nibabel header of the first modality, kept so that
             :func:`save_label` writes outputs that overlay the input exactly.
         paths: modality -> source file, plus ``"seg"`` when a label was read.
         layout: ``"brats"``, ``"mu-glioma-post"`` or ``"nnunet"``.
+        geometry_problem: None when the headers passed the geometry checks;
+            otherwise (loaded with ``force_geometry``) what is wrong with them.
     """
 
     case_id: str
@@ -53,6 +61,7 @@ class Case:
     header: nib.Nifti1Header
     paths: dict[str, Path] = field(default_factory=dict)
     layout: str = ""
+    geometry_problem: str | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -74,7 +83,8 @@ def _check_same_grid(
             path, f"shape {shape} disagrees with {ref_path.name} shape {ref_shape} (volumes must be co-registered)"
         )
     if not _affines_agree(affine, ref_affine):
-        diff = float(np.max(np.abs(np.asarray(affine) - np.asarray(ref_affine))))
+        with np.errstate(all="ignore"):  # a forced, non-finite affine: the difference is NaN or Inf
+            diff = float(np.max(np.abs(np.asarray(affine) - np.asarray(ref_affine))))
         raise NeumoursDataError(
             path,
             f"affine disagrees with {ref_path.name} (largest difference {diff:.4g}; "
@@ -82,12 +92,14 @@ def _check_same_grid(
         )
 
 
-def _read_one(item: tuple[str, Path]) -> tuple[np.ndarray, nib.Nifti1Image]:
-    key, path = item
-    return read_label_volume(path) if key == "seg" else read_image_volume(path)
+def _case_items(ref: CaseRef) -> list[tuple[str, Path]]:
+    items = [(m, Path(ref.paths[m])) for m in MODALITIES]
+    if "seg" in ref.paths:
+        items.append(("seg", Path(ref.paths["seg"])))
+    return items
 
 
-def load_case(source: CaseRef | str | os.PathLike) -> Case:
+def load_case(source: CaseRef | str | os.PathLike, force_geometry: bool = False) -> Case:
     """Load and validate one case.
 
     Args:
@@ -95,6 +107,10 @@ def load_case(source: CaseRef | str | os.PathLike) -> Case:
             :func:`~neumours.data.layouts.list_cases`, a case folder, a virtual
             ``<folder>/<case id>`` path (nnU-Net: ``<dataset>/imagesTr/<case>``
             or ``<dataset>/<case>``), or one modality file of the case.
+        force_geometry: load files whose geometry fails the checks of
+            :mod:`neumours.data.geometry` (singular or non-finite affine, zero,
+            negative or non-finite spacing, shear); ``Case.geometry_problem`` then
+            says what is wrong, and 1 mm is assumed where no voxel size is usable.
 
     Returns:
         The :class:`Case`, images float32 (4, X, Y, Z), label uint8 (X, Y, Z) or None.
@@ -102,36 +118,104 @@ def load_case(source: CaseRef | str | os.PathLike) -> Case:
     Raises:
         NeumoursDataError: naming the offending file for a missing path or
             modality, a corrupt/truncated/non-NIfTI file, a volume that is not
-            3-D, NaN/Inf voxels, an all-zero modality, bad label values, or
-            modalities/label whose shapes or affines disagree.
+            3-D, bad geometry, NaN/Inf voxels, an all-zero modality, bad label
+            values, or modalities/label whose shapes or affines disagree.
     """
     ref = resolve_case(source)
-    items = [(m, Path(ref.paths[m])) for m in MODALITIES]
-    if "seg" in ref.paths:
-        items.append(("seg", Path(ref.paths["seg"])))
+    items = _case_items(ref)
+
+    def read(item: tuple[str, Path]) -> Volume:
+        key, path = item
+        return read_volume(path, label=key == "seg", force_geometry=force_geometry)
+
     with ThreadPoolExecutor(max_workers=min(len(items), max(2, os.cpu_count() or 1))) as pool:
-        results = list(pool.map(_read_one, items))  # re-raises the first failure in modality order
+        results = list(pool.map(read, items))  # re-raises the first failure in modality order
 
     first_path = items[0][1]
-    first_data, first_img = results[0]
-    shape = first_data.shape
-    for (key, path), (data, img) in zip(items[1:], results[1:]):
-        _check_same_grid(first_path, shape, first_img.affine, path, data.shape, img.affine)
+    first = results[0]
+    for (key, path), volume in zip(items[1:], results[1:]):
+        _check_same_grid(first_path, first.data.shape, first.img.affine, path, volume.data.shape, volume.img.affine)
 
-    images = np.stack([results[i][0] for i in range(len(MODALITIES))])
-    label = results[len(MODALITIES)][0] if len(results) > len(MODALITIES) else None
-    header = first_img.header
-    spacing = tuple(float(z) for z in header.get_zooms()[:3])
+    images = np.stack([results[i].data for i in range(len(MODALITIES))])
+    label = results[len(MODALITIES)].data if len(results) > len(MODALITIES) else None
+    geometry: Geometry = first.geometry
     return Case(
         case_id=ref.case_id,
         images=images,
         label=label,
-        affine=np.asarray(first_img.affine, dtype=np.float64).copy(),
-        spacing=spacing,  # type: ignore[arg-type]
-        header=header,
+        affine=geometry.affine.copy(),
+        spacing=geometry.spacing,
+        header=first.img.header,
         paths={key: path for key, path in items},
         layout=ref.layout,
+        geometry_problem=geometry.problem,
     )
+
+
+def check_case(source: CaseRef | str | os.PathLike, force_geometry: bool = False, need_label: bool = False) -> CaseRef:
+    """Check a case from its headers alone (no voxels read): what :func:`load_case` would refuse about them.
+
+    Refused: anything :func:`neumours.data.nifti.read_header` refuses for a file
+    (not NIfTI, truncated, bad dimensions, data type or geometry), a volume that
+    is not 3-D, modalities or label on different grids, and, with ``need_label``,
+    a case without a label file. Not checked (it needs the voxels): NaN/Inf,
+    all-zero modalities, label values.
+
+    Returns:
+        The case's :class:`CaseRef`.
+
+    Raises:
+        NeumoursDataError: naming the file at fault.
+    """
+    ref = resolve_case(source)
+    if need_label and "seg" not in ref.paths:
+        raise NeumoursDataError(ref.path, f"case {ref.case_id} has no label file")
+    first_path = first_shape = first_affine = None
+    for _, path in _case_items(ref):
+        facts, geometry = read_header(path, force_geometry=force_geometry)
+        shape = tuple(facts.shape)
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) != 3:
+            raise NeumoursDataError(path, f"volume is not 3-D (shape {shape}); expected one 3-D volume per file")
+        if min(shape) < 1:
+            raise NeumoursDataError(path, f"volume is empty (shape {shape})")
+        if first_path is None:
+            first_path, first_shape, first_affine = path, shape, geometry.affine
+        else:
+            _check_same_grid(first_path, first_shape, first_affine, path, shape, geometry.affine)
+    return ref
+
+
+@dataclass
+class CaseFailure:
+    """A case left out of a run: its id, where it is, and the one-line error."""
+
+    case_id: str
+    path: str
+    error: str
+
+
+def check_cases(refs, force_geometry: bool = False, need_label: bool = False,
+                keep_going: bool = False) -> tuple[list[CaseRef], list[CaseFailure]]:
+    """:func:`check_case` for every case, before a command writes anything.
+
+    Returns:
+        ``(good, failures)``: the cases that passed, in order, and one
+        :class:`CaseFailure` per case that did not (only with ``keep_going``).
+
+    Raises:
+        NeumoursDataError: the first bad case, when not ``keep_going``.
+    """
+    good, failures = [], []
+    for ref in refs:
+        try:
+            good.append(check_case(ref, force_geometry, need_label))
+        except NeumoursError as exc:
+            if not keep_going:
+                raise
+            failures.append(CaseFailure(getattr(ref, "case_id", str(ref)), str(getattr(ref, "path", ref)), str(exc)))
+    return good, failures
 
 
 def save_label(label: Any, path: str | os.PathLike, like: Case) -> Path:

@@ -41,13 +41,17 @@ give identical arrays and byte-identical files on the same software stack.
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from neumours.atomic import atomic_path, atomic_write_text
+from neumours.atomic import atomic_path, atomic_write_text, make_folder, remove_stale_temporaries, temporary_name
+from neumours.errors import NeumoursError
+from neumours.outputs import write_error
 from neumours.data.phantom_anatomy import CSF, GM, WM, Brain, mni_brain, procedural_brain, smooth_field
 from neumours.data.phantom_ranges import DIFFICULTIES, KINDS, PhantomRanges, phantom_ranges, toml_value
 
@@ -326,7 +330,7 @@ def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
         tmp.write_bytes(payload)
 
 
-def write_case(case: PhantomCase, root) -> Path:
+def write_case(case: PhantomCase, root, folder=None) -> Path:
     """Write a case in the BraTS 2023 layout: ``root/<id>/<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz``.
 
     Images are int16 when integer-valued in range (always, for ``make_case`` output:
@@ -336,9 +340,10 @@ def write_case(case: PhantomCase, root) -> Path:
     Args:
         case: the case; ``images`` (4, X, Y, Z), ``label`` (X, Y, Z).
         root: dataset folder (created if missing).
+        folder: write the files here instead of ``root/<case_id>`` (the file names stay the case's).
 
     Returns:
-        The case folder ``root/<case_id>``.
+        The case folder ``root/<case_id>`` (or ``folder``).
     """
     images, label = np.asarray(case.images), np.asarray(case.label)
     if images.ndim != 4 or images.shape[0] != 4 or images.shape[1:] != label.shape:
@@ -347,7 +352,7 @@ def write_case(case: PhantomCase, root) -> Path:
         images = images.astype(np.int16)
     else:
         images = images.astype(np.float32)
-    folder = Path(root) / case.case_id
+    folder = Path(root) / case.case_id if folder is None else Path(folder)
     for m, name in enumerate(_MODALITIES):
         _write_nifti(folder / f"{case.case_id}-{name}.nii.gz", images[m], case.affine)
     _write_nifti(folder / f"{case.case_id}-seg.nii.gz", label.astype(np.uint8), case.affine)
@@ -371,19 +376,46 @@ def write_dataset(out_dir, n_cases: int, shape=(96, 96, 64), seed: int = 0, prog
         difficulty, kind, ranges: as for :func:`make_case`.
         on_case: called with each :class:`PhantomCase` after it is written (previews).
 
+    Every case is written under a temporary name first and the cases take their
+    names only when all are complete, so a failure (no space left, ...) leaves
+    ``out_dir`` as it was.
+
     Returns:
         The case folders, in index order.
     """
     from tqdm import tqdm
 
-    folders = []
-    for i in tqdm(range(n_cases), desc="phantom", unit="case", disable=not progress):
-        case = make_case(shape, seed=seed, index=i, difficulty=difficulty, kind=kind, ranges=ranges)
-        folders.append(write_case(case, out_dir))
-        if on_case is not None:
-            on_case(case)
-    atomic_write_text(Path(out_dir) / "synth.toml", synth_record(n_cases, shape, seed, difficulty, kind, ranges))
-    return folders
+    out = Path(out_dir)
+    created = not out.exists()
+    make_folder(out)
+    remove_stale_temporaries(out)
+    staged: list[tuple[Path, Path]] = []  # (temporary folder, case folder)
+    try:
+        for i in tqdm(range(n_cases), desc="phantom", unit="case", disable=not progress):
+            case = make_case(shape, seed=seed, index=i, difficulty=difficulty, kind=kind, ranges=ranges)
+            final = out / case.case_id
+            staged.append((temporary_name(final), final))
+            write_case(case, out, folder=staged[-1][0])
+            if on_case is not None:
+                on_case(case)
+    except BaseException as exc:
+        # A full disk (or Ctrl-C) half-way: no case of this call is left, the folder is as it was.
+        for tmp, _ in staged:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(exc, NeumoursError) and staged:  # name the file the user asked for, not its temporary
+            raise NeumoursError(str(exc).replace(str(staged[-1][0]), str(staged[-1][1]))) from None
+        raise
+    for tmp, final in staged:  # every case is complete on disk: now they take their names
+        try:
+            if final.is_dir():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise write_error(final, exc) from None
+    atomic_write_text(out / "synth.toml", synth_record(n_cases, shape, seed, difficulty, kind, ranges))
+    return [final for _, final in staged]
 
 
 def synth_record(n_cases: int, shape, seed: int, difficulty: str, kind: str, ranges: PhantomRanges | None) -> str:

@@ -15,7 +15,9 @@ Two ways in:
   training uses.
 
 Metrics and the empty-region convention: :mod:`neumours.eval.metrics`. Spacing for
-HD95 comes from the ground truth's affine (column norms, mm).
+HD95 comes from the ground truth's checked geometry
+(:func:`neumours.data.geometry.voxel_spacing`, the same function behind every mm
+and mL figure of the project).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 import numpy as np
 
-from neumours.atomic import atomic_write_text
+from neumours.atomic import atomic_write_files
 from neumours.data import Case, list_cases, split_cases
-from neumours.data.nifti import is_nifti_name, read_label_volume, strip_nifti_suffix
-from neumours.errors import NeumoursDataError, NeumoursError
+from neumours.data.nifti import is_nifti_name, read_header, read_volume, strip_nifti_suffix
+from neumours.errors import CasesFailedError, NeumoursDataError, NeumoursError
+from neumours.outputs import check_output_folder
 from neumours.eval.metrics import RegionMetric
 
 #: Row titles of the summary table (paper Table III, plus the tumour core).
@@ -43,10 +46,6 @@ REGION_TITLES = {
     "WT": "Whole Tumor (WT)",
 }
 VARIANT_TITLES = {"raw": "INR (raw)", "denoised": "INR (denoised)", "pred": "prediction"}
-
-
-def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))  # type: ignore[return-value]
 
 
 def _case_key(name: str) -> str:
@@ -87,12 +86,57 @@ def _predictions(pred_dir: Path) -> dict[str, Path]:
     return preds
 
 
-def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, progress: bool = True) -> RegionMetric:
+def _pair_headers(cid: str, pred_path: Path, gt_path: Path, force_geometry: bool) -> None:
+    """Header-only check of one prediction / ground-truth pair (see :func:`neumours.data.check_case`)."""
+    gt_facts, gt_geometry = read_header(gt_path, force_geometry)
+    pred_facts, pred_geometry = read_header(pred_path, force_geometry)
+    _same_grid(pred_path, pred_facts.shape, pred_geometry.affine, gt_path, gt_facts.shape, gt_geometry.affine)
+
+
+def _squeeze(shape) -> tuple[int, ...]:
+    shape = tuple(int(n) for n in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _same_grid(pred_path: Path, pred_shape, pred_affine, gt_path: Path, gt_shape, gt_affine) -> None:
+    if _squeeze(pred_shape) != _squeeze(gt_shape):
+        raise NeumoursDataError(pred_path, f"shape {_squeeze(pred_shape)} differs from ground truth {gt_path.name} "
+                                           f"shape {_squeeze(gt_shape)}")
+    if not np.allclose(pred_affine, gt_affine, rtol=1e-4, atol=1e-3):
+        raise NeumoursDataError(pred_path, f"affine differs from ground truth {gt_path.name} "
+                                           "(the prediction does not lie on the same voxel grid)")
+
+
+def _checked(items, check, keep_going: bool, failures: list | None) -> list:
+    """The items whose ``check(item)`` passes; a failure raises, or with ``keep_going`` is recorded."""
+    good = []
+    for cid, item in items:
+        try:
+            check(item)
+            good.append((cid, item))
+        except NeumoursError as exc:
+            if not keep_going:
+                raise
+            if failures is not None:
+                failures.append((cid, str(exc)))
+    return good
+
+
+def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, progress: bool = True,
+                     force_geometry: bool = False, keep_going: bool = False,
+                     failures: list | None = None) -> RegionMetric:
     """Score every ground-truth case of ``gt_dir`` against its prediction in ``pred_dir``.
+
+    Every pair's headers are checked before any case is scored (shape, grid,
+    geometry); with ``keep_going`` a bad pair (at that check or while reading
+    its voxels) is left out and appended to ``failures`` as (case id, error).
 
     Raises:
         NeumoursDataError: a folder missing, a case without prediction, an unreadable
-            file, or a prediction whose shape or affine differs from its ground truth.
+            file, bad geometry, or a prediction whose shape or affine differs from its
+            ground truth (unless ``keep_going``).
     """
     from tqdm import tqdm
 
@@ -100,41 +144,52 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, pro
     gts = _ground_truth(gt_dir)
     preds = _predictions(pred_dir)
     missing = [cid for cid in gts if cid not in preds]
-    if missing:
+    if missing and not keep_going:
         raise NeumoursDataError(pred_dir, f"no prediction for case {missing[0]} "
                                           f"({len(missing)} of {len(gts)} missing; expected {missing[0]}.nii.gz)")
+    for cid in missing:
+        if failures is not None:
+            failures.append((cid, f"{pred_dir}: no prediction (expected {cid}.nii.gz)"))
+    pairs = [(cid, (preds[cid], gts[cid])) for cid in sorted(gts) if cid in preds]
+    pairs = _checked(pairs, lambda pair: _pair_headers("", pair[0], pair[1], force_geometry), keep_going, failures)
+
+    def score(pair) -> None:
+        pred_path, gt_path = pair
+        gt = read_volume(gt_path, label=True, force_geometry=force_geometry)
+        pred = read_volume(pred_path, label=True, force_geometry=force_geometry)
+        _same_grid(pred_path, pred.data.shape, pred.img.affine, gt_path, gt.data.shape, gt.img.affine)
+        metric(pred.data, gt.data, gt.geometry.spacing, case_id=cid, variant="pred")
+
     metric = RegionMetric()
-    for cid in tqdm(sorted(gts), desc="evaluate", unit="case", disable=not progress or len(gts) < 2):
-        gt, gt_img = read_label_volume(gts[cid])
-        pred, pred_img = read_label_volume(preds[cid])
-        if pred.shape != gt.shape:
-            raise NeumoursDataError(preds[cid], f"shape {pred.shape} differs from ground truth {gts[cid].name} "
-                                                f"shape {gt.shape}")
-        if not np.allclose(pred_img.affine, gt_img.affine, rtol=1e-4, atol=1e-3):
-            raise NeumoursDataError(preds[cid], f"affine differs from ground truth {gts[cid].name} "
-                                                "(the prediction does not lie on the same voxel grid)")
-        metric(pred, gt, _spacing(gt_img.affine), case_id=cid, variant="pred")
+    for cid, pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress or len(pairs) < 2):
+        _checked([(cid, pair)], score, keep_going, failures)
     return metric
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, split: str = "val",
                         seed: int = 0, device=None, progress: bool = True,
                         on_case: Callable[[Case, np.ndarray, np.ndarray], None] | None = None,
-                        precision: str = "auto") -> RegionMetric:
+                        force_geometry: bool = False, keep_going: bool = False,
+                        failures: list | None = None, precision: str = "auto") -> RegionMetric:
     """Segment the cases of ``data_dir`` with ``checkpoint`` and score them raw and denoised.
 
     Args:
         split: ``"val"`` (validation part of ``split_cases(cases, 0.1, seed)``) or ``"all"``.
         on_case: called as ``on_case(case, raw_labels, denoised_labels)`` after each
             case (figures from the same pass, without segmenting again).
+        force_geometry: see :func:`neumours.data.load_case`.
+        keep_going: leave out cases that fail (appended to ``failures`` as
+            (case id, error)) instead of stopping at the first.
 
     Raises:
         NeumoursError: bad checkpoint (before any case is read), a bad split name,
-            a case without labels, or one that fails to load (naming it).
+            or (unless ``keep_going``) a case without labels or whose headers fail
+            the checks of :func:`neumours.data.check_case` (all checked before the
+            first case is segmented), or one that fails to load (naming it).
     """
     from tqdm import tqdm
 
-    from neumours.data import load_case
+    from neumours.data import check_case, load_case
     from neumours.infer.segment import Segmenter
 
     if split not in ("val", "all"):
@@ -143,19 +198,22 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     refs = list_cases(data_dir)
     if split == "val":
         _, refs = split_cases(refs, 0.1, seed)
-    missing = [r.case_id for r in refs if "seg" not in r.paths]
-    if missing:
-        raise NeumoursDataError(data_dir, f"case {missing[0]} has no label file; cannot score it")
+    items = _checked([(r.case_id, r) for r in refs],
+                     lambda ref: check_case(ref, force_geometry=force_geometry, need_label=True), keep_going, failures)
     metric = RegionMetric()
-    for ref in tqdm(refs, desc="evaluate", unit="case", disable=not progress or len(refs) < 2):
-        case = load_case(ref)
+
+    def score(ref) -> None:
+        case = load_case(ref, force_geometry=force_geometry)
         result = segmenter(case, denoise=True)  # on the device where there is one, as `segment --denoise`
-        spacing = _spacing(case.affine)
+        spacing = case.spacing
         metric(result.raw_labels, case.label, spacing, case_id=case.case_id, variant="raw")
         clean = result.labels
         metric(clean, case.label, spacing, case_id=case.case_id, variant="denoised")
         if on_case is not None:
             on_case(case, result.raw_labels, clean)
+
+    for cid, ref in tqdm(items, desc="evaluate", unit="case", disable=not progress or len(items) < 2):
+        _checked([(cid, ref)], score, keep_going, failures)
     return metric
 
 
@@ -222,48 +280,59 @@ def summary_markdown(metric: RegionMetric, source: str = "") -> str:
 
 
 def write_report(metric: RegionMetric, out_dir: str | os.PathLike, source: str = "") -> tuple[Path, Path]:
-    """Write ``per_case.csv`` and ``summary.md`` into ``out_dir`` (atomically); returns both paths."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NeumoursDataError(out, "--out must be a folder")
+    """Write ``per_case.csv`` and ``summary.md`` into ``out_dir``, both or neither; returns both paths."""
+    out = check_output_folder(out_dir, "report folder (--out)")
     csv_path, md_path = out / "per_case.csv", out / "summary.md"
-    atomic_write_text(csv_path, per_case_csv(metric))
-    atomic_write_text(md_path, summary_markdown(metric, source))
+    atomic_write_files({csv_path: per_case_csv(metric).encode("utf-8"),
+                        md_path: summary_markdown(metric, source).encode("utf-8")})
     return csv_path, md_path
 
 
 def run_evaluate(out_dir: str | os.PathLike | None = None, pred: str | os.PathLike | None = None,
                  gt: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
                  data: str | os.PathLike | None = None, split: str = "val", seed: int = 0, device=None,
-                 progress: bool = True, precision: str = "auto") -> tuple[RegionMetric, str]:
+                 progress: bool = True, force_geometry: bool = False, keep_going: bool = False,
+                 failures: list | None = None, precision: str = "auto") -> tuple[RegionMetric, str]:
     """The command: pick the way in from the arguments, score, write the report if ``out_dir``.
+
+    ``out_dir`` is checked before any work. With ``keep_going``, cases that fail
+    are left out of the report and appended to ``failures`` as (case id, error);
+    the caller decides what to do with them (the CLI prints a table and exits 2).
 
     Returns:
         (the metric with every row, the summary markdown).
 
     Raises:
-        NeumoursError: both or neither way in given, or any failure of the two functions.
+        NeumoursError: both or neither way in given, an unusable ``out_dir``, or any
+            failure of the two functions (every case failing, with ``keep_going``).
     """
     folders = pred is not None or gt is not None
     model = checkpoint is not None or data is not None
     if folders == model:
         raise NeumoursError("give either --pred DIR --gt DIR, or --checkpoint CKPT --data DIR")
+    if out_dir is not None:
+        check_output_folder(out_dir, "report folder (--out)")
+    failures = [] if failures is None else failures
     if folders:
         if pred is None or gt is None:
             raise NeumoursError("--pred and --gt go together")
-        metric = evaluate_folders(pred, gt, progress)
+        metric = evaluate_folders(pred, gt, progress, force_geometry, keep_going, failures)
         source = f"Predictions `{pred}` against ground truth `{gt}`."
     else:
         if checkpoint is None or data is None:
             raise NeumoursError("--checkpoint and --data go together")
-        metric = evaluate_checkpoint(checkpoint, data, split, seed, device, progress, precision=precision)
+        metric = evaluate_checkpoint(checkpoint, data, split, seed, device, progress, None, force_geometry,
+                                     keep_going, failures, precision=precision)
         which = f"validation split (split_cases(…, 0.1, seed={seed}))" if split == "val" else "all cases"
         source = (f"Checkpoint `{checkpoint}` on `{data}`, {which}; denoised = "
                   "`neumours.infer.denoise.denoise` defaults.")
     if not metric.rows:
+        if failures:
+            raise CasesFailedError(f"all {len(failures)} case(s) failed; nothing evaluated", failures)
         raise NeumoursError("no case to evaluate")
+    if failures:
+        source += f" {len(failures)} case(s) failed and are not scored (--keep-going)."
     summary = summary_markdown(metric, source)
     if out_dir is not None:
         write_report(metric, out_dir, source)
     return metric, summary
-

@@ -56,6 +56,54 @@ def super_resolution_shape(shape: Sequence[int], scale: float) -> tuple[int, int
     return tuple(int(round(scale * (d - 1))) + 1 if d > 1 else 1 for d in shape)  # type: ignore[return-value]
 
 
+def grid_problem(grid: Sequence[int], num_classes: int, probs: bool = False, host_bytes: int | None = None,
+                 device_bytes: int | None = None, shared: bool = False) -> str | None:
+    """Why a label grid cannot be computed, or None when it fits.
+
+    Limits, all known before any work: 32-bit indices (``num_classes`` x voxels
+    < 2^32, the kernels' index type), the largest device buffer
+    (:data:`MAX_BUFFER_BYTES`: the uint32 labels, and the float32 probabilities
+    with ``probs``), and the memory left (``device_bytes`` for the device's
+    buffers; ``host_bytes`` for the downloaded labels, probabilities and the
+    NIfTI encoding of them; None: not checked). ``shared``: the device's buffers
+    live in host memory (slangpy's CPU device), so both needs count against ``host_bytes``.
+    The phrase returned completes "the GxGxG grid ...".
+    """
+    total = math.prod(int(g) for g in grid)
+    if num_classes * total >= 2**32:
+        return "has too many voxels for the kernels' 32-bit indices"
+    if 4 * total > MAX_BUFFER_BYTES:
+        return "needs a label buffer over the 2 GiB device buffer limit"
+    if probs and 4 * num_classes * total > MAX_BUFFER_BYTES:
+        return "needs a probability buffer over the 2 GiB device buffer limit"
+    on_device = 4 * total * (1 + (num_classes if probs else 0))
+    on_host = total * (4 + 1 + 1) + (3 * 4 * num_classes * total if probs else 0) + (on_device if shared else 0)
+    if device_bytes is not None and on_device > device_bytes:
+        return f"needs {on_device / 2**30:.1f} GiB of device memory, {device_bytes / 2**30:.1f} GiB free"
+    if host_bytes is not None and on_host > host_bytes:
+        return f"needs {on_host / 2**30:.1f} GiB of host memory, {host_bytes / 2**30:.1f} GiB available"
+    return None
+
+
+def largest_scale(shape: Sequence[int], num_classes: int, probs: bool = False, host_bytes: int | None = None,
+                  device_bytes: int | None = None, shared: bool = False) -> float | None:
+    """The largest ``scale`` (to 0.01) whose grid :func:`grid_problem` accepts, or None (not even 1)."""
+
+    def fits(scale: float) -> bool:
+        grid = super_resolution_shape(shape, scale)
+        return grid_problem(grid, num_classes, probs, host_bytes, device_bytes, shared) is None
+
+    if not fits(1.0):
+        return None
+    lo, hi = 1.0, 2.0
+    while fits(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 0.005:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return math.floor(lo * 100) / 100
+
+
 def super_resolution_affine(affine: np.ndarray, shape: Sequence[int], grid: Sequence[int]) -> np.ndarray:
     """Voxel-to-world affine of ``grid`` covering the field of view of ``shape``.
 

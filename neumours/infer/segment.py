@@ -14,14 +14,16 @@ labels cross to the host) and with scipy on the host for the CPU device
     write_segmentation(result, "BraTS-GLI-00001-000.nii.gz")
 
 :func:`segment_paths` is the command: a case or a folder of cases, one output
-file each, a progress bar, and stop at the first case that fails (its error
-names the case; files already written for earlier cases are complete, none is
-left half-written).
+file each, a progress bar. Every case's headers are checked before the first
+is segmented; a case that fails later stops the run (its error names the case
+and the cases already written; none is left half-written), or with
+``keep_going`` is skipped and reported at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,12 +34,15 @@ import nibabel as nib
 import numpy as np
 import slangpy as spy
 
-from neumours.data import Case, list_cases, load_case, normalise, save_label
-from neumours.data.nifti import is_nifti_name, write_nifti
+from neumours.data import Case, check_cases, list_cases, load_case, normalise, save_label
+from neumours.data.geometry import voxel_spacing
+from neumours.data.nifti import is_nifti_name, read_header, write_nifti
 from neumours.device import ScratchBuffers, upload
-from neumours.errors import NeumoursDataError, NeumoursError
-from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, StageTimer, VolumeCache, download_labels,
-                                  super_resolution_affine, super_resolution_shape)
+from neumours.device.memory import device_available_bytes, host_available_bytes
+from neumours.errors import CasesFailedError, NeumoursDataError, NeumoursError
+from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, StageTimer, VolumeCache, download_labels, grid_problem,
+                                  largest_scale, super_resolution_affine, super_resolution_shape)
+from neumours.outputs import check_output_file, check_output_folder
 from neumours.infer.denoise import DenoiseParams, denoise as denoise_labels
 from neumours.infer.denoise_device import denoise_on_device
 from neumours.infer.normalise import normalise_on_device
@@ -102,7 +107,7 @@ def output_like(case: Case, shape, affine: np.ndarray) -> Case:
     shape = tuple(int(n) for n in shape)
     if shape == case.shape and np.allclose(affine, case.affine):
         return case
-    spacing = tuple(float(z) for z in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+    spacing = voxel_spacing(affine)
     header = case.header.copy()
     header.set_data_shape(shape)
     header.set_zooms(spacing)
@@ -195,7 +200,7 @@ class Segmenter:
 
     def __call__(self, case: Case | str | os.PathLike, scale: float = 1, denoise: bool = False,
                  probs: bool = False, denoise_params: DenoiseParams | None = None, timings: bool = False,
-                 keep_cache: bool = False) -> SegmentResult:
+                 keep_cache: bool = False, force_geometry: bool = False) -> SegmentResult:
         """Segment one case.
 
         Args:
@@ -209,6 +214,7 @@ class Segmenter:
             keep_cache: keep the :class:`VolumeCache` (device buffers) on the result;
                 its labels and probabilities stay valid, its ``volumes`` only until
                 this Segmenter's next call (they are reused).
+            force_geometry: see :func:`neumours.data.load_case` (when ``case`` is not loaded yet).
 
         Raises:
             NeumoursError: the case cannot be loaded (naming the file), or a bad ``scale``.
@@ -216,7 +222,7 @@ class Segmenter:
         timer = StageTimer(self.device if timings else None)
         t0 = time.perf_counter()
         if not isinstance(case, Case):
-            case = load_case(case)
+            case = load_case(case, force_geometry=force_geometry)
             t0 = timer.add("load", t0)
         try:
             grid = super_resolution_shape(case.shape, scale)
@@ -292,42 +298,119 @@ def write_probabilities(result: SegmentResult, path: str | os.PathLike) -> Path:
     return path
 
 
-def _check_out_name(path: Path, what: str) -> None:
-    if not is_nifti_name(path.name):
-        raise NeumoursDataError(path, f"{what} must end in .nii.gz or .nii (or name a folder for a folder of cases)")
+def output_kind(path: str | os.PathLike, what: str = "--out") -> str:
+    """``"file"`` for a ``.nii``/``.nii.gz`` name, ``"folder"`` for an existing folder or a name without a
+    file suffix; anything else (``seg.png``, ``out.nii.bak``) is an error, not silently a folder.
+
+    Raises:
+        NeumoursError: naming the path and saying what is accepted.
+    """
+    path = Path(path)
+    if is_nifti_name(path.name):
+        return "file"
+    if path.is_dir():
+        return "folder"
+    suffix = path.suffix
+    if suffix and not path.name.startswith(".") and not suffix[1:].isdigit():
+        raise NeumoursError(f"{path}: {what} must be a .nii.gz or .nii file (one case) or a folder (one or more "
+                            f"cases), not a {suffix} file; a new folder's name must not end in a file suffix "
+                            "(create it first to use such a name)")
+    return "folder"
+
+
+def check_scale(shape, scale: float, num_classes: int, probs: bool, device: spy.Device | None = None,
+                what: str = "") -> None:
+    """Refuse a ``--scale`` whose grid cannot be computed (see :func:`neumours.infer.cache.grid_problem`),
+    naming the largest scale that fits.
+
+    Raises:
+        NeumoursError: one line: the grid, why it does not fit, the largest ``--scale`` that does.
+    """
+    try:
+        grid = super_resolution_shape(shape, scale)
+    except ValueError as exc:
+        raise NeumoursError(f"--scale: {exc}") from None
+    host, dev = host_available_bytes(), device_available_bytes(device)
+    shared = device is not None and device.info.type == spy.DeviceType.cpu
+    problem = grid_problem(grid, num_classes, probs, host, dev, shared)
+    if problem is None:
+        return
+    best = largest_scale(shape, num_classes, probs, host, dev, shared)
+    fits = f"the largest that fits is --scale {best:g}" if best is not None else "not even --scale 1 fits"
+    where = f"{what}: " if what else ""
+    raise NeumoursError(f"{where}--scale {scale:g}: the {'x'.join(map(str, grid))} grid "
+                        f"{'(with probabilities) ' if probs else ''}{problem}; {fits}")
+
+
+def check_outputs(out: str | os.PathLike, probs: str | os.PathLike | None = None) -> bool:
+    """Check ``segment``'s output names and folders before any work; returns whether ``out`` is one file.
+
+    Raises:
+        NeumoursError: a name that is neither a NIfTI file nor a folder (:func:`output_kind`),
+            ``--probs`` of the other kind than ``--out``, or an unwritable place (neumours.outputs).
+    """
+    out = Path(out)
+    single = output_kind(out, "--out") == "file"
+    if probs is not None:
+        probs = Path(probs)
+        if (output_kind(probs, "--probs") == "file") != single:
+            raise NeumoursError(f"{probs}: --probs must be a file when --out is a file, and a folder when "
+                                "--out is a folder")
+    for path, what in ((out, "--out"), (probs, "--probs")):
+        if path is not None:
+            (check_output_file if single else check_output_folder)(path, f"{what} {'file' if single else 'folder'}")
+    return single
+
+
+def _grid_shape(ref, force_geometry: bool) -> tuple[int, int, int]:
+    facts, _ = read_header(ref.paths["t1n"], force_geometry)
+    shape = tuple(facts.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape  # type: ignore[return-value]
 
 
 def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.PathLike,
                   denoise: bool = False, probs: str | os.PathLike | None = None, scale: float = 1,
                   timings: bool = False, device: spy.Device | None = None, progress: bool = True,
-                  on_result: Callable[[SegmentResult, Path], None] | None = None,
-                  precision: str = "auto") -> list[Path]:
+                  on_result: Callable[[SegmentResult, Path], None] | None = None, force_geometry: bool = False,
+                  keep_going: bool = False, precision: str = "auto") -> list[Path]:
     """Segment one case or every case under a folder (``neumours segment``).
+
+    Before anything is written: the output names and folders are checked, the
+    checkpoint is loaded, every case's headers are checked (shapes, grids,
+    geometry, data size: :func:`neumours.data.check_cases`) and ``scale`` is
+    checked against the largest case. Without ``keep_going`` the first bad case
+    stops the run there, with nothing written; a case whose voxels turn out bad
+    later (NaN/Inf, an all-zero modality) stops it with an error that says
+    which cases were already written. With ``keep_going`` bad cases are
+    skipped and, at the end, :class:`~neumours.errors.CasesFailedError` lists them.
 
     Args:
         source: a case (folder, virtual nnU-Net path or a modality file) or a
             folder of cases (BraTS, MU-Glioma-Post, nnU-Net layouts).
         checkpoint: the INR checkpoint.
-        out: ``SEG.nii.gz`` for one case; otherwise a folder that receives
-            ``<case id>.nii.gz`` per case.
+        out: ``SEG.nii.gz`` (or ``.nii``) for one case; otherwise a folder that
+            receives ``<case id>.nii.gz`` per case. Any other file name is an error.
         denoise: write the denoised labels.
         probs: ``P.nii.gz`` (one case) or a folder (``<case id>_probs.nii.gz``).
         scale: super-resolution factor.
         timings: synchronise stages (see :meth:`Segmenter.__call__`).
         on_result: called with each result and its output path (the CLI prints timings).
+        force_geometry: see :func:`neumours.data.load_case`.
+        keep_going: skip bad cases instead of stopping.
 
     Returns:
         The label files written.
 
     Raises:
         NeumoursError: bad checkpoint, input or output names (before any work),
-            or a case that fails (naming it; processing stops there).
+            or a case that fails (naming it); CasesFailedError after a
+            ``keep_going`` run with failures.
     """
     out = Path(out)
-    single = is_nifti_name(out.name)
     probs_path = Path(probs) if probs is not None else None
-    if probs_path is not None and single:
-        _check_out_name(probs_path, "--probs")
+    single = check_outputs(out, probs_path)
     try:
         super_resolution_shape((2, 2, 2), scale)
     except ValueError as exc:
@@ -336,6 +419,13 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
     refs = list_cases(source)
     if single and len(refs) != 1:
         raise NeumoursError(f"{source}: holds {len(refs)} cases; --out must name a folder, not {out.name}")
+    total = len(refs)
+    refs, failures = check_cases(refs, force_geometry=force_geometry, keep_going=keep_going)
+    failures = [(f.case_id, f.error) for f in failures]
+    if refs:
+        largest = max(refs, key=lambda r: math.prod(_grid_shape(r, force_geometry)))
+        check_scale(_grid_shape(largest, force_geometry), scale, segmenter.config.num_classes, probs_path is not None,
+                    segmenter.device, what=f"case {largest.case_id}" if len(refs) > 1 else "")
     from tqdm import tqdm
 
     written = []
@@ -345,7 +435,8 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
         if probs_path is not None:
             ptarget = probs_path if single else probs_path / f"{ref.case_id}_probs.nii.gz"
         try:
-            result = segmenter(ref, scale=scale, denoise=denoise, probs=ptarget is not None, timings=timings)
+            result = segmenter(ref, scale=scale, denoise=denoise, probs=ptarget is not None, timings=timings,
+                               force_geometry=force_geometry)
             if ptarget is not None:
                 write_probabilities(result, ptarget)
             try:
@@ -354,12 +445,20 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
                 if ptarget is not None:  # no probabilities left behind without their labels
                     ptarget.unlink(missing_ok=True)
                 raise
-        except NeumoursDataError:
-            raise  # already names the file
         except NeumoursError as exc:
-            raise NeumoursError(f"case {ref.case_id}: {exc}") from None
+            message = str(exc) if isinstance(exc, NeumoursDataError) else f"case {ref.case_id}: {exc}"
+            if keep_going:
+                failures.append((ref.case_id, message))
+                continue
+            if written:
+                message += (f" (stopped there: {len(written)} earlier case(s) were written to {out}, "
+                            f"the last {written[-1].name}; --keep-going skips bad cases)")
+            raise NeumoursError(message) from None
         if on_result is not None:
             on_result(result, target)
+    if failures:
+        raise CasesFailedError(f"{len(failures)} of {total} case(s) failed (listed above); "
+                               f"{len(written)} segmentation(s) written to {out}", failures)
     return written
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
 
-from neumours.atomic import atomic_path
+from neumours.atomic import atomic_write_bytes
 from neumours.errors import NeumoursError
 from neumours.model.config import INRConfig
 from neumours.model.params import ParamLayout
@@ -35,6 +35,29 @@ def _flat_or_pack(layout: ParamLayout, state: Any) -> np.ndarray:
     if not isinstance(state, Mapping) and tuple(getattr(state, "shape", ())) == (layout.total,):
         return layout.pack(layout.views(state))
     return layout.pack(state)
+
+
+def checkpoint_bytes(state: Mapping[str, Any], config: INRConfig, metadata: Mapping[str, str] | None = None,
+                     path: str | os.PathLike = "checkpoint") -> bytes:
+    """The bytes :func:`save_checkpoint` writes (for writing them together with other files).
+
+    Raises:
+        NeumoursError / ValueError: as :func:`save_checkpoint` (``path`` only names the file in messages).
+    """
+    layout = ParamLayout(config)
+    flat = _flat_or_pack(layout, state)
+    views = layout.views(flat)
+    for name, value in views.items():
+        if not np.all(np.isfinite(value)):
+            raise NeumoursError(f"{path}: refusing to save a checkpoint whose tensor {name} holds NaN or Inf")
+    meta = {"format": CHECKPOINT_FORMAT, "config": json.dumps(config.architecture().to_dict(), sort_keys=True)}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"checkpoint metadata must map str to str, got {key!r}: {value!r}")
+        if key in _RESERVED:
+            raise ValueError(f"checkpoint metadata key {key!r} is reserved")
+        meta[key] = value
+    return safetensors.numpy.save({n: np.ascontiguousarray(v) for n, v in views.items()}, metadata=meta)
 
 
 def save_checkpoint(
@@ -62,22 +85,7 @@ def save_checkpoint(
         ValueError: metadata that is not str -> str or uses a reserved key.
     """
     path = Path(path)
-    layout = ParamLayout(config)
-    flat = _flat_or_pack(layout, state)
-    views = layout.views(flat)
-    for name, value in views.items():
-        if not np.all(np.isfinite(value)):
-            raise NeumoursError(f"{path}: refusing to save a checkpoint whose tensor {name} holds NaN or Inf")
-    meta = {"format": CHECKPOINT_FORMAT, "config": json.dumps(config.architecture().to_dict(), sort_keys=True)}
-    for key, value in (metadata or {}).items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise ValueError(f"checkpoint metadata must map str to str, got {key!r}: {value!r}")
-        if key in _RESERVED:
-            raise ValueError(f"checkpoint metadata key {key!r} is reserved")
-        meta[key] = value
-    data = safetensors.numpy.save({n: np.ascontiguousarray(v) for n, v in views.items()}, metadata=meta)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    atomic_write_bytes(path, checkpoint_bytes(state, config, metadata, path))
     return path
 
 

@@ -3,8 +3,15 @@
 When the dataset fits (``pool_bytes`` 0 or large enough) every case is loaded
 once. Otherwise the pool holds as many cases as fit and a background thread
 loads and normalises the next case from disk while training runs; every
-``refresh_every`` steps a ready case replaces the oldest one (only the upload
-happens on the training thread, never a disk read).
+``refresh_every`` steps the next case replaces the oldest one (only the upload
+happens on the training thread; the disk read was done meanwhile).
+
+Deterministic: the swap happens at fixed steps whatever the disk's speed
+(:meth:`CasePool.refresh` waits for the loader when it is not done yet, which
+is rare: it had ``refresh_every`` steps), so which cases are in the pool at a
+step depends only on the seed and the step. A resumed run rebuilds the pool of
+its checkpoint step from the number of swaps (``refreshes``), and its training
+is bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -12,11 +19,11 @@ from __future__ import annotations
 import concurrent.futures
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 import slangpy as spy
 
 from neumours.data import load_case, normalise
+from neumours.data.nifti import read_header
 from neumours.device import upload
 from neumours.errors import NeumoursDataError
 from neumours.train.augment import value_range
@@ -34,9 +41,9 @@ class HostCase:
     value_range: np.ndarray | None = None  # (C, 2) lowest, highest nonzero normalised value per modality
 
 
-def load_training_case(ref) -> tuple[np.ndarray, HostCase]:
+def load_training_case(ref, force_geometry: bool = False) -> tuple[np.ndarray, HostCase]:
     """Load, check and normalise one case: ((4, X, Y, Z) float32, HostCase)."""
-    case = load_case(ref)
+    case = load_case(ref, force_geometry=force_geometry)
     if case.label is None:
         raise NeumoursDataError(getattr(ref, "path", ref), "training case has no label volume")
     label = case.label.reshape(-1)
@@ -47,10 +54,8 @@ def load_training_case(ref) -> tuple[np.ndarray, HostCase]:
 
 def _voxels(ref) -> int:
     path = ref.paths["t1n"] if hasattr(ref, "paths") else ref
-    try:
-        return int(np.prod(nib.load(str(path)).shape[:3]))
-    except Exception as exc:  # nibabel raises many kinds for bad headers
-        raise NeumoursDataError(path, f"cannot read the NIfTI header ({exc})") from None
+    facts, _ = read_header(path, force_geometry=True)  # geometry is checked when the case is loaded
+    return int(np.prod(facts.shape[:3]))
 
 
 class CasePool:
@@ -62,6 +67,9 @@ class CasePool:
         num_modalities: channels per case (4).
         pool_bytes: device memory for volumes; 0 holds every case.
         seed: order in which cases enter the pool.
+        refreshes: start as the pool is after this many :meth:`refresh` calls
+            (a resumed run: :meth:`state` of its checkpoint).
+        force_geometry: see :func:`neumours.data.load_case`.
 
     Attributes:
         volumes, case_table: device buffers read by ``gather_inputs`` (see
@@ -69,7 +77,8 @@ class CasePool:
         cases: the HostCase of every slot.
     """
 
-    def __init__(self, device: spy.Device, refs, num_modalities: int = 4, pool_bytes: int = 0, seed: int = 0):
+    def __init__(self, device: spy.Device, refs, num_modalities: int = 4, pool_bytes: int = 0, seed: int = 0,
+                 refreshes: int = 0, force_geometry: bool = False):
         if not refs:
             raise NeumoursDataError("training split", "no training cases")
         self.device = device
@@ -81,19 +90,25 @@ class CasePool:
         slot_bytes = 4 * self.slot_floats
         capacity = len(self.refs) if pool_bytes <= 0 else int(min(len(self.refs), max(1, pool_bytes // slot_bytes)))
         self.capacity = capacity
+        self.force_geometry = force_geometry
+        cycling = capacity < len(self.refs)
+        self.refreshes = int(refreshes) if cycling else 0
+        # Which case each slot holds after `refreshes` swaps: slot `oldest` takes order[next], in turn.
+        slots, self._next, self._oldest = list(range(capacity)), capacity % len(self.refs), 0
+        for _ in range(self.refreshes):
+            slots[self._oldest] = self._next
+            self._next, self._oldest = (self._next + 1) % len(self.refs), (self._oldest + 1) % capacity
         self.cases: list[HostCase] = []
         volumes = np.zeros(capacity * self.slot_floats, np.float32)
-        for slot in range(capacity):
-            images, host = load_training_case(self._order[slot])
+        for slot, index in enumerate(slots):
+            images, host = load_training_case(self._order[index], force_geometry)
             volumes[slot * self.slot_floats: slot * self.slot_floats + images.size] = images.reshape(-1)
             self.cases.append(host)
         self.volumes = upload(device, volumes)
         self.case_table = upload(device, self._table(), np.uint32)
-        self._next = capacity % len(self.refs)
-        self._oldest = 0
         self._executor = None
         self._pending = None
-        if capacity < len(self.refs):
+        if cycling:
             self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="case-pool")
             self._prefetch()
 
@@ -112,14 +127,22 @@ class CasePool:
     def _prefetch(self) -> None:
         ref = self._order[self._next]
         self._next = (self._next + 1) % len(self.refs)
-        self._pending = self._executor.submit(load_training_case, ref)
+        self._pending = self._executor.submit(load_training_case, ref, self.force_geometry)
+
+    def state(self) -> dict:
+        """What a checkpoint needs to rebuild this pool: ``{"refreshes": n}``."""
+        return {"refreshes": self.refreshes}
 
     def refresh(self) -> bool:
-        """Swap the prefetched case into the oldest slot if it is ready; never waits.
+        """Swap the prefetched case into the oldest slot, waiting for the loader if it is not done.
 
-        Returns True when a case was swapped in.
+        Waiting keeps runs deterministic (see the module docstring). Returns True
+        when a case was swapped in (False when the pool is not cycling).
+
+        Raises:
+            NeumoursDataError: the next case cannot be loaded (naming its file).
         """
-        if self._pending is None or not self._pending.done():
+        if self._pending is None:
             return False
         images, host = self._pending.result()
         slot = self._oldest
@@ -129,6 +152,7 @@ class CasePool:
         self.cases[slot] = host
         self.case_table.copy_from_numpy(self._table())
         self._oldest = (self._oldest + 1) % self.capacity
+        self.refreshes += 1
         self._prefetch()
         return True
 

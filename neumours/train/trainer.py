@@ -6,15 +6,24 @@ accumulate in the device buffer), then clips and steps the torch optimisers,
 which update the flat parameter buffer in place.
 
 A run folder holds ``config.toml`` (resolved configuration), ``metrics.csv``,
-``last.safetensors`` and ``best.safetensors`` (INR checkpoints),
-``last.state.pt`` (optimiser, sampler and progress state for ``--resume``) and
-``curves.png``. Every file is written atomically.
+``last.safetensors`` and ``best.safetensors`` (INR checkpoints), ``curves.png``,
+and the checkpoint that ``--resume`` continues from: ``checkpoint.json`` and
+``checkpoints/step-*/`` (weights, optimiser/sampler/pool state and the metric
+rows of one step, committed as one unit: :mod:`neumours.train.checkpoints`).
+A checkpoint is committed at every validation step (after its row is
+recorded) and at the end; ``kill -9`` at any moment leaves a run that resumes
+from the last commit (killed before the first one, it starts again from step
+0), and the resumed run's weights are bit-identical to an uninterrupted
+run's (on the CPU device; see docs/reliability.md). Ctrl-C stops after the
+current step and commits a checkpoint there.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -22,11 +31,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from neumours.atomic import atomic_path, atomic_write_text
-from neumours.data import list_cases, load_case, normalise, split_cases
+from neumours.atomic import make_folder
+from neumours.data import check_cases, list_cases, load_case, normalise, split_cases
 from neumours.device import empty_buffer, get_device, recording, upload_into
 from neumours.errors import NeumoursDataError, NeumoursError
 from neumours.model.checkpoint import load_checkpoint, save_checkpoint
+from neumours.train import checkpoints
 from neumours.model.inputs import CaseVolumes, gather_inputs
 from neumours.model.inr import INR
 from neumours.conventions import CLASS_KEYS, CLASS_NAMES
@@ -41,9 +51,8 @@ from neumours.train.validate import Validator
 
 METRIC_COLUMNS = (["step", "loss", "ce"] + [f"dice_{k}" for k in CLASS_KEYS] + ["dice_mean", "lr", "grad_norm", "time_s"]
                   + [f"val_dice_{k}" for k in CLASS_KEYS] + ["val_dice_mean"])
-CHECKPOINT_BEST = "best.safetensors"
-CHECKPOINT_LAST = "last.safetensors"
-STATE_LAST = "last.state.pt"
+CHECKPOINT_BEST = checkpoints.BEST
+CHECKPOINT_LAST = checkpoints.LAST
 
 
 class Trainer:
@@ -55,14 +64,32 @@ class Trainer:
         config: training configuration.
         device: slangpy device (default: auto).
         resume: continue the run in ``run_dir`` from its last checkpoint.
+        overwrite: replace a run already in ``run_dir`` (its files are deleted once
+            every check has passed); without it such a folder is refused.
+        force_geometry: see :func:`neumours.data.load_case`.
+        keep_going: leave out cases whose headers fail :func:`neumours.data.check_case`
+            (before the split; listed in :attr:`failures`) instead of refusing the dataset.
     """
 
-    def __init__(self, data, run_dir, config: TrainConfig, device=None, resume: bool = False, progress: bool = True):
+    def __init__(self, data, run_dir, config: TrainConfig, device=None, resume: bool = False, progress: bool = True,
+                 *, overwrite: bool = False, force_geometry: bool = False, keep_going: bool = False):
         self.run_dir = Path(run_dir)
         self.config = config
         self.progress = progress
+        if not resume and not overwrite and checkpoints.is_run(self.run_dir):
+            raise NeumoursError(f"{self.run_dir}: already holds a training run; continue it with --resume "
+                                f"{self.run_dir}, choose a new --out folder, or add --overwrite to replace it")
+        resumed = None
+        if resume:
+            checkpoints.recover(self.run_dir)
+            # A run stopped before its first checkpoint holds only config.toml: it starts again from step 0
+            # (runs are deterministic in their seed, so that is the run it would have been).
+            if not checkpoints.never_committed(self.run_dir):
+                resumed = checkpoints.load(self.run_dir)  # verified before anything is built
         self.device = device or get_device()
-        refs = list_cases(data)
+        refs, failures = check_cases(list_cases(data), force_geometry=force_geometry, need_label=True,
+                                     keep_going=keep_going)
+        self.failures = [(f.case_id, f.error) for f in failures]
         if len(refs) < 2:
             raise NeumoursDataError(data, f"needs at least 2 cases for a train/validation split, found {len(refs)}")
         train_refs, val_refs = split_cases(refs, config.schedule.val_fraction, config.schedule.seed)
@@ -72,10 +99,11 @@ class Trainer:
         self.val_ids = [r.case_id for r in val_refs]
         net = config.network
         self.inr = INR(net, self.device, seed=config.schedule.seed)
+        refreshes = resumed.state.get("pool", {}).get("refreshes", 0) if resumed is not None else 0
         self.pool = CasePool(self.device, train_refs, net.num_modalities, config.sampler.pool_bytes,
-                             config.schedule.seed)
+                             config.schedule.seed, refreshes=refreshes, force_geometry=force_geometry)
         self.pool_volumes = CaseVolumes(self.device, self.pool.volumes, self.pool.case_table, [], net.num_modalities)
-        val_cases = [load_case(r) for r in val_refs]
+        val_cases = [load_case(r, force_geometry=force_geometry) for r in val_refs]
         self.validator = Validator(self.inr, [normalise(c.images) for c in val_cases],
                                    [c.label for c in val_cases])
         self.sampler = PointSampler(config.sampler.foreground_ratio, config.schedule.seed)
@@ -98,11 +126,16 @@ class Trainer:
             self._aug_coords, self._aug_patches = empty_buffer(dev, n * 3), empty_buffer(dev, n * net.patch_dim)
         self.step = 0
         self.best = -1.0
+        self.best_step: int | None = None
+        self.committed_step: int | None = None
         self.rows: list[dict] = []
-        if resume:
-            self._resume()
-        else:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_requested = False
+        if resumed is not None:
+            self._resume(resumed)
+        elif not resume:
+            if overwrite:
+                checkpoints.remove_run(self.run_dir)
+            make_folder(self.run_dir)
             save_toml(config, self.run_dir / "config.toml")
 
     # ------------------------------------------------------------------ one step
@@ -154,83 +187,109 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self, stop_after: int | None = None) -> dict:
-        """Train until ``config.schedule.steps`` (or ``stop_after`` more steps, saving
-        ``last`` as an interruption would). Ctrl-C also saves ``last`` and stops."""
+        """Train until ``config.schedule.steps`` (or ``stop_after`` more steps), committing a
+        checkpoint at every validation and at the end. Ctrl-C (SIGINT) stops after the
+        current step, commits a checkpoint there and raises KeyboardInterrupt."""
         cfg = self.config.schedule
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
         start_time = time.perf_counter() - (self.rows[-1]["time_s"] if self.rows else 0.0)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress,
                    dynamic_ncols=True)
+        previous_handler = self._defer_sigint()
         try:
-            while self.step < end:
+            while self.step < end and not self._stop_requested:
                 row = self.train_step()
                 row["time_s"] = time.perf_counter() - start_time
-                if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                validated = self.step % cfg.val_every == 0 or self.step == cfg.steps
+                if validated:
                     row.update(self._validate())
-                if self.step % cfg.log_every == 0 or "val_dice_mean" in row or self.step == cfg.steps:
+                if self.step % cfg.log_every == 0 or validated:
                     self.rows.append(row)
+                if validated:  # the validation row is part of the checkpoint of its step
+                    self._save_last()
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", dice=f"{row['dice_mean']:.3f}",
                                 best=f"{max(self.best, 0):.3f}")
-        except KeyboardInterrupt:
-            bar.close()
             self._save_last()
-            raise
-        bar.close()
-        self._save_last()
+        finally:
+            bar.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+        if self._stop_requested:
+            self._stop_requested = False
+            raise KeyboardInterrupt
         return {"steps": self.step, "best_val_dice_mean": self.best, "run_dir": str(self.run_dir),
                 "time_s": time.perf_counter() - start_time}
+
+    def _defer_sigint(self):
+        """Make Ctrl-C end the loop at a step boundary (the optimiser state is never half-updated)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def request_stop(signum, frame) -> None:
+            self._stop_requested = True
+
+        try:
+            return signal.signal(signal.SIGINT, request_stop)
+        except ValueError:  # not in the main interpreter
+            return None
 
     def _validate(self) -> dict:
         scores = self.validator()
         row = {f"val_dice_{k}": float(s) for k, s in zip(CLASS_KEYS, scores)}
         row["val_dice_mean"] = float(np.mean(scores))
         if row["val_dice_mean"] > self.best:
-            self.best = row["val_dice_mean"]
-            self._save_checkpoint(CHECKPOINT_BEST, row["val_dice_mean"])
-        self._save_last()
+            self.best, self.best_step = row["val_dice_mean"], self.step
         return row
 
     # ------------------------------------------------------------------ files
-    def _save_checkpoint(self, name: str, val_dice_mean: float | None) -> None:
-        metadata = {"step": str(self.step), "optimizer": self.config.optimizer.name,
-                    "val_dice_mean": "" if val_dice_mean is None else f"{val_dice_mean:.6f}",
-                    "classes": ",".join(CLASS_NAMES)}
-        save_checkpoint(self.run_dir / name, self.inr.state_dict(), self.config.network, metadata)
+    def _metadata(self, val_dice_mean: float | None) -> dict:
+        return {"step": str(self.step), "optimizer": self.config.optimizer.name,
+                "val_dice_mean": "" if val_dice_mean is None else f"{val_dice_mean:.6f}",
+                "classes": ",".join(CLASS_NAMES)}
 
     def _save_last(self) -> None:
-        self._save_checkpoint(CHECKPOINT_LAST, None)
-        state = {"step": self.step, "best": self.best, "sampler": self.sampler.state(),
+        """Commit the checkpoint of the current step (once per step)."""
+        if self.committed_step == self.step:
+            return
+        best_here = self.best_step == self.step
+        metadata = self._metadata(self.best if best_here else None)
+        state = {"step": self.step, "best": self.best, "best_step": self.best_step, "sampler": self.sampler.state(),
+                 "pool": self.pool.state(),
                  "augment": None if self.augmenter is None else self.augmenter.state(),
-                 "optimizers": [o.state_dict() for o in self.optimizers], "rows": self.rows}
-        with atomic_path(self.run_dir / STATE_LAST) as tmp:
-            torch.save(state, tmp)
-        self._write_metrics()
+                 "optimizers": [o.state_dict() for o in self.optimizers],
+                 "rows": self.rows}
+        best = {"step": self.best_step, "val_dice_mean": self.best} if self.best_step is not None else None
+        checkpoints.commit(self.run_dir, self.step,
+                           lambda path: save_checkpoint(path, self.inr.state_dict(), self.config.network, metadata),
+                           state, self._metrics_csv(), best)
+        self.committed_step = self.step
 
-    def _write_metrics(self) -> None:
+    def _metrics_csv(self) -> str:
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in self.rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        atomic_write_text(self.run_dir / "metrics.csv", text.getvalue())
+        return text.getvalue()
 
-    def _resume(self) -> None:
-        for name in ("config.toml", CHECKPOINT_LAST, STATE_LAST):
-            if not (self.run_dir / name).is_file():
-                raise NeumoursError(f"{self.run_dir}: cannot resume, {name} is missing")
+    def _resume(self, checkpoint: checkpoints.Checkpoint) -> None:
+        if not (self.run_dir / "config.toml").is_file():
+            raise NeumoursError(f"{self.run_dir}: cannot resume, config.toml is missing")
         saved = load_toml(self.run_dir / "config.toml", TrainConfig())
         if saved.network.architecture() != self.config.network.architecture():
             raise NeumoursError(f"{self.run_dir}: cannot resume, the run's network differs from this configuration")
-        state, _, _ = load_checkpoint(self.run_dir / CHECKPOINT_LAST, expected_config=self.config.network)
+        state, _, _ = load_checkpoint(checkpoint.weights, expected_config=self.config.network)
         self.inr.load_state_dict(state)
+        progress = checkpoint.state
         try:
-            progress = torch.load(self.run_dir / STATE_LAST, weights_only=False)
             for optimizer, saved_state in zip(self.optimizers, progress["optimizers"], strict=True):
                 optimizer.load_state_dict(saved_state)
-        except Exception as exc:  # a truncated or foreign state file
-            raise NeumoursError(f"{self.run_dir / STATE_LAST}: cannot resume ({exc})") from None
+        except Exception as exc:  # a foreign state file
+            raise NeumoursError(f"{self.run_dir}: cannot resume, the optimiser state does not fit ({exc})") from None
         self.step, self.best, self.rows = progress["step"], progress["best"], progress["rows"]
+        self.best_step = progress.get("best_step")
+        self.committed_step = self.step if checkpoint.manifest is not None else None
         self.sampler.set_state(progress["sampler"])
         if self.augmenter is not None and progress.get("augment") is not None:
             self.augmenter.set_state(progress["augment"])
@@ -241,13 +300,19 @@ class Trainer:
 
 
 def train(data, out, config: TrainConfig, device=None, resume: bool = False, progress: bool = True,
-          plot: bool = True) -> dict:
-    """Train (or resume) a run; the Python call behind ``neumours train``."""
-    trainer = Trainer(data, out, config, device, resume, progress)
+          plot: bool = True, *, overwrite: bool = False, force_geometry: bool = False, keep_going: bool = False) -> dict:
+    """Train (or resume) a run; the Python call behind ``neumours train``.
+
+    ``overwrite``, ``force_geometry``, ``keep_going``: see :class:`Trainer`. The
+    summary's ``failures`` lists (case id, error) of cases left out by ``keep_going``.
+    """
+    trainer = Trainer(data, out, config, device, resume, progress, overwrite=overwrite,
+                      force_geometry=force_geometry, keep_going=keep_going)
     try:
         summary = trainer.run()
     finally:
         trainer.close()
+    summary["failures"] = trainer.failures
     if plot:
         from neumours.train.curves import plot_run
 
