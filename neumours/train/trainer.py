@@ -53,17 +53,24 @@ class Trainer:
         config: training configuration.
         device: slangpy device (default: auto).
         resume: continue the run in ``run_dir`` from its last checkpoint.
+        cases: ``(train, val)`` CaseRefs to use instead of splitting ``data`` by
+            ``[schedule] val_fraction`` (a cross-validation fold; ``data`` then only
+            names the dataset in messages).
     """
 
-    def __init__(self, data, run_dir, config: TrainConfig, device=None, resume: bool = False, progress: bool = True):
+    def __init__(self, data, run_dir, config: TrainConfig, device=None, resume: bool = False, progress: bool = True,
+                 cases: tuple[list, list] | None = None):
         self.run_dir = Path(run_dir)
         self.config = config
         self.progress = progress
         self.device = device or get_device()
-        refs = list_cases(data)
-        if len(refs) < 2:
-            raise NeumoursDataError(data, f"needs at least 2 cases for a train/validation split, found {len(refs)}")
-        train_refs, val_refs = split_cases(refs, config.schedule.val_fraction, config.schedule.seed)
+        if cases is None:
+            refs = list_cases(data)
+            if len(refs) < 2:
+                raise NeumoursDataError(data, f"needs at least 2 cases for a train/validation split, found {len(refs)}")
+            train_refs, val_refs = split_cases(refs, config.schedule.val_fraction, config.schedule.seed)
+        else:
+            train_refs, val_refs = (list(c) for c in cases)
         if not train_refs:
             raise NeumoursDataError(data, "the training split is empty")
         self.train_ids = [r.case_id for r in train_refs]
@@ -117,13 +124,16 @@ class Trainer:
                 self.inr.forward_device(self._coords, self._patches, n, self._logits, self._workspace)
                 self.loss.backward(self._logits, labels, n, self._grad_logits, mb, scale=1.0 / m)
                 self.inr.backward_device(self._coords, self._patches, n, self._grad_logits, self._workspace)
+        values = self.loss.values()
+        if not np.isfinite(values["loss"]):  # a diverged run: stop before the optimiser spreads NaN into the weights
+            raise NeumoursError(f"{self.run_dir}: step {self.step + 1}: the loss is not finite ({values['loss']}); "
+                                "the run diverged (try a lower [optimizer] lr)")
         self.inr.bridge.pull_grads()
         params = self.inr.bridge.torch_parameters()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.clip_norm))
         for optimizer in self.optimizers:
             optimizer.step()
         self.inr.bridge.push_params()
-        values = self.loss.values()
         self.step += 1
         if self.pool.cycling and self.step % cfg.sampler.refresh_every == 0:
             self.pool.refresh()
