@@ -1,13 +1,15 @@
 """`neumours sweep` on a real Ray instance (2 CPUs, no GPU): a grid over folds, resume after kill -9,
-a failing trial among good ones.
+a failing trial among good ones, and trials placed on the GPUs that CUDA_VISIBLE_DEVICES shows.
 
-One Ray instance serves the whole module (Ray takes seconds to start); the killed driver of the
-resume test joins it with --address, as a driver on a cluster would.
+One Ray instance serves most of the module (Ray takes seconds to start); the killed driver of the
+resume test joins it with --address, as a driver on a cluster would. The GPU test's driver starts
+its own local Ray, as `neumours sweep` does by default.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -153,3 +155,32 @@ def test_failing_trials_are_reported_and_the_rest_finish(cluster, dataset, tmp_p
     best = load_toml(tmp_path / "sweep" / "best_config.toml", TrainConfig())
     assert best.optimizer.lr == 0.01
     assert "2 failed" in capsys.readouterr().out
+
+
+def test_trials_use_every_gpu_that_cuda_visible_devices_shows(dataset, tmp_path):
+    # A machine whose nvidia-smi lists 4 GPUs, of which CUDA_VISIBLE_DEVICES exposes 3 and 1: Ray must
+    # be started with those two, and two trials running at once get one each (the trials themselves
+    # train on the CPU device, so no real GPU is needed; Ray only hands out the ids).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text("#!/bin/sh\n" + "".join(f"echo 'GPU {i}: NVIDIA H200 (UUID: GPU-fake{i})'\n" for i in range(4)))
+    fake.chmod(0o755)
+    (tmp_path / "space.toml").write_text("[optimizer]\nlr = { grid = [3e-3, 1e-2] }\n")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="3,1", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop("RAY_ADDRESS", None)
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "neumours.cli.main", "sweep", "--data", str(dataset), "--space",
+               str(tmp_path / "space.toml"), "--out", str(out), "--preset", "tiny", "--folds", "2", "--steps", "4",
+               "--val-every", "2", "--device", "cpu", "--quiet", "--cpus", "2"]
+    too_many = subprocess.run([*command, "--gpus", "3"], env=env, capture_output=True, text=True, timeout=120)
+    assert too_many.returncode == 2 and not out.exists()
+    assert too_many.stderr == ("neumours: error: --gpus 3: found 2 GPUs "
+                               "(nvidia-smi lists 4; CUDA_VISIBLE_DEVICES='3,1')\n")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr
+    rows = read_results(out)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
+    placed = [json.loads(p.read_text())["gpus"] for p in sorted(out.glob("trials/*/trial.json"))]
+    assert sorted(placed) == [["1"], ["3"]]  # a whole GPU each (--trials-per-gpu 1), both GPUs used

@@ -19,15 +19,19 @@ _DEFAULTS = {"data": None, "space": None, "out": None, "folds": 5, "preset": "pa
 def _resources(args, settings):
     """The trials' resources; a GPU request beyond what is there fails here, before anything is written.
 
-    Joining a cluster (``--address``) connects to it to count its GPUs; a local Ray starts later.
+    Joining a cluster (``--address``) connects to it to count its GPUs, as does a process that is already
+    connected to Ray (a Python caller's own ``ray.init``); a local Ray starts later.
     """
+    import ray
+
     from neumours.sweep.resources import describe_visible, physical_gpus, plan_resources, visible_gpus
     from neumours.sweep.runner import cluster_gpus, start_ray
 
-    if args.address:
-        start_ray(args.address, None, 0)
+    if args.address or ray.is_initialized():
+        start_ray(args.address, None, 0)  # no-op when already connected
         available = cluster_gpus()
-        found = f"{available} GPU{'' if available == 1 else 's'} in the Ray cluster at {args.address}"
+        where = f"the Ray cluster at {args.address}" if args.address else "the Ray instance of this process"
+        found = f"{available} GPU{'' if available == 1 else 's'} in {where}"
     else:
         physical = physical_gpus()
         visible = visible_gpus(physical)

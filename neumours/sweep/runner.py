@@ -95,7 +95,9 @@ def start_ray(address: str | None, cpus: int | None, gpus: int) -> bool:
         elif address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, **quiet)
+            # "local": a new instance of our own even when another Ray runs on this machine; Ray reads
+            # CUDA_VISIBLE_DEVICES for the ids of the ``gpus`` GPUs and gives each trial its own.
+            ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
