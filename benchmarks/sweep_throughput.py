@@ -9,7 +9,8 @@ folds x ``steps`` steps on phantom cases. The peer is the strongest sequential l
 trials (the same trainable function, ``train_folds``) one after another in this process, with
 the device and its compiled kernels reused, no Ray and no process start.
 
-Reported per level: wall time, trials per hour, the ratio to the sequential loop, the GPU's mean
+Reported per level: wall time, trials per hour (over the whole sweep, and steady: N over the median
+time of a trial that ran in an already warm process), the ratio to the sequential loop, the GPU's mean
 utilisation and peak memory while the sweep ran (``nvidia-smi`` every 0.5 s), the peak memory of
 each trial process (Ray reuses one process per concurrent trial), and the largest difference of a
 fold's final validation Dice from the same configuration trained sequentially (run-to-run noise:
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
 import subprocess
@@ -113,6 +115,16 @@ def sequential(setup: TrialSetup, lrs: list[float], root: Path) -> tuple[list[fl
     return times, dice
 
 
+def trial_spans(out: Path) -> list[tuple[float, float, int]]:
+    """(start, end, pid) of every finished trial, by start: ``trial.json`` is written when a trial
+    starts, ``result.json`` when it has finished."""
+    spans = []
+    for result in out.glob("trials/*/result.json"):
+        info = result.parent / "trial.json"
+        spans.append((info.stat().st_mtime, result.stat().st_mtime, json.loads(info.read_text())["pid"]))
+    return sorted(spans)
+
+
 def sweep_level(data: Path, root: Path, base, n: int, lrs: list[float], folds: int, cpus: int,
                 device: str) -> dict:
     """One sweep of ``len(lrs)`` trials, ``n`` of them sharing the GPU; wall time, GPU use, fold Dice."""
@@ -131,8 +143,12 @@ def sweep_level(data: Path, root: Path, base, n: int, lrs: list[float], folds: i
     records = read_trials(sweep)
     dice = {float(r.config["optimizer"]["lr"]): [f["val_dice_mean"] for f in r.folds if f] for r in records
             if r.status == "finished"}
+    spans = trial_spans(sweep.out)
+    warm = [end - begin for begin, end, _ in spans[n:]]  # trials after the first n: their processes were warm
     return {"wall_s": wall, "trials": len(lrs), "finished": outcome.counts.get("finished", 0),
-            "gpu": sampler.summary(), "dice": dice, "cpus_per_trial": cpus_per_trial}
+            "gpu": sampler.summary(), "dice": dice, "cpus_per_trial": cpus_per_trial,
+            "warm_trial_s": statistics.median(warm) if warm else float("nan"),
+            "processes": len({pid for _, _, pid in spans})}
 
 
 def main() -> None:
@@ -172,16 +188,20 @@ def main() -> None:
         for n in args.levels:
             level = sweep_level(root / "data", root, base, n, all_lrs[:args.waves * n], args.folds, args.cpus,
                                 args.device)
-            rate = level["finished"] / level["wall_s"] * 3600.0
+            rate = level["finished"] / level["wall_s"] * 3600.0  # everything: Ray's start, compiling, the tail
+            steady = n / level["warm_trial_s"] * 3600.0  # n slots, each finishing a trial every warm_trial_s
             diffs = [abs(a - b) for lr in seq_lrs if lr in level["dice"]
                      for a, b in zip(level["dice"][lr], seq_dice[lr])]
-            level.update(trials_per_hour=rate, vs_sequential=rate / seq_rate,
+            level.update(trials_per_hour=rate, vs_sequential=rate / seq_rate, steady_trials_per_hour=steady,
+                         steady_vs_sequential=steady / seq_rate,
                          max_dice_diff=max(diffs) if diffs else float("nan"))
             levels[n] = level
             g = level["gpu"]
             rows.append({"trials/GPU": n, "trials": f"{level['finished']}/{level['trials']}",
-                         "wall s": f"{level['wall_s']:.1f}", "trials/h": f"{rate:.0f}",
-                         "vs sequential": f"{rate / seq_rate:.2f}x",
+                         "processes": level["processes"], "wall s": f"{level['wall_s']:.1f}",
+                         "trials/h (wall)": f"{rate:.0f}", "vs seq (wall)": f"{rate / seq_rate:.2f}x",
+                         "s/trial (warm)": f"{level['warm_trial_s']:.1f}",
+                         "trials/h (steady)": f"{steady:.0f}", "vs seq (steady)": f"{steady / seq_rate:.2f}x",
                          "GPU util %": f"{g['gpu_util_mean_pct']:.0f}", "GPU mem peak MiB": f"{g['gpu_mem_peak_mib']:.0f}",
                          "MiB/trial (median, max)": f"{g['trial_mem_median_mib']:.0f}, {g['trial_mem_max_mib']:.0f}",
                          "max |dDice| vs seq": f"{level['max_dice_diff']:.4f}"})
@@ -192,7 +212,9 @@ def main() -> None:
           f"(first trial {seq_times[0]:.1f} s), {seq_rate:.0f} trials/h\n")
     print_table(rows, list(rows[0]))
     best = max(levels.values(), key=lambda lv: lv["trials_per_hour"])
-    print(f"\nbest: {best['trials_per_hour']:.0f} trials/h = {best['vs_sequential']:.2f}x the sequential loop")
+    print(f"\nbest (wall): {best['trials_per_hour']:.0f} trials/h = {best['vs_sequential']:.2f}x the sequential loop")
+    print("wall: trials / the sweep's whole time (Ray start, each process compiling its kernels, the last wave's "
+          "tail); steady: N / the median time of a trial in a warm process (trials after the first N)")
     if args.json:
         write_json(args.json, {"args": vars(args), "device": describe(device), "sequential_s": seq_times,
                                "sequential_trials_per_hour": seq_rate, "levels": levels})
