@@ -184,3 +184,26 @@ def test_trials_use_every_gpu_that_cuda_visible_devices_shows(dataset, tmp_path)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
     placed = [json.loads(p.read_text())["gpus"] for p in sorted(out.glob("trials/*/trial.json"))]
     assert sorted(placed) == [["1"], ["3"]]  # a whole GPU each (--trials-per-gpu 1), both GPUs used
+
+
+@pytest.mark.gpu
+def test_trials_share_a_real_gpu(cuda_device, dataset, tmp_path):
+    # Two trials at --trials-per-gpu 2 on the first GPU, training on cuda in Ray's worker processes:
+    # both get the same GPU id (half a GPU each) and finish, with scores like the CPU sweeps'.
+    (tmp_path / "space.toml").write_text("[optimizer]\nlr = { grid = [3e-3, 1e-2] }\n")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0],
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop("RAY_ADDRESS", None)
+    env.pop("NEUMOURS_DEVICE", None)
+    out = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "-m", "neumours.cli.main", "sweep", "--data", str(dataset),
+                           "--space", str(tmp_path / "space.toml"), "--out", str(out), "--preset", "tiny",
+                           "--folds", "2", "--steps", "40", "--val-every", "20", "--trials-per-gpu", "2",
+                           "--quiet"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = read_results(out)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
+    assert all(0.0 < float(r["val_dice_mean"]) <= 1.0 for r in rows)
+    infos = [json.loads(p.read_text()) for p in sorted(out.glob("trials/*/trial.json"))]
+    assert [i["device"] for i in infos] == ["cuda", "cuda"]
+    assert [len(i["gpus"]) for i in infos] == [1, 1] and infos[0]["gpus"] == infos[1]["gpus"]
