@@ -78,6 +78,10 @@ class GpuSampler:
             self._stop.wait(self.period)
 
     def __enter__(self):
+        try:  # memory in use before the sweep (this process's own context): subtracted for "per trial"
+            self.baseline = float(self._query("--query-gpu=memory.used")[0][0])
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            self.baseline = float("nan")
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
@@ -86,10 +90,14 @@ class GpuSampler:
         self._stop.set()
         self._thread.join()
 
-    def summary(self) -> dict:
+    def summary(self, trials_at_once: int) -> dict:
+        """``trial_mem_*``: per process as nvidia-smi lists them (empty where a container hides the
+        pids); ``trial_mem_from_total_mib``: (peak - memory before the sweep) / trials at once."""
         procs = sorted(self.per_process.values())
+        peak = max(self.memory) if self.memory else float("nan")
         return {"gpu_util_mean_pct": statistics.mean(self.util) if self.util else float("nan"),
-                "gpu_mem_peak_mib": max(self.memory) if self.memory else float("nan"),
+                "gpu_mem_peak_mib": peak,
+                "trial_mem_from_total_mib": (peak - self.baseline) / trials_at_once,
                 "trial_processes": len(procs),
                 "trial_mem_median_mib": statistics.median(procs) if procs else float("nan"),
                 "trial_mem_max_mib": procs[-1] if procs else float("nan")}
@@ -146,7 +154,7 @@ def sweep_level(data: Path, root: Path, base, n: int, lrs: list[float], folds: i
     spans = trial_spans(sweep.out)
     warm = [end - begin for begin, end, _ in spans[n:]]  # trials after the first n: their processes were warm
     return {"wall_s": wall, "trials": len(lrs), "finished": outcome.counts.get("finished", 0),
-            "gpu": sampler.summary(), "dice": dice, "cpus_per_trial": cpus_per_trial,
+            "gpu": sampler.summary(n), "dice": dice, "cpus_per_trial": cpus_per_trial,
             "warm_trial_s": statistics.median(warm) if warm else float("nan"),
             "processes": len({pid for _, _, pid in spans})}
 
@@ -204,6 +212,7 @@ def main() -> None:
                          "trials/h (steady)": f"{steady:.0f}", "vs seq (steady)": f"{steady / seq_rate:.2f}x",
                          "GPU util %": f"{g['gpu_util_mean_pct']:.0f}", "GPU mem peak MiB": f"{g['gpu_mem_peak_mib']:.0f}",
                          "MiB/trial (median, max)": f"{g['trial_mem_median_mib']:.0f}, {g['trial_mem_max_mib']:.0f}",
+                         "MiB/trial (total)": f"{g['trial_mem_from_total_mib']:.0f}",
                          "max |dDice| vs seq": f"{level['max_dice_diff']:.4f}"})
             print(f"level {n}: {rows[-1]}", flush=True)
     print(f"\ndevice: {describe(device)}; {args.preset} network, {args.folds} folds x {args.steps} steps per trial, "
