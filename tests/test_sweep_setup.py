@@ -155,3 +155,10 @@ def test_without_ray_one_line_how_to_install(dataset, tmp_path, capsys, monkeypa
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     _one_line_error(capsys, _sweep_args(dataset, tmp_path), "pip install 'neumours[sweep]'", tmp_path)
+
+
+def test_optuna_search_without_optuna_is_one_line(dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    (tmp_path / "space.toml").write_text("[optimizer]\nlr = { loguniform = [1e-3, 1e-2] }\n")
+    _one_line_error(capsys, _sweep_args(dataset, tmp_path, "--search", "optuna"),
+                    "--search optuna needs Optuna: pip install optuna", tmp_path)

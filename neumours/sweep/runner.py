@@ -32,6 +32,7 @@ from neumours.sweep.space import load_space
 from neumours.sweep.trainable import METRIC, TrialSetup, run_trial
 
 INSTALL = "Ray Tune is not installed: pip install 'neumours[sweep]'"
+OPTUNA = "--search optuna needs Optuna: pip install optuna"
 
 
 def require_ray() -> None:
@@ -40,6 +41,14 @@ def require_ray() -> None:
         import ray.tune  # noqa: F401
     except ImportError:
         raise NeumoursError(INSTALL) from None
+
+
+def require_optuna() -> None:
+    """``--search optuna`` needs Optuna (not part of the sweep extra): one line saying how to install it."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise NeumoursError(OPTUNA) from None
 
 
 def new_sweep(out: str | Path, space_file: str | Path, base, settings: SweepSettings) -> Sweep:
@@ -54,6 +63,8 @@ def new_sweep(out: str | Path, space_file: str | Path, base, settings: SweepSett
         raise NeumoursError(f"{out}: the sweep folder is not empty{hint}")
     space = load_space(space_file)
     space.check_search(settings.search)
+    if settings.search == "optuna":
+        require_optuna()
     if settings.samples < 1:
         raise NeumoursError(f"--samples {settings.samples}: must be at least 1")
     if settings.asha and not 0 < settings.asha_grace <= base.schedule.steps:
@@ -124,7 +135,7 @@ def _search(sweep: Sweep):
 
             search = OptunaSearch(seed=seed)
         except (ImportError, AssertionError):
-            raise NeumoursError("--search optuna needs Optuna: pip install optuna") from None
+            raise NeumoursError(OPTUNA) from None
     else:
         search = BasicVariantGenerator(random_state=seed)
     scheduler = None
