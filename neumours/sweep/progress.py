@@ -83,7 +83,8 @@ class SweepProgress(tune.Callback):
 
     def _describe(self, trial) -> str:
         flat = {f"{s}.{k}": v for s, keys in trial.config.items() if isinstance(keys, dict) for k, v in keys.items()}
-        values = " ".join(f"{n}={flat.get(n)}" for n in self.names)
+        values = " ".join(f"{n}={flat.get(n):.4g}" if isinstance(flat.get(n), float) else f"{n}={flat.get(n)}"
+                          for n in self.names)  # drawn floats: 4 digits on the terminal, all in results.csv
         return f"trial {trial.trial_id} ({values})"
 
     # ------------------------------------------------------------------ Tune's events

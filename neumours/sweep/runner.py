@@ -131,8 +131,10 @@ def _search(sweep: Sweep):
     s, seed = sweep.settings, sweep.base.schedule.seed
     if s.search == "optuna":
         try:
+            import optuna
             from ray.tune.search.optuna import OptunaSearch
 
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # its study banner would break the progress bar
             search = OptunaSearch(seed=seed)
         except (ImportError, AssertionError):
             raise NeumoursError(OPTUNA) from None
