@@ -69,10 +69,14 @@ class Trainer:
         force_geometry: see :func:`neumours.data.load_case`.
         keep_going: leave out cases whose headers fail :func:`neumours.data.check_case`
             (before the split; listed in :attr:`failures`) instead of refusing the dataset.
+        cases: ``(train, val)`` CaseRefs to use instead of splitting ``data`` by
+            ``[schedule] val_fraction`` (a cross-validation fold; ``data`` then only
+            names the dataset in messages).
     """
 
     def __init__(self, data, run_dir, config: TrainConfig, device=None, resume: bool = False, progress: bool = True,
-                 *, overwrite: bool = False, force_geometry: bool = False, keep_going: bool = False):
+                 *, overwrite: bool = False, force_geometry: bool = False, keep_going: bool = False,
+                 cases: tuple[list, list] | None = None):
         self.run_dir = Path(run_dir)
         self.config = config
         self.progress = progress
@@ -87,12 +91,16 @@ class Trainer:
             if not checkpoints.never_committed(self.run_dir):
                 resumed = checkpoints.load(self.run_dir)  # verified before anything is built
         self.device = device or get_device()
-        refs, failures = check_cases(list_cases(data), force_geometry=force_geometry, need_label=True,
-                                     keep_going=keep_going)
-        self.failures = [(f.case_id, f.error) for f in failures]
-        if len(refs) < 2:
-            raise NeumoursDataError(data, f"needs at least 2 cases for a train/validation split, found {len(refs)}")
-        train_refs, val_refs = split_cases(refs, config.schedule.val_fraction, config.schedule.seed)
+        if cases is None:
+            refs, failures = check_cases(list_cases(data), force_geometry=force_geometry, need_label=True,
+                                         keep_going=keep_going)
+            self.failures = [(f.case_id, f.error) for f in failures]
+            if len(refs) < 2:
+                raise NeumoursDataError(data, f"needs at least 2 cases for a train/validation split, found {len(refs)}")
+            train_refs, val_refs = split_cases(refs, config.schedule.val_fraction, config.schedule.seed)
+        else:
+            self.failures = []
+            train_refs, val_refs = (list(c) for c in cases)
         if not train_refs:
             raise NeumoursDataError(data, "the training split is empty")
         self.train_ids = [r.case_id for r in train_refs]
@@ -170,13 +178,16 @@ class Trainer:
                 self.inr.forward_device(coords, patches, n, self._logits, self._workspace)
                 self.loss.backward(self._logits, labels, n, self._grad_logits, mb, scale=1.0 / m)
                 self.inr.backward_device(coords, patches, n, self._grad_logits, self._workspace)
+        values = self.loss.values()
+        if not np.isfinite(values["loss"]):  # a diverged run: stop before the optimiser spreads NaN into the weights
+            raise NeumoursError(f"{self.run_dir}: step {self.step + 1}: the loss is not finite ({values['loss']}); "
+                                "the run diverged (try a lower [optimizer] lr)")
         self.inr.bridge.pull_grads()
         params = self.inr.bridge.torch_parameters()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.clip_norm))
         for optimizer in self.optimizers:
             optimizer.step()
         self.inr.bridge.push_params()
-        values = self.loss.values()
         self.step += 1
         if self.pool.cycling and self.step % cfg.sampler.refresh_every == 0:
             self.pool.refresh()

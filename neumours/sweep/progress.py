@@ -1,0 +1,129 @@
+"""The sweep's terminal progress and the driver's record of how Tune ended each trial.
+
+A Ray Tune callback (it runs in the driver): a progress bar over trials whose
+postfix shows the running trials' steps and the best score so far, and one line
+per trial as it finishes, fails or is stopped early. Tune's own table output
+is switched off (``verbose=0``) because its column widths follow the trial
+names, not the terminal.
+
+It also writes ``SWEEP/trials/<id>/status.json`` when Tune ends a trial: the
+only record of an ASHA stop (the trial is ended from outside) or of a trial
+whose process died without writing its own ``error.txt``.
+
+Tune saves its callbacks with the experiment and restores them with it, so the
+callback keeps only its sweep folder and trial count; output options are
+read from :func:`configure` of the process that runs the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ray import tune
+from tqdm import tqdm
+
+from neumours.atomic import atomic_write_text
+from neumours.sweep.results import STATUS, read_trial
+from neumours.sweep.trainable import TRIAL_ERROR, TRIAL_RESULT, trial_dir
+
+_OUTPUT: dict = {"quiet": False, "ended": set()}
+
+
+def configure(quiet: bool, ended: set[str] | None = None) -> None:
+    """Output of this process's sweep: ``quiet`` (no bar, no lines), ``ended`` trials ended before a resume."""
+    _OUTPUT.update(quiet=quiet, ended=set(ended or ()))
+
+
+def trial_dirname(trial) -> str:
+    """Tune's folder name of a trial: its id, the name of its folder under ``SWEEP/trials`` too."""
+    return trial.trial_id
+
+
+def _error_line(folder: Path, trial) -> str:
+    """The trial's own one-line error, else the last line of Tune's traceback."""
+    if (folder / TRIAL_ERROR).is_file():
+        return (folder / TRIAL_ERROR).read_text(encoding="utf-8").splitlines()[0]
+    error = trial.get_error()
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "the trial's process ended without a result"
+
+
+class SweepProgress(tune.Callback):
+    """Args: ``out`` the sweep folder, ``total`` trials in the sweep, ``k`` folds, ``names`` swept keys."""
+
+    def __init__(self, out: str | Path, total: int, k: int, names: list[str]):
+        self.out, self.total, self.k, self.names = str(out), total, k, names
+        self._bar = None
+        self._steps: dict[str, int] = {}
+        self._best: tuple[float, str] | None = None
+
+    def __getstate__(self):
+        return {"out": self.out, "total": self.total, "k": self.k, "names": self.names}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    # ------------------------------------------------------------------ output
+    def setup(self, **info):
+        self._bar = tqdm(total=self.total, initial=len(_OUTPUT["ended"]), desc="sweep", unit="trial",
+                         disable=_OUTPUT["quiet"], dynamic_ncols=True, file=sys.stderr)
+
+    def _say(self, text: str) -> None:
+        if not _OUTPUT["quiet"]:
+            (self._bar.write if self._bar is not None else print)(text, file=sys.stderr)
+
+    def _postfix(self) -> None:
+        if self._bar is None:
+            return
+        running = ", ".join(f"{t[-5:]}@{s}" for t, s in sorted(self._steps.items()))
+        best = f"{self._best[0]:.4f} ({self._best[1]})" if self._best else "–"
+        self._bar.set_postfix_str(f"running {running or '–'}; best {best}")
+
+    def _describe(self, trial) -> str:
+        flat = {f"{s}.{k}": v for s, keys in trial.config.items() if isinstance(keys, dict) for k, v in keys.items()}
+        values = " ".join(f"{n}={flat.get(n):.4g}" if isinstance(flat.get(n), float) else f"{n}={flat.get(n)}"
+                          for n in self.names)  # drawn floats: 4 digits on the terminal, all in results.csv
+        return f"trial {trial.trial_id} ({values})"
+
+    # ------------------------------------------------------------------ Tune's events
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._steps[trial.trial_id] = 0
+        self._postfix()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._steps[trial.trial_id] = int(result.get("step", 0))
+        self._postfix()
+
+    def _ended(self, trial, status: str, error: str = "") -> None:
+        folder = trial_dir(self.out, trial.trial_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / STATUS, json.dumps({"trial_id": trial.trial_id, "status": status,
+                                                       "config": trial.config, "error": error}, indent=1) + "\n")
+        self._steps.pop(trial.trial_id, None)
+        record = read_trial(folder, self.k)
+        if record.scores and record.status == "finished" and \
+                (self._best is None or record.scores["val_dice_mean"] > self._best[0]):
+            self._best = (record.scores["val_dice_mean"], trial.trial_id)
+        if self._bar is not None and trial.trial_id not in _OUTPUT["ended"]:  # not counted twice on a resume
+            self._bar.update(1)
+            _OUTPUT["ended"].add(trial.trial_id)
+        self._postfix()
+        if status == "failed":
+            self._say(f"failed    {self._describe(trial)}: {error}")
+        else:
+            score = (f"Dice {record.scores['val_dice_mean']:.4f} ± {record.scores['val_dice_sd']:.4f} "
+                     f"at step {record.step}") if record.scores else "no validation yet"
+            self._say(f"{record.status:9s} {self._describe(trial)}: {score}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        finished = (trial_dir(self.out, trial.trial_id) / TRIAL_RESULT).is_file()
+        self._ended(trial, "finished" if finished else "stopped")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial, "failed", _error_line(trial_dir(self.out, trial.trial_id), trial))
+
+    def on_experiment_end(self, trials, **info):
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,79 @@
+"""A sweep's settings, saved in its folder so that ``--resume SWEEP`` needs nothing else.
+
+``SWEEP/sweep.json`` (the options), ``SWEEP/space.toml`` (a copy of the search
+space), ``SWEEP/base_config.toml`` (the configuration the swept values are
+applied to: preset, ``--config`` and flags resolved) and ``SWEEP/folds.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from neumours.atomic import atomic_write_text
+from neumours.errors import NeumoursError
+from neumours.sweep.folds import Fold, load_folds, save_folds
+from neumours.sweep.space import SearchSpace, load_space
+from neumours.train.config import TrainConfig, load_toml, save_toml
+
+SETTINGS = "sweep.json"
+SPACE = "space.toml"
+BASE_CONFIG = "base_config.toml"
+FOLDS = "folds.json"
+TUNE_DIR = "tune"  # Ray Tune's experiment folder inside SWEEP (its state, for Tuner.restore)
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """The options of ``neumours sweep`` that define the experiment (resources may change on resume).
+
+    ``asha_grace``: steps every trial trains before ASHA may stop it;
+    ``asha_reduction``: ASHA keeps 1 in this many trials at each rung.
+    """
+
+    data: str
+    folds: int
+    search: str = "grid"
+    samples: int = 1
+    asha: bool = False
+    asha_grace: int = 0
+    asha_reduction: int = 3
+    trials_per_gpu: int = 1
+    cpus_per_trial: float = 1.0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Everything a sweep folder holds before any trial runs."""
+
+    out: Path
+    settings: SweepSettings
+    space: SearchSpace
+    base: TrainConfig
+    folds: list[Fold]
+
+
+def save_sweep(sweep: Sweep, space_file: str | Path) -> None:
+    out = sweep.out
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / SPACE, Path(space_file).read_text(encoding="utf-8"))
+    save_toml(sweep.base, out / BASE_CONFIG)
+    save_folds(sweep.folds, out / FOLDS)
+    atomic_write_text(out / SETTINGS, json.dumps(dataclasses.asdict(sweep.settings), indent=1) + "\n")  # last: marks a complete folder
+
+
+def load_sweep(out: str | Path) -> Sweep:
+    """Read a sweep folder written by :func:`save_sweep` (``--resume``)."""
+    out = Path(out)
+    path = out / SETTINGS
+    if not path.is_file():
+        raise NeumoursError(f"{out}: not a sweep folder ({SETTINGS} is missing)")
+    try:
+        settings = SweepSettings(**json.loads(path.read_text(encoding="utf-8")))
+        folds = load_folds(out / FOLDS)
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        raise NeumoursError(f"{path}: cannot read the sweep's settings ({exc})") from None
+    return Sweep(out, settings, load_space(out / SPACE), load_toml(out / BASE_CONFIG, TrainConfig()), folds)

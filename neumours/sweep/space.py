@@ -1,0 +1,168 @@
+"""The search space of a sweep: ``SPACE.toml`` parsed, checked against the training configuration.
+
+``SPACE.toml`` uses the sections and keys of a run's ``config.toml``; every key
+holds one of::
+
+    [optimizer]
+    lr = { loguniform = [3e-4, 3e-3] }    # log-uniform in [lo, hi]
+    name = { choice = ["adamw", "muon"] } # one of the values, drawn
+    [network]
+    num_freqs = { grid = [32, 64, 128] }  # every value, crossed with the other grid keys
+    [sampler]
+    foreground_ratio = { uniform = [0.05, 0.3] }
+
+Unknown sections or keys and malformed entries are errors before anything runs;
+a value of the wrong kind for its key (a string learning rate) is not: it fails
+its own trial, which the results table reports, while the others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neumours.errors import NeumoursError
+from neumours.train.config import TrainConfig
+
+KINDS = ("grid", "choice", "uniform", "loguniform")
+SEARCHES = ("grid", "random", "optuna")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One swept key: ``section.key`` and how its values are chosen.
+
+    ``values`` for grid/choice (TOML arrays become tuples, as in ``config.toml``),
+    ``(lo, hi)`` for uniform/loguniform; ``integer`` when the key is an int
+    field (then uniform/loguniform draw integers in [lo, hi]).
+    """
+
+    section: str
+    key: str
+    kind: str
+    values: tuple
+    integer: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The swept keys of a sweep, in file order."""
+
+    dimensions: tuple[Dimension, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.dimensions]
+
+    def check_search(self, search: str) -> None:
+        """``grid`` crosses lists only: a choice or a range needs ``random`` or ``optuna``."""
+        if search not in SEARCHES:
+            raise NeumoursError(f"--search {search!r}: choose one of {', '.join(SEARCHES)}")
+        if search == "grid":
+            drawn = [f"{d.name} ({d.kind})" for d in self.dimensions if d.kind != "grid"]
+            if drawn:
+                raise NeumoursError(f"--search grid enumerates {{ grid = [...] }} keys only; "
+                                    f"{', '.join(drawn)} need --search random or optuna")
+
+    def num_trials(self, search: str, samples: int) -> int:
+        """Trials the sweep runs: the grid's size, or ``samples`` drawn configurations."""
+        if search == "grid":
+            return math.prod(len(d.values) for d in self.dimensions)
+        return samples
+
+    def tune_space(self, search: str) -> dict[str, dict[str, Any]]:
+        """Ray Tune's ``param_space``, nested like ``config.toml``.
+
+        ``grid``: ``tune.grid_search`` per key (Tune crosses them). ``random`` and
+        ``optuna``: a grid list is drawn like a choice.
+        """
+        from ray import tune
+
+        space: dict[str, dict[str, Any]] = {}
+        for d in self.dimensions:
+            if search == "grid":
+                domain = tune.grid_search(list(d.values))
+            elif d.kind in ("grid", "choice"):
+                domain = tune.choice(list(d.values))
+            elif d.integer:
+                lo, hi = d.values
+                domain = (tune.randint if d.kind == "uniform" else tune.lograndint)(int(lo), int(hi) + 1)
+            else:
+                domain = (tune.uniform if d.kind == "uniform" else tune.loguniform)(*d.values)
+            space.setdefault(d.section, {})[d.key] = domain
+        return space
+
+
+def flat_values(config: dict[str, dict[str, Any]], space: SearchSpace) -> dict[str, Any]:
+    """``{"optimizer.lr": 0.001, ...}`` of a trial's nested configuration, in space order."""
+    return {d.name: config.get(d.section, {}).get(d.key) for d in space.dimensions}
+
+
+def apply(base: TrainConfig, config: dict[str, dict[str, Any]], source: str = "trial") -> TrainConfig:
+    """``base`` with a trial's swept values (nested like ``config.toml``)."""
+    return TrainConfig.from_dict(config, base, source=source)
+
+
+def _entry(section: str, key: str, spec: Any, default: Any, source: str) -> Dimension:
+    where = f"{source}: [{section}] {key}"
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+        raise NeumoursError(f"{where}: expected one of {{ grid = [...] }}, {{ choice = [...] }}, "
+                            f"{{ uniform = [lo, hi] }} or {{ loguniform = [lo, hi] }}")
+    kind, values = next(iter(spec.items()))
+    if not isinstance(values, list) or not values:
+        raise NeumoursError(f"{where}: {kind} needs a non-empty list")
+    values = tuple(tuple(v) if isinstance(v, list) else v for v in values)
+    integer = isinstance(default, int) and not isinstance(default, bool)
+    if kind in ("uniform", "loguniform"):
+        if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise NeumoursError(f"{where}: {kind} needs two numbers [lo, hi]")
+        lo, hi = values
+        if not lo < hi:
+            raise NeumoursError(f"{where}: {kind} needs lo < hi, got [{lo}, {hi}]")
+        if kind == "loguniform" and lo <= 0:
+            raise NeumoursError(f"{where}: loguniform needs lo > 0, got {lo}")
+        if not isinstance(default, (int, float)) or isinstance(default, bool):
+            raise NeumoursError(f"{where}: {kind} ranges need a numeric key (its value is {default!r})")
+    elif len(set(map(repr, values))) != len(values):
+        raise NeumoursError(f"{where}: {kind} lists a value twice")
+    return Dimension(section, key, kind, values, integer)
+
+
+def parse_space(data: dict, source: str = "space") -> SearchSpace:
+    """A :class:`SearchSpace` from the parsed TOML; every section and key must be a training setting."""
+    defaults = TrainConfig()
+    sections = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(TrainConfig)}
+    dimensions = []
+    for section, entries in data.items():
+        if section not in sections:
+            raise NeumoursError(f"{source}: unknown section [{section}] (sections: {', '.join(sections)})")
+        if not isinstance(entries, dict):
+            raise NeumoursError(f"{source}: [{section}] must be a table")
+        known = {f.name: getattr(sections[section], f.name) for f in dataclasses.fields(sections[section])}
+        for key, spec in entries.items():
+            if key not in known:
+                raise NeumoursError(f"{source}: unknown key {key!r} in [{section}] (keys: {', '.join(known)})")
+            dimensions.append(_entry(section, key, spec, known[key], source))
+    if not dimensions:
+        raise NeumoursError(f"{source}: no swept keys (e.g. [optimizer] lr = {{ grid = [1e-3, 3e-3] }})")
+    return SearchSpace(tuple(dimensions))
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and check ``SPACE.toml``."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NeumoursError(f"{path}: search space file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise NeumoursError(f"{path}: not a valid TOML file ({exc})") from None
+    return parse_space(data, source=str(path))
