@@ -50,7 +50,8 @@ def _new_sweep(args):
         raise NeumoursError(f"a new sweep needs {', '.join(missing)} (or give --resume SWEEP)")
     config = resolve_config(SimpleNamespace(resume=None, preset=args.preset, config=args.config,
                                             optimizer=args.optimizer, precision=args.precision,
-                                            steps=args.steps, seed=args.seed, val_every=args.val_every))
+                                            steps=args.steps, seed=args.seed, val_every=args.val_every,
+                                            augment=False))  # [augment] comes from --config or the space
     grace = args.asha_grace if args.asha_grace is not None else max(config.schedule.steps // 4, 1)
     settings = SweepSettings(data=str(args.data), folds=args.folds, search=args.search, samples=args.samples,
                              asha=args.asha, asha_grace=grace, asha_reduction=args.asha_reduction,
