@@ -66,16 +66,21 @@ def world(tmp_path_factory):
     for name, damage in (("zero-affine", zero_affine), ("zero-spacing", zero_spacing)):
         bad = root / name
         write_dataset(bad, 2, shape=SHAPE, seed=11, progress=False)
-        for case in sorted(bad.iterdir()):
+        for case in case_folders(bad):
             damage(case)
     # A dataset whose LAST case (in listing order) has a singular affine: the first two are fine.
     mixed = root / "mixed"
     write_dataset(mixed, 3, shape=SHAPE, seed=11, progress=False)
-    zero_affine(sorted(mixed.iterdir())[-1])
+    zero_affine(case_folders(mixed)[-1])
     # A regular file where a folder is needed.
     (root / "a-file").write_text("not a folder\n")
     return {"root": root, "case": cases[0], "data": root / "data", "ckpt": ckpt, "run": root / "run",
             "file": root / "a-file", "mixed": mixed}
+
+
+def case_folders(dataset: Path) -> list[Path]:
+    """The case folders of a phantom dataset in listing order (not its synth.toml record)."""
+    return sorted(p for p in dataset.iterdir() if p.is_dir())
 
 
 def seg_file(case: Path) -> Path:
@@ -155,7 +160,7 @@ def test_output_on_a_virtual_file_system(world, capsys, command):
 @pytest.mark.parametrize("command", ["inspect", "segment", "train", "render", "refine", "evaluate"])
 def test_bad_geometry_names_the_file(world, capsys, tmp_path, damage, problem, command):
     data = world["root"] / damage
-    case = sorted(data.iterdir())[0]
+    case = case_folders(data)[0]
     out = tmp_path / "out"
     args = {
         "inspect": ["inspect", case],
@@ -174,7 +179,7 @@ def test_bad_geometry_names_the_file(world, capsys, tmp_path, damage, problem, c
 
 
 def test_force_geometry_goes_on_with_a_note_of_the_assumption(world, capsys):
-    case = sorted((world["root"] / "zero-affine").iterdir())[0]
+    case = case_folders(world["root"] / "zero-affine")[0]
     assert main(["inspect", str(case), "--force-geometry"]) == 0
     out = capsys.readouterr().out
     assert "mL" in out and "1 mm voxels assumed" in out
@@ -204,13 +209,13 @@ def test_folder_with_a_bad_last_case_writes_nothing(world, capsys, tmp_path, com
         "train": ["train", "--data", world["mixed"], "--out", out, "--preset", "tiny", "--steps", "1",
                   "--device", "cpu"],
     }[command]
-    bad = sorted(world["mixed"].iterdir())[-1].name
+    bad = case_folders(world["mixed"])[-1].name
     expect_one_line(args, capsys, world, [bad, "singular"], extra_roots=[tmp_path])
     assert not any(tmp_path.iterdir())
 
 
 def test_train_with_keep_going_trains_on_the_good_cases_and_lists_the_bad(world, capsys, tmp_path):
-    cases = sorted(world["mixed"].iterdir())
+    cases = case_folders(world["mixed"])
     code = main([str(a) for a in ["train", "--data", world["mixed"], "--out", tmp_path / "run", "--preset", "tiny",
                                   "--steps", "2", "--val-every", "2", "--keep-going", "--device", "cpu"]])
     err = capsys.readouterr().err
@@ -223,7 +228,7 @@ def test_train_with_keep_going_trains_on_the_good_cases_and_lists_the_bad(world,
 
 def test_folder_with_keep_going_writes_the_good_cases_and_lists_the_bad(world, capsys, tmp_path):
     out = tmp_path / "segs"
-    cases = sorted(world["mixed"].iterdir())
+    cases = case_folders(world["mixed"])
     code = main([str(a) for a in ["segment", world["mixed"], "--checkpoint", world["ckpt"], "--out", out,
                                   "--probs", tmp_path / "probs", "--keep-going", "--device", "cpu", "--quiet"]])
     err = capsys.readouterr().err

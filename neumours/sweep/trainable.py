@@ -15,7 +15,7 @@ what ASHA compares across trials. The price is memory: a trial keeps all
 Files of a trial, under ``SWEEP/trials/<trial id>/``:
 
 - ``fold-<i>/``: a normal run folder (``config.toml``, ``metrics.csv``,
-  checkpoints, ``last.state.pt``) plus ``split.json`` (its case ids), so
+  checkpoints, ``checkpoint.json``) plus ``split.json`` (its case ids), so
   ``neumours plot`` and ``neumours evaluate`` work on it;
 - ``trial.json``: the trial's swept values, device kind, the GPU ids Ray gave it and its process id, written
   when it starts;
@@ -50,7 +50,6 @@ TRIALS = "trials"
 TRIAL_INFO = "trial.json"
 TRIAL_RESULT = "result.json"
 TRIAL_ERROR = "error.txt"
-STATE_LAST = "last.state.pt"  # the Trainer's progress file: its presence means a fold can resume
 VAL_KEYS = tuple(f"val_dice_{k}" for k in CLASS_KEYS) + ("val_dice_mean",)
 METRIC = "val_dice_mean"  # what Tune optimises and ASHA compares: the mean over folds of this fold metric
 
@@ -100,16 +99,19 @@ def _validation_row(trainer, step: int) -> dict:
 
 def _open_fold(setup: TrialSetup, config: TrainConfig, index: int, run_dir: Path, device):
     """A fold's Trainer: resumed from its run folder when one was left behind, else new."""
+    from neumours.train import checkpoints
     from neumours.train.trainer import Trainer
 
     train_refs, val_refs = fold_cases(setup.data, setup.folds[index])
-    if (run_dir / STATE_LAST).is_file():
+    if checkpoints.resumable(run_dir):  # a committed checkpoint: continue from it
         try:
             return Trainer(setup.data, run_dir, config, device, resume=True, progress=False,
                            cases=(train_refs, val_refs))
-        except NeumoursError:  # a folder killed between its files: train this fold again from the start
+        except NeumoursError:  # a checkpoint that fails its checks: train this fold again from the start
             shutil.rmtree(run_dir)
-    trainer = Trainer(setup.data, run_dir, config, device, progress=False, cases=(train_refs, val_refs))
+    # A fold killed before its first checkpoint is a run folder too: replace it (the trial starts it again).
+    trainer = Trainer(setup.data, run_dir, config, device, progress=False, cases=(train_refs, val_refs),
+                      overwrite=checkpoints.is_run(run_dir))
     split = {"train": list(setup.folds[index][0]), "val": list(setup.folds[index][1])}
     atomic_write_text(run_dir / "split.json", json.dumps(split, indent=1) + "\n")
     return trainer
