@@ -57,7 +57,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_segment)
 
     p = add_command(
-        sub, "evaluate", "Dice and HD95 per region (NCR, ED, ET, TC, WT)",
+        sub, "evaluate", "Dice and HD95 per region (NCR, ED, ET, TC, WT), standard and BraTS 2023 lesion-wise",
         "Score segmentations per case and region. Two mutually exclusive modes, one per call:\n"
         "  --pred DIR --gt DIR          predictions already on disk against the ground truth\n"
         "  --checkpoint CKPT --data DIR segment with the INR and score raw and denoised labels\n"
