@@ -9,7 +9,9 @@ from neumours.cli.options import add_command, add_quiet_option
 
 def cmd_export_nnunet(args) -> None:
     from neumours.data.nnunet_export import export_nnunet
+    from neumours.outputs import check_output_folder
 
+    check_output_folder(args.out, "nnU-Net raw output folder")
     folder = export_nnunet(args.data, args.out, args.dataset_id, name=args.name, regions=args.regions,
                            folds=args.folds, seed=args.seed, progress=not args.quiet)
     print(f"wrote {folder} (copy splits_final.json to nnUNet_preprocessed/{folder.name}/ after "

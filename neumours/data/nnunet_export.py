@@ -101,8 +101,6 @@ def export_nnunet(data: str | os.PathLike, out: str | os.PathLike, dataset_id: i
     """
     from tqdm import tqdm
 
-    from neumours.outputs import check_output_folder
-
     folder = dataset_name(dataset_id, name)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -114,9 +112,11 @@ def export_nnunet(data: str | os.PathLike, out: str | os.PathLike, dataset_id: i
                                       f"({len(unlabelled)} case(s) without labels); nnU-Net trains on labelled cases")
     ids = [r.case_id for r in refs]
     fold_list = splits(ids, folds, seed)
-    check_output_folder(out, "nnU-Net raw output folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise NeumoursDataError(out, f"cannot be created ({exc.strerror or exc})") from None
     try:
         root = tmp / folder
         (root / "imagesTr").mkdir(parents=True)
