@@ -117,13 +117,18 @@ def test_cli_evaluate_pred_gt(dataset, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["evaluate", "--pred", str(preds), "--gt", str(root / "data"), "--out", str(out), "--quiet"]) == 0
     rows = read_csv(out / "per_case.csv")
-    assert list(rows[0]) == ["case_id"] + [f"dice_{r}" for r in REGION_NAMES] + [f"hd95_{r}" for r in REGION_NAMES]
+    scores = [f"{k}_{r}" for k in ("dice", "hd95", "lw_dice", "lw_hd95") for r in REGION_NAMES]
+    counts = [f"lw_{c}_{r}" for c in ("tp", "fn", "fp") for r in REGION_NAMES]
+    assert list(rows[0]) == ["case_id"] + scores + counts
+    assert float(rows[0]["lw_dice_WT"]) == 1.0 and float(rows[0]["lw_hd95_WT"]) == 0.0  # exact prediction
+    assert int(rows[0]["lw_fn_WT"]) == 0 and int(rows[0]["lw_fp_WT"]) == 0 and int(rows[0]["lw_tp_WT"]) >= 1
     assert [r["case_id"] for r in rows] == [c.name for c in cases]
     assert float(rows[0]["dice_WT"]) == 1.0 and float(rows[0]["hd95_WT"]) == 0.0
     assert 0 < float(rows[1]["dice_WT"]) < 1
     summary = (out / "summary.md").read_text()
     assert "Whole Tumor (WT)" in summary and "±" in summary and "HD95" in summary
     assert "Dice = 1 and HD95 = 0" in summary  # the empty-region convention is stated
+    assert "Lesion-wise Dice (BraTS 2023)" in summary and "374 mm" in summary  # and the lesion-wise definition
     # A missing prediction is one error line naming the case, and no report.
     (preds / f"{cases[2].name}.nii.gz").unlink()
     out2 = tmp_path / "report2"

@@ -77,7 +77,8 @@ def add_parsers(sub) -> None:
         "Score segmentations per case and region. Two mutually exclusive modes, one per call:\n"
         "  --pred DIR --gt DIR          predictions already on disk against the ground truth\n"
         "  --checkpoint CKPT --data DIR segment with the INR and score raw and denoised labels\n"
-        "With --out, writes per_case.csv and summary.md there.",
+        "With --out, writes per_case.csv and summary.md there: standard Dice/HD95 and the BraTS 2023 "
+        "lesion-wise Dice/HD95 with lesion counts (docs/evaluation.md).",
         usage="neumours evaluate (--pred DIR --gt DIR | --checkpoint CKPT --data DIR [--split val|all] [--seed S])"
               " [--out REPORT] [--force-geometry] [--keep-going] [--device KIND] [--precision P] [--quiet]")
     p.add_argument("--pred", type=Path, help="mode 1: folder of predictions, <case id>.nii.gz")

@@ -222,11 +222,14 @@ def _format_value(value: float) -> str:
 
 
 def per_case_csv(metric: RegionMetric) -> str:
-    """CSV text: ``case_id``, ``variant`` (only when raw and denoised are both scored), dice_*, hd95_*."""
+    """CSV text: ``case_id``, ``variant`` (only when raw and denoised are both scored), dice_*, hd95_*, then the
+    lesion-wise lw_dice_*, lw_hd95_* and lesion counts lw_tp_*, lw_fn_*, lw_fp_* (when the metric has them)."""
     variants = {r["variant"] for r in metric.rows}
     with_variant = len(variants) > 1
     columns = ["case_id"] + (["variant"] if with_variant else [])
-    columns += [f"dice_{r}" for r in metric.regions] + [f"hd95_{r}" for r in metric.regions]
+    columns += [f"{kind}_{r}" for kind in metric.kinds for r in metric.regions]
+    if metric.lesion_wise:
+        columns += [f"lw_{count}_{r}" for count in ("tp", "fn", "fp") for r in metric.regions]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
@@ -270,12 +273,30 @@ def summary_markdown(metric: RegionMetric, source: str = "") -> str:
                 cell += f" ({a['excluded']} excl.)"
             cells.append(cell)
         lines.append(f"| {REGION_TITLES.get(region, region)} | " + " | ".join(cells) + " |")
+    if metric.lesion_wise:
+        for kind, title, fmt in (("lw_dice", "Lesion-wise Dice (BraTS 2023)", "{:.3f} ± {:.3f}"),
+                                 ("lw_hd95", "Lesion-wise HD95 (mm, BraTS 2023)", "{:.2f} ± {:.2f}")):
+            lines += ["", f"## {title}", "", "| Region | " + " | ".join(titles) + " | lesions found / missed / "
+                      "false |", "|---" * (len(titles) + 2) + "|"]
+            for region in metric.regions:
+                cells = [fmt.format(aggregates[v][f"{kind}_{region}"]["mean"], aggregates[v][f"{kind}_{region}"]["sd"])
+                         for v in variants]
+                counts = " · ".join("/".join(str(sum(r[f"lw_{c}_{region}"] for r in metric.rows if r["variant"] == v))
+                                             for c in ("tp", "fn", "fp")) for v in variants)
+                lines.append(f"| {REGION_TITLES.get(region, region)} | " + " | ".join(cells) + f" | {counts} |")
     lines += ["", "Empty regions: when prediction and ground truth are both empty, Dice = 1 and HD95 = 0; "
                   "when exactly one is empty, Dice = 0 and HD95 = inf (per_case.csv writes `inf`). "
                   "Cases with HD95 = inf are left out of the HD95 mean"
               + (" and counted as \"excl.\"" if excluded_any else " (none here)") + ".",
               "HD95: symmetric 95th percentile of surface-voxel distances in mm (MONAI's definition), "
               "spacing from the ground truth's affine."]
+    if metric.lesion_wise:
+        lines += ["Lesion-wise (BraTS 2023 glioma rules, neumours.eval.lesionwise): ground-truth components "
+                  "(26-connected) merged when their 3-fold dilations touch; a predicted component matches a lesion "
+                  "it overlaps after 3-fold dilation; each lesion is scored against its matches; a missed lesion "
+                  "and each unmatched predicted component count Dice 0 and HD95 374 mm; lesions of 50 mm³ or less "
+                  "are not scored; nothing to find and nothing found gives Dice 1, HD95 0. Counts are summed "
+                  "over cases (per variant, separated by ·)."]
     return "\n".join(lines) + "\n"
 
 

@@ -127,15 +127,27 @@ class RegionMetric:
         table = metric.aggregate()   # {"dice_WT": {"mean": .., "sd": .., "n": .., "excluded": ..}, ...}
     """
 
-    def __init__(self, regions: Iterable[str] = REGION_NAMES):
+    def __init__(self, regions: Iterable[str] = REGION_NAMES, lesion_wise: bool = True):
         self.regions = tuple(regions)
+        self.lesion_wise = lesion_wise
         self.rows: list[dict] = []
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Score columns per region: ``dice``, ``hd95`` and, with lesion_wise, ``lw_dice``, ``lw_hd95``."""
+        return ("dice", "hd95") + (("lw_dice", "lw_hd95") if self.lesion_wise else ())
 
     def __call__(self, pred_labels: np.ndarray, gt_labels: np.ndarray, spacing: Sequence[float] | None = None,
                  case_id: str = "", variant: str = "") -> dict:
-        """Score one case and store the row: ``{"case_id", "variant", "dice_*", "hd95_*"}``."""
+        """Score one case and store the row: ``{"case_id", "variant", "dice_*", "hd95_*"}`` and, with
+        lesion_wise, the BraTS 2023 columns ``lw_dice_*``, ``lw_hd95_*``, ``lw_tp_*``, ``lw_fn_*``, ``lw_fp_*``
+        (:mod:`neumours.eval.lesionwise`)."""
         row = {"case_id": case_id, "variant": variant}
         row.update(region_scores(pred_labels, gt_labels, spacing, self.regions))
+        if self.lesion_wise:
+            from neumours.eval.lesionwise import lesion_scores
+
+            row.update(lesion_scores(pred_labels, gt_labels, spacing, self.regions))
         self.rows.append(row)
         return row
 
@@ -154,7 +166,7 @@ class RegionMetric:
         """
         rows = [r for r in self.rows if variant is None or r["variant"] == variant]
         out = {}
-        for kind in ("dice", "hd95"):
+        for kind in self.kinds:
             for name in self.regions:
                 col = f"{kind}_{name}"
                 values = np.array([r[col] for r in rows], dtype=np.float64)
