@@ -1,17 +1,21 @@
-"""INR throughput on the GPU: Slang kernels against TorchINR (fp32, bf16 autocast), same GPU, same run.
+"""INR throughput on the GPU: Slang kernels (fp32 FMA and bf16 tensor cores) against TorchINR
+(fp32, bf16 autocast), same GPU, same run.
 
 1. Inference over a full 240 x 240 x 155 grid (8.93 M points), patch gather included,
    in chunks along axis 0.
 2. A training step's forward + backward on 16,384 points.
+3. One hidden layer's product (points x 256 x 256) alone: the tensor-core kernel against
+   cuBLAS bf16 (torch.matmul) on the same shape, in TFLOP/s.
 
 Prints M points/s and the ratios to the torch peers; writes JSON.
 
-    python benchmarks/inr_throughput.py [--json results.json] [--shape 240 240 155]
+    python benchmarks/inr_throughput.py [--json results.json] [--shape 240 240 155] [--tiles ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -23,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import print_table, time_it, write_json  # noqa: E402
 
 from neumours.device import describe, empty_buffer, get_device, upload  # noqa: E402
-from neumours.model import gemm as gemm_module  # noqa: E402
+from neumours.kernels import gemm as gemm_module  # noqa: E402
 from neumours.model.config import INRConfig  # noqa: E402
 from neumours.model.inputs import CaseVolumes, grid_inputs  # noqa: E402
 from neumours.model.inr import INR  # noqa: E402
@@ -86,6 +90,36 @@ def torch_inference(model, volume: torch.Tensor, shape, slabs: int, bf16: bool):
     return run
 
 
+def layer_product(device, sync, m: int, results: dict) -> list:
+    """C = relu(X W^T + b), X (m, 256), W (256, 256), bf16 in, bf16 out: TFLOP/s of ours and cuBLAS's."""
+    from neumours.kernels.tensor_gemm import BF16, K_CONTIGUOUS, Operand, tensor_gemm
+
+    width = 256
+    x = torch.randn(m, width, device="cuda").to(torch.bfloat16)
+    w = torch.randn(width, width, device="cuda").to(torch.bfloat16)
+    b = torch.randn(width, device="cuda")
+    xb = upload(device, x.view(torch.int16).cpu().numpy().view(np.uint32), np.uint32)
+    wb = upload(device, w.view(torch.int16).cpu().numpy().view(np.uint32), np.uint32)
+    bb, out = upload(device, b.cpu().numpy()), empty_buffer(device, m * width // 2, np.uint32)
+    flops = 2.0 * m * width * width
+
+    def ours():
+        tensor_gemm(device, Operand(xb, BF16, K_CONTIGUOUS, ld=width), Operand(wb, BF16, K_CONTIGUOUS, ld=width),
+                    out, m, width, width, out_ld=width, out_bf16=True, bias=(bb, 0), relu=True)
+
+    def cublas():
+        torch.relu(torch.addmm(b.to(torch.bfloat16), x, w.t()))
+
+    t_ours, t_cublas = time_it(ours, sync, 20), time_it(cublas, sync, 20)
+    results["layer_product"] = {"m": m, "ours": t_ours, "cublas": t_cublas}
+    rows = []
+    for name, t in (("slang bf16 tensor_gemm", t_ours), ("cuBLAS bf16 (torch)", t_cublas)):
+        rows.append({"task": f"layer {m}x256x256", "impl": name, "ms": f"{t['median_s'] * 1e3:.3f}",
+                     "Mpts/s": f"{flops / t['median_s'] / 1e12:.0f} TFLOP/s",
+                     "vs torch bf16": f"{t_cublas['median_s'] / t['median_s']:.2f}x"})
+    return rows
+
+
 def kernel_breakdown(fn, sync) -> list:
     """GPU time of every kernel one call of ``fn`` launches (CUPTI sees slangpy's launches too)."""
     from torch.profiler import ProfilerActivity, profile
@@ -96,7 +130,7 @@ def kernel_breakdown(fn, sync) -> list:
         sync()
     kernels = [(e.name, e.device_time) for e in prof.events() if e.device_time > 0]
     total = sum(t for _, t in kernels)
-    print(f"slang training step: {len(kernels)} kernels, {total:.0f} us of GPU time")
+    print(f"slang: {len(kernels)} kernels, {total:.0f} us of GPU time")
     for name, t in kernels:
         print(f"  {t:8.1f} us  {name[:60]}")
     return kernels
@@ -109,7 +143,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=16_384, help="training-step points")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default="inr_throughput.json")
-    parser.add_argument("--tiles", nargs="*", default=list(TILE_VARIANTS), help="tile variants to time")
+    parser.add_argument("--tiles", nargs="*", default=["128x128/8x8/k8"],
+                        help=f"fp32 tile variants to time (any of {', '.join(TILE_VARIANTS)})")
     args = parser.parse_args(argv)
 
     device = get_device("cuda")
@@ -118,7 +153,8 @@ def main(argv=None) -> int:
     shape = tuple(args.shape)
     total = int(np.prod(shape))
     volume = make_volume(shape)
-    inr = INR(cfg, device=device, seed=0)
+    inr = INR(dataclasses.replace(cfg, precision="fp32"), device=device, seed=0)
+    inr_bf16 = INR(dataclasses.replace(cfg, precision="bf16"), device=device, seed=0)
     vols = CaseVolumes.upload(device, [volume])
     model = TorchINR(cfg).cuda()
     model.load_state_dict({k: v.cuda() for k, v in inr.state_dict().items()})
@@ -138,13 +174,14 @@ def main(argv=None) -> int:
     for name in args.tiles:
         gemm_module.WIDE = TILE_VARIANTS[name]
         inference[f"slang {name}"] = time_it(slang_inference(inr, vols, shape, args.chunk), sync, args.repeats)
+    inference["slang bf16"] = time_it(slang_inference(inr_bf16, vols, shape, args.chunk), sync, args.repeats)
     for name, t in inference.items():
         mps = total / t["median_s"] / 1e6
         rows.append({"task": "inference 8.93M", "impl": name, "ms": f"{t['median_s'] * 1e3:.1f}", "Mpts/s": f"{mps:.1f}",
                      "vs torch fp32": f"{t_fp32['median_s'] / t['median_s']:.2f}x",
                      "vs torch bf16": f"{t_bf16['median_s'] / t['median_s']:.2f}x"})
     results["inference"] = inference
-    best_tiles = min(args.tiles, key=lambda n: inference[f"slang {n}"]["median_s"])
+    best_tiles = min(args.tiles, key=lambda name: inference[f"slang {name}"]["median_s"])
     gemm_module.WIDE = TILE_VARIANTS[best_tiles]
     results["best_tiles"] = best_tiles
 
@@ -156,11 +193,15 @@ def main(argv=None) -> int:
     grad_np = rng.normal(size=(n, 4)).astype(np.float32) / n
     coords, patches, grad = upload(device, coords_np), upload(device, patches_np), upload(device, grad_np)
     logits = empty_buffer(device, n * 4)
-    ws = inr.workspace(n)
+    def slang_step_for(net):
+        ws = net.workspace(n)
 
-    def slang_step():
-        inr.forward_device(coords, patches, n, logits, ws)
-        inr.backward_device(coords, patches, n, grad, ws)
+        def run():
+            net.forward_device(coords, patches, n, logits, ws)
+            net.backward_device(coords, patches, n, grad, ws)
+        return run
+
+    slang_step = slang_step_for(inr)
 
     c_t, p_t, g_t = (torch.from_numpy(a).cuda() for a in (coords_np, patches_np, grad_np))
 
@@ -173,14 +214,21 @@ def main(argv=None) -> int:
         return run
 
     step = {"torch_fp32": time_it(torch_step(False), sync, 20), "torch_bf16": time_it(torch_step(True), sync, 20),
-            f"slang {best_tiles}": time_it(slang_step, sync, 20)}
+            f"slang {best_tiles}": time_it(slang_step, sync, 20),
+            "slang bf16": time_it(slang_step_for(inr_bf16), sync, 20)}
     for name, t in step.items():
         rows.append({"task": "train fwd+bwd 16k", "impl": name, "ms": f"{t['median_s'] * 1e3:.2f}",
                      "Mpts/s": f"{n / t['median_s'] / 1e6:.1f}",
                      "vs torch fp32": f"{step['torch_fp32']['median_s'] / t['median_s']:.2f}x",
                      "vs torch bf16": f"{step['torch_bf16']['median_s'] / t['median_s']:.2f}x"})
     results["train_step"] = step
-    results["train_step_kernels_us"] = kernel_breakdown(slang_step, sync)
+    results["train_step_kernels_us"] = kernel_breakdown(slang_step_for(inr_bf16), sync)
+    one_chunk = (min(args.chunk, total) // (shape[1] * shape[2])) * shape[1] * shape[2]
+    results["inference_chunk_kernels_us"] = kernel_breakdown(
+        slang_inference(inr_bf16, vols, (one_chunk // (shape[1] * shape[2]), shape[1], shape[2]), one_chunk), sync)
+
+    # 3. One hidden layer's product alone, bf16: our kernel vs cuBLAS, same shape and data.
+    rows.extend(layer_product(device, sync, args.chunk, results))
     write_json(args.json, results)
     print(f"device: {results['device']}  torch {torch.__version__}")
     print_table(rows, ["task", "impl", "ms", "Mpts/s", "vs torch fp32", "vs torch bf16"])

@@ -12,6 +12,7 @@ accumulation, clip to norm 1, AdamW step.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -100,7 +101,13 @@ def main(argv=None) -> int:
     device = get_device("cuda")
     work = Path(tempfile.mkdtemp())
     write_dataset(work / "data", args.cases, shape=tuple(args.shape), seed=0, progress=False)
-    trainer = Trainer(work / "data", work / "run", preset("paper"), device, progress=False)
+    trainers = {}
+    for precision in ("bf16", "fp32"):
+        config = preset("paper")
+        config = dataclasses.replace(config, network=dataclasses.replace(config.network, precision=precision))
+        trainers[f"slang {precision}"] = Trainer(work / "data", work / f"run_{precision}", config, device,
+                                                 progress=False)
+    trainer = trainers["slang bf16"]
     loops = {"torch fp32": TorchLoop(trainer, False), "torch bf16": TorchLoop(trainer, True)}
 
     def sync():
@@ -111,12 +118,14 @@ def main(argv=None) -> int:
         return lambda: [step() for _ in range(args.steps)]
 
     results = {"device": describe(device), "torch": torch.__version__, "steps_per_repeat": args.steps}
-    results["slang"] = time_it(repeat(trainer.train_step), sync, repeats=5, warmup=1)
+    for name, t in trainers.items():
+        results[name] = time_it(repeat(t.train_step), sync, repeats=5, warmup=1)
     for name, loop in loops.items():
         results[name] = time_it(repeat(loop.step), sync, repeats=5, warmup=1)
-    trainer.close()
+    for t in trainers.values():
+        t.close()
     rows = []
-    for name in ("slang", "torch fp32", "torch bf16"):
+    for name in (*trainers, "torch fp32", "torch bf16"):
         per_step = results[name]["median_s"] / args.steps
         rows.append({"loop": name, "ms/step": f"{per_step * 1e3:.2f}", "steps/s": f"{1 / per_step:.1f}",
                      "vs torch fp32": f"{results['torch fp32']['median_s'] / results[name]['median_s']:.2f}x",

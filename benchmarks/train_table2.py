@@ -3,6 +3,10 @@ and with Muon (Table I settings), then Dice per class at the best checkpoint on 
 and validation cases (a Table II analogue), wall time, steps/s, best step, and curves.
 
     python benchmarks/train_table2.py --out DIR [--cases 40] [--shape 160 160 112] [--steps 10000]
+                                      [--runs adamw:bf16 muon:bf16 adamw:fp32]
+
+Each run is OPTIMIZER:PRECISION; the same seed everywhere, so adamw:bf16 against adamw:fp32
+is the check that bf16 training reaches fp32's validation Dice.
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ from neumours.infer.cache import VolumeCache  # noqa: E402
 from neumours.train.validate import dice_per_class  # noqa: E402
 
 
-def split_dice(device, checkpoint, refs) -> np.ndarray:
+def split_dice(device, checkpoint, refs, precision: str = "auto") -> np.ndarray:
     """Mean over cases of hard Dice per class (bg, NCR, ED, ET) with the checkpoint's weights."""
     state, config, _ = load_checkpoint(checkpoint)
-    inr = INR(config, device)
+    inr = INR(dataclasses.replace(config, precision=precision), device)
     inr.load_state_dict(state)
     scores = []
     for ref in refs:
@@ -51,6 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=[160, 160, 112])
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--train-eval-cases", type=int, default=8, help="training cases scored at the end")
+    parser.add_argument("--runs", nargs="+", default=["adamw:bf16", "muon:bf16"],
+                        help="OPTIMIZER:PRECISION per run (adamw|muon : bf16|fp32)")
     args = parser.parse_args(argv)
     device = get_device("cuda")
     data = args.out / "data"
@@ -62,30 +68,35 @@ def main(argv=None) -> int:
     results = {"device": describe(device), "cases": len(refs), "train": len(train_refs), "val": len(val_refs),
                "shape": args.shape, "steps": args.steps, "runs": {}}
     rows = []
-    for name in ("adamw", "muon"):
+    for run in args.runs:
+        optimizer, precision = run.split(":")
+        name = f"{optimizer}_{precision}"
         run_config = dataclasses.replace(
-            config, optimizer=dataclasses.replace(config.optimizer, name=name),
-            schedule=dataclasses.replace(config.schedule, steps=args.steps))
+            config, optimizer=dataclasses.replace(config.optimizer, name=optimizer),
+            network=dataclasses.replace(config.network, precision=precision),
+            schedule=dataclasses.replace(config.schedule, steps=args.steps,
+                                         val_every=min(config.schedule.val_every, args.steps)))
         summary = train(data, args.out / name, run_config, device, progress=False)
         metrics = read_metrics(args.out / name)
         val = metrics["val_dice_mean"]
         best_step = int(metrics["step"][np.nanargmax(val)])
-        train_scores = split_dice(device, args.out / name / "best.safetensors", train_refs[: args.train_eval_cases])
-        val_scores = split_dice(device, args.out / name / "best.safetensors", val_refs)
+        best = args.out / name / "best.safetensors"
+        train_scores = split_dice(device, best, train_refs[: args.train_eval_cases], precision)
+        val_scores = split_dice(device, best, val_refs, precision)
         results["runs"][name] = {"time_s": summary["time_s"], "steps_per_s": args.steps / summary["time_s"],
                                  "best_step": best_step, "train_dice": train_scores.tolist(),
                                  "val_dice": val_scores.tolist(), "final_loss": float(metrics["loss"][-1])}
         for split, scores in (("train", train_scores), ("val", val_scores)):
-            row = {"optimizer": name, "split": split, "best step": best_step,
+            row = {"run": name, "split": split, "best step": best_step,
                    "steps/s": f"{args.steps / summary['time_s']:.1f}", "wall s": f"{summary['time_s']:.0f}"}
             row.update({k: f"{s:.3f}" for k, s in zip(CLASS_KEYS, scores)})
             row["mean"] = f"{scores.mean():.3f}"
             rows.append(row)
-    compare_runs([args.out / "adamw", args.out / "muon"], args.out / "adamw_vs_muon.png")
+    compare_runs([args.out / f"{r.split(':')[0]}_{r.split(':')[1]}" for r in args.runs], args.out / "comparison.png")
     write_json(args.out / "table2.json", results)
     print(f"device: {results['device']}; {len(train_refs)} train / {len(val_refs)} val phantom cases "
           f"{'x'.join(map(str, args.shape))}; {args.steps} steps; Dice at the best checkpoint")
-    print_table(rows, ["optimizer", "split", "bg", "NCR", "ED", "ET", "mean", "best step", "steps/s", "wall s"])
+    print_table(rows, ["run", "split", "bg", "NCR", "ED", "ET", "mean", "best step", "steps/s", "wall s"])
     return 0
 
 

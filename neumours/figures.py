@@ -62,12 +62,19 @@ def _planes(volume: np.ndarray, centre: Sequence[int]) -> dict[str, np.ndarray]:
 
 
 def case_montage(cases, path, modalities: Sequence[str] = ("t1n", "t1c", "t2w", "t2f")) -> Path:
-    """Write a montage: per case an axial and a coronal row of the four modalities
-    with the label overlay, through the tumour centre.
+    """Write :func:`montage_figure` of ``cases`` as the PNG ``path``."""
+    return save_figure(montage_figure(cases, modalities), path, dpi=90, layout=False)
+
+
+def montage_figure(cases, modalities: Sequence[str] = ("t1n", "t1c", "t2w", "t2f")):
+    """A montage: per case an axial and a coronal row of the four modalities with the
+    label overlay, through the tumour centre, and a colour key of the labels.
 
     Args:
         cases: objects with ``case_id``, ``images`` (4, X, Y, Z) and ``label`` (X, Y, Z) or None.
-        path: output PNG.
+
+    Returns:
+        The matplotlib figure (close it, or write it with :func:`save_figure`).
     """
     cases = list(cases)
     rows = 2 * len(cases)
@@ -90,7 +97,7 @@ def case_montage(cases, path, modalities: Sequence[str] = ("t1n", "t1c", "t2w", 
                     ax.set_ylabel(f"{case.case_id}\n{plane}", fontsize=7)
     if any(case.label is not None for case in cases):
         add_label_legend(fig)
-    return save_figure(fig, path, dpi=90, layout=False)
+    return fig
 
 
 def save_figure(fig, path, dpi: int = 100, layout: bool = True) -> Path:
@@ -105,13 +112,20 @@ def save_figure(fig, path, dpi: int = 100, layout: bool = True) -> Path:
 
 
 def segmentation_comparison(cases, path, titles=("ground truth", "INR raw", "INR denoised")) -> Path:
+    """Write :func:`comparison_figure` of ``cases`` as the PNG ``path``."""
+    return save_figure(comparison_figure(cases, titles), path, dpi=90, layout=False)
+
+
+def comparison_figure(cases, titles=("ground truth", "INR raw", "INR denoised")):
     """The paper's Fig. 5 layout: per case, FLAIR axial slices through the tumour centre
-    with the ground truth, the raw and the denoised INR labels overlaid.
+    with the ground truth, the raw and the denoised INR labels overlaid, and a colour key.
 
     Args:
         cases: tuples ``(case_id, flair (X, Y, Z), [labels (X, Y, Z), ...])``, one label
             volume per title.
-        path: output PNG.
+
+    Returns:
+        The matplotlib figure (close it, or write it with :func:`save_figure`).
     """
     cases = list(cases)
     fig, axes = plt.subplots(len(cases), len(titles), figsize=(3.0 * len(titles), 3.0 * len(cases)), squeeze=False)
@@ -130,4 +144,4 @@ def segmentation_comparison(cases, path, titles=("ground truth", "INR raw", "INR
             if col == 0:
                 ax.set_ylabel(case_id, fontsize=8)
     add_label_legend(fig)
-    return save_figure(fig, path, dpi=90, layout=False)
+    return fig

@@ -130,7 +130,7 @@ def test_num_parameters(cpu_device):
 @pytest.mark.gpu
 def test_gpu_full_config_matches_torch(cuda_device, rng):
     # Default network, N = 65,536 points, fp32 kernels against float64 torch on the GPU.
-    config, n = INRConfig.paper(), 65_536
+    config, n = INRConfig(precision="fp32"), 65_536
     inr = INR(config, device=cuda_device, seed=int(rng.integers(1 << 30)))
     coords, patches = random_inputs(rng, n, config)
     grad_logits = rng.normal(size=(n, config.num_classes)).astype(np.float32)

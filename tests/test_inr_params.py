@@ -193,7 +193,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert config == TINY and meta == {"step": "12", "case": "x"}
     assert list(state) == list(layout.names)
     np.testing.assert_array_equal(layout.pack(state), flat)
-    # Plain safetensors readers see SPEC names, the format and the config.
+    # Plain safetensors readers see the documented tensor names, the format and the config.
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:

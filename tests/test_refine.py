@@ -200,7 +200,7 @@ def test_gpu_path_gradients_paper_network(cuda_device, path):
 
     case = make_case((48, 48, 48), seed=1)
     volume = normalise(case.images)
-    config = INRConfig.paper()
+    config = INRConfig(precision="fp32")
     inr = INR(config, cuda_device, seed=0)
     settings = RenderSettings()
     cameras = orbit_cameras(case.label.shape, (1, 1, 1), 2, size=(64, 64))

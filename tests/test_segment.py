@@ -161,6 +161,26 @@ def test_cli_segment_super_resolution_and_folder(phantom):
     assert sorted(p.name for p in folder.iterdir()) == [f"{c.name}.nii.gz" for c in cases]
 
 
+def test_scaled_outputs_keep_qform_and_sform(phantom, cpu_device):
+    """A --scale 2 segmentation (and its probabilities) keeps both orientation codes of the input,
+    and its qform and sform both hold the finer grid's affine, so every viewer places it alike."""
+    from neumours.infer.segment import segment_paths
+
+    root, cases, ckpt = phantom
+    out, probs = root / "scaled.nii.gz", root / "scaled_probs.nii.gz"
+    segment_paths(cases[0], ckpt, out, probs=probs, scale=2, device=cpu_device, progress=False)
+    case = load_case(cases[0])
+    codes = int(case.header["qform_code"]), int(case.header["sform_code"])
+    assert min(codes) > 0  # the phantom writes both, as scanners' NIfTI files do
+    expected = super_resolution_affine(case.affine, case.shape, super_resolution_shape(case.shape, 2))
+    for path in (out, probs):
+        img = nib.load(path)
+        assert (int(img.header["qform_code"]), int(img.header["sform_code"])) == codes
+        np.testing.assert_allclose(img.affine, expected, atol=1e-5)
+        np.testing.assert_allclose(img.header.get_qform(), img.affine, atol=1e-5)
+        np.testing.assert_allclose(img.header.get_sform(), img.affine, atol=1e-5)
+
+
 def test_cli_segment_errors_leave_no_output(phantom, tmp_path, capsys):
     root, cases, ckpt = phantom
     bad = tmp_path / "bad.safetensors"
@@ -207,7 +227,7 @@ def test_gpu_cache_of_the_paper_network_matches_torch(cuda_device):
     from neumours.infer.normalise import normalise_on_device
     from neumours.model.inputs import CaseVolumes
 
-    config = INRConfig.paper()
+    config = INRConfig(precision="fp32")
     inr = INR(config, cuda_device, seed=0)
     images = make_case((40, 36, 30), seed=0, index=0).images
     vols = CaseVolumes.upload(cuda_device, [images])
@@ -241,3 +261,42 @@ def test_segmenter_reuses_buffers_across_cases_of_different_sizes(cpu_device, tm
     for case, got in zip((big, small, big), results):
         fresh = Segmenter(checkpoint, cpu_device, chunk_points=2000)(case).raw_labels
         np.testing.assert_array_equal(got, fresh)
+
+
+def test_pack_labels_kernel_matches_numpy(cpu_device, rng):
+    from neumours.kernels.probabilities import pack_labels
+
+    for total in (1, 4, 1003):
+        labels = rng.integers(0, 4, total).astype(np.uint32)
+        packed = upload(cpu_device, np.full(-(-total // 4), 0xDEADBEEF, np.uint32), np.uint32)  # poisoned
+        pack_labels(cpu_device, upload(cpu_device, labels, np.uint32), packed, total)
+        got = download(packed, (-(-total // 4),), np.uint32).view(np.uint8)
+        np.testing.assert_array_equal(got[:total], labels)
+        assert not got[total:].any()
+
+
+def test_segmenter_denoises_on_the_device_like_the_host_and_downloads_raw_labels_only_on_demand(phantom, cpu_device):
+    """device_denoise=True (the default off the CPU device) gives the scipy path's labels; the raw
+    labels stay on the device until asked for; timings have "denoise" before "download"."""
+    from neumours.infer.denoise import DenoiseParams
+    from neumours.infer.segment import STAGES, Segmenter
+
+    root, cases, _ = phantom
+    # Seed 2 of the tiny network labels these phantoms with background, NCR and ET in pieces.
+    ckpt = save_checkpoint(root / "seed2.safetensors", INR(CONFIG, cpu_device, seed=2).state_dict(), CONFIG)
+    host = Segmenter(ckpt, cpu_device)
+    assert not host.device_denoise  # the CPU device keeps scipy
+    on_device = Segmenter(ckpt, cpu_device, device_denoise=True)
+    for params in (None, DenoiseParams(0, 200, "axial", 6)):
+        expected = host(cases[0], denoise=True, denoise_params=params, timings=True)
+        got = on_device(cases[0], denoise=True, denoise_params=params, timings=True)
+        assert not isinstance(got.raw, np.ndarray)  # still a device buffer
+        np.testing.assert_array_equal(got.labels, expected.labels)
+        np.testing.assert_array_equal(got.raw_labels, expected.raw_labels)
+        assert (got.labels != got.raw_labels).any()  # denoising changed something
+        assert isinstance(got.raw, np.ndarray)  # downloaded once, kept
+        stages = [s for s in got.timings if s in ("denoise", "download")]
+        assert stages == ["denoise", "download"] and STAGES.index("denoise") < STAGES.index("download")
+    plain = on_device(cases[1])
+    np.testing.assert_array_equal(plain.labels, plain.raw_labels)
+    np.testing.assert_array_equal(plain.labels, host(cases[1]).labels)

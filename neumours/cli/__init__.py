@@ -1,4 +1,5 @@
-"""The ``neumours`` command: ``main`` (the parser and dispatch) and one module per command group.
+"""The ``neumours`` command: ``main`` (the parser and dispatch), ``options`` (the help
+formatter and shared options) and one module per command group.
 
 ``data`` (synth, inspect), ``train`` (train, plot), ``infer`` (segment,
 evaluate), ``render``, ``refine``, ``demo``. Each command calls an importable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_device_option, add_quiet_option
+from neumours.cli.options import add_command, add_device_option, add_precision_option, add_quiet_option
 
 
 def cmd_segment(args) -> None:
@@ -17,7 +17,7 @@ def cmd_segment(args) -> None:
 
     written = segment_paths(args.case, args.checkpoint, args.out, denoise=args.denoise, probs=args.probs,
                             scale=args.scale, timings=args.timings, device=get_device(args.device),
-                            progress=not args.quiet, on_result=report)
+                            progress=not args.quiet, on_result=report, precision=args.precision)
     print(f"wrote {len(written)} segmentation(s)" + (f" to {args.out}" if len(written) != 1 else f": {written[0]}"))
 
 
@@ -30,7 +30,8 @@ def cmd_evaluate(args) -> None:
 
         device = get_device(args.device)
     _, summary = run_evaluate(args.out, pred=args.pred, gt=args.gt, checkpoint=args.checkpoint, data=args.data,
-                              split=args.split, seed=args.seed, device=device, progress=not args.quiet)
+                              split=args.split, seed=args.seed, device=device, progress=not args.quiet,
+                              precision=args.precision)
     print(summary, end="")
     if args.out is not None:
         print(f"wrote {args.out / 'per_case.csv'} and {args.out / 'summary.md'}")
@@ -51,17 +52,18 @@ def add_parsers(sub) -> None:
                    help="super-resolution: evaluate on an S-times finer grid of the same field of view")
     p.add_argument("--timings", action="store_true", help="print per-stage times (load, normalise, inference, ...)")
     add_device_option(p)
+    add_precision_option(p)
     add_quiet_option(p)
     p.set_defaults(func=cmd_segment)
 
     p = add_command(
         sub, "evaluate", "Dice and HD95 per region (NCR, ED, ET, TC, WT)",
-        "Score segmentations per case and region. Two modes, one per call:\n"
+        "Score segmentations per case and region. Two mutually exclusive modes, one per call:\n"
         "  --pred DIR --gt DIR          predictions already on disk against the ground truth\n"
         "  --checkpoint CKPT --data DIR segment with the INR and score raw and denoised labels\n"
         "With --out, writes per_case.csv and summary.md there.",
         usage="neumours evaluate (--pred DIR --gt DIR | --checkpoint CKPT --data DIR [--split val|all] [--seed S])"
-              " [--out REPORT] [--device KIND] [--quiet]")
+              " [--out REPORT] [--device KIND] [--precision P] [--quiet]")
     p.add_argument("--pred", type=Path, help="mode 1: folder of predictions, <case id>.nii.gz")
     p.add_argument("--gt", type=Path, help="mode 1: dataset folder (or folder of label files) with the ground truth")
     p.add_argument("--checkpoint", type=Path, help="mode 2: INR checkpoint to segment with")
@@ -71,5 +73,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="mode 2: split seed")
     p.add_argument("--out", type=Path, help="output folder for per_case.csv and summary.md")
     add_device_option(p)
+    add_precision_option(p)
     add_quiet_option(p)
     p.set_defaults(func=cmd_evaluate)

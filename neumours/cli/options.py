@@ -15,7 +15,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        # Identity, not ==: a default of 0 (a seed) equals False but is worth printing.
+        if "%(default)" in text or any(default is v for v in (None, False, argparse.SUPPRESS)) \
+                or not action.option_strings:
             return text
         if isinstance(default, (list, tuple)):
             default = " ".join(str(v) for v in default)
@@ -33,6 +35,12 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="compute device: auto (cuda, vulkan, metal, then cpu), cuda, vulkan, metal or cpu; "
                              "NEUMOURS_DEVICE overrides it")
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="INR kernels: bf16 tensor cores (CUDA only), fp32 FMA (every device), or auto "
+                             "(bf16 on CUDA, fp32 elsewhere)")
 
 
 def add_quiet_option(parser: argparse.ArgumentParser) -> None:

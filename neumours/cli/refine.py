@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-from neumours.cli.options import add_command, add_device_option
+from neumours.cli.options import add_command, add_device_option, add_precision_option
 from neumours.errors import NeumoursError
 
 DESCRIPTION = """\
@@ -111,7 +112,7 @@ def refine_command(args) -> None:
         cameras, targets, weights, from_masks = _load_targets(args.targets, case.shape, case.spacing)
 
     device = get_device(args.device)
-    inr = INR(config, device)
+    inr = INR(dataclasses.replace(config, precision=args.precision), device)
     inr.load_state_dict(state)
     vols = CaseVolumes.upload(device, [normalise(case.images)])
     settings = silhouette_settings(RenderSettings()) if from_masks else RenderSettings()
@@ -168,4 +169,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--anchor-weight", type=float, default=1.0, help="weight of the anchor penalty")
     p.add_argument("--out", type=Path, required=True, help="refined checkpoint to write (.safetensors)")
     add_device_option(p)
+    add_precision_option(p)
     p.set_defaults(func=refine_command)

@@ -20,7 +20,7 @@ import math
 import re
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_device_option
+from neumours.cli.options import add_command, add_device_option, add_precision_option
 from neumours.errors import NeumoursError
 
 _MAX_SIZE = 16384
@@ -145,8 +145,13 @@ def render_command(args) -> None:
     if args.checkpoint is not None:  # volume caching: the INR over the whole case, arg-max labels
         from neumours.infer.segment import Segmenter
 
-        segmenter = Segmenter(args.checkpoint, device)
-        if args.denoise:  # denoising runs on the host: its labels go up once
+        segmenter = Segmenter(args.checkpoint, device, precision=args.precision)
+        if args.denoise and segmenter.device_denoise:  # denoised where the INR wrote the labels
+            from neumours.infer.denoise_device import denoise_on_device
+
+            raw = segmenter.cache(case.images).labels_buffer
+            scene.labels = denoise_on_device(device, raw, case.shape, spacing=case.spacing, to_host=False)
+        elif args.denoise:  # the CPU device denoises with scipy: its labels go up once
             scene.labels = upload(device, segmenter(case, denoise=True).labels, np.uint32)
         else:  # the cache's labels stay on the device, where the INR wrote them
             scene.labels = segmenter.cache(case.images).labels_buffer
@@ -196,4 +201,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-legend", action="store_true",
                    help="no colour key of the label classes (drawn on label overlays at least 96 pixels high)")
     add_device_option(p)
+    add_precision_option(p)
     p.set_defaults(func=render_command)

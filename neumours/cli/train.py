@@ -20,6 +20,8 @@ def resolve_config(args):
         config = load_toml(args.config, config)
     if args.optimizer:
         config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, name=args.optimizer))
+    if args.precision is not None:
+        config = dataclasses.replace(config, network=dataclasses.replace(config.network, precision=args.precision))
     schedule = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("val_every", args.val_every))
                 if v is not None}
     if schedule:
@@ -35,7 +37,7 @@ def warn_if_slow(config, device) -> None:
 
     from neumours.model.config import INRConfig
 
-    if device.info.type == spy.DeviceType.cpu and config.network == INRConfig.paper():
+    if device.info.type == spy.DeviceType.cpu and config.network.architecture() == INRConfig.paper():
         print("neumours: note: the paper network on the CPU device takes minutes per step; "
               "add --preset tiny for a CPU-sized run", file=sys.stderr)
 
@@ -84,6 +86,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--config", type=Path, help="TOML file overriding the preset (sections network, loss, "
                                                "optimizer, sampler, schedule)")
     add_device_option(p)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="override [network] precision: bf16 tensor cores (CUDA only), fp32 FMA, or auto "
+                        "(bf16 on CUDA, fp32 elsewhere; the default)")
     p.set_defaults(func=cmd_train)
 
     p = add_command(sub, "plot", "training curves of a run, or several runs overlaid",

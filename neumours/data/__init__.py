@@ -1,7 +1,10 @@
 """NIfTI data layer: case layouts, loading and saving, normalisation, splits.
 
-``neumours.data.phantom`` (synthetic cases) is a separate module, imported
-explicitly; it is not re-exported here.
+``nifti`` (reading with validation and a fast gzip path, atomic writing),
+``layouts`` (BraTS, MU-Glioma-Post and nnU-Net raw: ``list_cases``, ``CaseRef``),
+``case`` (``Case``, ``load_case``, ``save_label``), ``normalise`` (brain z-score),
+``split`` (``split_cases``, ``kfold``). ``phantom`` and ``phantom_anatomy``
+(synthetic cases) are imported explicitly; they are not re-exported here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Brain mask and per-modality z-score normalisation (SPEC "Data": Intensities).
+"""Brain mask and per-modality z-score normalisation (docs/method.md "Intensities").
 
 MRI intensities have no absolute scale, so each modality is standardised over
 the brain only: the skull-stripped background (exactly 0 in BraTS-style data)

@@ -1,9 +1,11 @@
 """Compute devices and compiled Slang kernels.
 
-``get_device`` picks a slangpy device (CUDA, Vulkan, Metal or the CPU target),
-``load_kernel`` compiles an explicit compute entry point of ``slang/`` once per
-device and set of compile-time constants, and ``buffers`` moves numpy arrays in
-and out of device buffers. Everything heavy in Neumours runs through these.
+``select`` (``get_device``) picks a slangpy device (CUDA, Vulkan, Metal or the
+CPU target), ``kernels`` (``load_kernel``) compiles an explicit compute entry
+point of ``slang/`` once per device and set of compile-time constants, and
+``buffers`` moves numpy arrays in and out of device buffers (``ScratchBuffers``
+keeps working buffers between calls). Everything heavy in Neumours runs through
+these; the rest of the package dispatches kernels through :mod:`neumours.kernels`.
 """
 
 from neumours.device.buffers import (
@@ -15,7 +17,7 @@ from neumours.device.buffers import (
     upload_into,
     zeros_buffer,
 )
-from neumours.device.kernels import Kernel, load_kernel, slang_dir
+from neumours.device.kernels import Kernel, load_kernel, recording, slang_dir
 from neumours.device.select import DEVICE_KINDS, describe, get_device
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "empty_buffer",
     "get_device",
     "load_kernel",
+    "recording",
     "slang_dir",
     "upload",
     "upload_into",

@@ -8,7 +8,9 @@ Two ways in:
   grid; extra prediction files are ignored.
 * :func:`evaluate_checkpoint` — segment and score in one go (``--checkpoint CKPT
   --data DIR [--split val|all] [--seed S]``): each case is scored raw and denoised
-  (:func:`neumours.infer.denoise.denoise` with its defaults). ``--split val`` is the
+  (the defaults of :mod:`neumours.infer.denoise`, on the device where the Segmenter
+  runs, the voxel spacing of the image header, as ``neumours segment --denoise``
+  writes them). ``--split val`` is the
   validation part of ``neumours.data.split_cases(cases, 0.1, seed)``, the split
   training uses.
 
@@ -117,7 +119,8 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, pro
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, split: str = "val",
                         seed: int = 0, device=None, progress: bool = True,
-                        on_case: Callable[[Case, np.ndarray, np.ndarray], None] | None = None) -> RegionMetric:
+                        on_case: Callable[[Case, np.ndarray, np.ndarray], None] | None = None,
+                        precision: str = "auto") -> RegionMetric:
     """Segment the cases of ``data_dir`` with ``checkpoint`` and score them raw and denoised.
 
     Args:
@@ -132,12 +135,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     from tqdm import tqdm
 
     from neumours.data import load_case
-    from neumours.infer.denoise import denoise
     from neumours.infer.segment import Segmenter
 
     if split not in ("val", "all"):
         raise NeumoursError(f"--split must be 'val' or 'all', got {split!r}")
-    segmenter = Segmenter(checkpoint, device)
+    segmenter = Segmenter(checkpoint, device, precision=precision)
     refs = list_cases(data_dir)
     if split == "val":
         _, refs = split_cases(refs, 0.1, seed)
@@ -147,10 +149,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     metric = RegionMetric()
     for ref in tqdm(refs, desc="evaluate", unit="case", disable=not progress or len(refs) < 2):
         case = load_case(ref)
-        result = segmenter(case)
+        result = segmenter(case, denoise=True)  # on the device where there is one, as `segment --denoise`
         spacing = _spacing(case.affine)
         metric(result.raw_labels, case.label, spacing, case_id=case.case_id, variant="raw")
-        clean = denoise(result.raw_labels, spacing=spacing)
+        clean = result.labels
         metric(clean, case.label, spacing, case_id=case.case_id, variant="denoised")
         if on_case is not None:
             on_case(case, result.raw_labels, clean)
@@ -233,7 +235,7 @@ def write_report(metric: RegionMetric, out_dir: str | os.PathLike, source: str =
 def run_evaluate(out_dir: str | os.PathLike | None = None, pred: str | os.PathLike | None = None,
                  gt: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
                  data: str | os.PathLike | None = None, split: str = "val", seed: int = 0, device=None,
-                 progress: bool = True) -> tuple[RegionMetric, str]:
+                 progress: bool = True, precision: str = "auto") -> tuple[RegionMetric, str]:
     """The command: pick the way in from the arguments, score, write the report if ``out_dir``.
 
     Returns:
@@ -254,7 +256,7 @@ def run_evaluate(out_dir: str | os.PathLike | None = None, pred: str | os.PathLi
     else:
         if checkpoint is None or data is None:
             raise NeumoursError("--checkpoint and --data go together")
-        metric = evaluate_checkpoint(checkpoint, data, split, seed, device, progress)
+        metric = evaluate_checkpoint(checkpoint, data, split, seed, device, progress, precision=precision)
         which = f"validation split (split_cases(…, 0.1, seed={seed}))" if split == "val" else "all cases"
         source = (f"Checkpoint `{checkpoint}` on `{data}`, {which}; denoised = "
                   "`neumours.infer.denoise.denoise` defaults.")

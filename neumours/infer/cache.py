@@ -25,7 +25,7 @@ import numpy as np
 import slangpy as spy
 
 from neumours.device import ScratchBuffers, download, empty_buffer
-from neumours.kernels.probabilities import argmax_labels
+from neumours.kernels.probabilities import argmax_labels, pack_labels
 from neumours.model.inputs import CaseVolumes, grid_inputs
 from neumours.model.inr import INR, Workspace
 
@@ -74,6 +74,19 @@ def super_resolution_affine(affine: np.ndarray, shape: Sequence[int], grid: Sequ
     for j, (d, g) in enumerate(zip(shape, grid)):
         out[:3, j] *= (d - 1) / (g - 1) if g > 1 else 1.0
     return out
+
+
+def download_labels(device: spy.Device, labels: spy.Buffer, shape: Sequence[int],
+                    scratch: ScratchBuffers | None = None) -> np.ndarray:
+    """(X, Y, Z) uint8 copy of a uint32 label buffer (values < 256), packed four to a word on the
+    device first so a quarter of the bytes cross (9 MB instead of 36 MB for 240 x 240 x 155)."""
+    shape = tuple(int(s) for s in shape)
+    total = int(np.prod(shape))
+    words = -(-total // 4)
+    packed = scratch.get("labels.packed", words, np.uint32) if scratch is not None else \
+        empty_buffer(device, words, np.uint32)
+    pack_labels(device, labels, packed, total)
+    return download(packed, (words,), np.uint32).view(np.uint8)[:total].reshape(shape).copy()
 
 
 def forward_workspace(inr: INR, count: int, scratch: ScratchBuffers | None = None) -> Workspace:
@@ -202,8 +215,12 @@ class VolumeCache:
                 timer.add("argmax", t0)
 
     def labels(self) -> np.ndarray:
-        """The labels, downloaded: (G0, G1, G2) uint8, values 0 .. num_classes - 1."""
-        return download(self.labels_buffer, self.shape, np.uint32).astype(np.uint8)
+        """The labels, downloaded: (G0, G1, G2) uint8, values 0 .. num_classes - 1.
+
+        Packed four to a word on the device first, so a quarter of the bytes cross
+        (9 MB instead of 36 MB for a 240 x 240 x 155 case).
+        """
+        return download_labels(self.device, self.labels_buffer, self.shape)
 
     def probabilities(self) -> np.ndarray:
         """Softmax probabilities, downloaded: (num_classes, G0, G1, G2) float32, channel first.

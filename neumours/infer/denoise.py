@@ -36,6 +36,11 @@ model existed yet; ``benchmarks/denoise_defaults.py`` reproduces it and its
 docstring has the table. Work past step 1 is done in the bounding box of the
 kept tumour: a heavily noisy 240 x 240 x 155 prediction takes 0.13-0.18 s on
 one core of the development machine (time grows with the kept tumour's extent).
+
+This is the reference and the CPU device's path. On a GPU the Segmenter runs
+the same operation where the labels are,
+:func:`neumours.infer.denoise_device.denoise_on_device`, which gives exactly
+these labels (tested voxel for voxel, ties of the nearest-voxel step included).
 """
 
 from __future__ import annotations
@@ -78,6 +83,21 @@ class DenoiseParams:
 
 #: The defaults: see the module docstring and benchmarks/denoise_defaults.py.
 DEFAULTS = DenoiseParams()
+
+
+def voxel_thresholds(params: DenoiseParams, spacing=(1.0, 1.0, 1.0)) -> tuple[float, float]:
+    """``params``' two sizes in voxels (min_component_mm3, min_class_island_mm3 over the voxel volume).
+
+    Shared by :func:`denoise` and the device path, so both compare sizes with the same numbers.
+
+    Raises:
+        ValueError: ``spacing`` is not three positive finite sizes.
+    """
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if spacing.shape != (3,) or not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+        raise ValueError(f"spacing must be three positive sizes, got {spacing}")
+    voxel_mm3 = float(np.prod(spacing))
+    return params.min_component_mm3 / voxel_mm3, params.min_class_island_mm3 / voxel_mm3
 
 
 def _structure(connectivity: int) -> np.ndarray:
@@ -157,20 +177,17 @@ def denoise(labels: np.ndarray, params: DenoiseParams | None = None, spacing=(1.
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"labels must have shape (X, Y, Z), got {labels.shape}")
-    spacing = np.asarray(spacing, dtype=np.float64)
-    if spacing.shape != (3,) or not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
-        raise ValueError(f"spacing must be three positive sizes, got {spacing}")
-    voxel_mm3 = float(np.prod(spacing))
+    min_component, min_island = voxel_thresholds(params, spacing)
     src = labels.astype(np.uint8, copy=False)
     out = np.zeros(src.shape, dtype=np.uint8)
     tumour = src > 0
     if not tumour.any():
         return out
-    box, kept, comp, sizes = _keep_components(tumour, params, params.min_component_mm3 / voxel_mm3)
+    box, kept, comp, sizes = _keep_components(tumour, params, min_component)
     crop = np.where(kept, src[box], 0).astype(np.uint8)
     targets = np.zeros(crop.shape, dtype=bool)
     if params.min_class_island_mm3 > 0:
-        targets |= _class_islands(crop, comp, sizes, params, params.min_class_island_mm3 / voxel_mm3) & kept
+        targets |= _class_islands(crop, comp, sizes, params, min_island) & kept
     targets |= _holes(kept, params.fill_holes)
     if targets.any():
         known = kept & ~targets

@@ -2,9 +2,12 @@
 
 One case: load the four modalities, upload them, z-score them on the device, run the
 :class:`~neumours.infer.cache.VolumeCache` pass on the device (labels, optionally
-probabilities), download, optionally :func:`~neumours.infer.denoise.denoise`,
-and write NIfTI files that overlay the input (same affine and header; with
-``scale`` > 1 the affine of the finer grid of the same field of view).
+probabilities), optionally denoise, download, and write NIfTI files that overlay
+the input (same affine and header; with ``scale`` > 1 the affine of the finer
+grid of the same field of view). Denoising runs where the labels are on a GPU
+(:func:`~neumours.infer.denoise_device.denoise_on_device`: only the denoised
+labels cross to the host) and with scipy on the host for the CPU device
+(:func:`~neumours.infer.denoise.denoise`); both give the same labels.
 
     seg = Segmenter("model.safetensors")
     result = seg("BraTS-GLI-00001-000", denoise=True)
@@ -33,16 +36,18 @@ from neumours.data import Case, list_cases, load_case, normalise, save_label
 from neumours.data.nifti import is_nifti_name, write_nifti
 from neumours.device import ScratchBuffers, upload
 from neumours.errors import NeumoursDataError, NeumoursError
-from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, StageTimer, VolumeCache, super_resolution_affine,
-                                  super_resolution_shape)
+from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, StageTimer, VolumeCache, download_labels,
+                                  super_resolution_affine, super_resolution_shape)
 from neumours.infer.denoise import DenoiseParams, denoise as denoise_labels
+from neumours.infer.denoise_device import denoise_on_device
 from neumours.infer.normalise import normalise_on_device
 from neumours.model.checkpoint import load_checkpoint
 from neumours.model.inputs import CaseVolumes
 from neumours.model.inr import INR
 
-#: Order of the stages in :attr:`SegmentResult.timings` (those that ran).
-STAGES = ("load", "upload", "normalise", "inference", "argmax", "download", "denoise", "write")
+#: Order of the stages in :attr:`SegmentResult.timings` (those that ran). Denoising on the
+#: device comes before the download; on the host (CPU device) it runs after it.
+STAGES = ("load", "upload", "normalise", "inference", "argmax", "denoise", "download", "write")
 
 
 @dataclass
@@ -52,7 +57,8 @@ class SegmentResult:
     Attributes:
         case: the loaded case (raw images, its affine and header).
         labels: (G0, G1, G2) uint8 labels 0..3, denoised when asked for.
-        raw_labels: (G0, G1, G2) uint8 labels straight from the arg-max.
+        raw_labels: (G0, G1, G2) uint8 labels straight from the arg-max (a property:
+            after denoising on the device they are downloaded on first use only).
         probs: (4, G0, G1, G2) float32 softmax probabilities (bg, NCR, ED, ET), or None.
         affine: (4, 4) voxel -> world of the output grid (the case's when scale == 1).
         spacing: output voxel size in mm per array axis.
@@ -64,17 +70,24 @@ class SegmentResult:
 
     case: Case
     labels: np.ndarray
-    raw_labels: np.ndarray
     probs: np.ndarray | None
     affine: np.ndarray
     spacing: tuple[float, float, float]
     scale: float = 1.0
     timings: dict[str, float] = field(default_factory=dict)
     cache: VolumeCache | None = None
+    #: The raw labels once on the host, or the device buffer to download them from.
+    raw: np.ndarray | spy.Buffer | None = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(n) for n in self.labels.shape)  # type: ignore[return-value]
+
+    @property
+    def raw_labels(self) -> np.ndarray:
+        if isinstance(self.raw, spy.Buffer):  # still on the device: download once
+            self.raw = download_labels(self.raw.device, self.raw, self.shape)
+        return self.raw
 
 
 def output_like(case: Case, shape, affine: np.ndarray) -> Case:
@@ -124,14 +137,20 @@ class Segmenter:
         device_normalise: z-score on the device (:func:`normalise_on_device`, the
             default) rather than with numpy on the host (:func:`neumours.data.normalise`);
             the numbers agree to float32 rounding.
+        precision: "auto" (bf16 tensor cores on CUDA, fp32 elsewhere), "fp32" or "bf16".
+        device_denoise: denoise with the device kernels (:func:`denoise_on_device`)
+            rather than scipy on the host; default: on every device but the CPU
+            one. The labels are the same either way.
 
     Raises:
         NeumoursError: the checkpoint cannot be used (one line naming the file).
     """
 
     def __init__(self, checkpoint: str | os.PathLike, device: spy.Device | None = None,
-                 chunk_points: int = DEFAULT_CHUNK_POINTS, device_normalise: bool = True):
+                 chunk_points: int = DEFAULT_CHUNK_POINTS, device_normalise: bool = True,
+                 device_denoise: bool | None = None, precision: str = "auto"):
         state, config, metadata = load_checkpoint(checkpoint)
+        config = dataclasses.replace(config, precision=precision)
         if device is None:
             from neumours.device import get_device
 
@@ -144,6 +163,9 @@ class Segmenter:
         self.inr.load_state_dict(state)  # pushes the weights to the device
         self.chunk_points = int(chunk_points)
         self.device_normalise = bool(device_normalise)
+        if device_denoise is None:
+            device_denoise = device.info.type != spy.DeviceType.cpu
+        self.device_denoise = bool(device_denoise)
         # Working buffers (the case's volumes, per-chunk inputs and activations) live
         # from case to case: a buffer of a new size costs ~0.2 ms/MB to create, so
         # cases of varying shapes would otherwise pay ~0.5 s each for them.
@@ -179,7 +201,8 @@ class Segmenter:
         Args:
             case: a loaded :class:`Case`, or anything :func:`load_case` accepts.
             scale: super-resolution factor >= 1 (see :func:`super_resolution_shape`).
-            denoise: also run :func:`denoise` (``denoise_params``, default its DEFAULTS).
+            denoise: also denoise (``denoise_params``, default DEFAULTS of
+                :mod:`neumours.infer.denoise`), on the device or the host (see ``device_denoise``).
             probs: keep the softmax probabilities.
             timings: synchronise the device between stages so that
                 :attr:`SegmentResult.timings` splits device work correctly.
@@ -205,26 +228,35 @@ class Segmenter:
             normalised = normalise(case.images)
             timer.add("normalise", t0)
             cache = self.cache(normalised, grid, keep_probs=probs, timer=timer, raw=False)
-        t0 = time.perf_counter()
-        raw = cache.labels()
-        probabilities = cache.probabilities() if probs else None
-        t0 = timer.add("download", t0)
         affine = super_resolution_affine(case.affine, case.shape, grid)
         spacing = tuple(float(s) * ((d - 1) / (g - 1) if g > 1 else 1.0)
                         for s, d, g in zip(case.spacing, case.shape, grid))
-        labels = raw
-        if denoise:
+        t0 = time.perf_counter()
+        on_device = denoise and self.device_denoise
+        if on_device:  # the raw labels stay on the device unless someone asks for them
+            denoised = denoise_on_device(self.device, cache.labels_buffer, grid, denoise_params, spacing,
+                                         scratch=self.scratch, to_host=False,
+                                         out=self.scratch.get("segment.denoised", cache.total, np.uint32))
+            t0 = timer.add("denoise", t0)
+            labels = download_labels(self.device, denoised, grid, self.scratch)
+            raw: np.ndarray | spy.Buffer = cache.labels_buffer
+        else:
+            raw = labels = download_labels(self.device, cache.labels_buffer, grid, self.scratch)
+        probabilities = cache.probabilities() if probs else None
+        t0 = timer.add("download", t0)
+        if denoise and not on_device:
             labels = denoise_labels(raw, denoise_params, spacing=spacing)
             timer.add("denoise", t0)
-        return SegmentResult(case, labels, raw, probabilities, affine, spacing, float(scale), timer.seconds,
-                             cache if keep_cache else None)
+        return SegmentResult(case, labels, probabilities, affine, spacing, float(scale), timer.seconds,
+                             cache if keep_cache else None, raw=raw)
 
 
 def segment_case(case: Case | str | os.PathLike, checkpoint: str | os.PathLike, scale: float = 1,
                  denoise: bool = False, probs: bool = False, device: spy.Device | None = None,
-                 timings: bool = False) -> SegmentResult:
+                 timings: bool = False, precision: str = "auto") -> SegmentResult:
     """One-shot :class:`Segmenter` call (loads the checkpoint each time; reuse a Segmenter for many cases)."""
-    return Segmenter(checkpoint, device)(case, scale=scale, denoise=denoise, probs=probs, timings=timings)
+    return Segmenter(checkpoint, device, precision=precision)(case, scale=scale, denoise=denoise, probs=probs,
+                                                              timings=timings)
 
 
 def write_segmentation(result: SegmentResult, path: str | os.PathLike, labels: np.ndarray | None = None) -> Path:
@@ -268,7 +300,8 @@ def _check_out_name(path: Path, what: str) -> None:
 def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.PathLike,
                   denoise: bool = False, probs: str | os.PathLike | None = None, scale: float = 1,
                   timings: bool = False, device: spy.Device | None = None, progress: bool = True,
-                  on_result: Callable[[SegmentResult, Path], None] | None = None) -> list[Path]:
+                  on_result: Callable[[SegmentResult, Path], None] | None = None,
+                  precision: str = "auto") -> list[Path]:
     """Segment one case or every case under a folder (``neumours segment``).
 
     Args:
@@ -299,7 +332,7 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
         super_resolution_shape((2, 2, 2), scale)
     except ValueError as exc:
         raise NeumoursError(f"--scale: {exc}") from None
-    segmenter = Segmenter(checkpoint, device)  # a bad checkpoint fails before any case is read
+    segmenter = Segmenter(checkpoint, device, precision=precision)  # a bad checkpoint fails before any case
     refs = list_cases(source)
     if single and len(refs) != 1:
         raise NeumoursError(f"{source}: holds {len(refs)} cases; --out must name a folder, not {out.name}")

@@ -13,5 +13,9 @@ Modules: ``accumulate`` (scatter_add), ``encoding`` (Fourier features and their
 gradient), ``gemm`` (the dense-layer product), ``patch`` (INR inputs from
 volumes), ``normalise`` (brain z-score), ``loss`` (training loss),
 ``probabilities`` (arg-max, softmax and its gradient), ``raymarch`` (render
-forward/backward), ``ray_samples`` (the INR evaluated along rays).
+forward/backward), ``ray_samples`` (the INR evaluated along rays), ``denoise``
+(connected components, class islands, holes and the nearest-voxel transform of
+denoising on the device), ``tensor_gemm`` and ``bf16`` (the tensor-core product and
+its bf16 weight copies); ``checks`` (buffer-size and device-feature checks shared by
+the wrappers).
 """

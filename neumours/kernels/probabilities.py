@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import slangpy as spy
 
+from neumours.conventions import NUM_CLASSES
 from neumours.device import load_kernel
 from neumours.kernels.checks import require
 
@@ -56,3 +57,12 @@ def gradient_blocks(device: spy.Device, grad_probs: spy.Buffer, flags: spy.Buffe
         blocks, params={"grad_probs": grad_probs, "flags": flags, "total": int(total), "block": int(block),
                         "blocks": blocks})
     return blocks
+
+
+def pack_labels(device: spy.Device, labels: spy.Buffer, packed: spy.Buffer, total: int) -> None:
+    """packed (ceil(total / 4),) uint32 = the ``total`` uint32 labels as bytes, four per word."""
+    words = -(-int(total) // 4)
+    require(labels, total, "labels")
+    require(packed, words, "packed")
+    load_kernel(device, FILE, "pack_labels", {"NUM_CLASSES": NUM_CLASSES})(words, params={"labels": labels, "packed": packed,
+                                                                              "total": int(total)})

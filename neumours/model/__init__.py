@@ -2,9 +2,10 @@
 
 ``config`` (INRConfig: the sizes, defined once), ``params`` (the flat parameter
 vector's layout and initialisation), ``bridge`` (that vector and its gradient
-shared with torch optimisers), ``encoding`` (Fourier features on the host),
-``inputs`` (CaseVolumes: normalised cases on the device, and the INR's inputs
-read from them), ``inr`` (the network as Slang kernels, forward and backward),
-``checkpoint`` (safetensors files), ``reference`` (float64 / torch references:
-the tests' ground truth and the benchmarks' peer).
+shared with torch optimisers), ``encoding`` (Fourier features through the Slang
+kernel, for tests and scripts), ``inputs`` (CaseVolumes: normalised cases on the
+device, and the INR's inputs read from them), ``inr`` (the network as Slang
+kernels, forward and backward), ``checkpoint`` (safetensors files),
+``reference`` (float64 / torch references: the tests' ground truth and the
+benchmarks' peer).
 """

@@ -66,6 +66,11 @@ class TorchBridge:
             self.grads = torch.zeros(n, dtype=torch.float32)
         self._torch_params: dict[str, torch.nn.Parameter] | None = None
         self._grad_views = self.named_grads()
+        self._push_hooks: list = []
+
+    def add_push_hook(self, hook) -> None:
+        """Call ``hook()`` after every :meth:`push_params` (e.g. to refresh a bf16 copy of the weights)."""
+        self._push_hooks.append(hook)
 
     # -- per-tensor views -------------------------------------------------------------
 
@@ -132,6 +137,8 @@ class TorchBridge:
             torch.cuda.current_stream(self.params.device).synchronize()
         else:
             self.params_buffer.copy_from_numpy(self.params.numpy())
+        for hook in self._push_hooks:
+            hook()
 
     def pull_grads(self) -> None:
         """Make the gradients the Slang kernels accumulated visible to torch.

@@ -68,7 +68,7 @@ def save_checkpoint(
     for name, value in views.items():
         if not np.all(np.isfinite(value)):
             raise NeumoursError(f"{path}: refusing to save a checkpoint whose tensor {name} holds NaN or Inf")
-    meta = {"format": CHECKPOINT_FORMAT, "config": json.dumps(config.to_dict(), sort_keys=True)}
+    meta = {"format": CHECKPOINT_FORMAT, "config": json.dumps(config.architecture().to_dict(), sort_keys=True)}
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError(f"checkpoint metadata must map str to str, got {key!r}: {value!r}")
@@ -82,7 +82,7 @@ def save_checkpoint(
 
 
 def _config_diff(found: INRConfig, expected: INRConfig) -> str:
-    a, b = found.to_dict(), expected.to_dict()
+    a, b = found.architecture().to_dict(), expected.architecture().to_dict()
     return "; ".join(f"checkpoint has {k}={a[k]}, expected {b[k]}" for k in a if a[k] != b[k])
 
 
@@ -98,8 +98,9 @@ def load_checkpoint(
 
     Args:
         path: the ``.safetensors`` file.
-        expected_config: when given, the stored config must equal it (e.g. the
-            network a training run or the kernels were built for).
+        expected_config: when given, the stored architecture must equal its
+            architecture (e.g. the network a training run was built for; precision
+            does not matter).
 
     Returns:
         ``(state, config, metadata)``: name -> float32 array in layout order,
@@ -133,7 +134,7 @@ def load_checkpoint(
             config = INRConfig.from_dict(json.loads(meta.get("config", "")))
         except (json.JSONDecodeError, NeumoursError) as exc:
             raise NeumoursError(f"{path}: invalid config in checkpoint metadata ({_one_line(exc)})") from None
-        if expected_config is not None and config != expected_config:
+        if expected_config is not None and config != expected_config.architecture():
             raise NeumoursError(f"{path}: configuration differs: {_config_diff(config, expected_config)}")
         layout = ParamLayout(config)
         names = set(f.keys())

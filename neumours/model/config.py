@@ -4,6 +4,10 @@ docs/method.md "Network": gamma(p) (3 + 6K) -> spatial Linear, the (4, 3, 3, 3) 
 patch -> Conv3d (valid padding, so one output voxel), the two ReLU'd halves
 concatenated (spatial first) -> ``hidden_layers`` x (Linear, ReLU) -> Linear to
 the class logits. Slang receives these numbers as compile-time constants only.
+
+``precision`` is not part of the architecture: it picks the kernels that run
+the same weights (fp32 everywhere, or bf16 tensor cores on CUDA), so checkpoints
+store the architecture only and any checkpoint runs at any precision.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from typing import Any, Mapping
 
 from neumours.conventions import NUM_CLASSES, NUM_MODALITIES, fourier_dim
 from neumours.errors import NeumoursError
+
+
+#: Values of INRConfig.precision.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,9 @@ class INRConfig:
         num_classes: logits out (bg, NCR, ED, ET).
         num_modalities: channels of the patch (t1n, t1c, t2w, t2f).
         patch_size: edge of the cubic patch and of the conv kernel (odd).
+        precision: ``"fp32"`` (FMA kernels, every device), ``"bf16"`` (tensor-core
+            products with fp32 accumulation and fp32 master weights, CUDA only) or
+            ``"auto"`` (bf16 on CUDA, fp32 elsewhere).
     """
 
     num_freqs: int = 64
@@ -40,9 +51,14 @@ class INRConfig:
     num_classes: int = NUM_CLASSES
     num_modalities: int = NUM_MODALITIES
     patch_size: int = 3
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"INRConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for field in dataclasses.fields(self):
+            if field.name == "precision":
+                continue
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"INRConfig.{field.name} must be an int, got {value!r}")
@@ -103,9 +119,14 @@ class INRConfig:
             total += count
         return total
 
-    def to_dict(self) -> dict[str, int]:
-        """Plain dict of the fields (JSON-ready; stored in checkpoints)."""
+    def to_dict(self) -> dict[str, int | str]:
+        """Plain dict of the fields (JSON-ready; the ``[network]`` section of a run's config.toml)."""
         return dataclasses.asdict(self)
+
+    def architecture(self) -> INRConfig:
+        """This config with ``precision`` at its default ("auto"): what two networks must share to
+        swap weights, and what checkpoints store."""
+        return dataclasses.replace(self, precision="auto")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> INRConfig:

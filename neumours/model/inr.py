@@ -9,7 +9,9 @@ Forward for N points (all device-resident, no host round trip):
 
 Backward walks the same layers: dW += delta^T H (split over points, reduced per
 group before one atomic add per weight and group), delta_prev = (delta W) * [H > 0].
-Every product is ``slang/gemm_kernels.slang``; see neumours/kernels/gemm.py.
+Every product is ``slang/gemm_kernels.slang`` (fp32, every device; see
+neumours/kernels/gemm.py) or, with ``precision="bf16"`` on CUDA, the tensor-core
+product of :mod:`neumours.model.tensor_core`, on the same weights.
 """
 
 from __future__ import annotations
@@ -20,11 +22,27 @@ import numpy as np
 import slangpy as spy
 
 from neumours.device import download, empty_buffer, get_device, upload
+from neumours.errors import NeumoursError
 from neumours.kernels.encoding import encode_backward
 from neumours.kernels.gemm import ACCUMULATE, RELU_GRAD, Fourier, Strided, gemm, tiles_for
 from neumours.model.bridge import TorchBridge
 from neumours.model.config import INRConfig
 from neumours.model.params import ParamLayout, init_params
+
+
+def resolve_precision(precision: str, device: spy.Device) -> str:
+    """"fp32" or "bf16" for an INRConfig.precision on ``device`` ("auto": bf16 on CUDA, else fp32).
+
+    Raises:
+        NeumoursError: "bf16" on a device other than CUDA.
+    """
+    is_cuda = device.info.type == spy.DeviceType.cuda
+    if precision == "auto":
+        return "bf16" if is_cuda else "fp32"
+    if precision == "bf16" and not is_cuda:
+        kind = str(device.info.type).rsplit(".", 1)[-1]
+        raise NeumoursError(f"precision bf16 needs a CUDA device (tensor cores), not {kind}; use --precision fp32")
+    return precision
 
 
 @dataclass
@@ -33,6 +51,8 @@ class Workspace:
 
     ``hidden[l]`` is H_l (capacity, hidden_width) for l = 0 .. hidden_layers;
     ``delta`` holds two (capacity, hidden_width) gradient buffers used in turn.
+    Each holds capacity x hidden_width 32-bit values: float32 for precision fp32,
+    bf16 (the first half) for bf16.
     """
 
     capacity: int
@@ -47,20 +67,31 @@ class INR:
     """The network of docs/method.md as Slang kernels, with torch-shared parameters.
 
     Args:
-        config: network sizes; default the paper's (262,020 parameters).
+        config: network sizes and precision; default the paper's (262,020 parameters).
         device: slangpy device; default :func:`neumours.device.get_device`.
         seed: seed of the torch-like default initialisation.
 
     The flat parameter and gradient buffers are ``self.bridge.params_buffer`` and
     ``self.bridge.grads_buffer``; ``self.bridge`` exposes them to torch optimisers.
+    ``self.precision`` is the resolved precision, "fp32" or "bf16".
+
+    Raises:
+        NeumoursError: precision bf16 on a device without tensor cores (not CUDA).
     """
 
     def __init__(self, config: INRConfig | None = None, device: spy.Device | None = None, seed: int = 0):
         self.config = config or INRConfig.paper()
         self.device = device or get_device()
+        self.precision = resolve_precision(self.config.precision, self.device)
         self.layout = ParamLayout(self.config)
         self.bridge = TorchBridge(self.device, self.layout, init_params(self.config, seed))
         self._workspace: Workspace | None = None
+        self.tensor_cores = None
+        if self.precision == "bf16":
+            from neumours.model.tensor_core import TensorCorePath
+
+            self.tensor_cores = TensorCorePath(self)
+            self.bridge.add_push_hook(self.tensor_cores.refresh)
 
     # ------------------------------------------------------------------ parameters
     def num_parameters(self) -> int:
@@ -137,6 +168,9 @@ class INR:
         """
         cfg, dev = self.config, self.device
         ws = workspace or self.workspace(count)
+        if self.tensor_cores is not None:
+            self.tensor_cores.forward(coords, patches, count, logits, ws)
+            return ws
         hid, S = cfg.hidden_width, cfg.spatial_width
         h0 = ws.hidden[0]
         gemm(dev, Fourier(coords, cfg.num_freqs), self._weight("spatial.weight"), Strided(h0, hid, 1, 0),
@@ -179,6 +213,11 @@ class INR:
         head's bias gradient rides on its weight-gradient product.
         """
         cfg, dev, ws = self.config, self.device, workspace
+        if self.tensor_cores is not None:
+            if input_grads:
+                raise ValueError("input gradients are computed at precision fp32 only")
+            self.tensor_cores.backward(coords, patches, count, grad_logits, ws, self._bias_sums)
+            return
         hid, S, C = cfg.hidden_width, cfg.spatial_width, cfg.num_classes
         L = cfg.hidden_layers
         self._weight_grads("head", Strided(grad_logits, 1, C), Strided(ws.hidden[-1], 1, hid), C, hid, count,

@@ -1,6 +1,6 @@
 """All INR weights in one flat float32 vector: its layout and its initialisation.
 
-The Slang kernels, the torch optimisers (through :mod:`neumours.bridge`) and the
+The Slang kernels, the torch optimisers (through :mod:`neumours.model.bridge`) and the
 checkpoints share one vector. Tensors follow :meth:`INRConfig.param_shapes` order,
 each row-major in torch's (out, in) convention, with no padding between them.
 The Conv3d kernel (out, c, x, y, z) therefore reads as an (out, c * p^3) matrix

@@ -4,8 +4,10 @@
 space), ``transfer`` (windows, transfer function, label look-up table),
 ``raymarch`` (Slang forward/backward, host and device APIs), ``views`` (orbiting
 camera sets, label volumes rendered from them), ``reference`` (the same
-integrator in torch: tests and benchmark peer), ``io`` (PNG, GIF, MP4 output).
-It depends on ``device``, ``kernels`` and the shared conventions only; the
+integrator in torch: tests and benchmark peer), ``io`` (PNG, GIF, MP4 output and the
+label colour key).
+It depends only on ``device``, ``kernels`` and the shared modules (``conventions``,
+``regions``, ``errors``, ``atomic``), never on ``model``, ``infer`` or ``refine``; the
 ``neumours render`` command lives in :mod:`neumours.cli.render`, render-loss
 refinement in :mod:`neumours.refine`.
 

@@ -8,12 +8,16 @@ passed back with ``--config``. Sections: ``[network]`` (INRConfig fields),
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from neumours.atomic import atomic_write_text
+from neumours.conventions import NUM_CLASSES, NUM_MODALITIES
 from neumours.errors import NeumoursError
 from neumours.model.config import INRConfig
 from neumours.train.loss import LossConfig
@@ -21,10 +25,19 @@ from neumours.train.loss import LossConfig
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """``name``: "adamw" for every tensor, or "muon" (torch.optim.Muon on the 2-D
-    weight matrices, AdamW on biases and the conv kernel). Cosine decay from
-    ``lr`` to ``lr_final`` over the run after ``warmup_steps`` of linear warm-up;
-    gradients clipped to global norm ``clip_norm``."""
+    """Optimiser, learning-rate schedule and gradient clipping (paper Table I).
+
+    Attributes:
+        name: "adamw" (torch.optim.AdamW on every tensor) or "muon"
+            (torch.optim.Muon on the 2-D weight matrices, AdamW on the biases
+            and the conv kernel).
+        lr: peak learning rate, reached at the end of the warm-up.
+        lr_final: learning rate at the last step; cosine decay from ``lr`` to it.
+        warmup_steps: steps of linear warm-up from lr / warmup_steps to ``lr``.
+        clip_norm: gradients are clipped to this global L2 norm before each step.
+        weight_decay: decoupled weight decay of AdamW (and of Muon).
+        betas: AdamW's (beta1, beta2) moment decay rates.
+    """
 
     name: str = "adamw"
     lr: float = 1e-3
@@ -37,11 +50,19 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Each step: ``micro_batches`` x ``micro_batch`` points (gradient accumulation),
-    a ``foreground_ratio`` share of them drawn from tumour voxels, the rest
-    uniformly over the volume. ``pool_bytes``: device memory for normalised case
-    volumes (0: all cases); a larger dataset is cycled through the pool by a
-    background loader, swapping one case every ``refresh_every`` steps."""
+    """Training points per step and the cases they are drawn from.
+
+    Attributes:
+        micro_batch: points per micro-batch (one forward/backward pass).
+        micro_batches: micro-batches per optimiser step, gradients accumulated;
+            a step sees micro_batch x micro_batches points.
+        foreground_ratio: share of each micro-batch drawn from tumour voxels
+            (label > 0); the rest uniformly over the whole volume.
+        pool_bytes: device memory for normalised case volumes; 0 holds every
+            training case. A smaller pool is cycled through the dataset by a
+            background loader.
+        refresh_every: with a cycling pool, steps between swapping in the next case.
+    """
 
     micro_batch: int = 4096
     micro_batches: int = 4
@@ -52,7 +73,16 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Run length, validation and split."""
+    """Run length, validation, logging and the split.
+
+    Attributes:
+        steps: optimiser steps of the run (the cosine decay ends here).
+        val_every: steps between validations (hard Dice per class on the
+            validation cases); the best checkpoint is chosen by their mean.
+        val_fraction: share of the cases held out for validation.
+        log_every: steps between rows of metrics.csv.
+        seed: seed of the split, the initial weights and the point sampler.
+    """
 
     steps: int = 10_000
     val_every: int = 500
@@ -63,6 +93,16 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything ``neumours train`` reads: one section per TOML table.
+
+    Attributes:
+        network: sizes of the INR (:class:`~neumours.model.config.INRConfig`).
+        loss: the training loss (:class:`~neumours.train.loss.LossConfig`).
+        optimizer: optimiser and schedule of the learning rate (:class:`OptimizerConfig`).
+        sampler: points per step (:class:`SamplerConfig`).
+        schedule: run length and validation (:class:`ScheduleConfig`).
+    """
+
     network: INRConfig = field(default_factory=INRConfig.paper)
     loss: LossConfig = field(default_factory=LossConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -141,3 +181,112 @@ def save_toml(config: TrainConfig, path: str | Path) -> None:
         lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
         lines.append("")
     atomic_write_text(path, "\n".join(lines))
+
+
+# ---------------------------------------------------------------------------
+# docs/configuration.md, generated from the dataclasses above
+# ---------------------------------------------------------------------------
+
+#: Where the generated reference lives, relative to the repository root.
+REFERENCE_PATH = "docs/configuration.md"
+
+_ATTRIBUTE_RE = re.compile(r"^ {4}(?P<names>\w+(?:, \w+)*): (?P<text>.*)$")
+
+
+def attribute_docs(cls) -> dict[str, str]:
+    """Field name -> description, from the ``Attributes:`` section of ``cls``'s docstring (Google style).
+
+    An entry is ``    name: text`` (or ``    a, b: text`` for several fields),
+    continued on lines indented further; the section ends at the first line
+    that is not indented.
+    """
+    lines = (inspect.getdoc(cls) or "").splitlines()
+    if "Attributes:" not in lines:
+        return {}
+    docs: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in lines[lines.index("Attributes:") + 1:]:
+        if line and not line.startswith(" "):
+            break
+        match = _ATTRIBUTE_RE.match(line)
+        if match:
+            current = [match.group("text")]
+            for name in match.group("names").split(", "):
+                docs[name] = current
+        elif line.strip():
+            current.append(line.strip())
+    return {name: " ".join(words) for name, words in docs.items()}
+
+
+def _cell(text: str) -> str:
+    """Docstring text as a Markdown table cell: single backticks, escaped bars."""
+    return text.replace("``", "`").replace("|", "\\|")
+
+
+def config_reference() -> str:
+    """The text of docs/configuration.md: every TOML key of every section with its
+    type, paper default, tiny value (where it differs) and meaning.
+
+    Raises:
+        ValueError: a field without a description in its class's ``Attributes:``.
+    """
+    paper, tiny = preset("paper"), preset("tiny")
+    out = [
+        "# Training configuration",
+        "",
+        "<!-- Generated from the dataclasses of neumours/train/config.py, neumours/train/loss.py and",
+        "     neumours/model/config.py by `python -m neumours.train.config docs/configuration.md`.",
+        "     Do not edit by hand: tests/test_config_reference.py fails when this file and the code differ. -->",
+        "",
+        "`neumours train` resolves its settings in three layers: the preset (`--preset paper`, the",
+        "default, is the paper's Table I; `--preset tiny` is a small network and batch that trains in",
+        "seconds on the CPU device), then a TOML file (`--config FILE`: any subset of the tables and",
+        "keys below), then the flags of `neumours train --help`, which override single keys. Unknown",
+        "tables or keys are an error. Every run writes its resolved settings to `RUN/config.toml`,",
+        "which is itself a valid `--config` file; `--resume RUN` starts from it.",
+        "",
+        "```toml",
+        "# muon.toml: the paper's run with Muon and a shorter schedule",
+        "[optimizer]",
+        'name = "muon"',
+        "",
+        "[schedule]",
+        "steps = 2000",
+        "val_every = 250",
+        "```",
+        "",
+        "In the tables, *paper* is the default (`--preset paper`) and *tiny* is given only where",
+        f"`--preset tiny` differs. `num_classes` and `num_modalities` describe the data ({NUM_CLASSES} classes,",
+        f"{NUM_MODALITIES} modalities: [method.md](method.md) \"Data\"); they are recorded in every checkpoint and",
+        "are not meant to be changed. The method behind the numbers: [method.md](method.md).",
+    ]
+    for section in dataclasses.fields(TrainConfig):
+        current, small = getattr(paper, section.name), getattr(tiny, section.name)
+        cls = type(current)
+        docs = attribute_docs(cls)
+        summary = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
+        out += ["", f"## [{section.name}]", "", f"`{cls.__module__}.{cls.__name__}`: {_cell(summary)}", "",
+                "| key | type | paper | tiny | meaning |", "|---|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            if not docs.get(f.name):
+                raise ValueError(f"{cls.__name__}.{f.name} has no description in the class's Attributes:")
+            value, small_value = getattr(current, f.name), getattr(small, f.name)
+            tiny_cell = f"`{_toml_value(small_value)}`" if small_value != value else ""
+            out.append(f"| `{f.name}` | {_cell(str(f.type))} | `{_toml_value(value)}` | {tiny_cell} | "
+                       f"{_cell(docs[f.name])} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m neumours.train.config [PATH]``: print the reference, or write it to PATH."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        atomic_write_text(argv[0], config_reference())
+    else:
+        sys.stdout.write(config_reference())
+
+
+if __name__ == "__main__":  # through the package, so the tables name neumours.train.config, not __main__
+    from neumours.train.config import main as _main
+
+    _main()

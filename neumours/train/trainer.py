@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from neumours.atomic import atomic_path, atomic_write_text
 from neumours.data import list_cases, load_case, normalise, split_cases
-from neumours.device import empty_buffer, get_device
+from neumours.device import empty_buffer, get_device, recording
 from neumours.errors import NeumoursDataError, NeumoursError
 from neumours.model.checkpoint import load_checkpoint, save_checkpoint
 from neumours.model.inputs import CaseVolumes, gather_inputs
@@ -104,16 +104,19 @@ class Trainer:
         set_learning_rate(self.optimizers, lr)
         self.inr.bridge.zero_grads()
         self.loss.reset()
-        for mb in range(m):
+        for mb in range(m):  # each micro-batch's points in its own buffers, all uploaded first
             positions, case_ids, labels = self._inputs[mb]
             p, c, y = self.sampler.sample(self.pool.cases, n)
             positions.copy_from_numpy(p)
             case_ids.copy_from_numpy(c)
             labels.copy_from_numpy(y)
-            gather_inputs(cfg.network, self.pool_volumes, positions, case_ids, n, self._coords, self._patches)
-            self.inr.forward_device(self._coords, self._patches, n, self._logits, self._workspace)
-            self.loss.backward(self._logits, labels, n, self._grad_logits, mb, scale=1.0 / m)
-            self.inr.backward_device(self._coords, self._patches, n, self._grad_logits, self._workspace)
+        with recording(self.device):  # the step's ~80 kernels in one submission
+            for mb in range(m):
+                positions, case_ids, labels = self._inputs[mb]
+                gather_inputs(cfg.network, self.pool_volumes, positions, case_ids, n, self._coords, self._patches)
+                self.inr.forward_device(self._coords, self._patches, n, self._logits, self._workspace)
+                self.loss.backward(self._logits, labels, n, self._grad_logits, mb, scale=1.0 / m)
+                self.inr.backward_device(self._coords, self._patches, n, self._grad_logits, self._workspace)
         self.inr.bridge.pull_grads()
         params = self.inr.bridge.torch_parameters()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.clip_norm))
@@ -196,7 +199,7 @@ class Trainer:
             if not (self.run_dir / name).is_file():
                 raise NeumoursError(f"{self.run_dir}: cannot resume, {name} is missing")
         saved = load_toml(self.run_dir / "config.toml", TrainConfig())
-        if saved.network != self.config.network:
+        if saved.network.architecture() != self.config.network.architecture():
             raise NeumoursError(f"{self.run_dir}: cannot resume, the run's network differs from this configuration")
         state, _, _ = load_checkpoint(self.run_dir / CHECKPOINT_LAST, expected_config=self.config.network)
         self.inr.load_state_dict(state)
