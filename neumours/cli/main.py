@@ -14,7 +14,7 @@ from neumours.errors import NeumoursError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from neumours.cli import data, demo, infer, refine, render, train
+    from neumours.cli import data, demo, infer, refine, render, train, view
 
     parser = argparse.ArgumentParser(
         prog="neumours", formatter_class=HelpFormatter,
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `neumours COMMAND --help` for a command's options. Bad input gives one line "
                "`neumours: error: ...` and exit status 2.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (data, train, infer, render, refine, demo):
+    for group in (data, train, infer, render, refine, demo, view):
         group.add_parsers(sub)
     return parser
 
