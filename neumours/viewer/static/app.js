@@ -10,6 +10,8 @@ const cam = { azimuth: 30, elevation: 20, zoom: 1.0, target: [0, 0, 0] };
 let dragging = false, lastRender = 0, pending = false, frameTimes = [], latencies = [];
 const sent = new Map();
 let nextId = 1;
+// ?scale=F renders the 3-D view at F times the canvas size (below 1 for a slow device, e.g. the CPU).
+const baseScale = Math.min(1, Math.max(0.05, Number(new URLSearchParams(location.search).get("scale")) || 1));
 
 const nv = new Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true, dragAndDropEnabled: false });
 await nv.attachTo("gl");
@@ -52,7 +54,7 @@ function unpack(buffer) {
 
 function requestRender() {
   const canvas = $("view3d");
-  const scale = dragging ? 0.5 : 1.0;  // lower resolution while dragging
+  const scale = baseScale * (dragging ? 0.5 : 1.0);  // lower resolution while dragging
   const width = Math.max(8, Math.round(canvas.clientWidth * scale));
   const height = Math.max(8, Math.round(canvas.clientHeight * scale));
   const id = nextId++;
@@ -131,7 +133,7 @@ async function showFrame(header, payload) {
   stats.textContent = `${frameTimes.length} fps · latency ${median.toFixed(0)} ms · ` +
     `${header.width}×${header.height} · render ${header.render_ms.toFixed(1)} ms (${header.encoder})`;
   canvas.dataset.frames = String(Number(canvas.dataset.frames || 0) + 1);
-  if (!dragging && header.width < canvas.clientWidth - 1) requestRender();  // full resolution when still
+  if (!dragging && header.width < Math.round(canvas.clientWidth * baseScale) - 1) requestRender();  // full resolution when still
 }
 
 const view3d = $("view3d");
