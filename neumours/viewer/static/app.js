@@ -104,7 +104,7 @@ function connect() {
     } else if (m.type === "progress") {
       progress.textContent = `${m.stage} step ${m.step + 1}/${m.steps} loss ${m.loss.toFixed(4)}`;
     } else if (m.type === "painted") {
-      send({ type: "refine", steps: Number($("steps").value) });
+      send({ type: "refine", steps: Number($("steps").value), lr: Number($("lr").value) });
     } else if (m.type === "refined" || m.type === "undone") {
       progress.textContent = m.type === "refined"
         ? `refined in ${m.seconds.toFixed(2)} s, loss ${m.first_loss.toFixed(4)} → ${m.last_loss.toFixed(4)}`
