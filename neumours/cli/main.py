@@ -16,7 +16,7 @@ from neumours.errors import CasesFailedError, NeumoursError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from neumours.cli import data, demo, infer, refine, render, nnunet, sweep, train
+    from neumours.cli import data, demo, infer, nnunet, refine, render, sweep, train, view
 
     parser = argparse.ArgumentParser(
         prog="neumours", formatter_class=HelpFormatter,
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `neumours COMMAND --help` for a command's options. Bad input gives one line "
                "`neumours: error: ...` and exit status 2.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (data, train, infer, render, refine, demo, nnunet, sweep):
+    for group in (data, train, infer, render, refine, demo, nnunet, sweep, view):
         group.add_parsers(sub)
     return parser
 

@@ -16,7 +16,7 @@ makes them from a corrected label volume) with optional per-pixel weights (0 = d
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -87,13 +87,14 @@ class Anchor:
 def refine(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence[Camera], settings: RenderSettings,
            targets: Sequence[np.ndarray], steps: int = 20, lr: float = 1e-4, anchor: Anchor | None = None,
            weights: Sequence[np.ndarray | None] | None = None, path: str = "cache",
-           progress: bool = False) -> list[dict]:
+           progress: bool = False, on_step: Callable[[dict], None] | None = None) -> list[dict]:
     """Optimise the INR's weights in place so its rendered probabilities match the targets.
 
     Each step: the image loss's weight gradients summed over views by ``path``
     (``"cache"`` or ``"direct"``, see the module docstring), plus the anchor's
     penalty, then one AdamW step (torch, through the bridge) with gradients
-    clipped to norm 1.
+    clipped to norm 1. ``on_step`` is called with each step's row as soon as
+    it is done (progress to a page).
 
     Returns:
         one ``{"step", "image_loss", "anchor", "seconds"}`` row per step (losses before the step).
@@ -119,4 +120,6 @@ def refine(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence[Camera], sett
         optimizer.step()
         inr.bridge.push_params()
         rows.append({"step": step, "image_loss": loss, "anchor": penalty, "seconds": time.perf_counter() - start})
+        if on_step is not None:
+            on_step(rows[-1])
     return rows

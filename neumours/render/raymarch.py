@@ -34,11 +34,12 @@ from neumours.kernels.raymarch import (LABELS_HARD, LABELS_NONE, LABELS_SOFT, LU
                                        MODALITY_ROW)
 from neumours.render.box import to_voxel_scale, volume_box
 from neumours.render.camera import Camera
+from neumours.render.skipping import OccupiedBox, clip_bounds, empty_is_transparent, occupied_box
 from neumours.render.transfer import RenderSettings
 
 __all__ = ["ChannelVolume", "Frame", "Gradients", "LABELS_HARD", "LABELS_NONE", "LABELS_SOFT", "LUT_ROW",
            "MIN_TRANSMITTANCE", "MODALITY_ROW", "Scene", "render", "render_backward", "render_backward_device",
-           "render_device", "settings_buffers", "view_params"]
+           "render_device", "settings_buffers", "view_params", "clip_params"]
 
 
 @dataclass
@@ -95,6 +96,12 @@ class Scene:
         labels: uint32 (X, Y, Z) buffer of class indices (hard labels), or None.
         probabilities: NUM_CLASSES channels (soft labels), or None; at most one
             of ``labels`` and ``probabilities``.
+        occupied: inclusive voxel bounds of every non-empty voxel of the volumes
+            (:func:`neumours.render.skipping.occupied_box`), or None (unknown: every
+            sample is marched). With a box, rays march only samples that can be
+            non-empty (empty-space skipping), which leaves every image exactly as
+            it is; the owner of the buffers must keep it up to date (e.g. after a
+            new label volume).
     """
 
     device: spy.Device
@@ -103,6 +110,7 @@ class Scene:
     mri: ChannelVolume | None = None
     labels: spy.Buffer | None = None
     probabilities: ChannelVolume | None = None
+    occupied: OccupiedBox | None = None
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -117,7 +125,7 @@ class Scene:
 
     @classmethod
     def upload(cls, device: spy.Device, spacing, volumes: np.ndarray | None = None, labels: np.ndarray | None = None,
-               probabilities: np.ndarray | None = None) -> Scene:
+               probabilities: np.ndarray | None = None, skip_empty: bool = True) -> Scene:
         """Check host arrays and copy them to the device (channel-last).
 
         Args:
@@ -125,6 +133,10 @@ class Scene:
             volumes: (NUM_MODALITIES, X, Y, Z) MRI intensities, or None.
             labels: (X, Y, Z) integer labels 0 .. NUM_CLASSES - 1, or None.
             probabilities: (NUM_CLASSES, X, Y, Z) class probabilities, or None.
+            skip_empty: find the occupied box (:attr:`occupied`) so that rays skip
+                empty space. The images do not change; the backward pass then
+                visits only the marched samples, so leave it off where gradients of
+                empty voxels matter (a soft probability volume).
 
         Raises:
             ValueError: no volume at all, shapes that disagree, wrong channel
@@ -153,6 +165,7 @@ class Scene:
             mri=ChannelVolume.upload(device, volumes) if volumes is not None else None,
             labels=upload(device, labels, np.uint32) if labels is not None else None,
             probabilities=ChannelVolume.upload(device, probabilities) if probabilities is not None else None,
+            occupied=occupied_box(volumes, labels, probabilities) if skip_empty else None,
         )
 
     @property
@@ -268,6 +281,15 @@ def _uses_mri(scene: Scene, settings: RenderSettings) -> bool:
     return scene.mri is not None and any(w.enabled for w in settings.windows)
 
 
+def clip_params(scene: Scene, settings: RenderSettings) -> dict[str, list[float]]:
+    """The ``clip_lo`` / ``clip_hi`` fields: the scene's clip box where skipping is exact, else the whole box."""
+    box = scene.occupied
+    if box is not None and not empty_is_transparent(settings, _uses_mri(scene, settings), scene.label_mode != 0):
+        box = None
+    lo, hi = clip_bounds(scene.shape, scene.spacing, box)
+    return {"clip_lo": lo, "clip_hi": hi}
+
+
 def view_params(shape, spacing, camera: Camera, settings: RenderSettings) -> dict:
     """The ``camera``, ``grid``, ``dt`` and ``background`` fields that every marching kernel reads."""
     half = volume_box(shape, spacing)
@@ -286,6 +308,7 @@ def _params(scene: Scene, camera: Camera, settings: RenderSettings, frame: Frame
     tf = settings.transfer
     params = {
         **view_params(scene.shape, scene.spacing, camera, settings),
+        **clip_params(scene, settings),
         "transfer": {"scale": tf.density_scale, "lo": tf.density_lo,
                      "inv_width": 1.0 / (tf.density_hi - tf.density_lo), "brightness": tf.brightness},
         "image": frame.image,
@@ -340,7 +363,7 @@ def render_backward_device(scene: Scene, camera: Camera, settings: RenderSetting
 
 def render(device: spy.Device, volumes: np.ndarray | None, spacing, camera: Camera,
            settings: RenderSettings | None = None, labels: np.ndarray | None = None,
-           probabilities: np.ndarray | None = None) -> np.ndarray:
+           probabilities: np.ndarray | None = None, skip_empty: bool = True) -> np.ndarray:
     """Render a volume (host arrays in, image out).
 
     Args:
@@ -351,12 +374,13 @@ def render(device: spy.Device, volumes: np.ndarray | None, spacing, camera: Came
         settings: default :class:`RenderSettings`.
         labels: (X, Y, Z) integer labels (hard, nearest-neighbour), or
         probabilities: (NUM_CLASSES, X, Y, Z) class probabilities (soft, trilinear).
+        skip_empty: march only the samples that can be non-empty (the same image).
 
     Returns:
         (height, width, 3) float32 image, row 0 at the top (not clipped to [0, 1]).
     """
     settings = settings or RenderSettings()
-    scene = Scene.upload(device, spacing, volumes, labels, probabilities)
+    scene = Scene.upload(device, spacing, volumes, labels, probabilities, skip_empty=skip_empty)
     frame = Frame.allocate(device, camera.width, camera.height)
     render_device(scene, camera, settings, frame)
     return frame.to_numpy()[0]
@@ -381,7 +405,7 @@ def render_backward(device: spy.Device, volumes: np.ndarray | None, spacing, cam
     grad_image = np.asarray(grad_image, np.float32)
     if grad_image.shape != (camera.height, camera.width, 3):
         raise ValueError(f"grad_image must have shape {(camera.height, camera.width, 3)}, got {grad_image.shape}")
-    scene = Scene.upload(device, spacing, volumes, labels, probabilities)
+    scene = Scene.upload(device, spacing, volumes, labels, probabilities, skip_empty=False)  # every gradient
     frame = Frame.allocate(device, camera.width, camera.height)
     render_device(scene, camera, settings, frame)
     grads = Gradients.zeros(scene)

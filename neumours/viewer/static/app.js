@@ -1,0 +1,174 @@
+// The viewer page: NiiVue slice views with the INR overlay and slice painting, and the
+// server-rendered 3-D view on a canvas. Protocol: neumours/viewer/protocol.py.
+import { Niivue } from "/static/niivue.js";
+
+const $ = (id) => document.getElementById(id);
+const stats = $("stats"), progress = $("progress");
+const PAINT_BACKGROUND = 4;
+let info = null, ws = null, overlayKind = "inr";
+const cam = { azimuth: 30, elevation: 20, zoom: 1.0, target: [0, 0, 0] };
+let dragging = false, lastRender = 0, pending = false, frameTimes = [], latencies = [];
+const sent = new Map();
+let nextId = 1;
+// ?scale=F renders the 3-D view at F times the canvas size (below 1 for a slow device, e.g. the CPU).
+const baseScale = Math.min(1, Math.max(0.05, Number(new URLSearchParams(location.search).get("scale")) || 1));
+
+const nv = new Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true, dragAndDropEnabled: false });
+await nv.attachTo("gl");
+nv.setSliceType(nv.sliceTypeMultiplanar);
+
+function labelColormap() {
+  return { R: [0, 230, 51, 255], G: [0, 51, 204, 217], B: [0, 51, 77, 26], A: [0, 255, 255, 255],
+           I: [0, 1, 2, 3], labels: ["background", "NCR", "ED", "ET"] };
+}
+
+async function loadSlices() {
+  const vols = [{ url: `/api/volume/${info.case}/t1c`, name: "t1c.nii.gz" }];
+  if (overlayKind !== "none") {
+    vols.push({ url: `/api/volume/${info.case}/${overlayKind}`, name: `${overlayKind}.nii.gz`,
+                opacity: Number($("opacity").value), colormap: overlayKind === "probabilities" ? "warm" : "gray" });
+  }
+  await nv.loadVolumes(vols);
+  if (nv.volumes.length > 1 && overlayKind !== "probabilities") {
+    nv.volumes[1].setColormapLabel(labelColormap());
+    nv.updateGLVolume();
+  }
+  nv.createEmptyDrawing();
+}
+
+function send(message) { if (ws && ws.readyState === 1) ws.send(JSON.stringify(message)); }
+
+function pack(header, payload) {
+  const head = new TextEncoder().encode(JSON.stringify(header));
+  const out = new Uint8Array(4 + head.length + payload.length);
+  new DataView(out.buffer).setUint32(0, head.length, true);
+  out.set(head, 4); out.set(payload, 4 + head.length);
+  return out;
+}
+
+function unpack(buffer) {
+  const n = new DataView(buffer).getUint32(0, true);
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, n)));
+  return [header, new Uint8Array(buffer, 4 + n)];
+}
+
+function requestRender() {
+  const canvas = $("view3d");
+  const scale = baseScale * (dragging ? 0.5 : 1.0);  // lower resolution while dragging
+  const width = Math.max(8, Math.round(canvas.clientWidth * scale));
+  const height = Math.max(8, Math.round(canvas.clientHeight * scale));
+  const id = nextId++;
+  sent.set(id, performance.now());
+  send({ type: "render", id, camera: cam, width, height });
+}
+
+// Painted voxels of NiiVue's drawing layer as one crop (x slowest), the box around them.
+function strokesMessage() {
+  const bitmap = nv.drawBitmap;
+  if (!bitmap) return null;
+  const [nx, ny, nz] = info.shape;
+  let lo = [nx, ny, nz], hi = [-1, -1, -1];
+  for (let i = 0; i < bitmap.length; i++) {
+    if (!bitmap[i]) continue;
+    const x = i % nx, y = Math.floor(i / nx) % ny, z = Math.floor(i / (nx * ny));
+    lo = [Math.min(lo[0], x), Math.min(lo[1], y), Math.min(lo[2], z)];
+    hi = [Math.max(hi[0], x), Math.max(hi[1], y), Math.max(hi[2], z)];
+  }
+  if (hi[0] < 0) return null;
+  const shape = [hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1];
+  const crop = new Uint8Array(shape[0] * shape[1] * shape[2]);
+  for (let x = 0; x < shape[0]; x++)
+    for (let y = 0; y < shape[1]; y++)
+      for (let z = 0; z < shape[2]; z++)
+        crop[(x * shape[1] + y) * shape[2] + z] = bitmap[(lo[0] + x) + (lo[1] + y) * nx + (lo[2] + z) * nx * ny];
+  return pack({ type: "strokes", case: info.case, origin: lo, shape }, crop);
+}
+
+function connect() {
+  ws = new WebSocket(`${location.origin.replace("http", "ws")}/ws${location.search}`);
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => send({ type: "hello" });
+  ws.onclose = () => { stats.textContent = "disconnected"; };
+  ws.onmessage = async (event) => {
+    if (typeof event.data !== "string") {
+      const [header, payload] = unpack(event.data);
+      if (header.type === "frame") await showFrame(header, payload);
+      return;
+    }
+    const m = JSON.parse(event.data);
+    if (m.type === "case") {
+      info = m;
+      $("case").innerHTML = m.cases.map((c) => `<option${c === m.case ? " selected" : ""}>${c}</option>`).join("");
+      await loadSlices();
+      requestRender();
+    } else if (m.type === "progress") {
+      progress.textContent = `${m.stage} step ${m.step + 1}/${m.steps} loss ${m.loss.toFixed(4)}`;
+    } else if (m.type === "painted") {
+      send({ type: "refine", steps: Number($("steps").value), lr: Number($("lr").value) });
+    } else if (m.type === "refined" || m.type === "undone") {
+      progress.textContent = m.type === "refined"
+        ? `refined in ${m.seconds.toFixed(2)} s, loss ${m.first_loss.toFixed(4)} → ${m.last_loss.toFixed(4)}`
+        : "undone";
+      await loadSlices();
+      requestRender();
+    } else if (m.type === "saved") {
+      progress.textContent = `saved ${m.segmentation}`;
+    } else if (m.type === "error") {
+      progress.textContent = `error: ${m.message}`;
+    }
+  };
+}
+
+async function showFrame(header, payload) {
+  const t0 = sent.get(header.id);
+  sent.delete(header.id);
+  const bitmap = await createImageBitmap(new Blob([payload], { type: "image/jpeg" }));
+  const canvas = $("view3d");
+  canvas.width = canvas.clientWidth; canvas.height = canvas.clientHeight;
+  canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  const now = performance.now();
+  frameTimes.push(now); frameTimes = frameTimes.filter((t) => now - t < 1000);
+  if (t0 !== undefined) { latencies.push(now - t0); latencies = latencies.slice(-30); }
+  const median = [...latencies].sort((a, b) => a - b)[Math.floor(latencies.length / 2)] || 0;
+  stats.textContent = `${frameTimes.length} fps · latency ${median.toFixed(0)} ms · ` +
+    `${header.width}×${header.height} · render ${header.render_ms.toFixed(1)} ms (${header.encoder})`;
+  canvas.dataset.frames = String(Number(canvas.dataset.frames || 0) + 1);
+  if (!dragging && header.width < Math.round(canvas.clientWidth * baseScale) - 1) requestRender();  // full resolution when still
+}
+
+const view3d = $("view3d");
+let last = null;
+view3d.addEventListener("pointerdown", (e) => { dragging = true; last = [e.clientX, e.clientY, e.shiftKey]; view3d.setPointerCapture(e.pointerId); });
+view3d.addEventListener("pointermove", (e) => {
+  if (!dragging) return;
+  const dx = e.clientX - last[0], dy = e.clientY - last[1];
+  last = [e.clientX, e.clientY];
+  if (e.shiftKey) { cam.target[0] -= dx * 0.003; cam.target[1] += dy * 0.003; }
+  else { cam.azimuth += dx * 0.5; cam.elevation = Math.max(-89, Math.min(89, cam.elevation + dy * 0.5)); }
+  requestRender();
+});
+view3d.addEventListener("pointerup", () => { dragging = false; requestRender(); });
+view3d.addEventListener("wheel", (e) => { e.preventDefault(); cam.zoom = Math.max(0.1, Math.min(20, cam.zoom * Math.exp(-e.deltaY * 0.001))); requestRender(); });
+
+for (const button of document.querySelectorAll("button.pen")) {
+  button.addEventListener("click", () => {
+    document.querySelectorAll("button.pen").forEach((b) => b.classList.remove("on"));
+    button.classList.add("on");
+    const pen = Number(button.dataset.pen);
+    nv.setDrawingEnabled(pen >= 0);
+    if (pen >= 0) nv.setPenValue(pen, false);
+  });
+}
+$("undo-stroke").onclick = () => nv.drawUndo();
+$("refine").onclick = () => {
+  const message = strokesMessage();
+  if (!message) { progress.textContent = "paint on a slice first"; return; }
+  progress.textContent = "refining…";
+  ws.send(message);  // the "painted" reply starts the refinement
+};
+$("undo").onclick = () => send({ type: "undo" });
+$("save").onclick = () => send({ type: "save" });
+$("overlay").onchange = async (e) => { overlayKind = e.target.value; send({ type: "settings", overlay: overlayKind }); await loadSlices(); requestRender(); };
+$("opacity").oninput = (e) => { if (nv.volumes.length > 1) nv.setOpacity(1, Number(e.target.value)); };
+$("case").onchange = (e) => send({ type: "open", case: e.target.value });
+connect();

@@ -1,0 +1,291 @@
+"""``neumours view``'s server over HTTP and WebSocket on the CPU device: frames, corrections, undo, save, security.
+
+One server (a phantom dataset of two cases, a tiny INR fitted to the first) serves
+every test of this module; the tests run in file order and share its state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import numpy as np
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+PIL = pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+from neumours.data import load_case  # noqa: E402
+from neumours.viewer import protocol  # noqa: E402
+from neumours.viewer.protocol import SERVER_BINARY_TYPES, View  # noqa: E402
+from viewer_support import fitted_checkpoint, start_server, write_phantoms  # noqa: E402
+
+MAX_UPLOAD = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, cpu_device):
+    root = tmp_path_factory.mktemp("viewer")
+    data = root / "data"
+    data.mkdir()
+    cases = write_phantoms(data)
+    checkpoint = fitted_checkpoint(cases[0], root / "tiny.safetensors", cpu_device, steps=60)
+    out = root / "out"
+    server = start_server(data, checkpoint, out, max_upload=MAX_UPLOAD)
+    yield {"server": server, "cases": cases, "checkpoint": checkpoint, "out": out}
+    server.stop()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+class Client:
+    """A WebSocket client that skips progress updates and returns the reply of the type asked for."""
+
+    def __init__(self, ws):
+        self.ws = ws
+
+    async def send(self, message: dict | bytes) -> None:
+        if isinstance(message, bytes):
+            await self.ws.send_bytes(message)
+        else:
+            await self.ws.send_str(json.dumps(message))
+
+    async def reply(self, *types: str, timeout: float = 300.0):
+        while True:
+            msg = await self.ws.receive(timeout=timeout)
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                header, payload = protocol.unpack(msg.data, SERVER_BINARY_TYPES)
+                if header["type"] in types:
+                    return header, bytes(payload)
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                message = json.loads(msg.data)
+                if message["type"] in types:
+                    return message
+                if message["type"] == "error" or "error" in types and message["type"] != "progress":
+                    raise AssertionError(f"expected {types}, got {message}")
+            else:
+                raise AssertionError(f"socket closed: {msg}")
+
+
+async def session(server, body):
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{server.url}/ws?token={server.token}", max_msg_size=0) as ws:
+            return await body(Client(ws))
+
+
+def render_message(width=64, height=48, azimuth=30.0, request_id=1):
+    return {"type": "render", "id": request_id, "camera": {"azimuth": azimuth, "elevation": 20.0, "zoom": 1.2},
+            "width": width, "height": height}
+
+
+def test_token_required_and_checked(served):
+    server = served["server"]
+    case_id = load_case(served["cases"][0]).case_id
+
+    async def body():
+        async with aiohttp.ClientSession() as http:
+            url = f"{server.url}/api/volume/{case_id}/t1n"
+            assert (await http.get(url)).status == 401
+            assert (await http.get(url + "?token=wrong")).status == 403
+            assert (await http.get(url, headers={"X-Neumours-Token": "x" + server.token})).status == 403
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await http.ws_connect(f"{server.url}/ws")
+            assert err.value.status == 401
+            ok = await http.get(url + f"?token={server.token}")
+            assert ok.status == 200
+            return await ok.read()
+
+    import gzip
+
+    import nibabel as nib
+
+    raw = run(body())
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    assert image.shape == load_case(served["cases"][0]).shape
+
+
+def test_traversal_and_unknown_paths_are_404(served):
+    server = served["server"]
+    case_id = load_case(served["cases"][0]).case_id
+    paths = ["/static/..%2F..%2Fsession.py", "/static/../session.py", "/static/session.py",
+             f"/api/volume/{case_id}/..%2F..%2Fetc%2Fpasswd", "/api/volume/..%2F..%2Fetc/t1n",
+             f"/api/volume/{served['cases'][0]}/t1n", "/etc/passwd", f"/api/volume/{case_id}/seg"]
+
+    async def body():
+        async with aiohttp.ClientSession() as http:
+            return [(await http.get(f"{server.url}{p}?token={server.token}")).status for p in paths]
+
+    assert run(body()) == [404] * len(paths)
+
+
+def test_frame_has_the_requested_size_and_matches_the_renderer(served, cpu_device):
+    from neumours.device import upload
+    from neumours.infer.segment import Segmenter
+    from neumours.render import Frame, render_device
+    from neumours.render.io import to_uint8
+    from neumours.render.raymarch import ChannelVolume, Scene
+    from neumours.viewer.session import ViewSettings
+
+    server = served["server"]
+
+    async def body(c):
+        await c.send({"type": "settings", "quality": 100})
+        await c.reply("settings")
+        await c.send(render_message(72, 40))
+        return await c.reply("frame")
+
+    header, jpeg = run(session(server, body))
+    image = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    assert image.shape == (40, 72, 3) and (header["width"], header["height"]) == (72, 40)
+
+    # The same camera and settings through neumours.render on a device of the test's own.
+    case = load_case(served["cases"][0])
+    sess = server.worker.session
+    view = protocol.parse_view(render_message(72, 40))
+    camera, settings = sess.camera(view), sess.render_settings(ViewSettings(quality=100))
+    cache = Segmenter(served["checkpoint"], cpu_device).cache(case.images)
+    scene = Scene(cpu_device, case.shape, case.spacing, mri=ChannelVolume.upload(cpu_device, case.images),
+                  labels=upload(cpu_device, cache.labels(), np.uint32))
+    frame = Frame.allocate(cpu_device, 72, 40)
+    render_device(scene, camera, settings, frame)
+    expected = to_uint8(frame.to_numpy()[0])
+    assert expected.std() > 5.0, "reference frame is blank"
+    # Same pixels through the same encoder give the same JPEG: compare decoded images exactly.
+    again = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(expected)).save(again, "JPEG", quality=100)
+    np.testing.assert_array_equal(image, np.asarray(Image.open(again).convert("RGB")))
+    assert np.abs(image.astype(np.float64) - expected).mean() < 8.0
+
+
+def test_stale_renders_are_dropped_not_queued(served):
+    server = served["server"]
+
+    async def body(c):
+        for azimuth in range(12):
+            await c.send(render_message(96, 96, float(azimuth), request_id=azimuth))
+        frames = []
+        while True:
+            header, _ = await c.reply("frame")
+            frames.append(header)
+            if header["id"] == 11:  # the newest request is always rendered
+                await c.send({"type": "ping", "id": 7})
+                pong = await c.reply("pong")
+                return frames, pong
+
+    frames, pong = run(session(server, body))
+    ids = [f["id"] for f in frames]
+    assert ids == sorted(ids) and len(frames) < 12 and pong["dropped"] >= 12 - len(frames)
+
+
+def _painted_box(case_id, sess):
+    """A 4 x 4 x 4 box of brain the INR calls background, far from the tumour."""
+    labels = sess.state.labels
+    brain = sess.state.case.images[0] > 0
+    for x in range(4, labels.shape[0] - 8, 2):
+        for y in range(4, labels.shape[1] - 8, 2):
+            for z in range(4, labels.shape[2] - 8, 2):
+                box = (slice(x, x + 4), slice(y, y + 4), slice(z, z + 4))
+                if brain[box].all() and (labels[box] == 0).all():
+                    return (x, y, z), box
+    raise AssertionError("no background box in the brain")
+
+
+def test_paint_refine_changes_weights_and_painted_labels_undo_restores_bits(served):
+    server = served["server"]
+    sess = server.worker.session
+    case_id = sess.state.case.case_id
+    origin, box = _painted_box(case_id, sess)
+    before_weights = sess.inr.bridge.params.detach().clone().numpy()
+    before_labels = sess.state.labels.copy()
+    et = 3
+    crop = np.full((4, 4, 4), et, np.uint8)
+
+    async def body(c):
+        await c.send(protocol.pack({"type": "strokes", "case": case_id, "origin": list(origin), "shape": [4, 4, 4]},
+                                   crop.tobytes()))
+        painted = await c.reply("painted")
+        await c.send({"type": "refine", "steps": 20, "lr": 2e-2})
+        progress = await c.reply("progress")
+        labels_header, labels_crop = await c.reply("labels")
+        refined = await c.reply("refined")
+        after_weights = sess.inr.bridge.params.detach().clone().numpy()
+        after_labels = sess.state.labels.copy()
+        await c.send({"type": "undo"})
+        undone = await c.reply("undone")
+        return painted, progress, labels_header, labels_crop, refined, after_weights, after_labels, undone
+
+    painted, progress, lh, lc, refined, w1, l1, undone = run(session(server, body))
+    assert painted["voxels"] == 64 and progress["steps"] == 20
+    assert not np.array_equal(w1, before_weights)
+    assert (l1[box] == et).mean() > (before_labels[box] == et).mean() + 0.5
+    assert refined["last_loss"] < refined["first_loss"]
+    # The labels message is the changed crop of the new labels.
+    o, s = lh["origin"], lh["shape"]
+    np.testing.assert_array_equal(np.frombuffer(lc, np.uint8).reshape(s),
+                                  l1[o[0]:o[0] + s[0], o[1]:o[1] + s[1], o[2]:o[2] + s[2]])
+    assert np.array_equal(sess.inr.bridge.params.detach().numpy(), before_weights)  # bit for bit
+    np.testing.assert_array_equal(sess.state.labels, before_labels)
+    assert undone["undo_depth"] == 0
+
+
+def test_save_writes_checkpoint_and_segmentation_on_the_input_grid(served):
+    import nibabel as nib
+
+    server = served["server"]
+
+    async def body(c):
+        await c.send({"type": "save"})
+        return await c.reply("saved")
+
+    saved = run(session(server, body))
+    case = load_case(served["cases"][0])
+    seg = nib.load(saved["segmentation"])
+    assert seg.shape == case.shape and np.allclose(seg.affine, case.affine)
+    np.testing.assert_array_equal(np.asarray(seg.dataobj), server.worker.session.state.labels)
+    out = served["out"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{case.case_id}_refined.safetensors",
+                                                            f"{case.case_id}_seg.nii.gz"])
+
+
+def test_bad_messages_get_an_error_reply_and_the_server_goes_on(served):
+    server = served["server"]
+    sess = server.worker.session
+    case_id = sess.state.case.case_id
+    shape = sess.state.case.shape
+    bad = [
+        "not json",
+        json.dumps([1, 2]),
+        json.dumps({"type": "delete_everything"}),
+        json.dumps({"type": "render", "camera": {"azimuth": "x"}, "width": 64, "height": 64}),
+        json.dumps({"type": "render", "camera": {}, "width": 100000, "height": 64}),
+        json.dumps({"type": "open", "case": "../../etc"}),
+        json.dumps({"type": "refine", "steps": -3}),
+        b"\x01",
+        protocol.pack({"type": "strokes", "case": case_id, "origin": [shape[0] - 1, 0, 0], "shape": [4, 4, 4]},
+                      bytes(64)),
+        protocol.pack({"type": "strokes", "case": case_id, "origin": [0, 0, 0], "shape": [2, 2, 2]}, b"\x09" * 8),
+        protocol.pack({"type": "strokes", "case": case_id, "origin": [0, 0, 0], "shape": [2, 2, 2]}, b"\x01" * 7),
+        protocol.pack({"type": "strokes", "case": case_id, "origin": [0, 0, 0], "shape": [2, 2, 2]},
+                      bytes(MAX_UPLOAD + 1)),  # beyond the server's upload limit
+        json.dumps({"type": "ping", "pad": "x" * (protocol.MAX_TEXT_BYTES + 1)}),
+    ]
+
+    async def body(c):
+        replies = []
+        for message in bad:
+            await c.send(message) if isinstance(message, bytes) else await c.ws.send_str(message)
+            replies.append(await c.reply("error"))
+        await c.send({"type": "clear"})
+        await c.reply("cleared")
+        await c.send({"type": "refine"})  # nothing painted
+        replies.append(await c.reply("error"))
+        await c.send({"type": "ping", "id": 3})
+        return replies, await c.reply("pong")
+
+    replies, pong = run(session(server, body))
+    assert all(r["type"] == "error" and r["message"] for r in replies)
+    assert pong["id"] == 3
