@@ -175,7 +175,7 @@ def main(argv=None) -> int:
         cuda = {"dtype": torch.float32, "device": "cuda" if on_gpu else "cpu"}
         case = s.state.case
         t_scene = TorchScene.build(case.shape, case.spacing, settings, volumes=torch.as_tensor(case.images, **cuda),
-                                   labels=s.state.labels)
+                                   labels=s.state.labels, **cuda)
         sync = torch.cuda.synchronize if on_gpu else (lambda: None)
 
         @torch.no_grad()

@@ -107,6 +107,7 @@ class DeviceWorker:
 
     def _run(self) -> None:
         try:
+            _bind_cuda_context()
             self.session = self._make_session()
         except BaseException as exc:  # reported by wait_ready
             self._ready.set_exception(exc)
@@ -127,3 +128,19 @@ class DeviceWorker:
                 if is_render:
                     self.rendered += 1
                 future.set_result(result)
+
+
+def _bind_cuda_context() -> None:
+    """Make the GPU's primary CUDA context current on this thread.
+
+    slangpy's CUDA device (and torch) use the primary context, which the CUDA driver
+    makes current only on the thread that created it; driver calls from this worker
+    thread fail ("Unexpected cuStreamQuery error") until it is current here too.
+    ``cudaSetDevice`` (through torch) does that. Nothing happens without CUDA.
+    """
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(torch.cuda.current_device())
