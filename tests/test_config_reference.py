@@ -45,9 +45,9 @@ def test_reference_shows_every_key_with_its_defaults():
 
 def _toml(value) -> str:
     """The value as TOML writes it, through a round trip of the project's own writer and tomllib."""
-    from neumours.train.config import _toml_value
+    from neumours.toml_files import toml_value
 
-    text = _toml_value(value)
+    text = toml_value(value)
     parsed = tomllib.loads(f"x = {text}")["x"]
     assert parsed == (list(value) if isinstance(value, tuple) else value)
     return text

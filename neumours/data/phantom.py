@@ -53,7 +53,8 @@ from neumours.atomic import atomic_path, atomic_write_text, make_folder, remove_
 from neumours.errors import NeumoursError
 from neumours.outputs import write_error
 from neumours.data.phantom_anatomy import CSF, GM, WM, Brain, mni_brain, procedural_brain, smooth_field
-from neumours.data.phantom_ranges import DIFFICULTIES, KINDS, PhantomRanges, phantom_ranges, toml_value
+from neumours.data.phantom_ranges import DIFFICULTIES, KINDS, PhantomRanges, phantom_ranges
+from neumours.toml_files import toml_value
 
 # Modality order; matches neumours.data.MODALITIES (kept local to avoid an import cycle).
 _MODALITIES = ("t1n", "t1c", "t2w", "t2f")

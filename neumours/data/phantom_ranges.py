@@ -16,9 +16,10 @@ for bit), so experiments made with it stay reproducible.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+from neumours.toml_files import read_toml
 
 #: Difficulty presets, easiest first; ``classic`` is the original single recipe.
 DIFFICULTIES = ("classic", "easy", "medium", "hard")
@@ -227,26 +228,12 @@ def load_ranges(path: str | Path, base: PhantomRanges) -> PhantomRanges:
     ``synth.toml``) override ``base``.
 
     Raises:
-        ValueError: the file is missing, not TOML, or holds unknown keys or bad values.
+        NeumoursError: the file is missing or not TOML.
+        ValueError: unknown keys or bad values.
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: ranges file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a valid TOML file ({exc})") from None
+    data = read_toml(path, "ranges file")
     if isinstance(data.get("ranges"), dict):  # a synth.toml record: its [ranges] table
         data = data["ranges"]
     return ranges_from_dict(data, base, source=str(path))
 
-
-def toml_value(value) -> str:
-    """A TOML literal for a bool, number, string or list of them."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(float(value)) if isinstance(value, float) else repr(int(value))

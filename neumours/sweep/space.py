@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from neumours.errors import NeumoursError
+from neumours.toml_files import read_toml
 from neumours.train.config import TrainConfig
 
 KINDS = ("grid", "choice", "uniform", "loguniform")
@@ -158,11 +158,4 @@ def parse_space(data: dict, source: str = "space") -> SearchSpace:
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check ``SPACE.toml``."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NeumoursError(f"{path}: search space file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise NeumoursError(f"{path}: not a valid TOML file ({exc})") from None
-    return parse_space(data, source=str(path))
+    return parse_space(read_toml(path, "search space file"), source=str(path))

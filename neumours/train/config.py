@@ -12,7 +12,6 @@ import dataclasses
 import inspect
 import re
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from neumours.atomic import atomic_write_text
 from neumours.conventions import NUM_CLASSES, NUM_MODALITIES
 from neumours.errors import NeumoursError
+from neumours.toml_files import read_toml, toml_value
 from neumours.model.config import INRConfig
 from neumours.train.augment import AugmentConfig
 from neumours.train.loss import LossConfig
@@ -157,24 +157,9 @@ def preset(name: str) -> TrainConfig:
 
 
 def load_toml(path: str | Path, base: TrainConfig) -> TrainConfig:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NeumoursError(f"{path}: config file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise NeumoursError(f"{path}: not a valid TOML file ({exc})") from None
-    return TrainConfig.from_dict(data, base, source=str(path))
+    return TrainConfig.from_dict(read_toml(path, "config file"), base, source=str(path))
 
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
 
 
 def save_toml(config: TrainConfig, path: str | Path) -> None:
@@ -182,7 +167,7 @@ def save_toml(config: TrainConfig, path: str | Path) -> None:
     lines = []
     for section, values in config.to_dict().items():
         lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
         lines.append("")
     atomic_write_text(path, "\n".join(lines))
 
@@ -277,8 +262,8 @@ def config_reference() -> str:
             if not docs.get(f.name):
                 raise ValueError(f"{cls.__name__}.{f.name} has no description in the class's Attributes:")
             value, small_value = getattr(current, f.name), getattr(small, f.name)
-            tiny_cell = f"`{_toml_value(small_value)}`" if small_value != value else ""
-            out.append(f"| `{f.name}` | {_cell(str(f.type))} | `{_toml_value(value)}` | {tiny_cell} | "
+            tiny_cell = f"`{toml_value(small_value)}`" if small_value != value else ""
+            out.append(f"| `{f.name}` | {_cell(str(f.type))} | `{toml_value(value)}` | {tiny_cell} | "
                        f"{_cell(docs[f.name])} |")
     return "\n".join(out) + "\n"
 
