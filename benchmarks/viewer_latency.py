@@ -154,7 +154,7 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="viewer_latency_"))
     shape = tuple(args.shape)
-    case_dir = write_case(make_case(shape, seed=0), tmp / "data")
+    write_case(make_case(shape, seed=0), tmp / "data")  # the case the viewer serves
     config = INRConfig.tiny() if args.small else INRConfig.paper()
     checkpoint = save_checkpoint(tmp / "inr.safetensors", INR(config, get_device(args.device), seed=0).bridge.params
                                  .detach().cpu().numpy(), config)

@@ -22,7 +22,7 @@ import numpy as np
 
 from neumours.data.geometry import Geometry
 from neumours.data.layouts import MODALITIES, CaseRef, resolve_case
-from neumours.data.nifti import Volume, read_header, read_volume, write_nifti
+from neumours.data.nifti import Volume, read_header, read_volume, volume_shape, write_nifti
 from neumours.errors import NeumoursDataError, NeumoursError
 
 # Affines "agree" when every entry is within this tolerance: BraTS exports
@@ -173,13 +173,7 @@ def check_case(source: CaseRef | str | os.PathLike, force_geometry: bool = False
     first_path = first_shape = first_affine = None
     for _, path in _case_items(ref):
         facts, geometry = read_header(path, force_geometry=force_geometry)
-        shape = tuple(facts.shape)
-        while len(shape) > 3 and shape[-1] == 1:
-            shape = shape[:-1]
-        if len(shape) != 3:
-            raise NeumoursDataError(path, f"volume is not 3-D (shape {shape}); expected one 3-D volume per file")
-        if min(shape) < 1:
-            raise NeumoursDataError(path, f"volume is empty (shape {shape})")
+        shape = volume_shape(path, facts)
         if first_path is None:
             first_path, first_shape, first_affine = path, shape, geometry.affine
         else:

@@ -394,8 +394,9 @@ def _geometry(path: Path, facts: HeaderFacts, affine: np.ndarray, force: bool) -
     return geometry
 
 
-def volume_shape(path: Path, img: nib.Nifti1Image) -> tuple[int, int, int]:
-    """Return the 3-D shape of ``img``, dropping trailing length-1 axes.
+def volume_shape(path: Path, img) -> tuple[int, int, int]:
+    """Return the 3-D shape of ``img`` (an image or a header's facts: anything with ``.shape``),
+    dropping trailing length-1 axes.
 
     Some tools write a 3-D volume as (X, Y, Z, 1); that is accepted. Anything
     else that is not three non-empty axes is refused.
