@@ -19,9 +19,10 @@ A flip (negative determinant, e.g. LAS or LPS storage) is normal and accepted.
 ``force_geometry`` (``--force-geometry`` on the commands) skips the checks for
 files whose geometry is known to be wrong but whose voxels are fine (e.g.
 exports that lost their header). Such a case keeps the file's own header and
-affine in every output; where the affine gives no usable voxel size (zero,
-negative or not finite), 1 mm is assumed, so mL, mm³ and HD95 are only as
-meaningful as that assumption. :attr:`Geometry.problem` says what was wrong.
+affine in every output; where the affine holds NaN or Inf, an axis-aligned
+affine at the origin with 1 mm voxels replaces it, and where the affine gives
+no usable voxel size (zero or negative), 1 mm is assumed, so mL, mm³ and HD95
+are only as meaningful as that assumption. :attr:`Geometry.problem` says what was wrong.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ def make_geometry(pixdim: Sequence[float], affine: np.ndarray) -> Geometry:
     from the affine where usable, else :data:`ASSUMED_SPACING`)."""
     affine = np.asarray(affine, dtype=np.float64).copy()
     problem = geometry_problem(pixdim, affine)
+    if problem is not None and not np.isfinite(affine).all():
+        # No tool can place voxels with a NaN/Inf affine (outputs would carry it on):
+        # the voxel grid itself, axis-aligned at the assumed spacing, stands in for it.
+        affine = np.diag([*ASSUMED_SPACING, 1.0])
+        problem += "; an axis-aligned affine at the origin assumed"
     spacing = voxel_spacing(affine)
     if problem is not None and not usable(spacing):
         spacing = ASSUMED_SPACING
