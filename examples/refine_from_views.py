@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     before = dice(inr, vols, 0, target)
     others_before = np.mean([dice(inr, other_vols, i, c)["WT"] for i, c in enumerate(others)])
     rows = refine(inr, vols, target.spacing, cameras, settings, images, steps=args.steps, lr=1e-2,
-                  anchor=Anchor(inr, other_vols, points=2048), path=args.path)
+                  anchor=Anchor.sample(inr, other_vols, points=2048), path=args.path)
     after = dice(inr, vols, 0, target)
     others_after = np.mean([dice(inr, other_vols, i, c)["WT"] for i, c in enumerate(others)])
     seconds = np.median([r["seconds"] for r in rows[1:]] or [rows[0]["seconds"]])

@@ -134,7 +134,7 @@ def test_refine_moves_the_segmentation_towards_corrected_views(cpu_device, rng):
     cameras = orbit_cameras(case.label.shape, (1, 1, 1), 2, size=(16, 16))
     targets = render_label_views(cpu_device, case.label, (1, 1, 1), cameras, settings)
     other = CaseVolumes.upload(cpu_device, [normalise(make_case((16, 16, 16), seed=3).images)])
-    anchor = Anchor(inr, other, points=256, weight=1.0)
+    anchor = Anchor.sample(inr, other, points=256, weight=1.0)
     rows = refine(inr, vols, (1, 1, 1), cameras, settings, targets, steps=5, lr=3e-2, anchor=anchor)
     assert rows[-1]["image_loss"] < 0.9 * rows[0]["image_loss"]
     assert rows[0]["anchor"] == pytest.approx(0.0, abs=1e-6) and rows[-1]["anchor"] >= 0.0
@@ -307,3 +307,49 @@ def test_refine_cli_too_many_ray_samples(tmp_path, capsys, monkeypatch):
     last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar's line
     assert last.startswith("neumours: error:") and "ray samples need buffers over 2 GiB" in last
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize("kind", ["sample", "keep_rest"])
+def test_anchor_gradient_matches_finite_differences(cpu_device, kind):
+    """The anchor's weight gradient (KL from the soft targets) against central differences of its penalty."""
+    from neumours.data import normalise
+    from neumours.data.phantom import make_case
+    from neumours.refine.loop import Anchor
+
+    rng = np.random.default_rng(5)
+    case = make_case((16, 16, 16), seed=6)
+    vols = CaseVolumes.upload(cpu_device, [normalise(case.images)])
+    inr = INR(CONFIG, cpu_device, seed=2)
+    if kind == "sample":
+        anchor = Anchor.sample(inr, vols, points=200, weight=2.0, seed=1)
+    else:
+        corrected = np.zeros(case.label.shape, bool)
+        corrected[4:8, 4:8, 5] = True
+        anchor = Anchor.keep_rest(inr, vols, case.label, corrected, points=200, weight=2.0)
+        positions = np.argwhere(~corrected)
+        assert anchor.count <= 200 and not corrected[tuple(positions.T)].all()
+    with torch.no_grad():  # move off the anchor's own weights so the penalty and its gradient are not zero
+        inr.bridge.params.add_(torch.from_numpy(rng.normal(0, 0.05, inr.layout.total).astype(np.float32)))
+    inr.bridge.push_params()
+
+    def penalty() -> float:
+        p = anchor._probabilities()
+        q = anchor.targets
+        return float(anchor.weight * (q * (np.log(q + 1e-12) - np.log(p + 1e-12))).sum(axis=1).mean())
+
+    inr.zero_grad()
+    value = anchor.add_gradients()
+    assert value == pytest.approx(penalty(), rel=1e-6) and value > 0
+    grad = np.concatenate([g.ravel() for g in weight_gradients(inr).values()])
+    base = inr.bridge.params.detach().clone()
+    for _ in range(3):
+        direction = rng.normal(size=inr.layout.total).astype(np.float32)
+        direction /= np.linalg.norm(direction)
+        eps, sides = 1e-2, []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                inr.bridge.params.copy_(base + sign * eps * torch.from_numpy(direction))
+            inr.bridge.push_params()
+            sides.append(penalty())
+        numeric = (sides[0] - sides[1]) / (2 * eps)
+        assert float(grad @ direction) == pytest.approx(numeric, rel=0.03, abs=1e-5)

@@ -94,6 +94,19 @@ def test_rays_pass_through_pixel_centres():
     np.testing.assert_allclose(plane @ up, np.broadcast_to(expect_y[:, None], (3, 5)), atol=1e-12)
 
 
+def test_project_inverts_rays():
+    cam = orbit(35.0, 20.0, 3.0, target=(0.1, -0.2, 0.05), fov_y_deg=40.0, width=7, height=4)
+    origins, dirs = cam.rays()
+    depths = np.linspace(0.5, 4.0, 28).reshape(4, 7)
+    forward = cam.basis()[0]
+    points = origins + dirs * (depths / (dirs @ forward))[..., None]
+    column, row, depth = cam.project(points)
+    np.testing.assert_allclose(column, np.broadcast_to(np.arange(7), (4, 7)), atol=1e-9)
+    np.testing.assert_allclose(row, np.broadcast_to(np.arange(4)[:, None], (4, 7)), atol=1e-9)
+    np.testing.assert_allclose(depth, depths, atol=1e-12)
+    assert cam.project(np.asarray(cam.eye) - forward)[2] < 0  # behind the camera
+
+
 def test_orbit_positions_and_frame():
     np.testing.assert_allclose(orbit(0, 0, 2).eye, [2, 0, 0], atol=1e-12)
     np.testing.assert_allclose(orbit(90, 0, 2).eye, [0, 2, 0], atol=1e-12)

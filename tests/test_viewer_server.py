@@ -232,6 +232,43 @@ def test_paint_refine_changes_weights_and_painted_labels_undo_restores_bits(serv
     assert undone["undo_depth"] == 0
 
 
+def test_3d_mask_refines_by_the_render_loss_and_is_projected_onto_voxels(served):
+    server = served["server"]
+    sess = server.worker.session
+    before_weights = sess.inr.bridge.params.detach().clone().numpy()
+    width, height = 32, 24
+    camera = {"azimuth": 30.0, "elevation": 20.0, "zoom": 1.2}
+    values = np.full((8, 8), 1, np.uint8)  # TUMOUR over the image centre
+
+    async def body(c):
+        await c.send({"type": "clear"})
+        await c.reply("cleared")
+        await c.send(protocol.pack({"type": "mask", "camera": camera, "width": width, "height": height,
+                                    "origin": [8, 12], "shape": [8, 8]}, values.tobytes()))
+        masked = await c.reply("masked")
+        corrected = await asyncio.wrap_future(server.worker.submit(lambda s: s._masked_voxels()))
+        await c.send({"type": "refine", "steps": 3, "lr": 1e-2})
+        refined = await c.reply("refined")
+        after = sess.inr.bridge.params.detach().clone().numpy()
+        await c.send({"type": "undo"})
+        await c.reply("undone")
+        await c.send({"type": "clear"})
+        await c.reply("cleared")
+        return masked, corrected, refined, after
+
+    masked, corrected, refined, after = run(session(server, body))
+    assert masked == {"type": "masked", "tumour": 64, "not_tumour": 0}
+    assert refined["stages"] == ["render"] and not np.array_equal(after, before_weights)
+    # The camera looks at the box centre: the centre voxel is behind masked pixels, most corners are not
+    # (the far corner behind the centre is).
+    import itertools
+
+    shape = corrected.shape
+    corners = [corrected[c] for c in itertools.product(*[(0, n - 1) for n in shape])]
+    assert corrected[shape[0] // 2, shape[1] // 2, shape[2] // 2] and sum(corners) <= 2
+    assert 0 < corrected.mean() < 0.5
+
+
 def test_save_writes_checkpoint_and_segmentation_on_the_input_grid(served):
     import nibabel as nib
 

@@ -36,7 +36,9 @@ def fitted_checkpoint(case_dir: Path, path: Path, device, steps: int = 150) -> P
     rng = np.random.default_rng(0)
     tumour = np.argwhere(case.label > 0)
     brain = np.argwhere(case.images[0] > 0)
-    positions = np.concatenate([tumour[rng.choice(len(tumour), 1500)], brain[rng.choice(len(brain), 2500)]])
+    outside = np.argwhere(case.images[0] == 0)  # else the model has never seen the air and calls it tumour
+    positions = np.concatenate([tumour[rng.choice(len(tumour), 1500)], brain[rng.choice(len(brain), 2000)],
+                                outside[rng.choice(len(outside), 1000)]])
     points = PaintedVoxels.upload(inr, vols, positions, case.label[tuple(positions.T)])
     refine_voxels(inr, points, steps=steps, lr=2e-2)
     return save_checkpoint(path, inr.bridge.params.numpy(), CONFIG)

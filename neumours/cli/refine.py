@@ -137,7 +137,7 @@ def refine_command(args) -> None:
     anchor = None
     if args.anchor_data is not None:
         others = [load_case(r, force_geometry=args.force_geometry) for r in list_cases(args.anchor_data)[:4]]
-        anchor = Anchor(inr, CaseVolumes.upload(device, [normalise(c.images) for c in others]),
+        anchor = Anchor.sample(inr, CaseVolumes.upload(device, [normalise(c.images) for c in others]),
                         weight=args.anchor_weight)
 
     truth = corrected if corrected is not None else case.label

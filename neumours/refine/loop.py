@@ -31,7 +31,7 @@ from neumours.render.transfer import RenderSettings
 
 #: The gradient paths by name.
 PATHS = {"cache": cache_path_gradients, "direct": direct_path_gradients}
-__all__ = ["PATHS", "Anchor", "refine", "weight_gradients"]
+__all__ = ["PATHS", "Anchor", "anchor_gradients", "refine", "weight_gradients"]
 
 
 def weight_gradients(inr: INR) -> dict[str, np.ndarray]:
@@ -42,20 +42,30 @@ def weight_gradients(inr: INR) -> dict[str, np.ndarray]:
 
 
 class Anchor:
-    """Keeps predictions on other cases close to the original model while refining.
+    """Keeps the model's predictions at fixed points close to what they were when the anchor was made.
 
-    Holds points sampled from other cases and the original model's class
-    probabilities there; :meth:`add_gradients` adds ``weight`` x the mean
-    cross-entropy of the current model against those soft targets (zero at the
-    start, growing as predictions drift).
+    Holds points (voxel positions of cases in ``vols``) and the model's class
+    probabilities there at construction; :meth:`add_gradients` adds ``weight`` x
+    the mean KL divergence of the current model's probabilities from those soft
+    targets (zero at the start, growing as predictions drift). Two uses: points
+    on *other* cases (the correction of one case must not spoil the rest of the
+    data set: :meth:`sample`), and points on the *corrected case itself* away
+    from the correction (a stroke on one slice must not relabel the whole
+    volume: :meth:`keep_rest`).
+
+    Args:
+        positions: (P, 3) voxel indices; case_ids: (P,) index into ``vols`` of each point.
     """
 
-    def __init__(self, inr: INR, vols: CaseVolumes, points: int = 4096, weight: float = 1.0, seed: int = 0):
-        rng = np.random.default_rng(seed)
+    def __init__(self, inr: INR, vols: CaseVolumes, positions: np.ndarray, case_ids: np.ndarray,
+                 weight: float = 1.0):
         cfg = inr.config
-        case_ids = rng.integers(0, len(vols.shapes), points).astype(np.uint32)
-        dims = np.array(vols.shapes)[case_ids]
-        positions = np.floor(rng.random((points, 3)) * dims).astype(np.float32)
+        positions = np.asarray(positions, dtype=np.float32)
+        case_ids = np.asarray(case_ids, dtype=np.uint32)
+        if positions.ndim != 2 or positions.shape[1] != 3 or case_ids.shape != (len(positions),) or not len(positions):
+            raise ValueError(f"anchor points must be (P, 3) positions with (P,) case ids, got "
+                             f"{positions.shape} and {case_ids.shape}")
+        points = len(positions)
         self.inr, self.weight, self.count = inr, float(weight), points
         self.coords = empty_buffer(inr.device, points * 3)
         self.patches = empty_buffer(inr.device, points * cfg.patch_dim)
@@ -65,6 +75,47 @@ class Anchor:
         self._labels = empty_buffer(inr.device, points, np.uint32)
         self._probs = empty_buffer(inr.device, points * cfg.num_classes)
         self.targets = self._probabilities()
+
+    @classmethod
+    def sample(cls, inr: INR, vols: CaseVolumes, points: int = 4096, weight: float = 1.0, seed: int = 0) -> Anchor:
+        """``points`` voxels drawn uniformly from all cases of ``vols``."""
+        rng = np.random.default_rng(seed)
+        case_ids = rng.integers(0, len(vols.shapes), points).astype(np.uint32)
+        dims = np.array(vols.shapes)[case_ids]
+        positions = np.floor(rng.random((points, 3)) * dims)
+        return cls(inr, vols, positions, case_ids, weight)
+
+    @classmethod
+    def keep_rest(cls, inr: INR, vols: CaseVolumes, labels: np.ndarray, corrected: np.ndarray,
+                  points: int = 8192, weight: float = 1.0, near: float = 0.5, radius: float = 8.0,
+                  seed: int = 0, case_index: int = 0) -> Anchor:
+        """Voxels of case ``case_index`` outside ``corrected``: a share ``near`` of ``points``
+        within ``radius`` voxels of the correction, the rest from the whole case.
+
+        The ring around a correction is where its change spreads first (the INR
+        sees the same intensities there), so it is held most densely. Each share
+        is stratified by the current labels: every class present gets an equal
+        part (all its voxels where it has fewer), so a small class (enhancing
+        tumour next to a correction) is held as firmly as the background.
+
+        Args:
+            labels: (X, Y, Z) the model's current labels of that case.
+            corrected: (X, Y, Z) bool, the voxels the correction sets (never anchored).
+        """
+        from scipy import ndimage
+
+        rng = np.random.default_rng(seed)
+        corrected = np.asarray(corrected, dtype=bool)
+        free = ~corrected
+        if not free.any():
+            raise ValueError("every voxel is corrected: nothing left to keep")
+        ring = free & (ndimage.distance_transform_edt(free) <= radius) if corrected.any() else np.zeros_like(free)
+        n_near = int(round(points * near)) if ring.any() else 0
+        chosen = [_stratified(rng, ring, labels, n_near, inr.config.num_classes)] if n_near else []
+        chosen.append(_stratified(rng, free & ~ring, labels, points - n_near, inr.config.num_classes))
+        flat = np.concatenate(chosen)
+        positions = np.stack(np.unravel_index(flat, labels.shape), axis=1)
+        return cls(inr, vols, positions, np.full(len(flat), case_index, np.uint32), weight)
 
     def _probabilities(self) -> np.ndarray:
         """The current model's class probabilities at the anchor points, (points, num_classes) float64."""
@@ -84,15 +135,39 @@ class Anchor:
         return penalty
 
 
+def _stratified(rng: np.random.Generator, where: np.ndarray, labels: np.ndarray, points: int,
+                num_classes: int) -> np.ndarray:
+    """Up to ``points`` flat indices of ``where``, an equal share per class of ``labels`` present there."""
+    present = [c for c in range(num_classes) if (where & (labels == c)).any()]
+    if not present or points < 1:
+        return np.zeros(0, np.int64)
+    share = max(1, points // len(present))
+    chosen = []
+    for c in present:
+        flat = np.flatnonzero(where & (labels == c))
+        chosen.append(flat if len(flat) <= share else rng.choice(flat, share, replace=False))
+    return np.concatenate(chosen)
+
+
+def anchor_gradients(anchors: Anchor | Sequence[Anchor] | None) -> float:
+    """Add every anchor's penalty gradients into the INR's buffer; returns the summed penalty."""
+    if anchors is None:
+        return 0.0
+    if isinstance(anchors, Anchor):
+        anchors = [anchors]
+    return float(sum(anchor.add_gradients() for anchor in anchors))
+
+
 def refine(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence[Camera], settings: RenderSettings,
-           targets: Sequence[np.ndarray], steps: int = 20, lr: float = 1e-4, anchor: Anchor | None = None,
+           targets: Sequence[np.ndarray], steps: int = 20, lr: float = 1e-4,
+           anchor: Anchor | Sequence[Anchor] | None = None,
            weights: Sequence[np.ndarray | None] | None = None, path: str = "cache",
            progress: bool = False, on_step: Callable[[dict], None] | None = None) -> list[dict]:
     """Optimise the INR's weights in place so its rendered probabilities match the targets.
 
     Each step: the image loss's weight gradients summed over views by ``path``
     (``"cache"`` or ``"direct"``, see the module docstring), plus the anchor's
-    penalty, then one AdamW step (torch, through the bridge) with gradients
+    penalty (or the sum of several anchors' penalties), then one AdamW step (torch, through the bridge) with gradients
     clipped to norm 1. ``on_step`` is called with each step's row as soon as
     it is done (progress to a page).
 
@@ -114,7 +189,7 @@ def refine(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence[Camera], sett
         start = time.perf_counter()
         inr.zero_grad()
         loss, _ = gradients(inr, vols, spacing, cameras, settings, targets, weights)
-        penalty = anchor.add_gradients() if anchor is not None else 0.0
+        penalty = anchor_gradients(anchor)
         inr.bridge.pull_grads()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

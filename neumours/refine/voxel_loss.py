@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import slangpy as spy
@@ -27,7 +27,7 @@ import slangpy as spy
 from neumours.device import empty_buffer, upload
 from neumours.model.inputs import CaseVolumes, gather_inputs
 from neumours.model.inr import INR, Workspace
-from neumours.refine.loop import Anchor
+from neumours.refine.loop import Anchor, anchor_gradients
 from neumours.train.loss import DeviceLoss, LossConfig
 
 __all__ = ["PaintedVoxels", "refine_voxels", "voxel_loss_gradients"]
@@ -120,11 +120,12 @@ def voxel_loss_gradients(inr: INR, points: PaintedVoxels, class_weights=None) ->
 
 
 def refine_voxels(inr: INR, points: PaintedVoxels, steps: int = 20, lr: float = 1e-3,
-                  anchor: Anchor | None = None, class_weights=None,
+                  anchor: Anchor | Sequence[Anchor] | None = None, class_weights=None,
                   on_step: Callable[[dict], None] | None = None) -> list[dict]:
     """Optimise the INR's weights in place towards the painted classes.
 
-    Each step: the CE's weight gradients, plus the anchor's penalty, then one
+    Each step: the CE's weight gradients, plus the anchors' penalties (e.g.
+    :meth:`Anchor.keep_rest` so the rest of the case keeps its labels), then one
     AdamW step (weight decay 0) with gradients clipped to norm 1.
 
     Args:
@@ -145,7 +146,7 @@ def refine_voxels(inr: INR, points: PaintedVoxels, steps: int = 20, lr: float = 
         start = time.perf_counter()
         inr.zero_grad()
         value = loss.gradients()
-        penalty = anchor.add_gradients() if anchor is not None else 0.0
+        penalty = anchor_gradients(anchor)
         inr.bridge.pull_grads()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

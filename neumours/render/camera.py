@@ -96,6 +96,29 @@ class Camera:
         origins = np.broadcast_to(np.asarray(self.eye, np.float64), d.shape).copy()
         return origins, d
 
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where box-space points land in the image: the inverse of :meth:`rays`.
+
+        Args:
+            points: (..., 3) positions in box space.
+
+        Returns:
+            ``(column, row, depth)``, float64 arrays of shape (...): pixel
+            coordinates (pixel centres at integers, row 0 at the top; outside
+            [-0.5, size - 0.5) is off the image) and the distance along the view
+            direction (<= 0: behind the camera, column and row then meaningless).
+        """
+        forward, right, up = self.basis()
+        s = math.tan(math.radians(self.fov_y_deg) / 2)
+        d = np.asarray(points, np.float64) - np.asarray(self.eye, np.float64)
+        depth = d @ forward
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = (d @ right) / depth / (s * self.aspect)
+            y = (d @ up) / depth / s
+        column = (x + 1.0) * self.width / 2 - 0.5
+        row = (1.0 - y) * self.height / 2 - 0.5
+        return column, row, depth
+
 
 def orbit(azimuth_deg: float, elevation_deg: float, distance: float, target=(0.0, 0.0, 0.0),
           fov_y_deg: float = 30.0, width: int = 640, height: int = 480) -> Camera:

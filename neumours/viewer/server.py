@@ -35,7 +35,7 @@ from neumours.errors import NeumoursError
 from neumours.refine.masks import DONT_CARE, NOT_TUMOUR, TUMOUR
 from neumours.viewer import protocol
 from neumours.viewer.protocol import OVERLAYS, PAINT_BACKGROUND, ProtocolError
-from neumours.viewer.session import ViewerSession, ViewSettings
+from neumours.viewer.session import KEEP_WEIGHT, ViewerSession, ViewSettings
 from neumours.viewer.worker import DeviceWorker
 
 STATIC = Path(__file__).parent / "static"
@@ -194,6 +194,7 @@ async def _handle_text(app: web.Application, client: _Client, message: dict) -> 
         steps = protocol.integer(message, "steps", 1, 500, 20)
         lr = protocol.number(message, "lr", 1e-6, 1e-1, 1e-3)
         anchored = bool(message.get("anchor", False))
+        keep = protocol.number(message, "keep", 0.0, 100.0, KEEP_WEIGHT)
         loop = asyncio.get_running_loop()
         settings = client.settings
 
@@ -202,7 +203,7 @@ async def _handle_text(app: web.Application, client: _Client, message: dict) -> 
                       "loss": row.get("voxel_loss", row.get("image_loss")), "anchor": row["anchor"]}
             asyncio.run_coroutine_threadsafe(_broadcast(app, update), loop)
 
-        result = await _run(app, lambda s: s.refine(steps, lr, anchored, settings, progress))
+        result = await _run(app, lambda s: s.refine(steps, lr, anchored, settings, progress, keep=keep))
         await _finish_change(app, "refined", result)
     elif kind == "undo":
         await _finish_change(app, "undone", await _run(app, lambda s: s.undo()))
@@ -218,7 +219,8 @@ async def _finish_change(app: web.Application, kind: str, result: dict) -> None:
     summary = {"type": kind, "changed": result["labels"] is not None, "undo_depth": info["undo_depth"]}
     if "rows" in result:
         losses = [r.get("voxel_loss", r.get("image_loss")) for r in result["rows"]]
-        summary.update(seconds=result["seconds"], first_loss=losses[0], last_loss=losses[-1])
+        stages = sorted({r["kind"] for r in result["rows"]})  # "render" (3-D mask) and/or "voxel" (slice paint)
+        summary.update(seconds=result["seconds"], first_loss=losses[0], last_loss=losses[-1], stages=stages)
     await _broadcast(app, summary)
 
 

@@ -61,6 +61,9 @@ MAX_UNDO = 32
 MAX_PAINTED = 1 << 20
 #: Cases the anchor samples (other than the open one).
 ANCHOR_CASES = 4
+#: Weight and points of the anchor on the open case's own voxels away from the corrections.
+KEEP_WEIGHT = 1.0
+KEEP_POINTS = 8192
 #: Percentile grid of the MRI windows: 0, 0.5, ..., 100.
 _PERCENTILES = np.linspace(0.0, 100.0, 201)
 
@@ -312,15 +315,44 @@ class ViewerSession:
             if not others:
                 raise SessionError("anchoring needs other cases: start the viewer on a dataset folder")
             vols = CaseVolumes.upload(self.device, [normalise(load_case(ref).images) for ref in others])
-            self._anchor = Anchor(self.inr, vols, points=4096)
+            self._anchor = Anchor.sample(self.inr, vols, points=4096)
         return self._anchor
 
+    def _masked_voxels(self) -> np.ndarray:
+        """(X, Y, Z) bool: the voxels whose centres the 3-D mask's camera sees on a tumour / not-tumour pixel."""
+        st = self._open()
+        shape = st.case.shape
+        corrected = np.zeros(shape, bool)
+        if st.mask is None:
+            return corrected
+        view, mask = st.mask
+        camera = self.camera(view)
+        half = volume_box(shape, st.case.spacing)
+        scale = to_voxel_scale(shape, half)
+        grid = np.stack(np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij"), axis=-1)
+        for z in range(shape[2]):  # one slice at a time: a 240x240x155 case never holds all voxels' coordinates
+            voxels = np.concatenate([grid, np.full(grid.shape[:2] + (1,), z)], axis=-1)
+            column, row, depth = camera.project(voxels / scale - half)
+            col, rw = np.rint(column).astype(np.int64), np.rint(row).astype(np.int64)
+            seen = (depth > 0) & (col >= 0) & (col < view.width) & (rw >= 0) & (rw < view.height)
+            values = np.full(col.shape, DONT_CARE, np.uint8)
+            values[seen] = mask[rw[seen], col[seen]]
+            corrected[:, :, z] = values != DONT_CARE
+        return corrected
+
     def refine(self, steps: int = 20, lr: float = 1e-3, anchored: bool = False, settings: ViewSettings | None = None,
-               on_step: Callable[[str, dict], None] | None = None) -> dict:
+               on_step: Callable[[str, dict], None] | None = None, keep: float = KEEP_WEIGHT) -> dict:
         """Refine the weights on the corrections, re-cache, and say what changed.
 
         Slice paint runs the voxel loss, a 3-D mask the render loss (path "cache"),
         ``steps`` each; both when both are there.
+
+        Args:
+            anchored: also hold the predictions on other cases of the dataset.
+            keep: weight of the anchor that holds this case's own labels away from
+                the corrections (:meth:`~neumours.refine.loop.Anchor.keep_rest`;
+                without it a stroke on one slice can relabel the whole volume);
+                0 turns it off.
 
         Returns:
             ``{"rows": [...], "labels": (origin, crop) or None, "seconds": ...}``.
@@ -330,7 +362,10 @@ class ViewerSession:
         if not painted.any() and st.mask is None:
             raise SessionError("nothing to refine: paint on a slice or draw on the 3-D view first")
         start = time.perf_counter()
-        anchor = self._anchor_for() if anchored else None
+        anchor = [self._anchor_for()] if anchored else []
+        if keep > 0:
+            corrected = painted | self._masked_voxels()
+            anchor.append(Anchor.keep_rest(self.inr, st.vols, st.labels, corrected, points=KEEP_POINTS, weight=keep))
         self.history.append(self.inr.bridge.params.detach().clone())
         del self.history[:-MAX_UNDO]
         rows = []
