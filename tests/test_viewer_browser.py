@@ -10,6 +10,7 @@ quarter of the canvas (``?scale=0.25``): the CPU device is slow.
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs the system Chrom
 
 from PIL import Image  # noqa: E402
 
-from viewer_support import fitted_checkpoint, start_server, write_phantoms  # noqa: E402
+from viewer_support import fitted_checkpoint, start_server, store_as_lps, write_phantoms  # noqa: E402
 
 #: NiiVue's label colours on the page (app.js labelColormap): NCR, ED, ET.
 CLASS_RGB = {1: np.array([230, 51, 51]), 2: np.array([51, 204, 51]), 3: np.array([255, 217, 26])}
@@ -61,10 +62,13 @@ def _crosshair(pixels, tile):
     return tile[1].start + cols.mean(), tile[0].start + rows.mean()
 
 
-def test_page_paint_refine_updates_the_overlay(tmp_path, cpu_device):
+@pytest.mark.parametrize("storage", ["ras", "lps"])
+def test_page_paint_refine_updates_the_overlay(tmp_path, cpu_device, storage):
     data = tmp_path / "data"
     data.mkdir()
     cases = write_phantoms(data, count=1)
+    if storage == "lps":  # NiiVue shows (and draws) in RAS: the page must map strokes back to the file's order
+        store_as_lps(cases[0])
     checkpoint = fitted_checkpoint(cases[0], tmp_path / "tiny.safetensors", cpu_device, steps=60)
     server = start_server(data, checkpoint, tmp_path / "out")
     try:
@@ -98,7 +102,8 @@ def test_page_paint_refine_updates_the_overlay(tmp_path, cpu_device):
             # where the ground truth has that class and the INR says otherwise, painted with that pen.
             labels, truth = server.worker.submit(lambda s: (s.state.labels.copy(), s.state.case.label.copy())).result(60)
             x, y, z, cls = _wrong_spot(labels, truth)
-            page.evaluate(f"() => {{ const v = window.neumoursViewer.nv; v.scene.crosshairPos = v.vox2frac([{x}, {y}, {z}]);"
+            rx, ry = (x, y) if storage == "ras" else (truth.shape[0] - 1 - x, truth.shape[1] - 1 - y)  # NiiVue's RAS voxel
+            page.evaluate(f"() => {{ const v = window.neumoursViewer.nv; v.scene.crosshairPos = v.vox2frac([{rx}, {ry}, {z}]);"
                           " v.drawScene(); }")
             page.wait_for_timeout(500)
             gl = page.locator("#gl").bounding_box()
@@ -142,6 +147,11 @@ def test_page_paint_refine_updates_the_overlay(tmp_path, cpu_device):
             away[tile] = True
             away[int(sy) - 5 * r:int(sy) + 5 * r + 1, int(sx) - 5 * r:int(sx) + 5 * r + 1] = False
             changed = np.abs(after - before).max(axis=-1) > 40
+            if storage == "ras" and os.environ.get("NEUMOURS_VIEWER_SCREENSHOT"):  # docs/viewer.png is made so
+                page.evaluate("() => { const v = window.neumoursViewer.nv; v.setCrosshairWidth(1); v.setOpacity(1, 0.6);"
+                              " v.drawScene(); }")
+                page.wait_for_timeout(500)
+                page.screenshot(path=os.environ["NEUMOURS_VIEWER_SCREENSHOT"])
             assert changed[away].mean() < 0.05, f"{changed[away].mean():.1%} of the tile away from the stroke changed"
             assert not errors, errors
             browser.close()

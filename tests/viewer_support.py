@@ -22,6 +22,20 @@ def write_phantoms(root: Path, count: int = 2) -> list[Path]:
     return [write_case(make_case(SHAPE, seed=3, index=i), root) for i in range(count)]
 
 
+def store_as_lps(case_dir: Path) -> None:
+    """Rewrite a case's files with the first two axes stored reversed (affine diag(-1, -1, 1), as many
+    BraTS files are): the same image in the world, another voxel order in the file."""
+    import nibabel as nib
+
+    for path in sorted(case_dir.glob("*.nii*")):
+        img = nib.load(path)
+        data = np.asarray(img.dataobj)[::-1, ::-1, :]
+        flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+        flip[:2, 3] = np.array(data.shape[:2]) - 1
+        out = nib.Nifti1Image(np.ascontiguousarray(data), img.affine @ flip, img.header)
+        nib.save(out, path)
+
+
 def fitted_checkpoint(case_dir: Path, path: Path, device, steps: int = 150) -> Path:
     """A tiny INR fitted to the case's ground truth with the voxel loss (a stand-in for training)."""
     from neumours.data import load_case, normalise

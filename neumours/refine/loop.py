@@ -150,7 +150,10 @@ def _stratified(rng: np.random.Generator, where: np.ndarray, labels: np.ndarray,
 
 
 def anchor_gradients(anchors: Anchor | Sequence[Anchor] | None) -> float:
-    """Add every anchor's penalty gradients into the INR's buffer; returns the summed penalty."""
+    """Add every anchor's penalty gradients into the INR's buffer; returns the summed penalty.
+
+    Any term with ``add_gradients() -> float`` may be among them (e.g. a
+    :class:`neumours.refine.voxel_loss.VoxelLoss` refined together with the image loss)."""
     if anchors is None:
         return 0.0
     if isinstance(anchors, Anchor):

@@ -30,7 +30,7 @@ from neumours.model.inr import INR, Workspace
 from neumours.refine.loop import Anchor, anchor_gradients
 from neumours.train.loss import DeviceLoss, LossConfig
 
-__all__ = ["PaintedVoxels", "refine_voxels", "voxel_loss_gradients"]
+__all__ = ["PaintedVoxels", "VoxelLoss", "refine_voxels", "voxel_loss_gradients"]
 
 
 @dataclass
@@ -88,8 +88,11 @@ class PaintedVoxels:
                    upload(inr.device, classes.astype(np.uint32), np.uint32))
 
 
-class _VoxelLoss:
-    """Device buffers of one refinement: logits, dL/dlogits, the CE sums and the INR workspace."""
+class VoxelLoss:
+    """The painted voxels' mean CE as a term of a refinement: device buffers (logits,
+    dL/dlogits, the CE sums, the INR workspace) and :meth:`add_gradients`, so it
+    can also join the render-loss loop (:func:`neumours.refine.loop.refine`'s
+    ``anchor`` terms) when slice paint and a 3-D mask are refined together."""
 
     def __init__(self, inr: INR, points: PaintedVoxels, class_weights=None):
         cfg = inr.config
@@ -109,6 +112,8 @@ class _VoxelLoss:
         inr.backward_device(p.coords, p.patches, p.count, self.grad_logits, self.workspace)
         return float(self.loss.values()["ce"])
 
+    add_gradients = gradients
+
 
 def voxel_loss_gradients(inr: INR, points: PaintedVoxels, class_weights=None) -> float:
     """Add d(mean CE over the painted voxels)/d(weights) into ``inr``'s gradient buffer.
@@ -116,7 +121,7 @@ def voxel_loss_gradients(inr: INR, points: PaintedVoxels, class_weights=None) ->
     Returns:
         The loss (class-weighted mean CE, torch's ``cross_entropy(weight=...)``).
     """
-    return _VoxelLoss(inr, points, class_weights).gradients()
+    return VoxelLoss(inr, points, class_weights).gradients()
 
 
 def refine_voxels(inr: INR, points: PaintedVoxels, steps: int = 20, lr: float = 1e-3,
@@ -138,7 +143,7 @@ def refine_voxels(inr: INR, points: PaintedVoxels, steps: int = 20, lr: float = 
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    loss = _VoxelLoss(inr, points, class_weights)
+    loss = VoxelLoss(inr, points, class_weights)
     params = inr.bridge.torch_parameters()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rows = []

@@ -45,7 +45,7 @@ from neumours.model.inputs import CaseVolumes
 from neumours.outputs import check_output_folder
 from neumours.refine.loop import Anchor, refine
 from neumours.refine.masks import DONT_CARE, mask_targets, silhouette_settings
-from neumours.refine.voxel_loss import PaintedVoxels, refine_voxels
+from neumours.refine.voxel_loss import PaintedVoxels, VoxelLoss, refine_voxels
 from neumours.render import Frame, RenderSettings, fit_distance, orbit, render_device
 from neumours.render.box import to_voxel_scale, volume_box
 from neumours.render.camera import Camera
@@ -345,7 +345,7 @@ class ViewerSession:
         """Refine the weights on the corrections, re-cache, and say what changed.
 
         Slice paint runs the voxel loss, a 3-D mask the render loss (path "cache"),
-        ``steps`` each; both when both are there.
+        for ``steps``; with both, one loop optimises their sum.
 
         Args:
             anchored: also hold the predictions on other cases of the dataset.
@@ -377,6 +377,7 @@ class ViewerSession:
                     on_step(kind, row)
             return call
 
+        voxel_loss = None
         if painted.any():
             positions = np.argwhere(painted)
             if len(positions) > MAX_PAINTED:
@@ -384,13 +385,20 @@ class ViewerSession:
             values = st.paint[tuple(positions.T)]
             classes = np.where(values == PAINT_BACKGROUND, 0, values)
             points = PaintedVoxels.upload(self.inr, st.vols, positions, classes)
-            refine_voxels(self.inr, points, steps=steps, lr=lr, anchor=anchor, on_step=report("voxel"))
+            if st.mask is None:
+                refine_voxels(self.inr, points, steps=steps, lr=lr, anchor=anchor, on_step=report("voxel"))
+            else:
+                voxel_loss = VoxelLoss(self.inr, points)
         if st.mask is not None:
+            # With slice paint too, one loop: image loss + painted voxels' CE + anchors at every step (two
+            # loops in turn would let the second undo the first, which it no longer holds).
             view, mask = st.mask
             targets, weights = mask_targets([mask])
             base = self.render_settings(settings or ViewSettings())
+            terms = anchor + ([voxel_loss] if voxel_loss is not None else [])
             refine(self.inr, st.vols, st.case.spacing, [self.camera(view)], silhouette_settings(base), targets,
-                   steps=steps, lr=lr, anchor=anchor, weights=weights, path="cache", on_step=report("render"))
+                   steps=steps, lr=lr, anchor=terms, weights=weights, path="cache",
+                   on_step=report("render + voxel" if voxel_loss is not None else "render"))
         changed = self._recache()
         return {"rows": rows, "labels": changed, "seconds": time.perf_counter() - start}
 

@@ -81,25 +81,34 @@ function requestRender() {
   send({ type: "render", id, camera: cam, width, height });
 }
 
-// Painted voxels of NiiVue's drawing layer as one crop (x slowest), the box around them.
+// Painted voxels of NiiVue's drawing layer as one crop (x slowest), the box around them, in the
+// file's own voxel order. NiiVue keeps its drawing in RAS order (a flipped or permuted file, e.g.
+// BraTS's LPS storage, is reoriented for display); img2RASstart/img2RASstep map each RAS voxel back
+// to the file's flat index, as NiiVue itself does when it saves a drawing.
 function strokesMessage() {
   const bitmap = nv.drawBitmap;
   if (!bitmap) return null;
+  const image = nv.volumes[0], dimsRAS = image.dimsRAS, start = image.img2RASstart, step = image.img2RASstep;
   const [nx, ny, nz] = info.shape;
+  const painted = new Map();  // native flat index -> pen value
+  let ras = 0;
+  for (let rz = 0; rz < dimsRAS[3]; rz++)
+    for (let ry = 0; ry < dimsRAS[2]; ry++)
+      for (let rx = 0; rx < dimsRAS[1]; rx++, ras++)
+        if (bitmap[ras]) painted.set(start[0] + rx * step[0] + start[1] + ry * step[1] + start[2] + rz * step[2], bitmap[ras]);
+  if (!painted.size) return null;
   let lo = [nx, ny, nz], hi = [-1, -1, -1];
-  for (let i = 0; i < bitmap.length; i++) {
-    if (!bitmap[i]) continue;
+  for (const i of painted.keys()) {
     const x = i % nx, y = Math.floor(i / nx) % ny, z = Math.floor(i / (nx * ny));
     lo = [Math.min(lo[0], x), Math.min(lo[1], y), Math.min(lo[2], z)];
     hi = [Math.max(hi[0], x), Math.max(hi[1], y), Math.max(hi[2], z)];
   }
-  if (hi[0] < 0) return null;
   const shape = [hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1];
   const crop = new Uint8Array(shape[0] * shape[1] * shape[2]);
-  for (let x = 0; x < shape[0]; x++)
-    for (let y = 0; y < shape[1]; y++)
-      for (let z = 0; z < shape[2]; z++)
-        crop[(x * shape[1] + y) * shape[2] + z] = bitmap[(lo[0] + x) + (lo[1] + y) * nx + (lo[2] + z) * nx * ny];
+  for (const [i, value] of painted) {
+    const x = i % nx - lo[0], y = Math.floor(i / nx) % ny - lo[1], z = Math.floor(i / (nx * ny)) - lo[2];
+    crop[(x * shape[1] + y) * shape[2] + z] = value;
+  }
   return pack({ type: "strokes", case: info.case, origin: lo, shape }, crop);
 }
 
