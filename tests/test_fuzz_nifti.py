@@ -243,3 +243,20 @@ def test_forced_infinite_pixdim_without_sform_or_qform_gets_a_finite_affine(tmp_
     case = load_case(case_dir, force_geometry=True)
     check_loaded(case)
     assert case.spacing == (1.0, 1.0, 1.0) and "assumed" in case.geometry_problem
+
+
+def test_integer_data_scaled_to_infinity_is_refused(tmp_path):
+    """Found by a random run: uint8 data with a raw scl_slope of 4e36. nibabel's
+    get_slope_inter() does not report that slope, yet reading applies it, so the float32
+    image holds Inf; the loader must refuse it rather than trust the header's type."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((2, 2, 1))
+    header.set_data_dtype(np.uint8)
+    header["pixdim"][1:4] = (1.0, 1.0, 1.0)
+    header["vox_offset"] = 352
+    header["scl_slope"], header["scl_inter"] = 4e36, 0.0
+    blob = header.binaryblock + b"\0" * 4 + np.full(4, 200, np.uint8).tobytes()
+    case_dir = write_case(tmp_path, blob, compressed=False)
+    with pytest.raises(NeumoursDataError, match="NaN/Inf") as caught:
+        load_case(case_dir)
+    assert case_dir.name in str(caught.value)
