@@ -152,7 +152,8 @@ def sweep_level(data: Path, root: Path, base, n: int, lrs: list[float], folds: i
     dice = {float(r.config["optimizer"]["lr"]): [f["val_dice_mean"] for f in r.folds if f] for r in records
             if r.status == "finished"}
     spans = trial_spans(sweep.out)
-    warm = [end - begin for begin, end, _ in spans[n:]]  # trials after the first n: their processes were warm
+    # Trials after the first n: Ray reuses their processes, so they run warm (kernels compiled).
+    warm = [end - begin for begin, end, _ in spans[n:]]
     return {"wall_s": wall, "trials": len(lrs), "finished": outcome.counts.get("finished", 0),
             "gpu": sampler.summary(n), "dice": dice, "cpus_per_trial": cpus_per_trial,
             "warm_trial_s": statistics.median(warm) if warm else float("nan"),

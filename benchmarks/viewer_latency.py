@@ -11,7 +11,8 @@ bf16 tensor cores on CUDA) served by the viewer's own server on loopback. Timed:
 - a correction round trip: paint a 16^3 ET crop, 20 refinement steps, re-cache, the
   changed crop and the next 1280 x 720 frame, median of several;
 - device memory held by the session (torch.cuda.mem_get_info before the session
-  and after the round trips).
+  and after the round trips; the torch peer's cached buffers are freed first, so
+  they do not count as the session's).
 
     python benchmarks/viewer_latency.py [--shape 240 240 155] [--frames 200] [--corrections 5] [--json viewer_latency.json]
     python benchmarks/viewer_latency.py --device cpu --shape 24 24 16 --frames 3 --corrections 1 --small   # try it
@@ -182,12 +183,17 @@ def main(argv=None) -> int:
         def peer():
             march_rays(t_scene, *camera_rays(camera, **cuda))
 
-        return slang, time_it(peer, sync, max(2, args.repeats // 10), warmup=1)
+        timed = time_it(peer, sync, max(2, args.repeats // 10), warmup=1)
+        del t_scene
+        if on_gpu:  # the peer's buffers stay in torch's cache otherwise, and would count as the session's
+            torch.cuda.empty_cache()
+        return slang, timed
 
     slang, peer = worker.submit(bench_render).result()
     streamed_result = asyncio.run(stream(f"http://127.0.0.1:{port}", token, args.frames, args.corrections,
                                          session.state.case.case_id, shape, *streamed))
     held = (free_before - torch.cuda.mem_get_info()[0]) / 2**30 if on_gpu else None
+    torch_cached = torch.cuda.memory_reserved() / 2**30 if on_gpu else None  # of `held`: torch's allocator
     worker.stop()
 
     st = streamed_result
@@ -200,7 +206,7 @@ def main(argv=None) -> int:
                             "encode_median_ms": float(np.median(st["encode_ms"]))},
                "correction": {"median_s": float(np.median(st["round_trips"])),
                               "refine_and_recache_median_s": float(np.median(st["refine_s"]))},
-               "gpu_memory_held_gib": held}
+               "gpu_memory_held_gib": held, "gpu_memory_torch_reserved_gib": torch_cached}
     write_json(args.json, results)
     rows = [
         {"what": f"server render {full[0]}x{full[1]}, Slang", "value": f"{1 / slang['median_s']:.0f} frames/s",
@@ -212,7 +218,7 @@ def main(argv=None) -> int:
          "vs torch": ""},
         {"what": "correction: paint + 20 steps + re-cache + frame", "value": f"{results['correction']['median_s']:.2f} s",
          "vs torch": ""},
-        {"what": "device memory held", "value": f"{held:.2f} GiB" if held is not None else "n/a (CPU)", "vs torch": ""},
+        {"what": "device memory held", "value": f"{held:.2f} GiB (torch's allocator: {torch_cached:.2f})" if held is not None else "n/a (CPU)", "vs torch": ""},
     ]
     print(f"device: {results['device']}  precision {results['precision']}  volume {shape}")
     print_table(rows, ["what", "value", "vs torch"])

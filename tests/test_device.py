@@ -75,6 +75,29 @@ def test_scatter_add_gpu_atomics(cuda_device, rng):
 
 
 @pytest.mark.gpu
+def test_cuda_device_works_from_another_thread(cuda_device, rng):
+    """A reused Ray trial process trains each trial in a new thread: the cached device must work there
+    (without get_device making its context current, the first copy fails: CUDA_ERROR_INVALID_CONTEXT)."""
+    import threading
+
+    data = rng.normal(size=1 << 20).astype(np.float32)
+    box = {}
+
+    def work():
+        try:
+            device = get_device("cuda")
+            box["out"] = download(upload(device, data), (data.size,))
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert "error" not in box, box.get("error")
+    np.testing.assert_array_equal(box["out"], data)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.uint32, np.int32])
 def test_large_upload_through_torch(cuda_device, rng, dtype):
     data = rng.integers(0, 1 << 30, 1 << 20).astype(dtype)  # 4 MiB: the torch path

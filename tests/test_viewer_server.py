@@ -232,6 +232,35 @@ def test_paint_refine_changes_weights_and_painted_labels_undo_restores_bits(serv
     assert undone["undo_depth"] == 0
 
 
+def test_refine_anchors_to_the_other_cases_when_asked(served):
+    """The page's "other cases" box sends anchor: true; the anchor term then enters the loss."""
+    server = served["server"]
+    sess = server.worker.session
+    case_id = sess.state.case.case_id
+    origin, _ = _painted_box(case_id, sess)
+    before = sess.inr.bridge.params.detach().clone().numpy()
+    crop = np.full((4, 4, 4), 3, np.uint8)
+
+    async def body(c):
+        anchors = []
+        for anchored in (False, True):
+            await c.send(protocol.pack({"type": "strokes", "case": case_id, "origin": list(origin),
+                                        "shape": [4, 4, 4]}, crop.tobytes()))
+            await c.reply("painted")
+            await c.send({"type": "refine", "steps": 2, "lr": 1e-3, "keep": 0, "anchor": anchored})
+            await c.reply("progress")  # step 0: the anchor's targets are the current predictions (loss 0)
+            anchors.append((await c.reply("progress"))["anchor"])
+            await c.reply("refined")
+        for _ in range(2):
+            await c.send({"type": "undo"})
+            await c.reply("undone")
+        return anchors
+
+    without, with_anchor = run(session(server, body))
+    assert without == 0 and with_anchor > 0
+    assert np.array_equal(sess.inr.bridge.params.detach().numpy(), before)
+
+
 def test_3d_mask_refines_by_the_render_loss_and_is_projected_onto_voxels(served):
     server = served["server"]
     sess = server.worker.session

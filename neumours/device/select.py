@@ -86,7 +86,12 @@ def get_device(kind: str = "auto", *, announce: bool = True) -> spy.Device:
             " (check --device or NEUMOURS_DEVICE)"
         )
     if kind in _DEVICES:
-        return _DEVICES[kind]
+        device = _DEVICES[kind]
+        # A CUDA context is current only on the thread that made the device; a caller on another
+        # thread (a reused Ray Tune trial process runs each trial in a new thread) needs it made
+        # current there, or the first copy fails with CUDA_ERROR_INVALID_CONTEXT. No-op elsewhere.
+        device.set_cuda_context_current()
+        return device
     if kind != "auto":
         try:
             with _quiet_native_output():

@@ -199,6 +199,8 @@ def run_sweep(sweep: Sweep, resources: Resources, quiet: bool = False) -> SweepO
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode="max", search_alg=search, scheduler=scheduler,
                 num_samples=1 if sweep.settings.search == "grid" else sweep.settings.samples,
+                # Reused trial processes keep their device and compiled kernels (each later trial runs
+                # in a new thread there: neumours.device.get_device makes the CUDA context current).
                 trial_dirname_creator=progress.trial_dirname, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=TUNE_DIR, storage_path=str(tune_dir.parent), verbose=0,

@@ -64,6 +64,10 @@ ANCHOR_CASES = 4
 #: Weight and points of the anchor on the open case's own voxels away from the corrections.
 KEEP_WEIGHT = 1.0
 KEEP_POINTS = 8192
+#: INR points per volume-cache chunk. Half the batch tool's default: the forward workspace (two
+#: chunk x hidden-width fp32 buffers, ~1 GiB here against ~2 GiB) stays allocated for the session's
+#: re-caches, and a 240 x 240 x 155 session must fit in 4 GiB of device memory.
+CACHE_CHUNK_POINTS = 1 << 19
 #: Percentile grid of the MRI windows: 0, 0.5, ..., 100.
 _PERCENTILES = np.linspace(0.0, 100.0, 201)
 
@@ -133,7 +137,7 @@ class ViewerSession:
         self.checkpoint = Path(checkpoint)
         self.out = check_output_folder(out, "--out folder") if out is not None else None
         self.device = device
-        self.segmenter = Segmenter(checkpoint, device)
+        self.segmenter = Segmenter(checkpoint, device, chunk_points=CACHE_CHUNK_POINTS)
         self.inr = self.segmenter.inr
         self.history: list = []
         self.state: OpenCase | None = None

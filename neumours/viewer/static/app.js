@@ -128,6 +128,8 @@ function connect() {
     if (m.type === "case") {
       info = m;
       $("case").innerHTML = m.cases.map((c) => `<option${c === m.case ? " selected" : ""}>${c}</option>`).join("");
+      $("anchor").disabled = m.cases.length < 2;  // the anchor samples the other cases of the dataset
+      if (m.cases.length < 2) $("anchor").checked = false;
       await loadSlices();
       requestRender();
     } else if (m.type === "progress") {
@@ -270,7 +272,8 @@ for (const button of document.querySelectorAll("button.pen")) {
 }
 $("undo-stroke").onclick = () => nv.drawUndo();
 function sendRefine() {
-  send({ type: "refine", steps: Number($("steps").value), lr: Number($("lr").value), keep: Number($("keep").value) });
+  send({ type: "refine", steps: Number($("steps").value), lr: Number($("lr").value), keep: Number($("keep").value),
+         anchor: $("anchor").checked });
 }
 // Refine: the slice strokes, then the 3-D mask, then the refinement, each sent when the previous is acknowledged.
 $("refine").onclick = () => {
