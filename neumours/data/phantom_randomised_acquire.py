@@ -29,11 +29,42 @@ import scipy.fft
 from scipy import ndimage
 
 from neumours.conventions import NUM_MODALITIES
-from neumours.data.phantom_anatomy import WM, smooth_field
-from neumours.data.phantom_lesions import ADDITIVE, ET, NCR, NET, NUM_CODES
-from neumours.data.phantom_randomised_ranges import CONTRAST_RANGES, FIXED_CONTRAST, RandomisedRanges
+from neumours.data.phantom_acquire import CONTRAST
+from neumours.data.phantom_anatomy import CSF, DGM, GM, WM, smooth_field
+from neumours.data.phantom_lesions import (ADDITIVE, BLOOD, CAVITY, ED, ET, NCR, NET, NUM_CODES, VESSEL,
+                                           WMH)
+from neumours.data.phantom_randomised_ranges import RandomisedRanges
 
 _MIN_CONTRAST = 0.02  # no tissue goes black inside the brain
+
+# Mean intensity relative to white matter per modality (rows t1n, t1c, t2w, t2f) and appearance code
+# (columns as neumours.data.phantom_acquire.CONTRAST), as (lo, hi): each case draws each entry. The
+# ranges keep what identifies a region (enhancing tumour brighter than white matter on t1c, edema
+# brighter on t2f and t2w, fluid dark on t1) but let tissues overlap and swap order elsewhere.
+_CONTRAST_RANGES = {
+    # code: (t1n, t1c, t2w, t2f)
+    CSF: ((0.15, 0.5), (0.15, 0.5), (2.2, 4.0), (0.2, 0.6)),
+    GM: ((0.55, 0.9), (0.55, 0.9), (1.1, 1.6), (1.05, 1.5)),
+    WM: ((1.0, 1.0), (1.0, 1.0), (1.0, 1.0), (1.0, 1.0)),
+    DGM: ((0.7, 0.98), (0.7, 0.98), (1.0, 1.4), (1.0, 1.3)),
+    ED: ((0.6, 0.95), (0.6, 0.98), (1.5, 2.6), (1.4, 2.4)),
+    ET: ((0.5, 1.0), (1.25, 2.3), (1.2, 2.0), (1.15, 1.9)),
+    NCR: ((0.3, 0.75), (0.25, 0.7), (1.8, 3.2), (0.5, 1.4)),
+    NET: ((0.55, 0.95), (0.55, 0.95), (1.3, 2.2), (1.2, 1.9)),
+    CAVITY: ((0.15, 0.5), (0.15, 0.5), (2.2, 3.8), (0.25, 1.4)),
+    BLOOD: ((1.1, 1.9), (1.1, 1.9), (0.5, 1.5), (0.8, 1.6)),
+    VESSEL: ((0.6, 1.1), (1.3, 2.4), (0.3, 0.7), (0.4, 0.9)),
+    WMH: ((0.75, 0.98), (0.75, 0.98), (1.3, 2.0), (1.4, 2.1)),
+}
+#: (4, NUM_CODES, 2) float32: (lo, hi) of every modality's mean per appearance code; background is 0.
+CONTRAST_RANGES = np.zeros((4, NUM_CODES, 2), np.float32)
+for _code, _per_modality in _CONTRAST_RANGES.items():
+    CONTRAST_RANGES[:, _code] = _per_modality
+#: FLAIR level of cavity fluid in the fixed table (suppressed water; CONTRAST leaves it to the case).
+FIXED_CAVITY_FLAIR = 0.45
+#: (4, NUM_CODES) float32: the table a case uses when the contrast factor is fixed (the family's table).
+FIXED_CONTRAST = CONTRAST.copy()
+FIXED_CONTRAST[3, CAVITY] = FIXED_CAVITY_FLAIR
 
 
 @dataclass(frozen=True)

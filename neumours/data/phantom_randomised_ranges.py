@@ -13,7 +13,10 @@ variation out and a test set put it back (``benchmarks/generalisation.py``).
 
 A pair ``(lo, hi)`` is drawn uniformly per case (per modality for the
 acquisition and contrast fields; ``wm_level`` log-uniformly); a float named
-``*_share`` is the share of cases (or lesions) with the property.
+``*_share`` is the share of cases (or lesions) with the property. The contrast table's
+ranges (:data:`~neumours.data.phantom_randomised_acquire.CONTRAST_RANGES`) sit beside the
+family's own table in the acquisition module; this module imports nothing heavy, so the
+command line can offer the factors cheaply.
 """
 
 from __future__ import annotations
@@ -21,11 +24,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
-
-from neumours.data.phantom_acquire import CONTRAST
-from neumours.data.phantom_anatomy import CSF, DGM, GM, WM
-from neumours.data.phantom_lesions import BLOOD, CAVITY, ED, ET, NCR, NET, NUM_CODES, VESSEL, WMH
 
 #: The factors of the randomised family, each a group of fields of :class:`RandomisedRanges`.
 FACTORS = ("contrast", "morphology", "postop", "acquisition")
@@ -34,43 +32,14 @@ RANDOMISED_DIFFICULTY = "randomised"
 
 Range = tuple[float, float]
 
-# Mean intensity relative to white matter per modality (rows t1n, t1c, t2w, t2f) and appearance code
-# (columns as neumours.data.phantom_acquire.CONTRAST), as (lo, hi): each case draws each entry. The
-# ranges keep what identifies a region (enhancing tumour brighter than white matter on t1c, edema
-# brighter on t2f and t2w, fluid dark on t1) but let tissues overlap and swap order elsewhere.
-_CONTRAST_RANGES = {
-    # code: (t1n, t1c, t2w, t2f)
-    CSF: ((0.15, 0.5), (0.15, 0.5), (2.2, 4.0), (0.2, 0.6)),
-    GM: ((0.55, 0.9), (0.55, 0.9), (1.1, 1.6), (1.05, 1.5)),
-    WM: ((1.0, 1.0), (1.0, 1.0), (1.0, 1.0), (1.0, 1.0)),
-    DGM: ((0.7, 0.98), (0.7, 0.98), (1.0, 1.4), (1.0, 1.3)),
-    ED: ((0.6, 0.95), (0.6, 0.98), (1.5, 2.6), (1.4, 2.4)),
-    ET: ((0.5, 1.0), (1.25, 2.3), (1.2, 2.0), (1.15, 1.9)),
-    NCR: ((0.3, 0.75), (0.25, 0.7), (1.8, 3.2), (0.5, 1.4)),
-    NET: ((0.55, 0.95), (0.55, 0.95), (1.3, 2.2), (1.2, 1.9)),
-    CAVITY: ((0.15, 0.5), (0.15, 0.5), (2.2, 3.8), (0.25, 1.4)),
-    BLOOD: ((1.1, 1.9), (1.1, 1.9), (0.5, 1.5), (0.8, 1.6)),
-    VESSEL: ((0.6, 1.1), (1.3, 2.4), (0.3, 0.7), (0.4, 0.9)),
-    WMH: ((0.75, 0.98), (0.75, 0.98), (1.3, 2.0), (1.4, 2.1)),
-}
-#: (4, NUM_CODES, 2) float32: (lo, hi) of every modality's mean per appearance code; background is 0.
-CONTRAST_RANGES = np.zeros((4, NUM_CODES, 2), np.float32)
-for _code, _per_modality in _CONTRAST_RANGES.items():
-    CONTRAST_RANGES[:, _code] = _per_modality
-#: FLAIR level of cavity fluid in the fixed table (suppressed water; CONTRAST leaves it to the case).
-FIXED_CAVITY_FLAIR = 0.45
-#: (4, NUM_CODES) float32: the table a case uses when the contrast factor is fixed (the family's table).
-FIXED_CONTRAST = CONTRAST.copy()
-FIXED_CONTRAST[3, CAVITY] = FIXED_CAVITY_FLAIR
-
-
 @dataclass(frozen=True)
 class RandomisedRanges:
     """Ranges of the randomised family (defaults: every factor randomised, :data:`RANDOMISED`).
 
     Contrast (per case and modality):
-        contrast_width: how much of :data:`CONTRAST_RANGES` a tissue's mean is drawn from,
-            about :data:`FIXED_CONTRAST` (1: the whole range, 0: the fixed table).
+        contrast_width: how much of ``CONTRAST_RANGES`` a tissue's mean is drawn from, about
+            ``FIXED_CONTRAST`` (1: the whole range, 0: the fixed table; both in
+            :mod:`neumours.data.phantom_randomised_acquire`).
         tissue_sd: within-tissue spread relative to the tissue's mean, per tissue and modality.
         heterogeneity: patchiness of enhancement and necrosis.
         gamma: exponent of a monotone intensity mapping (1: linear).
