@@ -8,6 +8,24 @@ from neumours.cli.options import (add_command, add_device_option, add_force_geom
                                   add_precision_option, add_quiet_option)
 
 
+def parse_tta(text: str | None) -> tuple[int, ...]:
+    """``--tta AXES`` (comma-separated array axes, e.g. ``0`` or ``0,1,2``) as flip axes; None: off.
+
+    Raises:
+        NeumoursError: naming ``--tta`` and the allowed axes.
+    """
+    from neumours.errors import NeumoursError
+    from neumours.infer.tta import check_flip_axes
+
+    if text is None:
+        return ()
+    try:
+        return check_flip_axes([int(a) for a in text.split(",")])
+    except ValueError:
+        raise NeumoursError(f"--tta takes comma-separated distinct axes among 0, 1, 2 (e.g. 0 or 0,1,2), "
+                            f"got {text!r}") from None
+
+
 def cmd_segment(args) -> None:
     from neumours.device import get_device
     from neumours.infer.segment import check_outputs, format_timings, segment_paths
@@ -16,11 +34,12 @@ def cmd_segment(args) -> None:
         if args.timings:
             print(format_timings(result))
 
+    tta = parse_tta(args.tta)
     check_outputs(args.out, args.probs)  # before the device is set up
     written = segment_paths(args.case, args.checkpoint, args.out, denoise=args.denoise, probs=args.probs,
                             scale=args.scale, timings=args.timings, device=get_device(args.device),
                             progress=not args.quiet, on_result=report, force_geometry=args.force_geometry,
-                            keep_going=args.keep_going, precision=args.precision)
+                            keep_going=args.keep_going, precision=args.precision, tta_flips=tta)
     print(f"wrote {len(written)} segmentation(s)" + (f" to {args.out}" if len(written) != 1 else f": {written[0]}"))
 
 
@@ -65,6 +84,9 @@ def add_parsers(sub) -> None:
                         "large for 32-bit indices, the 2 GiB buffer limit or the free memory is refused up front "
                         "with the largest scale that fits")
     p.add_argument("--timings", action="store_true", help="print per-stage times (load, normalise, inference, ...)")
+    p.add_argument("--tta", nargs="?", const="0", metavar="AXES",
+                   help="test-time augmentation: average the class probabilities over the case mirrored along every "
+                        "subset of AXES (comma-separated array axes; alone: 0, left-right, two passes; 0,1,2: eight)")
     add_force_geometry_option(p)
     add_keep_going_option(p, "segmented")
     add_device_option(p)

@@ -146,6 +146,10 @@ class Segmenter:
         device_denoise: denoise with the device kernels (:func:`denoise_on_device`)
             rather than scipy on the host; default: on every device but the CPU
             one. The labels are the same either way.
+        tta_flips: test-time augmentation: average the class probabilities over the
+            case mirrored along every subset of these axes (``(0,)``: left-right, two
+            passes; :mod:`neumours.infer.tta`); empty (default): one pass. With it the
+            labels come from the host (downloaded probabilities) and are denoised there.
 
     Raises:
         NeumoursError: the checkpoint cannot be used (one line naming the file).
@@ -153,7 +157,10 @@ class Segmenter:
 
     def __init__(self, checkpoint: str | os.PathLike, device: spy.Device | None = None,
                  chunk_points: int = DEFAULT_CHUNK_POINTS, device_normalise: bool = True,
-                 device_denoise: bool | None = None, precision: str = "auto"):
+                 device_denoise: bool | None = None, precision: str = "auto", tta_flips=()):
+        from neumours.infer.tta import check_flip_axes
+
+        self.tta_flips = check_flip_axes(tta_flips)
         state, config, metadata = load_checkpoint(checkpoint)
         config = dataclasses.replace(config, precision=precision)
         if device is None:
@@ -213,7 +220,7 @@ class Segmenter:
                 :attr:`SegmentResult.timings` splits device work correctly.
             keep_cache: keep the :class:`VolumeCache` (device buffers) on the result;
                 its labels and probabilities stay valid, its ``volumes`` only until
-                this Segmenter's next call (they are reused).
+                this Segmenter's next call (they are reused). None with ``tta_flips``.
             force_geometry: see :func:`neumours.data.load_case` (when ``case`` is not loaded yet).
 
         Raises:
@@ -228,15 +235,27 @@ class Segmenter:
             grid = super_resolution_shape(case.shape, scale)
         except ValueError as exc:
             raise NeumoursError(f"--scale: {exc}") from None
+        affine = super_resolution_affine(case.affine, case.shape, grid)
+        spacing = tuple(float(s) * ((d - 1) / (g - 1) if g > 1 else 1.0)
+                        for s, d, g in zip(case.spacing, case.shape, grid))
+        if self.tta_flips:  # averaged over flipped views (neumours.infer.tta), decided on the host
+            from neumours.infer.tta import flip_ensemble
+
+            images = case.images if self.device_normalise else normalise(case.images)
+            mean = flip_ensemble(self, images, grid, self.tta_flips, raw=self.device_normalise, timer=timer)
+            raw_tta = mean.argmax(axis=0).astype(np.uint8)
+            t0 = timer.add("argmax", time.perf_counter())
+            labels_tta = denoise_labels(raw_tta, denoise_params, spacing=spacing) if denoise else raw_tta
+            if denoise:
+                timer.add("denoise", t0)
+            return SegmentResult(case, labels_tta, mean if probs else None, affine, spacing, float(scale),
+                                 timer.seconds, raw=raw_tta)
         if self.device_normalise:
             cache = self.cache(case.images, grid, keep_probs=probs, timer=timer, raw=True)
         else:
             normalised = normalise(case.images)
             timer.add("normalise", t0)
             cache = self.cache(normalised, grid, keep_probs=probs, timer=timer, raw=False)
-        affine = super_resolution_affine(case.affine, case.shape, grid)
-        spacing = tuple(float(s) * ((d - 1) / (g - 1) if g > 1 else 1.0)
-                        for s, d, g in zip(case.spacing, case.shape, grid))
         t0 = time.perf_counter()
         on_device = denoise and self.device_denoise
         if on_device:  # the raw labels stay on the device unless someone asks for them
@@ -374,7 +393,7 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
                   denoise: bool = False, probs: str | os.PathLike | None = None, scale: float = 1,
                   timings: bool = False, device: spy.Device | None = None, progress: bool = True,
                   on_result: Callable[[SegmentResult, Path], None] | None = None, force_geometry: bool = False,
-                  keep_going: bool = False, precision: str = "auto") -> list[Path]:
+                  keep_going: bool = False, precision: str = "auto", tta_flips=()) -> list[Path]:
     """Segment one case or every case under a folder (``neumours segment``).
 
     Before anything is written: the output names and folders are checked, the
@@ -399,6 +418,7 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
         on_result: called with each result and its output path (the CLI prints timings).
         force_geometry: see :func:`neumours.data.load_case`.
         keep_going: skip bad cases instead of stopping.
+        tta_flips: test-time flips (see :class:`Segmenter`).
 
     Returns:
         The label files written.
@@ -415,7 +435,8 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
         super_resolution_shape((2, 2, 2), scale)
     except ValueError as exc:
         raise NeumoursError(f"--scale: {exc}") from None
-    segmenter = Segmenter(checkpoint, device, precision=precision)  # a bad checkpoint fails before any case
+    segmenter = Segmenter(checkpoint, device, precision=precision,  # a bad checkpoint fails before any case
+                          tta_flips=tta_flips)
     refs = list_cases(source)
     if single and len(refs) != 1:
         raise NeumoursError(f"{source}: holds {len(refs)} cases; --out must name a folder, not {out.name}")
