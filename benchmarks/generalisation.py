@@ -11,10 +11,12 @@ same test cases, is what not having seen that factor's variation costs. The trai
 their seed, and the family's random streams are per factor, so a held-out run's cases differ from
 the ``none`` run's only in that factor.
 
-Per run, test kind and variant (raw, raw + TTA, denoised, denoised + TTA; TTA: the case and its
-left-right mirror averaged, ``neumours.infer.tta``): Dice per region (WT, TC, ET, NCR) mean ± sd
-over cases, BraTS 2023 lesion-wise Dice per region, and the lesion-wise false whole-tumour
-components per case (predicted components that match no ground-truth lesion).
+Per run, test kind and variant (raw or denoised; each plain, with TTA, and with TTA and probability
+smoothing; TTA: the case and its left-right mirror averaged, ``neumours.infer.tta``; smoothing: a
+Gaussian of ``--smooth-mm`` on the probabilities before the arg-max, ``neumours.infer.smooth``):
+Dice per region (WT, TC, ET, NCR) mean ± sd over cases, BraTS 2023 lesion-wise Dice per region,
+and the lesion-wise false whole-tumour components per case (predicted components that match no
+ground-truth lesion).
 
     python benchmarks/generalisation.py --out DIR [--steps 3000] [--cases 24] [--test-cases 12]
         [--shape 96 96 64] [--runs contrast morphology postop acquisition none] [--augment]
@@ -57,7 +59,7 @@ from neumours.train.config import preset  # noqa: E402
 from neumours.train.trainer import CHECKPOINT_BEST, train  # noqa: E402
 
 REGIONS = ("WT", "TC", "ET", "NCR")
-VARIANTS = ("raw", "raw+tta", "denoised", "denoised+tta")
+VARIANTS = ("raw", "raw+tta", "raw+tta+smooth", "denoised", "denoised+tta", "denoised+tta+smooth")
 KINDS = ("pre", "post")
 RUNS = FACTORS + ("none",)
 TTA_FLIPS = (0,)  # left-right
@@ -157,6 +159,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS,
                         help="factor held fixed in training per run; none: every factor randomised")
     parser.add_argument("--augment", action="store_true", help="train with AugmentConfig.default_on()")
+    parser.add_argument("--smooth-mm", type=float, default=1.0, help="sigma of the probability smoothing, mm")
     parser.add_argument("--val-every", type=int, default=1000, help="steps between validations")
     parser.add_argument("--preset", choices=("paper", "tiny"), default="paper", help="network and batch preset")
     parser.add_argument("--device", default="cuda", help="cuda (default), cpu or auto")
@@ -166,6 +169,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.cases < 2 or args.test_cases < 1 or args.workers < 1 or min(args.shape) < 16:
         parser.error("--steps, --test-cases and --workers must be >= 1, --cases >= 2, --shape sizes >= 16")
+    if not args.smooth_mm > 0:
+        parser.error("--smooth-mm must be > 0")
     shape = tuple(args.shape)
     args.out.mkdir(parents=True, exist_ok=True)
     pool = _Inline() if args.workers == 1 else ProcessPoolExecutor(
@@ -195,11 +200,13 @@ def _run(args, shape, pool, argv) -> int:
         summary = train(args.out / "data" / f"train-{run}", run_dir, run_config(args, args.seed), device,
                         progress=False, plot=False, overwrite=True)
         checkpoint = run_dir / CHECKPOINT_BEST
-        seconds = {"plain": [], "tta": []}
+        seconds = {"plain": [], "tta": [], "tta+smooth": []}
         for name, segmenter in (("plain", Segmenter(checkpoint, device)),
-                                ("tta", Segmenter(checkpoint, device, tta_flips=TTA_FLIPS))):
+                                ("tta", Segmenter(checkpoint, device, tta_flips=TTA_FLIPS)),
+                                ("tta+smooth", Segmenter(checkpoint, device, tta_flips=TTA_FLIPS,
+                                                         smooth_mm=args.smooth_mm))):
             segmenter(tests["pre"][0])  # kernels compiled, buffers sized
-            suffix = "" if name == "plain" else "+tta"
+            suffix = "" if name == "plain" else f"+{name}"
             for kind, cases in tests.items():
                 for case in cases:
                     t0 = time.perf_counter()
@@ -229,12 +236,15 @@ def _run(args, shape, pool, argv) -> int:
             f"`{command}` on {hardware}, {time.strftime('%Y-%m-%d')}: {args.cases} training cases per run "
             f"(a third post-operative), {args.steps} steps, {args.test_cases} + {args.test_cases} test cases of "
             "the fully randomised family (another seed). \"held out\": the factor fixed at its canonical setting "
-            "in training (none: every factor randomised). TTA: the left-right flip averaged. The first run's training time includes compiling the kernels.", ""]
+            "in training (none: every factor randomised). TTA: the left-right flip averaged; smooth: "
+            f"probabilities blurred by a Gaussian of {args.smooth_mm:g} mm before the arg-max. The first run's "
+            "training time includes compiling the kernels.", ""]
     for kind, title in (("pre", "pre-operative test cases"), ("post", "post-operative test cases")):
         text += [f"## {title}", "", markdown_table(table_rows(stats, kind), columns), ""]
     timing = [{"run": run, "train steps": r["summary"]["steps"], "train s": f"{r['summary']['time_s']:.1f}",
                "best val Dice": f"{r['summary']['best_val_dice_mean']:.3f}",
-               "s/case": f"{r['seconds_per_case']['plain']:.3f}", "s/case TTA": f"{r['seconds_per_case']['tta']:.3f}"}
+               "s/case": f"{r['seconds_per_case']['plain']:.3f}", "s/case TTA": f"{r['seconds_per_case']['tta']:.3f}",
+               "s/case TTA+smooth": f"{r['seconds_per_case']['tta+smooth']:.3f}"}
               for run, r in results["runs"].items()]
     text += ["## Training and inference", "", markdown_table(timing, list(timing[0])), ""]
     atomic_write_text(args.out / "tables.md", "\n".join(text))

@@ -34,7 +34,7 @@ def test_generalisation_benchmark_runs_on_the_cpu(bench, tmp_path):
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
     # runs x kinds x test cases x variants
-    assert len(rows) == 2 * 2 * 1 * 4
+    assert len(rows) == 2 * 2 * 1 * len(bench.VARIANTS) == 2 * 2 * 6
     assert {(r["run"], r["kind"], r["variant"]) for r in rows} == {
         (run, kind, v) for run in ("acquisition", "none") for kind in ("pre", "post") for v in bench.VARIANTS}
     for row in rows:
@@ -45,7 +45,7 @@ def test_generalisation_benchmark_runs_on_the_cpu(bench, tmp_path):
     assert stats["n"] == 1 and "lw_fp_WT" in stats
     tables = (out / "tables.md").read_text()
     assert "## pre-operative test cases" in tables and "## post-operative test cases" in tables
-    assert tables.count("| acquisition | denoised+tta |") == 2
+    assert tables.count("| acquisition | denoised+tta+smooth |") == 2
     # The training sets hold the factor fixed; the test set randomises every factor.
     record = (out / "data" / "train-acquisition" / "pre" / "synth.toml").read_text()
     assert 'fixed = ["acquisition"]' in record

@@ -125,7 +125,8 @@ def test_fixed_factors_take_the_canonical_values():
     # Each factor switches exactly its own fields.
     for factor in FACTORS:
         one = randomised_ranges(fixed=[factor])
-        changed = {f.name for f in dataclasses.fields(RandomisedRanges) if getattr(one, f.name) != getattr(RANDOMISED, f.name)}
+        changed = {f.name for f in dataclasses.fields(RandomisedRanges)
+                   if getattr(one, f.name) != getattr(RANDOMISED, f.name)}
         assert changed <= set(FACTOR_FIELDS[factor]) and changed, factor
     assert sorted(n for names in FACTOR_FIELDS.values() for n in names) == sorted(
         f.name for f in dataclasses.fields(RandomisedRanges))

@@ -108,3 +108,37 @@ def test_segment_cli_tta(setup, tmp_path, capsys, cpu_device):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("neumours: error: --tta") and "0, 1, 2" in err[0]
         assert not target.exists()
+
+
+def test_probability_smoothing(setup, cpu_device):
+    from neumours.infer.smooth import smooth_probabilities
+
+    root, folder, ckpt = setup
+    case = load_case(folder)
+    plain = Segmenter(ckpt, cpu_device)(case, probs=True)
+    smooth = Segmenter(ckpt, cpu_device, smooth_mm=1.5)(case, probs=True, denoise=True)
+    expected = smooth_probabilities(plain.probs, 1.5, case.spacing)
+    np.testing.assert_allclose(smooth.probs, expected, atol=1e-6)
+    np.testing.assert_allclose(smooth.probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(smooth.raw_labels, expected.argmax(0))
+    np.testing.assert_array_equal(smooth.labels, denoise(smooth.raw_labels, spacing=smooth.spacing))
+    assert not np.allclose(smooth.probs, plain.probs, atol=1e-3)
+    # Per axis in mm: a coarser axis is blurred by fewer voxels.
+    p = np.zeros((2, 9, 9, 9), np.float32)
+    p[0, 4, 4, 4], p[1] = 1.0, 1.0
+    p[1, 4, 4, 4] = 0.0
+    out = smooth_probabilities(p, 1.0, (1.0, 1.0, 2.0))
+    assert out[0, 4, 4, 5] < out[0, 4, 5, 4]
+    np.testing.assert_array_equal(smooth_probabilities(p, 0.0), p)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="sigma"):
+            smooth_probabilities(p, bad)
+
+
+def test_segment_cli_smooth_refuses_bad_values(setup, tmp_path, capsys):
+    root, folder, ckpt = setup
+    target = tmp_path / "s.nii.gz"
+    assert main(["segment", str(folder), "--checkpoint", str(ckpt), "--out", str(target), "--smooth", "-1",
+                 "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("neumours: error: --smooth") and not target.exists()

@@ -64,7 +64,8 @@ def cmd_synth(args) -> None:
     if args.difficulty == "classic":
         what = "classic recipe"
     elif args.difficulty == RANDOMISED_DIFFICULTY:
-        what = f"randomised{', fixed ' + ', '.join(sorted(set(args.fixed))) if args.fixed else ''}, {args.kind}-operative"
+        fixed = f", fixed {', '.join(sorted(set(args.fixed)))}" if args.fixed else ""
+        what = f"randomised{fixed}, {args.kind}-operative"
     else:
         what = f"{args.difficulty if ranges is None else 'custom'}, {args.kind}-operative"
     print(f"wrote {len(paths)} phantom case(s) ({what}) to {args.out}")

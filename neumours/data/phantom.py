@@ -447,7 +447,8 @@ def write_dataset(out_dir, n_cases: int, shape=(96, 96, 64), seed: int = 0, prog
     return [final for _, final in staged]
 
 
-def synth_record(n_cases: int, shape, seed: int, difficulty: str, kind: str, ranges: PhantomRanges | RandomisedRanges | None) -> str:
+def synth_record(n_cases: int, shape, seed: int, difficulty: str, kind: str,
+                 ranges: PhantomRanges | RandomisedRanges | None) -> str:
     """TOML text recording how a dataset was made (``[ranges]``: the family's ranges, absent for classic)."""
     randomised = difficulty == RANDOMISED_DIFFICULTY
     head = {"cases": n_cases, "shape": list(shape), "seed": seed,

@@ -150,6 +150,9 @@ class Segmenter:
             case mirrored along every subset of these axes (``(0,)``: left-right, two
             passes; :mod:`neumours.infer.tta`); empty (default): one pass. With it the
             labels come from the host (downloaded probabilities) and are denoised there.
+        smooth_mm: blur every class's probabilities by a Gaussian of this sigma (mm) before
+            the arg-max (:mod:`neumours.infer.smooth`; 0, the default: none); on the host, as
+            with ``tta_flips``.
 
     Raises:
         NeumoursError: the checkpoint cannot be used (one line naming the file).
@@ -157,10 +160,12 @@ class Segmenter:
 
     def __init__(self, checkpoint: str | os.PathLike, device: spy.Device | None = None,
                  chunk_points: int = DEFAULT_CHUNK_POINTS, device_normalise: bool = True,
-                 device_denoise: bool | None = None, precision: str = "auto", tta_flips=()):
+                 device_denoise: bool | None = None, precision: str = "auto", tta_flips=(), smooth_mm: float = 0.0):
+        from neumours.infer.smooth import check_smooth_mm
         from neumours.infer.tta import check_flip_axes
 
         self.tta_flips = check_flip_axes(tta_flips)
+        self.smooth_mm = check_smooth_mm(smooth_mm)
         state, config, metadata = load_checkpoint(checkpoint)
         config = dataclasses.replace(config, precision=precision)
         if device is None:
@@ -238,11 +243,13 @@ class Segmenter:
         affine = super_resolution_affine(case.affine, case.shape, grid)
         spacing = tuple(float(s) * ((d - 1) / (g - 1) if g > 1 else 1.0)
                         for s, d, g in zip(case.spacing, case.shape, grid))
-        if self.tta_flips:  # averaged over flipped views (neumours.infer.tta), decided on the host
+        if self.tta_flips or self.smooth_mm:  # flipped views averaged and/or smoothed, decided on the host
+            from neumours.infer.smooth import smooth_probabilities
             from neumours.infer.tta import flip_ensemble
 
             images = case.images if self.device_normalise else normalise(case.images)
             mean = flip_ensemble(self, images, grid, self.tta_flips, raw=self.device_normalise, timer=timer)
+            mean = smooth_probabilities(mean, self.smooth_mm, spacing)
             raw_tta = mean.argmax(axis=0).astype(np.uint8)
             t0 = timer.add("argmax", time.perf_counter())
             labels_tta = denoise_labels(raw_tta, denoise_params, spacing=spacing) if denoise else raw_tta
@@ -393,7 +400,8 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
                   denoise: bool = False, probs: str | os.PathLike | None = None, scale: float = 1,
                   timings: bool = False, device: spy.Device | None = None, progress: bool = True,
                   on_result: Callable[[SegmentResult, Path], None] | None = None, force_geometry: bool = False,
-                  keep_going: bool = False, precision: str = "auto", tta_flips=()) -> list[Path]:
+                  keep_going: bool = False, precision: str = "auto", tta_flips=(),
+                  smooth_mm: float = 0.0) -> list[Path]:
     """Segment one case or every case under a folder (``neumours segment``).
 
     Before anything is written: the output names and folders are checked, the
@@ -418,7 +426,7 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
         on_result: called with each result and its output path (the CLI prints timings).
         force_geometry: see :func:`neumours.data.load_case`.
         keep_going: skip bad cases instead of stopping.
-        tta_flips: test-time flips (see :class:`Segmenter`).
+        tta_flips, smooth_mm: test-time flips and probability smoothing (see :class:`Segmenter`).
 
     Returns:
         The label files written.
@@ -436,7 +444,7 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
     except ValueError as exc:
         raise NeumoursError(f"--scale: {exc}") from None
     segmenter = Segmenter(checkpoint, device, precision=precision,  # a bad checkpoint fails before any case
-                          tta_flips=tta_flips)
+                          tta_flips=tta_flips, smooth_mm=smooth_mm)
     refs = list_cases(source)
     if single and len(refs) != 1:
         raise NeumoursError(f"{source}: holds {len(refs)} cases; --out must name a folder, not {out.name}")
