@@ -11,6 +11,7 @@ import pytest
 from neumours.cli.main import main
 from neumours.data import list_cases, load_case
 from neumours.data.phantom import make_case, write_dataset
+from neumours.data.phantom_lesions import BLOOD
 from neumours.data.phantom_randomised_acquire import (CONTRAST_RANGES, FIXED_CONTRAST, draw_appearance, resample)
 from neumours.data.phantom_randomised_ranges import (FACTOR_FIELDS, FACTORS, FIXED, RANDOMISED, RandomisedRanges,
                                                      randomised_ranges)
@@ -108,6 +109,7 @@ def test_lesions_and_post_operative_sites_cover_their_ranges_over_50_cases(pre, 
     assert abs(np.mean([n > 1 for n in counts]) - r.multifocal_share) < 0.2
     assert abs(np.mean([s["necrotic"] for s in shapes]) - r.necrosis_share) < 0.2
     assert abs(np.mean([s["enhancing"] for s in shapes]) - r.enhancement_share) < 0.2
+    assert abs(np.mean([(c.appearance == BLOOD).any() for c in post]) - r.blood_share) < 0.2
     extras = [c.params["postop"] for c in post]
     assert abs(np.mean([e["nodule"] for e in extras]) - r.nodule_share) < 0.2
     assert abs(np.mean([e["treatment_edema"] for e in extras]) - r.treatment_edema_share) < 0.2

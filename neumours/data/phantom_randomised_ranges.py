@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from neumours.data.phantom_ranges import phantom_ranges
+
 
 #: The factors of the randomised family, each a group of fields of :class:`RandomisedRanges`.
 FACTORS = ("contrast", "morphology", "postop", "acquisition")
@@ -155,10 +157,8 @@ RANDOMISED = RandomisedRanges()
 #: (the easy preset's lesion ranges), a cavity with a corridor and an enhancing rim and nothing
 #: else, and a clean 1 mm acquisition.
 FIXED = RandomisedRanges(
+    **{name: getattr(phantom_ranges("easy"), name) for name in FACTOR_FIELDS["morphology"]},
     contrast_width=0.0, tissue_sd=(0.02, 0.02), heterogeneity=(0.15, 0.15), gamma=(1.0, 1.0),
-    multifocal_share=0.0, max_lesions=1, whole_tumour=(0.03, 0.12), edema_reach=(1.3, 2.0), elongation=(0.1, 0.2),
-    roughness=(0.15, 0.3), lobulation=(1.8, 2.4), cortical_share=0.0, necrosis_share=0.75, enhancement_share=1.0,
-    rim=(0.15, 0.3), open_rim_share=0.0, solid_label1=(0.0, 0.1),
     cavity_ratio=(0.8, 0.8), corridor_share=1.0, blood_share=0.0, residual_share=1.0, residual_cover=(0.5, 0.5),
     treatment_share=0.0, nodule_share=0.0, nodule_size=(0.4, 0.4), treatment_edema_share=0.0,
     treatment_edema_reach=(1.0, 1.0),
