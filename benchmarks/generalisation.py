@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -90,6 +91,8 @@ def write_one(folder: Path, n: int, kind: str, seed: int, fixed: list[str], shap
     record = synth_record(n, shape, seed, "randomised", kind, ranges)
     if (folder / "synth.toml").is_file() and (folder / "synth.toml").read_text() == record:
         return "reused"
+    if folder.is_dir():  # made with other arguments (this script's own folder): no stale case may stay
+        shutil.rmtree(folder)
     write_dataset(folder, n, shape=shape, seed=seed, progress=False, difficulty="randomised", kind=kind,
                   ranges=ranges)
     return "written"

@@ -52,3 +52,14 @@ def test_generalisation_benchmark_runs_on_the_cpu(bench, tmp_path):
     assert "fixed = []" in (out / "data" / "test" / "post" / "synth.toml").read_text()
     # Data already written with the same arguments is reused, not written again.
     assert bench.write_one(out / "data" / "test" / "post", 1, "post", 1000, [], (24, 24, 24)) == "reused"
+
+
+def test_datasets_are_rewritten_when_their_arguments_change(bench, tmp_path):
+    from neumours.data import list_cases
+
+    folder = tmp_path / "d"
+    assert bench.write_one(folder, 2, "pre", 0, ["contrast"], (24, 24, 24)) == "written"
+    assert bench.write_one(folder, 2, "pre", 0, ["contrast"], (24, 24, 24)) == "reused"
+    assert bench.write_one(folder, 1, "pre", 0, [], (24, 24, 24)) == "written"
+    assert [r.case_id for r in list_cases(folder)] == ["Phantom-00000-000"]  # no stale second case
+    assert "fixed = []" in (folder / "synth.toml").read_text()
