@@ -249,9 +249,10 @@ class Segmenter:
 
             images = case.images if self.device_normalise else normalise(case.images)
             mean = flip_ensemble(self, images, grid, self.tta_flips, raw=self.device_normalise, timer=timer)
+            t0 = time.perf_counter()
             mean = smooth_probabilities(mean, self.smooth_mm, spacing)
             raw_tta = mean.argmax(axis=0).astype(np.uint8)
-            t0 = timer.add("argmax", time.perf_counter())
+            t0 = timer.add("argmax", t0)
             labels_tta = denoise_labels(raw_tta, denoise_params, spacing=spacing) if denoise else raw_tta
             if denoise:
                 timer.add("denoise", t0)
@@ -453,7 +454,9 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
     failures = [(f.case_id, f.error) for f in failures]
     if refs:
         largest = max(refs, key=lambda r: math.prod(_grid_shape(r, force_geometry)))
-        check_scale(_grid_shape(largest, force_geometry), scale, segmenter.config.num_classes, probs_path is not None,
+        on_host = bool(segmenter.tta_flips or segmenter.smooth_mm)  # probabilities needed for the arg-max
+        check_scale(_grid_shape(largest, force_geometry), scale, segmenter.config.num_classes,
+                    probs_path is not None or on_host,
                     segmenter.device, what=f"case {largest.case_id}" if len(refs) > 1 else "")
     from tqdm import tqdm
 
