@@ -35,3 +35,15 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 def write_json(path: str | Path, payload: dict) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """A GitHub markdown table of ``rows`` (dicts) with ``columns`` in order."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def mean_sd(stats: dict) -> str:
+    """``mean ± sd`` of one aggregated column (``RegionMetric.aggregate``), ``n/a`` without values."""
+    return "n/a" if stats["n"] == 0 else f"{stats['mean']:.3f} ± {stats['sd']:.3f}"

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, write_json  # noqa: E402
+from common import markdown_table as _markdown, mean_sd as _pm, print_table, write_json  # noqa: E402
 
 from neumours.atomic import atomic_write_text  # noqa: E402
 from neumours.conventions import CLASS_KEYS, NUM_CLASSES  # noqa: E402
@@ -103,16 +103,6 @@ def held_out_scores(segmenter: Segmenter, refs) -> tuple[RegionMetric, list[floa
         metric(result.raw_labels, case.label, spacing, case_id=case.case_id, variant="raw")
         metric(result.labels, case.label, spacing, case_id=case.case_id, variant="denoised")
     return metric, seconds
-
-
-def _pm(stats: dict) -> str:
-    return "n/a" if stats["n"] == 0 else f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
-
-
-def _markdown(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:

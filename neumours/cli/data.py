@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from neumours.cli.options import add_command, add_force_geometry_option, add_quiet_option
+from neumours.data.phantom_randomised_ranges import FACTORS, RANDOMISED_DIFFICULTY
 from neumours.data.phantom_ranges import DIFFICULTIES, KINDS
 from neumours.errors import NeumoursError
 
@@ -33,7 +34,17 @@ def cmd_synth(args) -> None:
         raise NeumoursError("--difficulty classic is the original pre-operative recipe: it takes no --ranges "
                             "and no --kind post")
     ranges = None
-    if args.ranges is not None:
+    if args.difficulty == RANDOMISED_DIFFICULTY:
+        if args.ranges is not None:
+            raise NeumoursError("--ranges overrides the easy, medium and hard presets; --difficulty randomised "
+                                "takes --fixed FACTOR instead")
+        from neumours.data.phantom_randomised_ranges import randomised_ranges
+
+        ranges = randomised_ranges(fixed=args.fixed or ())
+    elif args.fixed:
+        raise NeumoursError(f"--fixed holds a factor of --difficulty randomised fixed; --difficulty {args.difficulty} "
+                            "has no factors")
+    elif args.ranges is not None:
         try:
             ranges = load_ranges(args.ranges, phantom_ranges(args.difficulty, args.kind))
         except ValueError as exc:
@@ -52,6 +63,9 @@ def cmd_synth(args) -> None:
                           on_case=keep if args.preview is not None else None)
     if args.difficulty == "classic":
         what = "classic recipe"
+    elif args.difficulty == RANDOMISED_DIFFICULTY:
+        fixed = f", fixed {', '.join(sorted(set(args.fixed)))}" if args.fixed else ""
+        what = f"randomised{fixed}, {args.kind}-operative"
     else:
         what = f"{args.difficulty if ranges is None else 'custom'}, {args.kind}-operative"
     print(f"wrote {len(paths)} phantom case(s) ({what}) to {args.out}")
@@ -83,8 +97,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--kind", choices=KINDS, default="pre",
                    help="pre: pre-operative gliomas (BraTS-like); post: post-operative cases with a resection cavity "
                         "(not tumour), residual enhancement and FLAIR change (MU-Glioma-Post-like)")
-    p.add_argument("--difficulty", choices=DIFFICULTIES, default="hard",
-                   help="ranges of the phantom family (docs/phantom.md); classic: the original single recipe")
+    p.add_argument("--difficulty", choices=DIFFICULTIES + (RANDOMISED_DIFFICULTY,), default="hard",
+                   help="ranges of the phantom family (docs/phantom.md); classic: the original single recipe; "
+                        "randomised: contrasts, lesion shapes, post-operative sites and acquisition randomised per "
+                        "case (SynthSeg-style)")
+    p.add_argument("--fixed", action="append", choices=FACTORS, metavar="FACTOR",
+                   help=f"with --difficulty randomised: hold this factor ({', '.join(FACTORS)}) at its canonical "
+                        "setting instead of randomising it (repeatable)")
     p.add_argument("--ranges", type=Path, metavar="TOML",
                    help="TOML file overriding ranges of the --difficulty preset (keys of PhantomRanges, or the "
                         "[ranges] table of a dataset's synth.toml)")

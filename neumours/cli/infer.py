@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option, add_keep_going_option,
                                   add_precision_option, add_quiet_option)
+
+
+def parse_tta(text: str | None) -> tuple[int, ...]:
+    """``--tta AXES`` (comma-separated array axes, e.g. ``0`` or ``0,1,2``) as flip axes; None: off.
+
+    Raises:
+        NeumoursError: naming ``--tta`` and the allowed axes.
+    """
+    from neumours.errors import NeumoursError
+    from neumours.infer.tta import check_flip_axes
+
+    if text is None:
+        return ()
+    try:
+        return check_flip_axes([int(a) for a in text.split(",")])
+    except ValueError:
+        raise NeumoursError(f"--tta takes comma-separated distinct axes among 0, 1, 2 (e.g. 0 or 0,1,2), "
+                            f"got {text!r}") from None
 
 
 def cmd_segment(args) -> None:
@@ -16,11 +35,17 @@ def cmd_segment(args) -> None:
         if args.timings:
             print(format_timings(result))
 
+    from neumours.errors import NeumoursError
+
+    tta = parse_tta(args.tta)
+    if not (math.isfinite(args.smooth) and args.smooth >= 0):
+        raise NeumoursError(f"--smooth must be a finite number of mm >= 0, got {args.smooth}")
     check_outputs(args.out, args.probs)  # before the device is set up
     written = segment_paths(args.case, args.checkpoint, args.out, denoise=args.denoise, probs=args.probs,
                             scale=args.scale, timings=args.timings, device=get_device(args.device),
                             progress=not args.quiet, on_result=report, force_geometry=args.force_geometry,
-                            keep_going=args.keep_going, precision=args.precision)
+                            keep_going=args.keep_going, precision=args.precision, tta_flips=tta,
+                            smooth_mm=args.smooth)
     print(f"wrote {len(written)} segmentation(s)" + (f" to {args.out}" if len(written) != 1 else f": {written[0]}"))
 
 
@@ -65,6 +90,12 @@ def add_parsers(sub) -> None:
                         "large for 32-bit indices, the 2 GiB buffer limit or the free memory is refused up front "
                         "with the largest scale that fits")
     p.add_argument("--timings", action="store_true", help="print per-stage times (load, normalise, inference, ...)")
+    p.add_argument("--tta", nargs="?", const="0", metavar="AXES",
+                   help="test-time augmentation: average the class probabilities over the case mirrored along every "
+                        "subset of AXES (comma-separated array axes; alone: 0, left-right, two passes; 0,1,2: eight)")
+    p.add_argument("--smooth", type=float, default=0.0, metavar="MM",
+                   help="blur each class's probabilities by a Gaussian of this sigma (mm) before the arg-max: fewer "
+                        "stray specks in the raw labels (0: off)")
     add_force_geometry_option(p)
     add_keep_going_option(p, "segmented")
     add_device_option(p)

@@ -1,6 +1,6 @@
 """Synthetic BraTS-style multi-modal MRI phantoms with gliomas and their labels.
 
-Two generators behind :func:`make_case`:
+Three generators behind :func:`make_case`:
 
 * **the family** (``difficulty`` ``"easy"``, ``"medium"``, ``"hard"`` (default);
   ``kind`` ``"pre"`` or ``"post"``): every case draws its anatomy, lesions,
@@ -8,6 +8,11 @@ Two generators behind :func:`make_case`:
   of :class:`~neumours.data.phantom_ranges.PhantomRanges` (what each range is,
   and why, in docs/phantom.md; the code in ``phantom_family``,
   ``phantom_lesions``, ``phantom_acquire``);
+* **the randomised family** (``difficulty="randomised"``): appearance randomised the
+  way SynthSeg randomises it (contrasts drawn per tissue and lesion sub-region,
+  resolution, slice thickness, bias, noise, motion, ghosting), wider lesion shapes
+  and post-operative variants, in four factors that can each be held fixed
+  (``phantom_randomised``, ``phantom_randomised_ranges``, ``phantom_randomised_acquire``);
 * **the classic recipe** (``difficulty="classic"``, pre-operative only): the
   single recipe of the first phantom, kept bit for bit so results made with it
   stay reproducible. It is described next.
@@ -53,6 +58,7 @@ from neumours.atomic import atomic_path, atomic_write_text, make_folder, remove_
 from neumours.errors import NeumoursError
 from neumours.outputs import write_error
 from neumours.data.phantom_anatomy import CSF, GM, WM, Brain, mni_brain, procedural_brain, smooth_field
+from neumours.data.phantom_randomised_ranges import RANDOMISED, RANDOMISED_DIFFICULTY, RandomisedRanges
 from neumours.data.phantom_ranges import DIFFICULTIES, KINDS, PhantomRanges, phantom_ranges
 from neumours.toml_files import toml_value
 
@@ -73,6 +79,8 @@ _PV_SIGMA = 0.55  # partial-volume blur, voxels
 _MIN_SHAPE = 16
 
 
+#: Every ``difficulty`` :func:`make_case` takes: the family's presets, then the randomised family.
+ALL_DIFFICULTIES = DIFFICULTIES + (RANDOMISED_DIFFICULTY,)
 #: Case-id prefix per kind (``Phantom-00003-000``, ``PhantomPost-00003-000``).
 ID_PREFIX = {"pre": "Phantom", "post": "PhantomPost"}
 
@@ -123,7 +131,7 @@ class PhantomCase:
 
 def make_case(shape=(96, 96, 64), seed: int = 0, index: int = 0, case_id: str | None = None,
               anatomy: str = "procedural", difficulty: str = "hard", kind: str = "pre",
-              ranges: PhantomRanges | None = None) -> PhantomCase:
+              ranges: PhantomRanges | RandomisedRanges | None = None) -> PhantomCase:
     """Generate one phantom case, deterministic in (seed, index, kind, ranges).
 
     Args:
@@ -132,10 +140,12 @@ def make_case(shape=(96, 96, 64), seed: int = 0, index: int = 0, case_id: str | 
         index: case number within the dataset (non-negative int).
         case_id: id to use; default ``Phantom-<index:05d>-000`` (``PhantomPost-...`` for post).
         anatomy: ``"procedural"`` (default) or ``"mni"`` (needs nilearn).
-        difficulty: ``"hard"`` (default), ``"medium"``, ``"easy"`` (presets of the family) or
-            ``"classic"`` (the original single recipe, pre-operative only).
+        difficulty: ``"hard"`` (default), ``"medium"``, ``"easy"`` (presets of the family),
+            ``"classic"`` (the original single recipe, pre-operative only) or ``"randomised"``
+            (the randomised family, :mod:`neumours.data.phantom_randomised`).
         kind: ``"pre"`` (pre-operative) or ``"post"`` (post-operative: resection cavity).
-        ranges: the family's ranges to use instead of the ``difficulty`` preset.
+        ranges: the family's ranges to use instead of the ``difficulty`` preset
+            (:class:`RandomisedRanges` for ``"randomised"``, e.g. ``randomised_ranges(fixed=["contrast"])``).
 
     Returns:
         A :class:`PhantomCase`.
@@ -147,8 +157,8 @@ def make_case(shape=(96, 96, 64), seed: int = 0, index: int = 0, case_id: str | 
         raise ValueError(f"seed and index must be >= 0, got {seed}, {index}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if difficulty not in DIFFICULTIES:
-        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    if difficulty not in ALL_DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(ALL_DIFFICULTIES)}, got {difficulty!r}")
     case_id = case_id or f"{ID_PREFIX[kind]}-{index:05d}-000"
     affine = np.eye(4)
     affine[:3, 3] = -(np.asarray(shape, dtype=np.float64) - 1) / 2
@@ -157,12 +167,30 @@ def make_case(shape=(96, 96, 64), seed: int = 0, index: int = 0, case_id: str | 
             raise ValueError("the classic recipe is pre-operative only; use difficulty 'easy', 'medium' or 'hard' "
                              "for post-operative cases")
         return _classic_case(shape, seed, index, case_id, anatomy, affine)
+    if difficulty == RANDOMISED_DIFFICULTY:
+        return _randomised_case(shape, seed, index, case_id, anatomy, affine, kind, ranges)
     from neumours.data.phantom_family import make_family_case
 
     chosen = ranges if ranges is not None else phantom_ranges(difficulty, kind)
     made = make_family_case(shape, seed, index, kind, chosen, anatomy)
     return PhantomCase(case_id, made.images, made.label, affine, bool((made.label == 1).any()), made.tissue,
                        kind=kind, difficulty=difficulty if ranges is None else "custom", lesions=made.lesions,
+                       has_enhancement=bool((made.label == 3).any()), cavity=made.cavity, params=made.params,
+                       appearance=made.appearance)
+
+
+def _randomised_case(shape, seed: int, index: int, case_id: str, anatomy: str, affine: np.ndarray, kind: str,
+                     ranges) -> PhantomCase:
+    """A case of the randomised family (``neumours.data.phantom_randomised``)."""
+    from neumours.data.phantom_randomised import make_randomised_case
+
+    chosen = RANDOMISED if ranges is None else ranges
+    if not isinstance(chosen, RandomisedRanges):
+        raise ValueError("difficulty 'randomised' takes RandomisedRanges (neumours.data.phantom_randomised_ranges), "
+                         f"got {type(chosen).__name__}")
+    made = make_randomised_case(shape, seed, index, kind, chosen, anatomy)
+    return PhantomCase(case_id, made.images, made.label, affine, bool((made.label == 1).any()), made.tissue,
+                       kind=kind, difficulty=RANDOMISED_DIFFICULTY, lesions=made.lesions,
                        has_enhancement=bool((made.label == 3).any()), cavity=made.cavity, params=made.params,
                        appearance=made.appearance)
 
@@ -361,7 +389,7 @@ def write_case(case: PhantomCase, root, folder=None) -> Path:
 
 
 def write_dataset(out_dir, n_cases: int, shape=(96, 96, 64), seed: int = 0, progress: bool = True,
-                  difficulty: str = "hard", kind: str = "pre", ranges: PhantomRanges | None = None,
+                  difficulty: str = "hard", kind: str = "pre", ranges: PhantomRanges | RandomisedRanges | None = None,
                   on_case=None) -> list[Path]:
     """Generate and write ``n_cases`` phantom cases ``Phantom-00000-000``, ``Phantom-00001-000``, ...
 
@@ -419,11 +447,21 @@ def write_dataset(out_dir, n_cases: int, shape=(96, 96, 64), seed: int = 0, prog
     return [final for _, final in staged]
 
 
-def synth_record(n_cases: int, shape, seed: int, difficulty: str, kind: str, ranges: PhantomRanges | None) -> str:
+def synth_record(n_cases: int, shape, seed: int, difficulty: str, kind: str,
+                 ranges: PhantomRanges | RandomisedRanges | None) -> str:
     """TOML text recording how a dataset was made (``[ranges]``: the family's ranges, absent for classic)."""
+    randomised = difficulty == RANDOMISED_DIFFICULTY
     head = {"cases": n_cases, "shape": list(shape), "seed": seed,
-            "difficulty": difficulty if ranges is None else "custom", "kind": kind}
+            "difficulty": difficulty if ranges is None or randomised else "custom", "kind": kind}
     lines = ["# Written by neumours.data.phantom.write_dataset; `neumours synth --ranges` reads [ranges]."]
+    if randomised:
+        from neumours.data.phantom_randomised import fixed_factors
+
+        chosen = RANDOMISED if ranges is None else ranges
+        head["fixed"] = fixed_factors(chosen)
+        lines += [f"{k} = {toml_value(v)}" for k, v in head.items()]
+        lines += ["", "[ranges]"] + [f"{k} = {toml_value(v)}" for k, v in chosen.to_dict().items()]
+        return "\n".join(lines) + "\n"
     lines += [f"{k} = {toml_value(v)}" for k, v in head.items()]
     if ranges is not None or difficulty != "classic":
         chosen = ranges if ranges is not None else phantom_ranges(difficulty, kind)

@@ -146,6 +146,13 @@ class Segmenter:
         device_denoise: denoise with the device kernels (:func:`denoise_on_device`)
             rather than scipy on the host; default: on every device but the CPU
             one. The labels are the same either way.
+        tta_flips: test-time augmentation: average the class probabilities over the
+            case mirrored along every subset of these axes (``(0,)``: left-right, two
+            passes; :mod:`neumours.infer.tta`); empty (default): one pass. With it the
+            labels come from the host (downloaded probabilities) and are denoised there.
+        smooth_mm: blur every class's probabilities by a Gaussian of this sigma (mm) before
+            the arg-max (:mod:`neumours.infer.smooth`; 0, the default: none); on the host, as
+            with ``tta_flips``.
 
     Raises:
         NeumoursError: the checkpoint cannot be used (one line naming the file).
@@ -153,7 +160,12 @@ class Segmenter:
 
     def __init__(self, checkpoint: str | os.PathLike, device: spy.Device | None = None,
                  chunk_points: int = DEFAULT_CHUNK_POINTS, device_normalise: bool = True,
-                 device_denoise: bool | None = None, precision: str = "auto"):
+                 device_denoise: bool | None = None, precision: str = "auto", tta_flips=(), smooth_mm: float = 0.0):
+        from neumours.infer.smooth import check_smooth_mm
+        from neumours.infer.tta import check_flip_axes
+
+        self.tta_flips = check_flip_axes(tta_flips)
+        self.smooth_mm = check_smooth_mm(smooth_mm)
         state, config, metadata = load_checkpoint(checkpoint)
         config = dataclasses.replace(config, precision=precision)
         if device is None:
@@ -213,7 +225,7 @@ class Segmenter:
                 :attr:`SegmentResult.timings` splits device work correctly.
             keep_cache: keep the :class:`VolumeCache` (device buffers) on the result;
                 its labels and probabilities stay valid, its ``volumes`` only until
-                this Segmenter's next call (they are reused).
+                this Segmenter's next call (they are reused). None with ``tta_flips``.
             force_geometry: see :func:`neumours.data.load_case` (when ``case`` is not loaded yet).
 
         Raises:
@@ -228,15 +240,30 @@ class Segmenter:
             grid = super_resolution_shape(case.shape, scale)
         except ValueError as exc:
             raise NeumoursError(f"--scale: {exc}") from None
+        affine = super_resolution_affine(case.affine, case.shape, grid)
+        spacing = tuple(float(s) * ((d - 1) / (g - 1) if g > 1 else 1.0)
+                        for s, d, g in zip(case.spacing, case.shape, grid))
+        if self.tta_flips or self.smooth_mm:  # flipped views averaged and/or smoothed, decided on the host
+            from neumours.infer.smooth import smooth_probabilities
+            from neumours.infer.tta import flip_ensemble
+
+            images = case.images if self.device_normalise else normalise(case.images)
+            mean = flip_ensemble(self, images, grid, self.tta_flips, raw=self.device_normalise, timer=timer)
+            t0 = time.perf_counter()
+            mean = smooth_probabilities(mean, self.smooth_mm, spacing)
+            raw_tta = mean.argmax(axis=0).astype(np.uint8)
+            t0 = timer.add("argmax", t0)
+            labels_tta = denoise_labels(raw_tta, denoise_params, spacing=spacing) if denoise else raw_tta
+            if denoise:
+                timer.add("denoise", t0)
+            return SegmentResult(case, labels_tta, mean if probs else None, affine, spacing, float(scale),
+                                 timer.seconds, raw=raw_tta)
         if self.device_normalise:
             cache = self.cache(case.images, grid, keep_probs=probs, timer=timer, raw=True)
         else:
             normalised = normalise(case.images)
             timer.add("normalise", t0)
             cache = self.cache(normalised, grid, keep_probs=probs, timer=timer, raw=False)
-        affine = super_resolution_affine(case.affine, case.shape, grid)
-        spacing = tuple(float(s) * ((d - 1) / (g - 1) if g > 1 else 1.0)
-                        for s, d, g in zip(case.spacing, case.shape, grid))
         t0 = time.perf_counter()
         on_device = denoise and self.device_denoise
         if on_device:  # the raw labels stay on the device unless someone asks for them
@@ -374,7 +401,8 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
                   denoise: bool = False, probs: str | os.PathLike | None = None, scale: float = 1,
                   timings: bool = False, device: spy.Device | None = None, progress: bool = True,
                   on_result: Callable[[SegmentResult, Path], None] | None = None, force_geometry: bool = False,
-                  keep_going: bool = False, precision: str = "auto") -> list[Path]:
+                  keep_going: bool = False, precision: str = "auto", tta_flips=(),
+                  smooth_mm: float = 0.0) -> list[Path]:
     """Segment one case or every case under a folder (``neumours segment``).
 
     Before anything is written: the output names and folders are checked, the
@@ -399,6 +427,7 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
         on_result: called with each result and its output path (the CLI prints timings).
         force_geometry: see :func:`neumours.data.load_case`.
         keep_going: skip bad cases instead of stopping.
+        tta_flips, smooth_mm: test-time flips and probability smoothing (see :class:`Segmenter`).
 
     Returns:
         The label files written.
@@ -415,7 +444,8 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
         super_resolution_shape((2, 2, 2), scale)
     except ValueError as exc:
         raise NeumoursError(f"--scale: {exc}") from None
-    segmenter = Segmenter(checkpoint, device, precision=precision)  # a bad checkpoint fails before any case
+    segmenter = Segmenter(checkpoint, device, precision=precision,  # a bad checkpoint fails before any case
+                          tta_flips=tta_flips, smooth_mm=smooth_mm)
     refs = list_cases(source)
     if single and len(refs) != 1:
         raise NeumoursError(f"{source}: holds {len(refs)} cases; --out must name a folder, not {out.name}")
@@ -424,7 +454,9 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
     failures = [(f.case_id, f.error) for f in failures]
     if refs:
         largest = max(refs, key=lambda r: math.prod(_grid_shape(r, force_geometry)))
-        check_scale(_grid_shape(largest, force_geometry), scale, segmenter.config.num_classes, probs_path is not None,
+        on_host = bool(segmenter.tta_flips or segmenter.smooth_mm)  # probabilities needed for the arg-max
+        check_scale(_grid_shape(largest, force_geometry), scale, segmenter.config.num_classes,
+                    probs_path is not None or on_host,
                     segmenter.device, what=f"case {largest.case_id}" if len(refs) > 1 else "")
     from tqdm import tqdm
 
