@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_device_option, add_force_geometry_option, add_keep_going_option
+from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option, add_keep_going_option,
+                                  positive_int, seed)
 from neumours.errors import CasesFailedError, NeumoursError
 
 
@@ -30,8 +31,6 @@ def resolve_config(args):
                 if v is not None}
     if schedule:
         config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, **schedule))
-    if config.schedule.steps < 1 or config.schedule.val_every < 1:
-        raise NeumoursError("--steps and --val-every must be at least 1")
     return config
 
 
@@ -105,9 +104,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--preset", choices=["paper", "tiny"], default="paper",
                    help="paper: Table I; tiny: a small network that trains in seconds on the CPU")
     p.add_argument("--optimizer", choices=["adamw", "muon"], help="override [optimizer] name")
-    p.add_argument("--steps", type=int, help="override [schedule] steps")
-    p.add_argument("--val-every", type=int, help="override [schedule] val_every (steps between validations)")
-    p.add_argument("--seed", type=int, help="override [schedule] seed (split, initialisation, sampling)")
+    p.add_argument("--steps", type=positive_int, help="override [schedule] steps")
+    p.add_argument("--val-every", type=positive_int, help="override [schedule] val_every (steps between validations)")
+    p.add_argument("--seed", type=seed, help="override [schedule] seed (split, initialisation, sampling)")
     p.add_argument("--config", type=Path, help="TOML file overriding the preset (sections network, loss, "
                                                "optimizer, sampler, schedule, augment)")
     p.add_argument("--overwrite", action="store_true",

@@ -76,4 +76,5 @@ def load_sweep(out: str | Path) -> Sweep:
         folds = load_folds(out / FOLDS)
     except (ValueError, TypeError, KeyError, OSError) as exc:
         raise NeumoursError(f"{path}: cannot read the sweep's settings ({exc})") from None
-    return Sweep(out, settings, load_space(out / SPACE), load_toml(out / BASE_CONFIG, TrainConfig()), folds)
+    base = load_toml(out / BASE_CONFIG, TrainConfig())
+    return Sweep(out, settings, load_space(out / SPACE, base), base, folds)
