@@ -112,8 +112,8 @@ def _load_targets(path: Path, shape, spacing):
         raise NeumoursError(f"{file}: needs at least 1 view of 1..{MAX_TARGET_EDGE} x 1..{MAX_TARGET_EDGE} pixels, "
                             f"got {views} view(s) of {height} x {width}")
     if azimuth.shape != (views,) or elevation.shape != (views,):
-        raise NeumoursError(f"{file}: {views} views but azimuth {azimuth.shape} and elevation {elevation.shape} "
-                            f"(expected ({views},) each)")
+        raise NeumoursError(f"{file}: {views} images but {azimuth.size} azimuths and {elevation.size} elevations "
+                            f"(expected one of each per view, shape ({views},))")
     if not (np.isfinite(azimuth).all() and np.isfinite(elevation).all()):
         raise NeumoursError(f"{file}: azimuth and elevation must be finite degrees (a camera holds NaN or Inf)")
     if (np.abs(elevation) > 90).any():
