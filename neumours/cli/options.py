@@ -58,6 +58,7 @@ def number(ge=None, gt=None, le=None, lt=None, integer: bool = False, unit: str 
             raise argparse.ArgumentTypeError(problem) from None
 
     parse.__name__ = "integer" if integer else "number"
+    parse.check = check  # what the flag allows (tests draw values outside it)
     return parse
 
 
