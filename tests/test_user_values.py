@@ -138,8 +138,10 @@ def test_bad_phantom_ranges_are_one_line(tmp_path, capsys, text, key):
 
 @pytest.mark.parametrize("text, message", [
     ("[optimizer]\nlr = { uniform = [0, inf] }\n", "[optimizer] lr: uniform lo must be > 0, got 0.0"),
-    ("[optimizer]\nclip_norm = { uniform = [0.5, inf] }\n", "[optimizer] clip_norm: uniform hi must be a finite number > 0"),
-    ("[sampler]\nforeground_ratio = { uniform = [0, inf] }\n", "foreground_ratio: uniform hi must be a finite number in"),
+    ("[optimizer]\nclip_norm = { uniform = [0.5, inf] }\n",
+     "[optimizer] clip_norm: uniform hi must be a finite number > 0"),
+    ("[sampler]\nforeground_ratio = { uniform = [0, inf] }\n",
+     "foreground_ratio: uniform hi must be a finite number in"),
     ("[optimizer]\nlr = { grid = [1e-2, -1.0] }\n", "[optimizer] lr: grid value 2 must be > 0, got -1.0"),
     ('[optimizer]\nlr = { grid = ["x"] }\n', "[optimizer] lr: grid value 1 must be a finite number > 0"),
     ("[sampler]\nmicro_batch = { uniform = [0, 64] }\n", "[sampler] micro_batch: uniform lo must be at least 1"),

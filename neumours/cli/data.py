@@ -19,7 +19,8 @@ shape_edge = int_range(MIN_PHANTOM_EDGE, MAX_PHANTOM_EDGE)
 def parse_shape(values: list[int]) -> tuple[int, int, int]:
     """``--shape X Y Z`` checked: three sizes of at least :data:`MIN_PHANTOM_EDGE`."""
     if len(values) != 3 or min(values) < MIN_PHANTOM_EDGE or max(values) > MAX_PHANTOM_EDGE:
-        raise NeumoursError(f"--shape needs three sizes of {MIN_PHANTOM_EDGE} to {MAX_PHANTOM_EDGE} voxels, got {values}")
+        raise NeumoursError(f"--shape needs three sizes of {MIN_PHANTOM_EDGE} to {MAX_PHANTOM_EDGE} voxels, "
+                            f"got {values}")
     return tuple(values)
 
 

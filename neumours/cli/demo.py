@@ -34,7 +34,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("neumours-demo"),
                    help="output folder (an earlier demo's results in it are replaced)")
     (cpu_cases, cpu_shape, _, cpu_steps), (gpu_cases, gpu_shape, _, gpu_steps) = CPU_PLAN, GPU_PLAN
-    p.add_argument("--cases", type=int_range(2, 100_000), help=f"number of phantom cases (default: CPU {cpu_cases}, GPU {gpu_cases})")
+    p.add_argument("--cases", type=int_range(2, 100_000),
+                   help=f"number of phantom cases (default: CPU {cpu_cases}, GPU {gpu_cases})")
     p.add_argument("--shape", type=shape_edge, nargs=3, metavar=("X", "Y", "Z"),
                    help=f"case shape (default: CPU {' '.join(map(str, cpu_shape))}, "
                         f"GPU {' '.join(map(str, gpu_shape))})")

@@ -117,7 +117,8 @@ def _load_targets(path: Path, shape, spacing):
     if not (np.isfinite(azimuth).all() and np.isfinite(elevation).all()):
         raise NeumoursError(f"{file}: azimuth and elevation must be finite degrees (a camera holds NaN or Inf)")
     if (np.abs(elevation) > 90).any():
-        raise NeumoursError(f"{file}: elevation must be in [-90, 90] degrees, got {float(elevation[np.abs(elevation) > 90][0])}")
+        steep = float(elevation[np.abs(elevation) > 90][0])
+        raise NeumoursError(f"{file}: elevation must be in [-90, 90] degrees, got {steep}")
     try:
         if from_masks:
             image_list, weights = mask_targets(masks)
@@ -222,10 +223,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--targets", type=Path,
                    help="folder holding targets.npz (or the .npz file itself): cameras and images or masks")
     p.add_argument("--from-labels", type=Path, help="corrected label NIfTI, rendered from --views cameras")
-    p.add_argument("--views", type=int_range(1, 360), default=4, help="with --from-labels: orbiting cameras at equal azimuth steps")
+    p.add_argument("--views", type=int_range(1, 360), default=4,
+                   help="with --from-labels: orbiting cameras at equal azimuth steps")
     p.add_argument("--masks", action="store_true",
                    help="with --from-labels: tumour masks of the corrected labels as targets, not colour images")
-    p.add_argument("--size", type=image_size, default="256x256", help="with --from-labels: target image size, WIDTHxHEIGHT")
+    p.add_argument("--size", type=image_size, default="256x256",
+                   help="with --from-labels: target image size, WIDTHxHEIGHT")
     p.add_argument("--steps", type=int_range(1, 1_000_000), default=20, help="AdamW steps")
     p.add_argument("--lr", type=finite_float(gt=0, max=1), default=1e-4, help="AdamW learning rate")
     p.add_argument("--path", choices=("cache", "direct"), default="cache",

@@ -146,7 +146,8 @@ def add_parsers(sub) -> None:
                    help="CPU cores each trial reserves")
     p.add_argument("--gpus", type=int_range(0, 4096), metavar="G",
                    help="GPUs to use (default: every GPU CUDA_VISIBLE_DEVICES shows; 0: trials on the CPU device)")
-    p.add_argument("--cpus", type=int_range(1, 1 << 20), metavar="C", help="CPU cores of the local Ray instance (default: all)")
+    p.add_argument("--cpus", type=int_range(1, 1 << 20), metavar="C",
+                   help="CPU cores of the local Ray instance (default: all)")
     p.add_argument("--address", metavar="ADDRESS",
                    help="join a running Ray cluster instead of starting one: auto, HOST:PORT or ray://HOST:10001")
     p.add_argument("--device", default=_DEFAULTS["device"],
