@@ -25,6 +25,8 @@ from neumours.cli.options import (add_command, add_device_option, add_force_geom
 from neumours.errors import NeumoursError
 
 _MAX_SIZE = 16384
+#: Largest --modalities weight.
+MAX_WEIGHT = 1000.0
 #: Most --turntable frames (a minute at 60 frames/s).
 MAX_FRAMES = 3600
 
@@ -65,8 +67,8 @@ def parse_modalities(text: str) -> dict[str, float]:
             weight = float(value) if value.strip() else 1.0
         except ValueError:
             raise NeumoursError(f"--modalities: weight of {name} is not a number: {value!r}") from None
-        if not math.isfinite(weight):
-            raise NeumoursError(f"--modalities: weight of {name} must be finite, got {value!r}")
+        if not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
+            raise NeumoursError(f"--modalities: weight of {name} must be in [0, {MAX_WEIGHT:g}], got {value!r}")
         weights[name] = weight
     return weights
 

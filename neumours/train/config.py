@@ -28,6 +28,8 @@ from neumours.train.loss import LossConfig
 
 #: Most points per micro-batch: 2**20 (the paper uses 4096); see also :data:`MAX_BUFFER_BYTES`.
 MAX_MICRO_BATCH = 1 << 20
+#: Most points per optimiser step (micro_batch x micro_batches): 2**24 (the paper's step has 16,384).
+MAX_STEP_POINTS = 1 << 24
 #: A device buffer stays below 2 GiB (slangpy 0.43.1 on CUDA refuses larger allocations).
 MAX_BUFFER_BYTES = (1 << 31) - 1
 #: Seeds are 32-bit unsigned integers (the split, the weights, the sampler and the kernels' noise).
@@ -89,6 +91,12 @@ class SamplerConfig:
     foreground_ratio: float = setting(0.1, Number(ge=0, le=1))
     pool_bytes: int = setting(0, Number(ge=0, integer=True))
     refresh_every: int = setting(50, Number(ge=1, integer=True))
+
+    RULES = (Rule(f"`micro_batch` x `micro_batches` <= {MAX_STEP_POINTS} points per step",
+                  lambda c: c.micro_batch * c.micro_batches <= MAX_STEP_POINTS,
+                  lambda c: f"micro_batch x micro_batches must be at most {MAX_STEP_POINTS} points per step "
+                            f"(each micro-batch keeps its own input buffers), got {c.micro_batch} x "
+                            f"{c.micro_batches}"),)
 
     def __post_init__(self) -> None:
         validate(self)
