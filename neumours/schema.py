@@ -2,7 +2,7 @@
 
 A settings dataclass (training sections, ``[augment]``, phantom ranges, the INR's sizes)
 declares each field with :func:`setting`: its default and a check (:class:`Number`,
-:class:`Choice`, :class:`Numbers`) giving the type and the allowed range. Rules that tie
+:class:`Choice`, :class:`Numbers`, :class:`Boolean`) giving the type and the allowed range. Rules that tie
 fields together are :class:`Rule` objects in the class's ``RULES``. ``__post_init__`` calls
 :func:`validate`, so a bad value fails wherever the object is made (a TOML file, a sweep
 trial, a library caller); :func:`from_mapping` is the one loader from parsed TOML (or JSON)
@@ -162,7 +162,20 @@ class Numbers:
         return items
 
 
-Check = Number | Choice | Numbers
+@dataclass(frozen=True)
+class Boolean:
+    """true or false (not 0 or 1, not a string)."""
+
+    def describe(self) -> str:
+        return "true or false"
+
+    def coerce(self, value: Any, name: str) -> bool:
+        if not isinstance(value, bool):
+            raise SettingError(f"{name} must be {self.describe()}, got {_show(value)}")
+        return value
+
+
+Check = Number | Choice | Numbers | Boolean
 
 
 @dataclass(frozen=True)
@@ -175,7 +188,8 @@ class Rule:
 
 
 def setting(default: Any, check: Check) -> Any:
-    """A dataclass field with its default and the check of what a user may set it to."""
+    """A dataclass field with its default (``dataclasses.MISSING``: required) and the check of what a
+    user may set it to."""
     return dataclasses.field(default=default, metadata={"check": check})
 
 

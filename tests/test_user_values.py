@@ -339,3 +339,15 @@ def test_number_type_messages():
         int_range(1)("1.5")
     assert int_range(0, 9)("7") == 7 and finite_float(gt=0)("1e-3") == 1e-3
     assert Number(gt=0).range_text() == "> 0" and Number(ge=0, lt=1).range_text() == "in [0, 1)"
+
+
+def test_edited_sweep_settings_are_one_line(tmp_path, capsys):
+    pytest.importorskip("ray")
+    import json
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"data": "d", "folds": -1, "search": "grid"}))
+    one_line(["sweep", "--resume", sweep], capsys, tmp_path, "sweep.json", "folds must be at least 2")
+    (sweep / "sweep.json").write_text(json.dumps({"data": "d", "folds": 2, "asha": "yes"}))
+    one_line(["sweep", "--resume", sweep], capsys, tmp_path, "sweep.json", "asha must be true or false")
