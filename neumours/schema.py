@@ -30,9 +30,9 @@ class SettingError(NeumoursError, ValueError):
 
 def _show(value: Any) -> str:
     """A value as the message shows it: numbers as written, text quoted, at most 60 characters."""
-    if isinstance(value, float):
-        text = repr(value)
-    elif isinstance(value, (bool, int, str)) or value is None:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**60:
+        text = f"an integer of {len(str(abs(value))) if abs(value) < 10**4000 else 'over 4000'} digits"
+    elif isinstance(value, (bool, int, float, str)) or value is None:
         text = repr(value)
     elif isinstance(value, (list, tuple)):
         text = "[" + ", ".join(_show(v) for v in value) + "]"
