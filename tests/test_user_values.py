@@ -285,12 +285,9 @@ def test_bad_targets_file_is_one_line(refine_inputs, tmp_path, capsys, kind, mes
         elif kind == "broken zip":
             np.savez(file, images=np.zeros((2, 8, 8, 3)), azimuth=zeros, elevation=zeros)
             data = file.read_bytes()
-            file.write_bytes(data[:40] + os.urandom(64) + data[104:])
-            with pytest.raises(Exception):  # really broken
-                with zipfile.ZipFile(file) as z:
-                    z.testzip() and None
-                    for name in z.namelist():
-                        np.load(z.open(name))
+            file.write_bytes(data[:40] + bytes(64) + data[104:])  # the first member's header and data
+            with zipfile.ZipFile(file) as archive:
+                assert archive.testzip() is not None  # its checksum fails
         elif kind == "one array":
             with open(file, "wb") as f:
                 np.save(f, np.zeros(3))
