@@ -187,6 +187,10 @@ class Rule:
     message: Callable[[Any], str]
 
 
+#: Seeds are 32-bit unsigned integers (``[schedule] seed``, ``--seed`` of every command).
+SEED = Number(ge=0, le=2**32 - 1, integer=True)
+
+
 def setting(default: Any, check: Check) -> Any:
     """A dataclass field with its default (``dataclasses.MISSING``: required) and the check of what a
     user may set it to."""

@@ -13,7 +13,7 @@ import argparse
 import re
 
 from neumours.errors import NeumoursError
-from neumours.schema import Number, SettingError
+from neumours.schema import SEED, Number, SettingError
 
 
 class FlagError(NeumoursError):
@@ -42,7 +42,12 @@ def number(ge=None, gt=None, le=None, lt=None, integer: bool = False, unit: str 
 
     ``unit`` follows the range in the message (``--turntable must be at least 1 frame``).
     """
-    check = Number(ge=ge, gt=gt, le=le, lt=lt, integer=integer)
+    return flag_type(Number(ge=ge, gt=gt, le=le, lt=lt, integer=integer), unit)
+
+
+def flag_type(check: Number, unit: str = ""):
+    """The argparse ``type`` of a flag that takes what ``check`` (a :class:`~neumours.schema.Number`) allows."""
+    integer = check.integer
 
     def parse(text: str):
         try:
@@ -74,8 +79,8 @@ def int_range(min=None, max=None, unit: str = ""):
 
 #: An integer of at least 1 (steps, counts).
 positive_int = int_range(1)
-#: A seed: an integer in [0, 2**32 - 1], as ``[schedule] seed``.
-seed = int_range(0, 2**32 - 1)
+#: A seed: an integer in [0, 2**32 - 1], as ``[schedule] seed`` (:data:`neumours.schema.SEED`).
+seed = flag_type(SEED)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -27,10 +27,15 @@ def resolve_config(args):
         from neumours.train.augment import AugmentConfig
 
         config = dataclasses.replace(config, augment=AugmentConfig.default_on())
-    schedule = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("val_every", args.val_every))
-                if v is not None}
-    if schedule:
-        config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, **schedule))
+    from neumours.schema import SettingError
+
+    for key, value in (("steps", args.steps), ("seed", args.seed), ("val_every", args.val_every)):
+        if value is None:
+            continue
+        try:  # the parser checked the flag's type; [schedule] may bound it further
+            config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, **{key: value}))
+        except SettingError as exc:
+            raise NeumoursError(f"--{key.replace('_', '-')} {value}: [schedule] {exc}") from None
     return config
 
 

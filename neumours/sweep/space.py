@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from neumours.errors import NeumoursError
-from neumours.schema import Number, SettingError, check_of
+from neumours.schema import SettingError, check_of
 from neumours.toml_files import read_toml
 from neumours.train.config import TrainConfig
 
@@ -159,8 +159,6 @@ def _entry(section: str, key: str, spec: Any, default: Any, source: str, owner) 
             values = tuple(check.coerce(v, f"{kind} {name}") for v, name in zip(values, names))
         except SettingError as exc:
             raise NeumoursError(f"{where}: {exc}") from None
-        if kind in ("uniform", "loguniform") and isinstance(check, Number) and check.integer:
-            values = tuple(int(v) for v in values)
     return Dimension(section, key, kind, values, integer)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 from neumours.atomic import atomic_write_text
 from neumours.conventions import NUM_CLASSES, NUM_MODALITIES
 from neumours.errors import NeumoursError
-from neumours.schema import Choice, Number, Numbers, Rule, allowed_text, from_mapping, rules_text, setting, validate
+from neumours.schema import (SEED, Choice, Number, Numbers, Rule, allowed_text, from_mapping, rules_text, setting,
+                             validate)
 from neumours.toml_files import read_toml, toml_value
 from neumours.model.config import INRConfig
 from neumours.train.augment import AugmentConfig
@@ -32,8 +33,6 @@ MAX_MICRO_BATCH = 1 << 20
 MAX_STEP_POINTS = 1 << 24
 #: A device buffer stays below 2 GiB (slangpy 0.43.1 on CUDA refuses larger allocations).
 MAX_BUFFER_BYTES = (1 << 31) - 1
-#: Seeds are 32-bit unsigned integers (the split, the weights, the sampler and the kernels' noise).
-SEED = Number(ge=0, le=2**32 - 1, integer=True)
 
 
 @dataclass(frozen=True)
