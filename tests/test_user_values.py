@@ -205,7 +205,7 @@ def test_swept_lr_carries_lr_final_along():
     (["train", "--data", "d", "--out", "r", "--seed", "-1"], "--seed", "at least 0"),
     (["synth", "--out", "x", "--shape", "24", "24", "100000"], "--shape", "at most 512"),
     (["sweep", "--cpus-per-trial", "nan"], "--cpus-per-trial", "finite"),
-    (["export-nnunet", "d", "o", "--dataset-id", "1000"], "--dataset-id", "at most 999"),
+    (["export-nnunet", "d", "o", "--dataset-id", "1000"], "--dataset-id", "1..999"),
     (["view", "d", "--checkpoint", "c", "--port", "-1"], "--port", "at least 0"),
     (["train", "--data", "d", "--out", "r", "--optimizer", "sgd"], "--optimizer", "invalid choice"),
 ])

@@ -27,7 +27,8 @@ def add_parsers(sub) -> None:
         "left on failure. Set nnUNet_raw=OUT to train on it.")
     p.add_argument("data", type=Path, help="dataset folder (BraTS, MU-Glioma-Post or nnU-Net layout, or neumours synth)")
     p.add_argument("out", type=Path, help="new (or empty) folder to become nnUNet_raw")
-    p.add_argument("--dataset-id", type=int_range(1, 999), required=True, help="nnU-Net dataset id, 1..999")
+    p.add_argument("--dataset-id", type=int_range(1, 999, allowed="an integer 1..999 (nnU-Net's three digits)"),
+                   required=True, help="nnU-Net dataset id, 1..999")
     p.add_argument("--name", default="Neumours", help="dataset name after Dataset<NNN>_")
     p.add_argument("--regions", action="store_true",
                    help="region-based labels (whole tumor, tumor core, enhancing tumor), as nnU-Net's BraTS setup")

@@ -45,18 +45,22 @@ def number(ge=None, gt=None, le=None, lt=None, integer: bool = False, unit: str 
     return flag_type(Number(ge=ge, gt=gt, le=le, lt=lt, integer=integer), unit)
 
 
-def flag_type(check: Number, unit: str = ""):
-    """The argparse ``type`` of a flag that takes what ``check`` (a :class:`~neumours.schema.Number`) allows."""
+def flag_type(check: Number, unit: str = "", allowed: str = ""):
+    """The argparse ``type`` of a flag that takes what ``check`` (a :class:`~neumours.schema.Number`) allows;
+    ``allowed`` words the range in the message instead of ``check`` (``1..999 (nnU-Net's three digits)``)."""
     integer = check.integer
 
     def parse(text: str):
         try:
             value = int(text) if integer else float(text)
         except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be {check.describe()}{unit and ' ' + unit}, got {text!r}") from None
+            what = allowed or f"{check.describe()}{unit and ' ' + unit}"
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
         try:
             return check.coerce(value, "")
         except SettingError as exc:
+            if allowed:
+                raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}") from None
             problem = str(exc).strip()
             if unit:
                 problem = problem.replace(", got", f" {unit}, got", 1)
@@ -72,9 +76,9 @@ def finite_float(min=None, max=None, *, gt=None, lt=None):
     return number(ge=min, le=max, gt=gt, lt=lt)
 
 
-def int_range(min=None, max=None, unit: str = ""):
-    """An integer in [min, max]."""
-    return number(ge=min, le=max, integer=True, unit=unit)
+def int_range(min=None, max=None, unit: str = "", allowed: str = ""):
+    """An integer in [min, max] (``allowed``: the range in the message's own words)."""
+    return flag_type(Number(ge=min, le=max, integer=True), unit, allowed)
 
 
 #: An integer of at least 1 (steps, counts).
