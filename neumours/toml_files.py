@@ -19,15 +19,20 @@ def read_toml(path: str | Path, what: str) -> dict:
         what: what the file is, for the message (e.g. "config file").
 
     Raises:
-        NeumoursError: the file is missing, not UTF-8 or not valid TOML (one line naming it).
+        NeumoursError: the file is missing, a folder, unreadable, not UTF-8 or not valid TOML (one
+            line naming it).
     """
     path = Path(path)
+    if path.is_dir():
+        raise NeumoursError(f"{path}: is a folder, not a {what} (give the TOML file)")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NeumoursError(f"{path}: {what} not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise NeumoursError(f"{path}: not a valid TOML file ({exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise NeumoursError(f"{path}: not a valid TOML file ({' '.join(str(exc).split())})") from None
+    except OSError as exc:
+        raise NeumoursError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 
 
 def toml_value(value) -> str:

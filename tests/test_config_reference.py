@@ -39,8 +39,9 @@ def test_reference_shows_every_key_with_its_defaults():
                 for line in sections[section].splitlines() if line.startswith("| `")}
         assert list(rows) == list(values)
         for key, value in values.items():
-            assert rows[key][2] == f"`{_toml(value)}`"
-            assert rows[key][3] == ("" if tiny[section][key] == value else f"`{_toml(tiny[section][key])}`")
+            assert rows[key][3] == f"`{_toml(value)}`"
+            assert rows[key][4] == ("" if tiny[section][key] == value else f"`{_toml(tiny[section][key])}`")
+            assert rows[key][2], f"[{section}] {key}: no allowed range shown"
 
 
 def _toml(value) -> str:

@@ -143,18 +143,19 @@ def test_resume_after_kill_does_not_redo_finished_trials(grid_sweep, cluster, da
 
 def test_failing_trials_are_reported_and_the_rest_finish(cluster, dataset, tmp_path, capsys):
     space = tmp_path / "space.toml"
-    space.write_text("[optimizer]\nlr = { grid = [1e-2, 1e30, -1.0] }\nwarmup_steps = { grid = [1] }\n")
+    # A negative learning rate is refused before the sweep starts (tests/test_user_values.py); a huge one
+    # is a valid setting whose trial diverges.
+    space.write_text("[optimizer]\nlr = { grid = [1e-2, 1e30] }\nwarmup_steps = { grid = [1] }\n")
     assert main(sweep_args(dataset, space, tmp_path / "sweep")) == 0
     rows = read_results(tmp_path / "sweep")
     status = {r["optimizer.lr"]: (r["status"], r["error"]) for r in rows}
-    assert len(rows) == 6 and status["0.01"] == ("finished", "")
+    assert len(rows) == 4 and status["0.01"] == ("finished", "")
     assert status["1e+30"][0] == "failed" and "the loss is not finite" in status["1e+30"][1]
-    assert status["-1"][0] == "failed" and "Invalid learning rate" in status["-1"][1]
     summary = (tmp_path / "sweep" / "summary.md").read_text()
     assert "## Failed trials" in summary and "the loss is not finite" in summary
     best = load_toml(tmp_path / "sweep" / "best_config.toml", TrainConfig())
     assert best.optimizer.lr == 0.01
-    assert "2 failed" in capsys.readouterr().out
+    assert "1 failed" in capsys.readouterr().out
 
 
 def test_trials_use_every_gpu_that_cuda_visible_devices_shows(dataset, tmp_path):

@@ -130,8 +130,8 @@ def test_more_gpus_than_found_is_one_line(dataset, tmp_path, capsys, monkeypatch
     ("[optimizer]\nlr = { uniform = [1e-3, 1e-2] }\n", [], "need --search random or optuna"),
     ("[optimizer]\nlr = [1e-3\n", [], "not a valid TOML file"),
     ("[optimizer]\nlr = { grid = [1e-2] }\n", ["--folds", "9"], "--folds 9 needs at least 9 labelled cases"),
-    ("[optimizer]\nlr = { grid = [1e-2] }\n", ["--steps", "0"], "--steps and --val-every must be at least 1"),
-    ("[optimizer]\nlr = { grid = [1e-2] }\n", ["--trials-per-gpu", "0"], "--trials-per-gpu 0"),
+    ("[optimizer]\nlr = { grid = [1e-2] }\n", ["--steps", "0"], "--steps must be at least 1"),
+    ("[optimizer]\nlr = { grid = [1e-2] }\n", ["--trials-per-gpu", "0"], "--trials-per-gpu must be at least 1"),
 ])
 def test_bad_sweep_input_is_one_line(dataset, tmp_path, capsys, space, extra, message):
     (tmp_path / "space.toml").write_text(space)

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_force_geometry_option, add_quiet_option
+from neumours.cli.options import add_command, add_force_geometry_option, add_quiet_option, int_range, positive_int, seed
 from neumours.data.phantom_randomised_ranges import FACTORS, RANDOMISED_DIFFICULTY
 from neumours.data.phantom_ranges import DIFFICULTIES, KINDS
 from neumours.errors import NeumoursError
 
 #: Smallest phantom edge (voxels) the generator supports.
 MIN_PHANTOM_EDGE = 16
+#: Largest phantom edge (voxels): 4 float32 modalities of 512^3 are 2 GiB per case already.
+MAX_PHANTOM_EDGE = 512
+#: ``--shape`` sizes, each checked by the parser.
+shape_edge = int_range(MIN_PHANTOM_EDGE, MAX_PHANTOM_EDGE)
 
 
 def parse_shape(values: list[int]) -> tuple[int, int, int]:
     """``--shape X Y Z`` checked: three sizes of at least :data:`MIN_PHANTOM_EDGE`."""
-    if len(values) != 3 or min(values) < MIN_PHANTOM_EDGE:
-        raise NeumoursError(f"--shape needs three sizes of at least {MIN_PHANTOM_EDGE} voxels, got {values}")
+    if len(values) != 3 or min(values) < MIN_PHANTOM_EDGE or max(values) > MAX_PHANTOM_EDGE:
+        raise NeumoursError(f"--shape needs three sizes of {MIN_PHANTOM_EDGE} to {MAX_PHANTOM_EDGE} voxels, "
+                            f"got {values}")
     return tuple(values)
 
 
@@ -90,10 +95,10 @@ def add_parsers(sub) -> None:
                     "anatomy, lesions, sub-regions and acquisition from the ranges of --difficulty "
                     "(docs/phantom.md).")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--cases", type=int, default=4, help="number of cases")
-    p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64], metavar=("X", "Y", "Z"),
+    p.add_argument("--cases", type=int_range(1, 100_000), default=4, help="number of cases")
+    p.add_argument("--shape", type=shape_edge, nargs=3, default=[96, 96, 64], metavar=("X", "Y", "Z"),
                    help="volume shape in voxels (BraTS is 240 240 155)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=seed, default=0, help="random seed")
     p.add_argument("--kind", choices=KINDS, default="pre",
                    help="pre: pre-operative gliomas (BraTS-like); post: post-operative cases with a resection cavity "
                         "(not tumour), residual enhancement and FLAIR change (MU-Glioma-Post-like)")
@@ -109,7 +114,7 @@ def add_parsers(sub) -> None:
                         "[ranges] table of a dataset's synth.toml)")
     p.add_argument("--preview", type=Path, metavar="PNG",
                    help="also write a montage (axial and coronal slices, labels overlaid) of the first cases")
-    p.add_argument("--preview-cases", type=int, default=3, help="cases shown in the --preview montage")
+    p.add_argument("--preview-cases", type=int_range(1, 64), default=3, help="cases shown in the --preview montage")
     add_quiet_option(p)
     p.set_defaults(func=cmd_synth)
 

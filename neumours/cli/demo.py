@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neumours.cli.data import parse_shape
-from neumours.cli.options import add_command, add_device_option
+from neumours.cli.data import parse_shape, shape_edge
+from neumours.cli.options import add_command, add_device_option, int_range, positive_int, seed
 from neumours.demo import CPU_PLAN, GPU_PLAN
 from neumours.errors import NeumoursError
 
@@ -34,11 +34,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("neumours-demo"),
                    help="output folder (an earlier demo's results in it are replaced)")
     (cpu_cases, cpu_shape, _, cpu_steps), (gpu_cases, gpu_shape, _, gpu_steps) = CPU_PLAN, GPU_PLAN
-    p.add_argument("--cases", type=int, help=f"number of phantom cases (default: CPU {cpu_cases}, GPU {gpu_cases})")
-    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
+    p.add_argument("--cases", type=int_range(2, 100_000),
+                   help=f"number of phantom cases (default: CPU {cpu_cases}, GPU {gpu_cases})")
+    p.add_argument("--shape", type=shape_edge, nargs=3, metavar=("X", "Y", "Z"),
                    help=f"case shape (default: CPU {' '.join(map(str, cpu_shape))}, "
                         f"GPU {' '.join(map(str, gpu_shape))})")
-    p.add_argument("--steps", type=int, help=f"training steps (default: CPU {cpu_steps}, GPU {gpu_steps})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the phantoms, the split and the training")
+    p.add_argument("--steps", type=positive_int, help=f"training steps (default: CPU {cpu_steps}, GPU {gpu_steps})")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the phantoms, the split and the training")
     add_device_option(p)
     p.set_defaults(func=cmd_demo)

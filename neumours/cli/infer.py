@@ -6,7 +6,11 @@ import math
 from pathlib import Path
 
 from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option, add_keep_going_option,
-                                  add_precision_option, add_quiet_option)
+                                  add_precision_option, add_quiet_option, finite_float, seed)
+
+#: Largest --scale (beyond it even one voxel's grid exceeds every buffer; smaller scales that still do not
+#: fit are refused with the largest scale that fits).
+MAX_SCALE = 1024.0
 
 
 def parse_tta(text: str | None) -> tuple[int, ...]:
@@ -85,7 +89,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--denoise", action="store_true", help="connected-component filtering and hole filling")
     p.add_argument("--probs", type=Path, help="also write class probabilities, 4-D float32 (X, Y, Z, 4); "
                                               "a file for one case, a folder for several")
-    p.add_argument("--scale", type=float, default=1.0,
+    p.add_argument("--scale", type=finite_float(1, MAX_SCALE), default=1.0,
                    help="super-resolution: evaluate on an S-times finer grid of the same field of view; a grid too "
                         "large for 32-bit indices, the 2 GiB buffer limit or the free memory is refused up front "
                         "with the largest scale that fits")
@@ -118,7 +122,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--data", type=Path, help="mode 2: dataset folder to segment and score")
     p.add_argument("--split", choices=["val", "all"], default="val",
                    help="mode 2: the validation split of training (10 %% of the cases, by --seed) or all cases")
-    p.add_argument("--seed", type=int, default=0, help="mode 2: split seed")
+    p.add_argument("--seed", type=seed, default=0, help="mode 2: split seed")
     p.add_argument("--out", type=Path, help="output folder for per_case.csv and summary.md (checked before any work; "
                                             "both files are written together)")
     add_force_geometry_option(p)

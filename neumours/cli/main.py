@@ -11,14 +11,14 @@ import argparse
 import sys
 import warnings
 
-from neumours.cli.options import HelpFormatter
+from neumours.cli.options import HelpFormatter, Parser
 from neumours.errors import CasesFailedError, NeumoursError
 
 
 def build_parser() -> argparse.ArgumentParser:
     from neumours.cli import data, demo, infer, nnunet, refine, render, sweep, train, view
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="neumours", formatter_class=HelpFormatter,
         description="Implicit neural tumour representations in a differentiable Slang renderer.",
         epilog="Run `neumours COMMAND --help` for a command's options. Bad input gives one line "
@@ -30,11 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     # nibabel warns about headers it guesses around ("Extension size is not a multiple of 16 bytes"); the
     # readers report every problem they refuse in one line, so on the command line those would be noise.
     warnings.filterwarnings("ignore", module=r"nibabel(\.|$)")
     try:
+        args = build_parser().parse_args(argv)  # a refused flag value raises FlagError (a NeumoursError)
         args.func(args)
     except NeumoursError as exc:
         if isinstance(exc, CasesFailedError):  # --keep-going: which cases failed, then the one line

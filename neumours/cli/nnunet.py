@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_quiet_option
+from neumours.cli.options import add_command, add_quiet_option, int_range, positive_int, seed
 
 
 def cmd_export_nnunet(args) -> None:
@@ -27,12 +27,13 @@ def add_parsers(sub) -> None:
         "left on failure. Set nnUNet_raw=OUT to train on it.")
     p.add_argument("data", type=Path, help="dataset folder (BraTS, MU-Glioma-Post or nnU-Net layout, or neumours synth)")
     p.add_argument("out", type=Path, help="new (or empty) folder to become nnUNet_raw")
-    p.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset id, 1..999")
+    p.add_argument("--dataset-id", type=int_range(1, 999, allowed="an integer 1..999 (nnU-Net's three digits)"),
+                   required=True, help="nnU-Net dataset id, 1..999")
     p.add_argument("--name", default="Neumours", help="dataset name after Dataset<NNN>_")
     p.add_argument("--regions", action="store_true",
                    help="region-based labels (whole tumor, tumor core, enhancing tumor), as nnU-Net's BraTS setup")
-    p.add_argument("--folds", type=int, default=1,
+    p.add_argument("--folds", type=positive_int, default=1,
                    help="1: one fold, our training split (split_cases 10 %%); k > 1: kfold(cases, k, seed)")
-    p.add_argument("--seed", type=int, default=0, help="split seed (the same as neumours train --seed)")
+    p.add_argument("--seed", type=seed, default=0, help="split seed (the same as neumours train --seed)")
     add_quiet_option(p)
     p.set_defaults(func=cmd_export_nnunet)

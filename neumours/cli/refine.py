@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option,
-                                  add_precision_option)
+                                  add_precision_option, finite_float, int_range)
+from neumours.cli.render import image_size
 from neumours.errors import NeumoursError
 
 DESCRIPTION = """\
@@ -41,47 +42,101 @@ def report_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".json")
 
 
+#: Largest target image edge, pixels (as ``--size``).
+MAX_TARGET_EDGE = 16384
+
+
+def _read_targets_archive(file: Path) -> dict[str, np.ndarray]:
+    """The arrays of ``targets.npz``, every one read (nothing unpickled); one line for anything else."""
+    import zipfile
+    import zlib
+
+    single = (f"{file}: holds one array, not an .npz archive of named arrays "
+              "(np.savez(file, images=..., azimuth=..., elevation=...))")
+    try:
+        data = np.load(file, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise NeumoursError(single)
+        try:
+            return {name: np.asarray(data[name]) for name in data.files}
+        finally:
+            data.close()
+    except NeumoursError:
+        raise
+    except MemoryError:
+        raise NeumoursError(f"{file}: too large to load") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError) as exc:
+        detail = " ".join(str(exc).split())[:120]
+        raise NeumoursError(f"{file}: not a readable NumPy .npz archive ({type(exc).__name__}: {detail})") from None
+
+
+def _numeric(file: Path, name: str, array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind not in "biuf":
+        raise NeumoursError(f"{file}: {name} must hold numbers, got dtype {array.dtype}")
+    return array
+
+
 def _load_targets(path: Path, shape, spacing):
-    """Cameras, image targets, weights and whether they came from masks, from ``path/targets.npz``."""
+    """Cameras, image targets, weights and whether they came from masks, from ``path/targets.npz``
+    (or ``path`` itself when it is the file), every array checked: kinds, shapes, sizes, finite values."""
     from neumours.render.box import volume_box
     from neumours.render.camera import fit_distance, orbit
     from neumours.refine.masks import mask_targets
 
-    file = path / "targets.npz"
+    file = path if path.is_file() else path / "targets.npz"
     if not file.is_file():
         raise NeumoursError(f"{file}: targets file not found (expected images or masks, azimuth, elevation)")
-    try:
-        data = np.load(file)
-        names = set(data.files)
-        if ("images" in names) == ("masks" in names):
-            raise NeumoursError(f"{file}: needs exactly one of the arrays 'images' and 'masks', has {sorted(names)}")
-        from_masks = "masks" in names
-        azimuth, elevation = np.asarray(data["azimuth"], float), np.asarray(data["elevation"], float)
-        if from_masks:
-            masks = np.asarray(data["masks"])
-            if masks.ndim != 3:
-                raise NeumoursError(f"{file}: masks must be (views, height, width), got {masks.shape}")
-            images, weights = mask_targets(masks)
-            images = np.stack(images)
-        else:
-            images = np.asarray(data["images"], np.float32)
-            weights = np.asarray(data["weights"], np.float32) if "weights" in data else None
-    except KeyError as exc:
-        raise NeumoursError(f"{file}: missing array {exc} (cameras need azimuth and elevation)") from None
-    except (OSError, ValueError) as exc:
-        raise NeumoursError(f"{file}: {exc}") from None
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise NeumoursError(f"{file}: images must be (views, height, width, 3), got {images.shape}")
-    views = len(images)
+    data = _read_targets_archive(file)
+    names = set(data)
+    if ("images" in names) == ("masks" in names):
+        raise NeumoursError(f"{file}: needs exactly one of the arrays 'images' and 'masks', has {sorted(names)}")
+    missing = [n for n in ("azimuth", "elevation") if n not in names]
+    if missing:
+        raise NeumoursError(f"{file}: missing array(s) {', '.join(missing)} (cameras need azimuth and elevation)")
+    from_masks = "masks" in names
+    azimuth = _numeric(file, "azimuth", data["azimuth"]).astype(float)
+    elevation = _numeric(file, "elevation", data["elevation"]).astype(float)
+    weights = None
+    if from_masks:
+        masks = _numeric(file, "masks", data["masks"])
+        if masks.ndim != 3:
+            raise NeumoursError(f"{file}: masks must be (views, height, width), got {masks.shape}")
+        images_shape = (*masks.shape, 3)
+    else:
+        images = _numeric(file, "images", data["images"])
+        images_shape = images.shape
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise NeumoursError(f"{file}: images must be (views, height, width, 3), got {images.shape}")
+    views, height, width = images_shape[:3]
+    if views < 1 or not (1 <= height <= MAX_TARGET_EDGE and 1 <= width <= MAX_TARGET_EDGE):
+        raise NeumoursError(f"{file}: needs at least 1 view of 1..{MAX_TARGET_EDGE} x 1..{MAX_TARGET_EDGE} pixels, "
+                            f"got {views} view(s) of {height} x {width}")
     if azimuth.shape != (views,) or elevation.shape != (views,):
-        raise NeumoursError(f"{file}: {views} images but {azimuth.size} azimuths and {elevation.size} elevations")
+        raise NeumoursError(f"{file}: {views} images but {azimuth.size} azimuths and {elevation.size} elevations "
+                            f"(expected one of each per view, shape ({views},))")
+    if not (np.isfinite(azimuth).all() and np.isfinite(elevation).all()):
+        raise NeumoursError(f"{file}: azimuth and elevation must be finite degrees (a camera holds NaN or Inf)")
+    if (np.abs(elevation) > 90).any():
+        steep = float(elevation[np.abs(elevation) > 90][0])
+        raise NeumoursError(f"{file}: elevation must be in [-90, 90] degrees, got {steep}")
+    try:
+        if from_masks:
+            image_list, weights = mask_targets(masks)
+            images = np.stack(image_list)
+        else:
+            images = images.astype(np.float32)
+            if "weights" in names:
+                weights = _numeric(file, "weights", data["weights"]).astype(np.float32)
+    except ValueError as exc:
+        raise NeumoursError(f"{file}: {exc}") from None
     if weights is not None and np.shape(weights) != images.shape[:3]:
         raise NeumoursError(f"{file}: weights must be {images.shape[:3]}, got {np.shape(weights)}")
     if not np.isfinite(images).all():
         raise NeumoursError(f"{file}: images contain NaN/Inf")
-    height, width = images.shape[1:3]
+    if weights is not None and not (np.isfinite(weights).all() and (np.asarray(weights) >= 0).all()):
+        raise NeumoursError(f"{file}: weights must be finite and >= 0")
     distance = fit_distance(volume_box(shape, spacing), 30.0, width / height)
-    cameras = [orbit(a, e, distance, width=width, height=height) for a, e in zip(azimuth, elevation)]
+    cameras = [orbit(float(a), float(e), distance, width=width, height=height) for a, e in zip(azimuth, elevation)]
     return cameras, list(images), None if weights is None else list(weights), from_masks
 
 
@@ -94,7 +149,6 @@ def refine_command(args) -> None:
     from neumours.model.checkpoint import checkpoint_bytes, load_checkpoint
     from neumours.model.inputs import CaseVolumes
     from neumours.model.inr import INR
-    from neumours.cli.render import parse_size
     from neumours.refine.loop import Anchor, refine
     from neumours.refine.masks import mask_targets, render_label_masks, silhouette_settings
     from neumours.render.transfer import RenderSettings
@@ -104,14 +158,12 @@ def refine_command(args) -> None:
         raise NeumoursError("give exactly one of --targets DIR or --from-labels SEG.nii.gz")
     if args.masks and args.from_labels is None:
         raise NeumoursError("--masks goes with --from-labels (a targets.npz says itself whether it holds masks)")
-    if args.steps < 1 or args.views < 1 or not args.lr > 0:
-        raise NeumoursError("--steps and --views must be at least 1 and --lr > 0")
     if not str(args.out).endswith(".safetensors"):
         raise NeumoursError(f"{args.out}: the refined checkpoint must end in .safetensors")
     from neumours.outputs import check_output_file
 
     check_output_file(args.out, "refined checkpoint (--out)")
-    size = parse_size(args.size)
+    size = args.size
     state, config, metadata = load_checkpoint(args.checkpoint)
     case = load_case(args.case, force_geometry=args.force_geometry)
     corrected, from_masks = None, args.masks
@@ -168,19 +220,22 @@ def add_parsers(sub) -> None:
                           "[options]")
     p.add_argument("case", type=Path, help="the case to refine on (a case folder, any layout)")
     p.add_argument("--checkpoint", type=Path, required=True, help="INR checkpoint to start from (.safetensors)")
-    p.add_argument("--targets", type=Path, help="folder holding targets.npz (cameras and images or masks)")
+    p.add_argument("--targets", type=Path,
+                   help="folder holding targets.npz (or the .npz file itself): cameras and images or masks")
     p.add_argument("--from-labels", type=Path, help="corrected label NIfTI, rendered from --views cameras")
-    p.add_argument("--views", type=int, default=4, help="with --from-labels: orbiting cameras at equal azimuth steps")
+    p.add_argument("--views", type=int_range(1, 360), default=4,
+                   help="with --from-labels: orbiting cameras at equal azimuth steps")
     p.add_argument("--masks", action="store_true",
                    help="with --from-labels: tumour masks of the corrected labels as targets, not colour images")
-    p.add_argument("--size", default="256x256", help="with --from-labels: target image size, WIDTHxHEIGHT")
-    p.add_argument("--steps", type=int, default=20, help="AdamW steps")
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    p.add_argument("--size", type=image_size, default="256x256",
+                   help="with --from-labels: target image size, WIDTHxHEIGHT")
+    p.add_argument("--steps", type=int_range(1, 1_000_000), default=20, help="AdamW steps")
+    p.add_argument("--lr", type=finite_float(gt=0, max=1), default=1e-4, help="AdamW learning rate")
     p.add_argument("--path", choices=("cache", "direct"), default="cache",
                    help="gradient path: through the volume cache (a) or the INR at the ray samples (b)")
     p.add_argument("--anchor-data", type=Path,
                    help="folder of other cases whose predictions should stay as they are (first 4 used)")
-    p.add_argument("--anchor-weight", type=float, default=1.0, help="weight of the anchor penalty")
+    p.add_argument("--anchor-weight", type=finite_float(0, 1e6), default=1.0, help="weight of the anchor penalty")
     p.add_argument("--out", type=Path, required=True,
                    help="refined checkpoint to write (.safetensors); its .json report goes beside it")
     add_force_geometry_option(p)

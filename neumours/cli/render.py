@@ -21,10 +21,14 @@ import re
 from pathlib import Path
 
 from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option,
-                                  add_precision_option)
+                                  add_precision_option, finite_float, int_range)
 from neumours.errors import NeumoursError
 
 _MAX_SIZE = 16384
+#: Largest --modalities weight.
+MAX_WEIGHT = 1000.0
+#: Most --turntable frames (a minute at 60 frames/s).
+MAX_FRAMES = 3600
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -34,8 +38,18 @@ def parse_size(text: str) -> tuple[int, int]:
         raise NeumoursError(f"--size must be WIDTHxHEIGHT, e.g. 1920x1080, got {text!r}")
     width, height = int(match.group(1)), int(match.group(2))
     if not (1 <= width <= _MAX_SIZE and 1 <= height <= _MAX_SIZE):
-        raise NeumoursError(f"--size {text}: width and height must be 1..{_MAX_SIZE}")
+        raise NeumoursError(f"--size must have width and height in 1..{_MAX_SIZE}, got {text!r}")
     return width, height
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """The argparse ``type`` of ``--size``: :func:`parse_size`, its error as argparse's."""
+    import argparse
+
+    try:
+        return parse_size(text)
+    except NeumoursError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--size ")) from None
 
 
 def parse_modalities(text: str) -> dict[str, float]:
@@ -53,8 +67,8 @@ def parse_modalities(text: str) -> dict[str, float]:
             weight = float(value) if value.strip() else 1.0
         except ValueError:
             raise NeumoursError(f"--modalities: weight of {name} is not a number: {value!r}") from None
-        if not math.isfinite(weight):
-            raise NeumoursError(f"--modalities: weight of {name} must be finite, got {value!r}")
+        if not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
+            raise NeumoursError(f"--modalities: weight of {name} must be in [0, {MAX_WEIGHT:g}], got {value!r}")
         weights[name] = weight
     return weights
 
@@ -62,18 +76,12 @@ def parse_modalities(text: str) -> dict[str, float]:
 def _check_args(args) -> tuple[tuple[int, int], dict[str, float] | None]:
     from neumours.render.io import ANIMATION_SUFFIXES, IMAGE_SUFFIXES, mp4_available
 
-    size = parse_size(args.size)
+    size = args.size  # numbers (--size, --step, --fov, angles, --fps, --turntable) are checked by the parser
     modalities = parse_modalities(args.modalities) if args.modalities else None
-    if not (math.isfinite(args.step) and args.step > 0):
-        raise NeumoursError(f"--step must be > 0, got {args.step}")
-    if not 0 < args.fov < 180:
-        raise NeumoursError(f"--fov must be between 0 and 180 degrees, got {args.fov}")
-    if args.distance is not None and not (math.isfinite(args.distance) and args.distance > 0):
-        raise NeumoursError(f"--distance must be > 0, got {args.distance}")
     suffix = args.out.suffix.lower()
     if args.turntable is not None:
-        if args.turntable < 1:
-            raise NeumoursError(f"--turntable needs at least 1 frame, got {args.turntable}")
+        if args.turntable > MAX_FRAMES:
+            raise NeumoursError(f"--turntable must be at most {MAX_FRAMES} frames, got {args.turntable}")
         if suffix not in ANIMATION_SUFFIXES:
             raise NeumoursError(f"{args.out}: --turntable writes {' or '.join(ANIMATION_SUFFIXES)}")
         if suffix == ".mp4" and not mp4_available():
@@ -191,16 +199,21 @@ def add_parsers(sub) -> None:
     source.add_argument("--ground-truth", action="store_true", help="overlay the case's own label file")
     source.add_argument("--checkpoint", type=Path, help="segment the case with an INR checkpoint first")
     p.add_argument("--out", type=Path, required=True, help="output .png (.jpg), or .gif/.mp4 with --turntable")
-    p.add_argument("--size", default="1920x1080", help="image size, WIDTHxHEIGHT")
-    p.add_argument("--azimuth", type=float, default=30.0, help="camera angle about +z from +x, degrees")
-    p.add_argument("--elevation", type=float, default=20.0, help="camera angle above the xy plane, degrees")
-    p.add_argument("--distance", type=float, default=None, help="orbit distance in box units (default: fit the box)")
-    p.add_argument("--fov", type=float, default=30.0, help="vertical field of view, degrees")
+    p.add_argument("--size", type=image_size, default="1920x1080", help="image size, WIDTHxHEIGHT")
+    p.add_argument("--azimuth", type=finite_float(-3600, 3600), default=30.0,
+                   help="camera angle about +z from +x, degrees")
+    p.add_argument("--elevation", type=finite_float(-90, 90), default=20.0,
+                   help="camera angle above the xy plane, degrees")
+    p.add_argument("--distance", type=finite_float(gt=0, max=1e6), default=None,
+                   help="orbit distance in box units (default: fit the box)")
+    p.add_argument("--fov", type=finite_float(gt=0, lt=180), default=30.0, help="vertical field of view, degrees")
     p.add_argument("--modalities", default=None,
                    help="enabled modalities and weights, e.g. t2f=1,t1c=0.5 (default: all four at 0.25)")
-    p.add_argument("--step", type=float, default=0.02, help="ray-march step in box units (the longest axis spans 2)")
-    p.add_argument("--turntable", type=int, default=None, metavar="N", help="N frames around the case (.gif/.mp4)")
-    p.add_argument("--fps", type=float, default=15.0, help="turntable frame rate")
+    p.add_argument("--step", type=finite_float(gt=0), default=0.02,
+                   help="ray-march step in box units (the longest axis spans 2)")
+    p.add_argument("--turntable", type=int_range(1, unit="frame"), default=None, metavar="N",
+                   help=f"N frames around the case (.gif/.mp4), at most {MAX_FRAMES}")
+    p.add_argument("--fps", type=finite_float(gt=0, max=240), default=15.0, help="turntable frame rate")
     p.add_argument("--denoise", action="store_true", help="with --checkpoint: denoise the segmentation first")
     p.add_argument("--no-legend", action="store_true",
                    help="no colour key of the label classes (drawn on label overlays at least 96 pixels high)")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from neumours.cli.options import add_command, add_quiet_option
+from neumours.cli.options import add_command, add_quiet_option, finite_float, int_range, positive_int, seed
 from neumours.errors import NeumoursError
 
 #: Defaults of the options that define a sweep; --resume takes them from the sweep folder instead.
@@ -112,7 +112,7 @@ def add_parsers(sub) -> None:
                "trials. docs/sweep.md has the details and multi-GPU / cluster use.")
     p.add_argument("--data", type=Path, help="dataset folder (BraTS, MU-Glioma-Post or nnU-Net layout), labelled")
     p.add_argument("--space", type=Path, metavar="SPACE.toml", help="search space (see above)")
-    p.add_argument("--folds", type=int, default=_DEFAULTS["folds"], metavar="K",
+    p.add_argument("--folds", type=int_range(2, 1000), default=_DEFAULTS["folds"], metavar="K",
                    help="cross-validation folds (from neumours.data.kfold with [schedule] seed)")
     p.add_argument("--out", type=Path, metavar="SWEEP", help="sweep folder to create (empty or new)")
     p.add_argument("--resume", type=Path, metavar="SWEEP", help="continue the sweep in SWEEP with its own settings")
@@ -123,30 +123,31 @@ def add_parsers(sub) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="override [network] precision: bf16 tensor cores (CUDA only), fp32 FMA, or auto "
                         "(bf16 on CUDA, fp32 elsewhere)")
-    p.add_argument("--steps", type=int, help="override [schedule] steps (per trial and fold)")
-    p.add_argument("--val-every", type=int, help="override [schedule] val_every (steps between validations, "
+    p.add_argument("--steps", type=positive_int, help="override [schedule] steps (per trial and fold)")
+    p.add_argument("--val-every", type=positive_int, help="override [schedule] val_every (steps between validations, "
                                                  "the points where ASHA compares trials)")
-    p.add_argument("--seed", type=int, help="override [schedule] seed (folds, initialisation, sampling, search)")
+    p.add_argument("--seed", type=seed, help="override [schedule] seed (folds, initialisation, sampling, search)")
     p.add_argument("--search", choices=["grid", "random", "optuna"], default=_DEFAULTS["search"],
                    help="grid: every combination of the grid lists; random: --samples configurations drawn "
                         "(grid lists drawn like choices); optuna: --samples configurations proposed by Optuna "
                         "(needs pip install optuna)")
-    p.add_argument("--samples", type=int, default=_DEFAULTS["samples"],
+    p.add_argument("--samples", type=int_range(1, 1_000_000), default=_DEFAULTS["samples"],
                    help="configurations to try with --search random or optuna")
     p.add_argument("--asha", action="store_true",
                    help="stop poor trials early (ASHA on the fold-mean validation Dice at each validation)")
-    p.add_argument("--asha-grace", type=int, metavar="STEPS",
+    p.add_argument("--asha-grace", type=positive_int, metavar="STEPS",
                    help="with --asha: steps every trial trains before it can be stopped (default: a quarter "
                         "of --steps)")
-    p.add_argument("--asha-reduction", type=int, default=_DEFAULTS["asha_reduction"],
+    p.add_argument("--asha-reduction", type=int_range(2, 1000), default=_DEFAULTS["asha_reduction"],
                    help="with --asha: keep 1 in this many trials at each rung")
-    p.add_argument("--trials-per-gpu", type=int, default=_DEFAULTS["trials_per_gpu"], metavar="N",
+    p.add_argument("--trials-per-gpu", type=int_range(1, 1024), default=_DEFAULTS["trials_per_gpu"], metavar="N",
                    help="trials sharing one GPU (each asks Ray for 1/N of a GPU)")
-    p.add_argument("--cpus-per-trial", type=float, default=_DEFAULTS["cpus_per_trial"],
+    p.add_argument("--cpus-per-trial", type=finite_float(gt=0, max=4096), default=_DEFAULTS["cpus_per_trial"],
                    help="CPU cores each trial reserves")
-    p.add_argument("--gpus", type=int, metavar="G",
+    p.add_argument("--gpus", type=int_range(0, 4096), metavar="G",
                    help="GPUs to use (default: every GPU CUDA_VISIBLE_DEVICES shows; 0: trials on the CPU device)")
-    p.add_argument("--cpus", type=int, metavar="C", help="CPU cores of the local Ray instance (default: all)")
+    p.add_argument("--cpus", type=int_range(1, 1 << 20), metavar="C",
+                   help="CPU cores of the local Ray instance (default: all)")
     p.add_argument("--address", metavar="ADDRESS",
                    help="join a running Ray cluster instead of starting one: auto, HOST:PORT or ray://HOST:10001")
     p.add_argument("--device", default=_DEFAULTS["device"],

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_device_option, add_force_geometry_option, add_keep_going_option
+from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option, add_keep_going_option,
+                                  positive_int, seed)
 from neumours.errors import CasesFailedError, NeumoursError
 
 
@@ -26,12 +27,15 @@ def resolve_config(args):
         from neumours.train.augment import AugmentConfig
 
         config = dataclasses.replace(config, augment=AugmentConfig.default_on())
-    schedule = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("val_every", args.val_every))
-                if v is not None}
-    if schedule:
-        config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, **schedule))
-    if config.schedule.steps < 1 or config.schedule.val_every < 1:
-        raise NeumoursError("--steps and --val-every must be at least 1")
+    from neumours.schema import SettingError
+
+    for key, value in (("steps", args.steps), ("seed", args.seed), ("val_every", args.val_every)):
+        if value is None:
+            continue
+        try:  # the parser checked the flag's type; [schedule] may bound it further
+            config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, **{key: value}))
+        except SettingError as exc:
+            raise NeumoursError(f"--{key.replace('_', '-')} {value}: [schedule] {exc}") from None
     return config
 
 
@@ -105,9 +109,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--preset", choices=["paper", "tiny"], default="paper",
                    help="paper: Table I; tiny: a small network that trains in seconds on the CPU")
     p.add_argument("--optimizer", choices=["adamw", "muon"], help="override [optimizer] name")
-    p.add_argument("--steps", type=int, help="override [schedule] steps")
-    p.add_argument("--val-every", type=int, help="override [schedule] val_every (steps between validations)")
-    p.add_argument("--seed", type=int, help="override [schedule] seed (split, initialisation, sampling)")
+    p.add_argument("--steps", type=positive_int, help="override [schedule] steps")
+    p.add_argument("--val-every", type=positive_int, help="override [schedule] val_every (steps between validations)")
+    p.add_argument("--seed", type=seed, help="override [schedule] seed (split, initialisation, sampling)")
     p.add_argument("--config", type=Path, help="TOML file overriding the preset (sections network, loss, "
                                                "optimizer, sampler, schedule, augment)")
     p.add_argument("--overwrite", action="store_true",

@@ -15,7 +15,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_device_option
+from neumours.cli.options import add_command, add_device_option, finite_float, int_range
 from neumours.errors import NeumoursError
 
 INSTALL_HINT = "neumours view needs aiohttp and Pillow: pip install 'neumours[view]'"
@@ -133,9 +133,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="folder for Save (refined checkpoint and segmentation); without it Save is disabled")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback warns)")
-    p.add_argument("--port", type=int, default=8765, help="TCP port (0: any free port)")
+    p.add_argument("--port", type=int_range(0, 65535), default=8765, help="TCP port (0: any free port)")
     p.add_argument("--no-browser", action="store_true", help="do not open the local web browser")
-    p.add_argument("--max-upload-mb", type=float, default=32.0,
+    p.add_argument("--max-upload-mb", type=finite_float(gt=0, max=4096), default=32.0,
                    help="largest correction message from the page, MiB")
     add_device_option(p)
     p.set_defaults(func=view_command)

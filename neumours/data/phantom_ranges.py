@@ -19,6 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from neumours.schema import Number, Numbers, Rule, from_mapping, setting, validate
 from neumours.toml_files import read_toml
 
 #: Difficulty presets, easiest first; ``classic`` is the original single recipe.
@@ -27,6 +28,18 @@ DIFFICULTIES = ("classic", "easy", "medium", "hard")
 KINDS = ("pre", "post")
 
 Range = tuple[float, float]
+
+
+
+def _range(lo: float, hi: float) -> Numbers:
+    """A range [a, b] drawn per case, a <= b, both within [lo, hi] (beyond, the phantom stops making sense)."""
+    return Numbers(Number(ge=lo, le=hi), ordered=True)
+
+
+#: A range of counts (vessels, white-matter lesions).
+_COUNT_RANGE = Numbers(Number(ge=0, le=64, integer=True), ordered=True)
+#: A share of cases (or modalities) that have a property.
+_SHARE = Number(ge=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -90,67 +103,63 @@ class PhantomRanges:
     """
 
     # anatomy
-    brain_scale: Range = (0.88, 1.04)
-    surface: Range = (0.6, 1.8)
-    fold: Range = (0.75, 1.35)
-    sulcus_depth: Range = (0.7, 1.5)
-    ventricles: Range = (0.7, 1.6)
+    brain_scale: Range = setting((0.88, 1.04), _range(0.5, 1.2))
+    surface: Range = setting((0.6, 1.8), _range(0, 5))
+    fold: Range = setting((0.75, 1.35), _range(0.1, 5))
+    sulcus_depth: Range = setting((0.7, 1.5), _range(0, 5))
+    ventricles: Range = setting((0.7, 1.6), _range(0.1, 3))
     # lesions
-    multifocal_share: float = 0.25
-    max_lesions: int = 3
-    whole_tumour: Range = (0.008, 0.16)
-    edema_reach: Range = (1.1, 2.6)
-    elongation: Range = (0.05, 0.35)
-    roughness: Range = (0.1, 0.45)
-    lobulation: Range = (1.2, 3.5)
-    cortical_share: float = 0.25
-    necrosis_share: float = 0.75
-    enhancement_share: float = 0.88
-    rim: Range = (0.12, 0.45)
-    open_rim_share: float = 0.35
-    solid_label1: Range = (0.0, 0.6)
+    multifocal_share: float = setting(0.25, _SHARE)
+    max_lesions: int = setting(3, Number(ge=1, le=16, integer=True))
+    whole_tumour: Range = setting((0.008, 0.16), _range(0, 0.5))
+    edema_reach: Range = setting((1.1, 2.6), _range(1, 5))
+    elongation: Range = setting((0.05, 0.35), _range(0, 2))
+    roughness: Range = setting((0.1, 0.45), _range(0, 1))
+    lobulation: Range = setting((1.2, 3.5), _range(0.1, 10))
+    cortical_share: float = setting(0.25, _SHARE)
+    necrosis_share: float = setting(0.75, _SHARE)
+    enhancement_share: float = setting(0.88, _SHARE)
+    rim: Range = setting((0.12, 0.45), _range(0, 1))
+    open_rim_share: float = setting(0.35, _SHARE)
+    solid_label1: Range = setting((0.0, 0.6), _range(0, 1))
     # post-operative site
-    cavity_ratio: Range = (0.55, 1.05)
-    corridor_share: float = 0.8
-    blood_share: float = 0.5
-    cavity_flair: Range = (0.3, 1.3)
-    residual_share: float = 0.65
-    residual_cover: Range = (0.15, 0.8)
-    treatment_share: float = 0.4
+    cavity_ratio: Range = setting((0.55, 1.05), _range(0.1, 2))
+    corridor_share: float = setting(0.8, _SHARE)
+    blood_share: float = setting(0.5, _SHARE)
+    cavity_flair: Range = setting((0.3, 1.3), _range(0, 5))
+    residual_share: float = setting(0.65, _SHARE)
+    residual_cover: Range = setting((0.15, 0.8), _range(0, 1))
+    treatment_share: float = setting(0.4, _SHARE)
     # look-alikes
-    vessels: tuple[int, int] = (0, 8)
-    wm_lesions: tuple[int, int] = (0, 6)
+    vessels: tuple[int, int] = setting((0, 8), _COUNT_RANGE)
+    wm_lesions: tuple[int, int] = setting((0, 6), _COUNT_RANGE)
     # acquisition
-    contrast_jitter: float = 0.15
-    contrast_overlap: Range = (0.45, 1.0)
-    texture: Range = (0.01, 0.05)
-    pv_sigma: Range = (0.35, 1.0)
-    thick_slice_share: float = 0.4
-    slice_thickness: Range = (2.0, 5.0)
-    bias: Range = (0.03, 0.22)
-    noise: Range = (0.01, 0.08)
-    wm_level: Range = (100.0, 5000.0)
-    offset: Range = (0.0, 0.15)
-    gamma: Range = (0.8, 1.25)
+    contrast_jitter: float = setting(0.15, Number(ge=0, le=2))
+    contrast_overlap: Range = setting((0.45, 1.0), _range(0, 2))
+    texture: Range = setting((0.01, 0.05), _range(0, 1))
+    pv_sigma: Range = setting((0.35, 1.0), _range(0, 5))
+    thick_slice_share: float = setting(0.4, _SHARE)
+    slice_thickness: Range = setting((2.0, 5.0), _range(1, 16))
+    bias: Range = setting((0.03, 0.22), _range(0, 1))
+    noise: Range = setting((0.01, 0.08), _range(0, 1))
+    wm_level: Range = setting((100.0, 5000.0), _range(1, 100000.0))
+    offset: Range = setting((0.0, 0.15), _range(0, 1))
+    gamma: Range = setting((0.8, 1.25), _range(0.1, 5))
+
+
+    RULES = (
+        Rule("`whole_tumour` lies in (0, 0.5) of the brain",
+             lambda r: 0 < r.whole_tumour[0] and r.whole_tumour[1] < 0.5,
+             lambda r: f"whole_tumour must lie in (0, 0.5) of the brain, got {list(r.whole_tumour)}"),
+        Rule("`edema_reach` is at least 1 (the whole tumour contains the core)",
+             lambda r: r.edema_reach[0] >= 1.0,
+             lambda r: f"edema_reach must be >= 1 (whole tumour contains the core), got {list(r.edema_reach)}"),
+        Rule("`wm_level` is at least 1", lambda r: r.wm_level[0] >= 1,
+             lambda r: f"wm_level must be >= 1, got {list(r.wm_level)}"),
+    )
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, tuple):
-                if len(value) != 2 or not value[0] <= value[1]:
-                    raise ValueError(f"{f.name} must be a range (lo, hi) with lo <= hi, got {value}")
-                if value[0] < 0:
-                    raise ValueError(f"{f.name} must not be negative, got {value}")
-            elif f.name.endswith("_share") and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{f.name} is a share and must lie in [0, 1], got {value}")
-        if self.max_lesions < 1:
-            raise ValueError(f"max_lesions must be at least 1, got {self.max_lesions}")
-        if self.edema_reach[0] < 1.0:
-            raise ValueError(f"edema_reach must be >= 1 (whole tumour contains the core), got {self.edema_reach}")
-        if self.whole_tumour[1] >= 0.5 or self.whole_tumour[0] <= 0:
-            raise ValueError(f"whole_tumour must lie in (0, 0.5) of the brain, got {self.whole_tumour}")
-        if self.wm_level[0] < 1:
-            raise ValueError(f"wm_level must be >= 1, got {self.wm_level}")
+        validate(self)
 
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
@@ -207,20 +216,13 @@ def phantom_ranges(difficulty: str = "hard", kind: str = "pre") -> PhantomRanges
 
 
 def ranges_from_dict(data: dict, base: PhantomRanges, source: str = "ranges") -> PhantomRanges:
-    """``base`` with the keys of ``data`` replaced (lists become ranges).
+    """``base`` with the keys of ``data`` replaced (lists become ranges), every value checked.
 
     Raises:
-        ValueError: an unknown key or a bad value, naming ``source``.
+        neumours.schema.SettingError: an unknown key or a bad value, naming ``source`` and the key
+            (a NeumoursError and a ValueError).
     """
-    known = {f.name for f in dataclasses.fields(PhantomRanges)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"{source}: unknown phantom range(s): {', '.join(sorted(unknown))}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    try:
-        return dataclasses.replace(base, **values)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{source}: {exc}") from None
+    return from_mapping(PhantomRanges, data, base, source)
 
 
 def load_ranges(path: str | Path, base: PhantomRanges) -> PhantomRanges:
@@ -228,8 +230,7 @@ def load_ranges(path: str | Path, base: PhantomRanges) -> PhantomRanges:
     ``synth.toml``) override ``base``.
 
     Raises:
-        NeumoursError: the file is missing or not TOML.
-        ValueError: unknown keys or bad values.
+        NeumoursError: the file is missing or not TOML, unknown keys or bad values (one line).
     """
     path = Path(path)
     data = read_toml(path, "ranges file")

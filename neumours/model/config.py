@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from neumours.conventions import NUM_CLASSES, NUM_MODALITIES, fourier_dim
-from neumours.errors import NeumoursError
+from neumours.schema import Choice, Number, Rule, from_mapping, setting, validate
 
 
 #: Values of INRConfig.precision.
@@ -43,35 +43,29 @@ class INRConfig:
             ``"auto"`` (bf16 on CUDA, fp32 elsewhere).
     """
 
-    num_freqs: int = 64
-    spatial_width: int = 128
-    modality_width: int = 128
-    hidden_width: int = 256
-    hidden_layers: int = 3
-    num_classes: int = NUM_CLASSES
-    num_modalities: int = NUM_MODALITIES
-    patch_size: int = 3
-    precision: str = "auto"
+    num_freqs: int = setting(64, Number(ge=1, le=1024, integer=True))
+    spatial_width: int = setting(128, Number(ge=1, le=8192, integer=True))
+    modality_width: int = setting(128, Number(ge=1, le=8192, integer=True))
+    hidden_width: int = setting(256, Number(ge=1, le=16384, integer=True))
+    hidden_layers: int = setting(3, Number(ge=1, le=64, integer=True))
+    num_classes: int = setting(NUM_CLASSES, Number(ge=2, le=256, integer=True))
+    num_modalities: int = setting(NUM_MODALITIES, Number(ge=1, le=64, integer=True))
+    patch_size: int = setting(3, Number(ge=1, le=15, integer=True))
+    precision: str = setting("auto", Choice(PRECISIONS))
+
+    RULES = (
+        Rule("`patch_size` is odd (the patch is centred on the voxel)",
+             lambda c: c.patch_size % 2 == 1,
+             lambda c: f"patch_size must be odd (centred on the voxel), got {c.patch_size}"),
+        Rule("`spatial_width` + `modality_width` = `hidden_width` (the first hidden layer reads their concatenation)",
+             lambda c: c.concat_width == c.hidden_width,
+             lambda c: "spatial_width + modality_width must equal hidden_width, because the first hidden layer "
+                       f"reads the concatenation ({c.spatial_width} + {c.modality_width} = {c.concat_width}, "
+                       f"hidden_width = {c.hidden_width})"),
+    )
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"INRConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for field in dataclasses.fields(self):
-            if field.name == "precision":
-                continue
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"INRConfig.{field.name} must be an int, got {value!r}")
-            if value < 1:
-                raise ValueError(f"INRConfig.{field.name} must be at least 1, got {value}")
-        if self.patch_size % 2 != 1:
-            raise ValueError(f"INRConfig.patch_size must be odd (centred on the voxel), got {self.patch_size}")
-        if self.concat_width != self.hidden_width:
-            raise ValueError(
-                "INRConfig: spatial_width + modality_width must equal hidden_width, because the first "
-                f"hidden layer reads the concatenation ({self.spatial_width} + {self.modality_width} = "
-                f"{self.concat_width}, hidden_width = {self.hidden_width})"
-            )
+        validate(self)
 
     @property
     def fourier_dim(self) -> int:
@@ -136,18 +130,7 @@ class INRConfig:
             NeumoursError: an unknown key (e.g. a typo, or a newer format) or an
                 invalid value, so a bad config file fails with one line.
         """
-        if not isinstance(data, Mapping):
-            raise NeumoursError(f"INR config must be a mapping of field to int, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise NeumoursError(
-                f"INR config has unknown field(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}"
-            )
-        try:
-            return cls(**dict(data))
-        except ValueError as exc:
-            raise NeumoursError(str(exc)) from None
+        return from_mapping(cls, data, source="INR config")
 
     @classmethod
     def paper(cls) -> INRConfig:

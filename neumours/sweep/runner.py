@@ -61,7 +61,7 @@ def new_sweep(out: str | Path, space_file: str | Path, base, settings: SweepSett
     if out.is_dir() and any(out.iterdir()):
         hint = " (continue it with --resume)" if (out / "sweep.json").is_file() else ""
         raise NeumoursError(f"{out}: the sweep folder is not empty{hint}")
-    space = load_space(space_file)
+    space = load_space(space_file, base)
     space.check_search(settings.search)
     if settings.search == "optuna":
         require_optuna()

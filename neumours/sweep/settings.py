@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 from neumours.atomic import atomic_write_text
 from neumours.errors import NeumoursError
 from neumours.sweep.folds import Fold, load_folds, save_folds
-from neumours.sweep.space import SearchSpace, load_space
+from neumours.schema import Boolean, Choice, Number, setting, validate
+from neumours.sweep.space import SEARCHES, SearchSpace, load_space
 from neumours.train.config import TrainConfig, load_toml, save_toml
 
 SETTINGS = "sweep.json"
@@ -34,15 +35,18 @@ class SweepSettings:
     """
 
     data: str
-    folds: int
-    search: str = "grid"
-    samples: int = 1
-    asha: bool = False
-    asha_grace: int = 0
-    asha_reduction: int = 3
-    trials_per_gpu: int = 1
-    cpus_per_trial: float = 1.0
+    folds: int = setting(MISSING, Number(ge=2, le=1000, integer=True))
+    search: str = setting("grid", Choice(SEARCHES))
+    samples: int = setting(1, Number(ge=1, le=1_000_000, integer=True))
+    asha: bool = setting(False, Boolean())
+    asha_grace: int = setting(0, Number(ge=0, integer=True))
+    asha_reduction: int = setting(3, Number(ge=2, le=1000, integer=True))
+    trials_per_gpu: int = setting(1, Number(ge=1, le=1024, integer=True))
+    cpus_per_trial: float = setting(1.0, Number(gt=0, le=4096))
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -76,4 +80,5 @@ def load_sweep(out: str | Path) -> Sweep:
         folds = load_folds(out / FOLDS)
     except (ValueError, TypeError, KeyError, OSError) as exc:
         raise NeumoursError(f"{path}: cannot read the sweep's settings ({exc})") from None
-    return Sweep(out, settings, load_space(out / SPACE), load_toml(out / BASE_CONFIG, TrainConfig()), folds)
+    base = load_toml(out / BASE_CONFIG, TrainConfig())
+    return Sweep(out, settings, load_space(out / SPACE, base), base, folds)

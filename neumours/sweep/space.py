@@ -11,20 +11,25 @@ holds one of::
     [sampler]
     foreground_ratio = { uniform = [0.05, 0.3] }
 
-Unknown sections or keys and malformed entries are errors before anything runs;
-a value of the wrong kind for its key (a string learning rate) is not: it fails
-its own trial, which the results table reports, while the others go on.
+Unknown sections or keys, malformed entries and values outside what their key allows
+(``neumours.schema``: a string learning rate, ``uniform = [0, inf]``, a negative seed) are
+errors before anything runs; so is a grid combination, or a corner of the ranges, that
+breaks a rule between keys (``lr_final <= lr``). A trial that sets ``[optimizer] lr``
+without ``lr_final`` scales ``lr_final`` with it (the base's ratio lr_final / lr), so
+sweeping the learning rate keeps the schedule's shape and never makes it rise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from neumours.errors import NeumoursError
+from neumours.schema import SettingError, check_of
 from neumours.toml_files import read_toml
 from neumours.train.config import TrainConfig
 
@@ -106,12 +111,26 @@ def flat_values(config: dict[str, dict[str, Any]], space: SearchSpace) -> dict[s
     return {d.name: config.get(d.section, {}).get(d.key) for d in space.dimensions}
 
 
+#: Grid combinations (and range corners) checked against the cross-key rules before a sweep runs.
+MAX_CHECKED_COMBINATIONS = 4096
+
+
 def apply(base: TrainConfig, config: dict[str, dict[str, Any]], source: str = "trial") -> TrainConfig:
-    """``base`` with a trial's swept values (nested like ``config.toml``)."""
+    """``base`` with a trial's swept values (nested like ``config.toml``).
+
+    A trial that sets ``[optimizer] lr`` but not ``lr_final`` gets ``lr_final = lr * base.lr_final / base.lr``:
+    the schedule keeps the base's shape (and never rises) whatever learning rate is swept.
+    """
+    optimizer = config.get("optimizer")
+    if isinstance(optimizer, dict) and "lr" in optimizer and "lr_final" not in optimizer:
+        lr = optimizer["lr"]
+        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr):
+            ratio = base.optimizer.lr_final / base.optimizer.lr
+            config = {**config, "optimizer": {**optimizer, "lr_final": lr * ratio}}
     return TrainConfig.from_dict(config, base, source=source)
 
 
-def _entry(section: str, key: str, spec: Any, default: Any, source: str) -> Dimension:
+def _entry(section: str, key: str, spec: Any, default: Any, source: str, owner) -> Dimension:
     where = f"{source}: [{section}] {key}"
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
         raise NeumoursError(f"{where}: expected one of {{ grid = [...] }}, {{ choice = [...] }}, "
@@ -133,11 +152,41 @@ def _entry(section: str, key: str, spec: Any, default: Any, source: str) -> Dime
             raise NeumoursError(f"{where}: {kind} ranges need a numeric key (its value is {default!r})")
     elif len(set(map(repr, values))) != len(values):
         raise NeumoursError(f"{where}: {kind} lists a value twice")
+    check = check_of(owner, key)
+    if check is not None:
+        names = ("lo", "hi") if kind in ("uniform", "loguniform") else [f"value {i + 1}" for i in range(len(values))]
+        try:
+            values = tuple(check.coerce(v, f"{kind} {name}") for v, name in zip(values, names))
+        except SettingError as exc:
+            raise NeumoursError(f"{where}: {exc}") from None
     return Dimension(section, key, kind, values, integer)
 
 
-def parse_space(data: dict, source: str = "space") -> SearchSpace:
-    """A :class:`SearchSpace` from the parsed TOML; every section and key must be a training setting."""
+def _check_combinations(dimensions: list[Dimension], base: TrainConfig, source: str) -> None:
+    """Every grid combination, with each range at its two ends, must make a valid configuration:
+    the rules between keys (``lr_final <= lr``, one class weight per class, ...) hold before a
+    trial runs. Beyond :data:`MAX_CHECKED_COMBINATIONS` only each value on its own is applied."""
+    options = [[(d, v) for v in d.values] for d in dimensions]
+    if math.prod(len(o) for o in options) > MAX_CHECKED_COMBINATIONS:
+        combinations = [[choice] for o in options for choice in o]
+    else:
+        combinations = itertools.product(*options)
+    for combination in combinations:
+        nested: dict[str, dict[str, Any]] = {}
+        for d, v in combination:
+            nested.setdefault(d.section, {})[d.key] = v
+        try:
+            apply(base, nested, source="")
+        except SettingError as exc:
+            shown = ", ".join(f"{d.name} = {v!r}" for d, v in combination)
+            problem = str(exc).removeprefix(": ")
+            raise NeumoursError(f"{source}: the combination {shown} is not a valid configuration: {problem}") from None
+
+
+def parse_space(data: dict, source: str = "space", base: TrainConfig | None = None) -> SearchSpace:
+    """A :class:`SearchSpace` from the parsed TOML; every section and key must be a training setting,
+    every value one its key allows, and (with ``base``, the configuration the trials start from)
+    every grid combination and range corner a valid configuration."""
     defaults = TrainConfig()
     sections = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(TrainConfig)}
     dimensions = []
@@ -150,12 +199,14 @@ def parse_space(data: dict, source: str = "space") -> SearchSpace:
         for key, spec in entries.items():
             if key not in known:
                 raise NeumoursError(f"{source}: unknown key {key!r} in [{section}] (keys: {', '.join(known)})")
-            dimensions.append(_entry(section, key, spec, known[key], source))
+            dimensions.append(_entry(section, key, spec, known[key], source, type(sections[section])))
     if not dimensions:
         raise NeumoursError(f"{source}: no swept keys (e.g. [optimizer] lr = {{ grid = [1e-3, 3e-3] }})")
+    if base is not None:
+        _check_combinations(dimensions, base, source)
     return SearchSpace(tuple(dimensions))
 
 
-def load_space(path: str | Path) -> SearchSpace:
-    """Read and check ``SPACE.toml``."""
-    return parse_space(read_toml(path, "search space file"), source=str(path))
+def load_space(path: str | Path, base: TrainConfig | None = None) -> SearchSpace:
+    """Read and check ``SPACE.toml`` (against ``base``, the trials' starting configuration, when given)."""
+    return parse_space(read_toml(path, "search space file"), source=str(path), base=base)

@@ -27,6 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from neumours.kernels import augment as layout
+from neumours.schema import Number, Numbers, setting, validate
+
+_BELOW_ONE = Number(ge=0, lt=1)  # a relative change of a factor drawn in [1 / (1 + v), 1 + v]
+_PROBABILITY = Number(ge=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -54,31 +58,21 @@ class AugmentConfig:
             modality is always kept.
     """
 
-    flip: float = 0.0
-    flip_axes: tuple[int, ...] = (0,)
-    rotate_deg: float = 0.0
-    scale: float = 0.0
-    translate: float = 0.0
-    warp: float = 0.0
-    intensity_scale: float = 0.0
-    intensity_shift: float = 0.0
-    gamma: float = 0.0
-    bias: float = 0.0
-    noise: float = 0.0
-    dropout: float = 0.0
+    flip: float = setting(0.0, _PROBABILITY)
+    flip_axes: tuple[int, ...] = setting((0,), Numbers(Number(ge=0, le=2, integer=True), min_length=0, max_length=3))
+    rotate_deg: float = setting(0.0, Number(ge=0, le=180))
+    scale: float = setting(0.0, _BELOW_ONE)
+    translate: float = setting(0.0, Number(ge=0, le=2))
+    warp: float = setting(0.0, Number(ge=0, le=2))
+    intensity_scale: float = setting(0.0, _BELOW_ONE)
+    intensity_shift: float = setting(0.0, Number(ge=0, le=100))
+    gamma: float = setting(0.0, _BELOW_ONE)
+    bias: float = setting(0.0, Number(ge=0, le=10))
+    noise: float = setting(0.0, Number(ge=0, le=100))
+    dropout: float = setting(0.0, _PROBABILITY)
 
     def __post_init__(self):
-        for name in ("flip", "rotate_deg", "scale", "translate", "warp", "intensity_scale", "intensity_shift",
-                     "gamma", "bias", "noise", "dropout"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("flip", "dropout"):
-            if getattr(self, name) > 1:
-                raise ValueError(f"{name} is a probability, got {getattr(self, name)}")
-        if self.scale >= 1 or self.intensity_scale >= 1 or self.gamma >= 1:
-            raise ValueError("scale, intensity_scale and gamma must be below 1")
-        if any(a not in (0, 1, 2) for a in self.flip_axes):
-            raise ValueError(f"flip_axes must be among 0, 1, 2, got {self.flip_axes}")
+        validate(self)
 
     @property
     def flags(self) -> int:

@@ -19,10 +19,20 @@ from typing import Any
 from neumours.atomic import atomic_write_text
 from neumours.conventions import NUM_CLASSES, NUM_MODALITIES
 from neumours.errors import NeumoursError
+from neumours.schema import (SEED, Choice, Number, Numbers, Rule, allowed_text, from_mapping, rules_text, setting,
+                             validate)
 from neumours.toml_files import read_toml, toml_value
 from neumours.model.config import INRConfig
 from neumours.train.augment import AugmentConfig
 from neumours.train.loss import LossConfig
+
+
+#: Most points per micro-batch: 2**20 (the paper uses 4096); see also :data:`MAX_BUFFER_BYTES`.
+MAX_MICRO_BATCH = 1 << 20
+#: Most points per optimiser step (micro_batch x micro_batches): 2**24 (the paper's step has 16,384).
+MAX_STEP_POINTS = 1 << 24
+#: A device buffer stays below 2 GiB (slangpy 0.43.1 on CUDA refuses larger allocations).
+MAX_BUFFER_BYTES = (1 << 31) - 1
 
 
 @dataclass(frozen=True)
@@ -34,20 +44,29 @@ class OptimizerConfig:
             (torch.optim.Muon on the 2-D weight matrices, AdamW on the biases
             and the conv kernel).
         lr: peak learning rate, reached at the end of the warm-up.
-        lr_final: learning rate at the last step; cosine decay from ``lr`` to it.
-        warmup_steps: steps of linear warm-up from lr / warmup_steps to ``lr``.
+        lr_final: learning rate at the last step; cosine decay from ``lr`` to it (at most ``lr``:
+            the schedule never rises; a sweep that varies ``lr`` alone scales it along, docs/sweep.md).
+        warmup_steps: steps of linear warm-up from lr / warmup_steps to ``lr`` (0: none).
         clip_norm: gradients are clipped to this global L2 norm before each step.
         weight_decay: decoupled weight decay of AdamW (and of Muon).
         betas: AdamW's (beta1, beta2) moment decay rates.
     """
 
-    name: str = "adamw"
-    lr: float = 1e-3
-    lr_final: float = 5e-4
-    warmup_steps: int = 100
-    clip_norm: float = 1.0
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
+    name: str = setting("adamw", Choice(("adamw", "muon")))
+    lr: float = setting(1e-3, Number(gt=0))
+    lr_final: float = setting(5e-4, Number(ge=0))
+    warmup_steps: int = setting(100, Number(ge=0, le=10**9, integer=True))
+    clip_norm: float = setting(1.0, Number(gt=0))
+    weight_decay: float = setting(0.01, Number(ge=0, lt=1))
+    betas: tuple[float, float] = setting((0.9, 0.999), Numbers(Number(ge=0, lt=1), length=2))
+
+    RULES = (Rule("`lr_final` <= `lr` (the cosine schedule decays, it never rises)",
+                  lambda c: c.lr_final <= c.lr,
+                  lambda c: f"lr_final must be at most lr ({c.lr!r}: the schedule decays from lr to lr_final), "
+                            f"got {c.lr_final!r}"),)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -66,11 +85,20 @@ class SamplerConfig:
         refresh_every: with a cycling pool, steps between swapping in the next case.
     """
 
-    micro_batch: int = 4096
-    micro_batches: int = 4
-    foreground_ratio: float = 0.1
-    pool_bytes: int = 0
-    refresh_every: int = 50
+    micro_batch: int = setting(4096, Number(ge=1, le=MAX_MICRO_BATCH, integer=True))
+    micro_batches: int = setting(4, Number(ge=1, le=1024, integer=True))
+    foreground_ratio: float = setting(0.1, Number(ge=0, le=1))
+    pool_bytes: int = setting(0, Number(ge=0, integer=True))
+    refresh_every: int = setting(50, Number(ge=1, integer=True))
+
+    RULES = (Rule(f"`micro_batch` x `micro_batches` <= {MAX_STEP_POINTS} points per step",
+                  lambda c: c.micro_batch * c.micro_batches <= MAX_STEP_POINTS,
+                  lambda c: f"micro_batch x micro_batches must be at most {MAX_STEP_POINTS} points per step "
+                            f"(each micro-batch keeps its own input buffers), got {c.micro_batch} x "
+                            f"{c.micro_batches}"),)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -86,11 +114,14 @@ class ScheduleConfig:
         seed: seed of the split, the initial weights and the point sampler.
     """
 
-    steps: int = 10_000
-    val_every: int = 500
-    val_fraction: float = 0.1
-    log_every: int = 10
-    seed: int = 0
+    steps: int = setting(10_000, Number(ge=1, le=10**9, integer=True))
+    val_every: int = setting(500, Number(ge=1, integer=True))
+    val_fraction: float = setting(0.1, Number(ge=0, lt=1))
+    log_every: int = setting(10, Number(ge=1, integer=True))
+    seed: int = setting(0, SEED)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -113,32 +144,35 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    RULES = (
+        Rule("`[loss] class_weights` holds one weight per class (`[network] num_classes`)",
+             lambda c: len(c.loss.class_weights) == c.network.num_classes,
+             lambda c: f"[loss] class_weights must hold one weight per class ([network] num_classes = "
+                       f"{c.network.num_classes}), got {len(c.loss.class_weights)}"),
+        Rule("`[sampler] micro_batch` times the widest per-point row (`[network]` hidden_width, the patch "
+             "or the classes) fits a 2 GiB device buffer",
+             lambda c: 4 * c.sampler.micro_batch * _widest_row(c.network) <= MAX_BUFFER_BYTES,
+             lambda c: f"[sampler] micro_batch must be at most {MAX_BUFFER_BYTES // (4 * _widest_row(c.network))} "
+                       f"for this [network] (a device buffer of micro_batch x {_widest_row(c.network)} floats "
+                       f"stays below 2 GiB), got {c.sampler.micro_batch}"),
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict, base: "TrainConfig | None" = None, source: str = "config") -> "TrainConfig":
-        """``base`` with the sections and keys of ``data`` replaced; unknown keys are an error."""
-        base = base or cls()
-        sections = {}
-        for f in dataclasses.fields(cls):
-            current = getattr(base, f.name)
-            values = data.get(f.name, {})
-            if not isinstance(values, dict):
-                raise NeumoursError(f"{source}: [{f.name}] must be a table")
-            known = {g.name for g in dataclasses.fields(current)}
-            unknown = set(values) - known
-            if unknown:
-                raise NeumoursError(f"{source}: unknown key(s) in [{f.name}]: {', '.join(sorted(unknown))}")
-            converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-            try:
-                sections[f.name] = dataclasses.replace(current, **converted)
-            except (TypeError, ValueError) as exc:
-                raise NeumoursError(f"{source}: [{f.name}]: {exc}") from None
-        unknown = set(data) - set(sections)
-        if unknown:
-            raise NeumoursError(f"{source}: unknown section(s): {', '.join(sorted(unknown))}")
-        return cls(**sections)
+        """``base`` with the sections and keys of ``data`` replaced, every value checked
+        (:func:`neumours.schema.from_mapping`; unknown sections or keys are an error)."""
+        return from_mapping(cls, data, base, source)
+
+
+def _widest_row(network: INRConfig) -> int:
+    """Floats per point of the widest per-point training buffer (hidden activations, patch, logits)."""
+    return max(network.hidden_width, network.patch_dim, network.num_classes, 3)
 
 
 def preset(name: str) -> TrainConfig:
@@ -235,6 +269,17 @@ def config_reference() -> str:
         "tables or keys are an error. Every run writes its resolved settings to `RUN/config.toml`,",
         "which is itself a valid `--config` file; `--resume RUN` starts from it.",
         "",
+        "Every value is checked when the file is read, against the *allowed* column below and the",
+        "rules under each table: a wrong type, a number out of range (NaN and infinity included), a",
+        "list of the wrong length or a broken rule is one line naming the file, the table and key and",
+        "what is allowed (`run.toml: [optimizer] lr must be > 0, got -0.01`), exit status 2, before",
+        "anything is written. The same declarations check search spaces (`neumours sweep`), phantom",
+        "ranges (`neumours synth --ranges`) and every object made in Python. They live beside the",
+        "fields (`neumours.schema.setting(default, check)`, rules in the class's `RULES`); a new",
+        "table is a frozen dataclass declared that way, whose `__post_init__` calls",
+        "`neumours.schema.validate`, added as a field of `TrainConfig` (and described in its",
+        "`Attributes:`): loading, checking and this page follow from it.",
+        "",
         "```toml",
         "# muon.toml: the paper's run with Muon and a shorter schedule",
         "[optimizer]",
@@ -257,14 +302,20 @@ def config_reference() -> str:
         docs = attribute_docs(cls)
         summary = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
         out += ["", f"## [{section.name}]", "", f"`{cls.__module__}.{cls.__name__}`: {_cell(summary)}", "",
-                "| key | type | paper | tiny | meaning |", "|---|---|---|---|---|"]
+                "| key | type | allowed | paper | tiny | meaning |", "|---|---|---|---|---|---|"]
         for f in dataclasses.fields(cls):
             if not docs.get(f.name):
                 raise ValueError(f"{cls.__name__}.{f.name} has no description in the class's Attributes:")
+            if not allowed_text(cls, f.name):
+                raise ValueError(f"{cls.__name__}.{f.name} has no declared check (neumours.schema.setting)")
             value, small_value = getattr(current, f.name), getattr(small, f.name)
             tiny_cell = f"`{toml_value(small_value)}`" if small_value != value else ""
-            out.append(f"| `{f.name}` | {_cell(str(f.type))} | `{toml_value(value)}` | {tiny_cell} | "
-                       f"{_cell(docs[f.name])} |")
+            out.append(f"| `{f.name}` | {_cell(str(f.type))} | {_cell(allowed_text(cls, f.name))} | "
+                       f"`{toml_value(value)}` | {tiny_cell} | {_cell(docs[f.name])} |")
+        rules = rules_text(cls)
+        if rules:
+            out += ["", "Rules between keys: " + "; ".join(rules) + "."]
+    out += ["", "Rules between tables: " + "; ".join(rules_text(TrainConfig)) + "."]
     return "\n".join(out) + "\n"
 
 

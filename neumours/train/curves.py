@@ -4,6 +4,7 @@ and AdamW-vs-Muon overlays."""
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import matplotlib
@@ -20,17 +21,57 @@ PANELS = [("loss", "(a) combined loss"), ("dice_mean", "(b) mean soft Dice"), ("
 
 
 def read_metrics(run_dir) -> dict[str, np.ndarray]:
-    """Columns of ``run_dir/metrics.csv`` as float arrays (NaN where empty)."""
+    """Columns of ``run_dir/metrics.csv`` as float arrays (NaN where empty or written ``nan``).
+
+    Raises:
+        NeumoursError: no such file, a folder, not UTF-8 text, not CSV, no ``step`` and ``loss``
+            columns, a row longer than the header, or a cell that is not a number (or is infinite;
+            ``step`` must be a finite number in every row): one line naming the file, line and column.
+    """
     path = Path(run_dir) / "metrics.csv"
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, restkey=_EXTRA))
     except FileNotFoundError:
         raise NeumoursError(f"{path}: no metrics file (is {run_dir} a training run?)") from None
-    if not rows or "loss" not in rows[0]:
-        raise NeumoursError(f"{path}: no metric rows")
-    return {key: np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
-            for key in rows[0]}
+    except IsADirectoryError:
+        raise NeumoursError(f"{path}: is a folder, not a metrics file") from None
+    except UnicodeDecodeError:
+        raise NeumoursError(f"{path}: not a metrics file (not UTF-8 text)") from None
+    except csv.Error as exc:
+        raise NeumoursError(f"{path}: not a metrics file (not CSV: {exc})") from None
+    except OSError as exc:
+        raise NeumoursError(f"{path}: cannot read the metrics file ({exc.strerror or exc})") from None
+    if not rows or "loss" not in rows[0] or "step" not in rows[0]:
+        raise NeumoursError(f"{path}: no metric rows (a header with step and loss, then one row per logged step)")
+    columns: dict[str, list[float]] = {key: [] for key in rows[0] if key != _EXTRA}
+    for line, row in enumerate(rows, start=2):
+        if _EXTRA in row:
+            raise NeumoursError(f"{path}: line {line} has more values than the header has columns")
+        for key, values in columns.items():
+            text = row.get(key)
+            values.append(_cell_value(path, line, key, text))
+    if not np.isfinite(columns["step"]).all():
+        raise NeumoursError(f"{path}: every row needs a step (a finite number)")
+    return {key: np.array(values, dtype=np.float64) for key, values in columns.items()}
+
+
+#: Where csv.DictReader puts the values of a row beyond the header.
+_EXTRA = "\0extra"
+
+
+def _cell_value(path: Path, line: int, key: str, text: str | None) -> float:
+    """A cell as a float: NaN when empty or ``nan``; anything else must be a finite number."""
+    if text is None or not text.strip():
+        return float("nan")
+    try:
+        value = float(text)
+    except ValueError:
+        shown = text if len(text) <= 30 else text[:27] + "..."
+        raise NeumoursError(f"{path}: line {line}, column {key}: {shown!r} is not a number") from None
+    if math.isinf(value):
+        raise NeumoursError(f"{path}: line {line}, column {key}: {text.strip()} is not a finite number")
+    return value
 
 
 def ema(values: np.ndarray, alpha: float = 0.9, steps: np.ndarray | None = None) -> np.ndarray:

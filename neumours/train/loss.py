@@ -19,6 +19,7 @@ import slangpy as spy
 
 from neumours.device import download, upload
 from neumours.kernels.loss import loss_grad, loss_stats, num_stats
+from neumours.schema import Number, Numbers, setting, validate
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,18 @@ class LossConfig:
 
     Attributes:
         dice_weight: lambda, the Dice share of the loss.
-        class_weights: CE weight per class (bg, NCR, ED, ET).
+        class_weights: CE weight per class (bg, NCR, ED, ET): one per class of ``[network] num_classes``.
         dice_smooth: s in the soft Dice; 1.0 keeps a gradient for classes
-            absent from a micro-batch.
+            absent from a micro-batch (0 would divide 0 by 0 there).
     """
 
-    dice_weight: float = 0.5
-    class_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0)
-    dice_smooth: float = 1.0
+    dice_weight: float = setting(0.5, Number(ge=0, le=1))
+    class_weights: tuple[float, ...] = setting((2.0, 1.0, 1.0, 1.0),
+                                               Numbers(Number(gt=0, le=1e6), min_length=2, max_length=256))
+    dice_smooth: float = setting(1.0, Number(gt=0))
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 class DeviceLoss:
