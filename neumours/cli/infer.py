@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option, add_keep_going_option,
@@ -42,8 +41,6 @@ def cmd_segment(args) -> None:
     from neumours.errors import NeumoursError
 
     tta = parse_tta(args.tta)
-    if not (math.isfinite(args.smooth) and args.smooth >= 0):
-        raise NeumoursError(f"--smooth must be a finite number of mm >= 0, got {args.smooth}")
     check_outputs(args.out, args.probs)  # before the device is set up
     written = segment_paths(args.case, args.checkpoint, args.out, denoise=args.denoise, probs=args.probs,
                             scale=args.scale, timings=args.timings, device=get_device(args.device),
@@ -97,7 +94,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--tta", nargs="?", const="0", metavar="AXES",
                    help="test-time augmentation: average the class probabilities over the case mirrored along every "
                         "subset of AXES (comma-separated array axes; alone: 0, left-right, two passes; 0,1,2: eight)")
-    p.add_argument("--smooth", type=float, default=0.0, metavar="MM",
+    p.add_argument("--smooth", type=finite_float(0, 100), default=0.0, metavar="MM",
                    help="blur each class's probabilities by a Gaussian of this sigma (mm) before the arg-max: fewer "
                         "stray specks in the raw labels (0: off)")
     add_force_geometry_option(p)
