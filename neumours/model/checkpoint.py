@@ -22,6 +22,7 @@ from safetensors import safe_open
 
 from neumours.atomic import atomic_write_bytes
 from neumours.errors import NeumoursError
+from neumours.input_files import check_input
 from neumours.model.config import INRConfig
 from neumours.model.params import ParamLayout
 
@@ -94,6 +95,12 @@ def _config_diff(found: INRConfig, expected: INRConfig) -> str:
     return "; ".join(f"checkpoint has {k}={a[k]}, expected {b[k]}" for k in a if a[k] != b[k])
 
 
+def _names(names: list[str], shown: int = 6) -> str:
+    """Up to ``shown`` names and a count of the rest (a hostile file may hold thousands)."""
+    text = ", ".join(n[:80] for n in names[:shown])
+    return text + (f" and {len(names) - shown:,} more" if len(names) > shown else "")
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -126,6 +133,7 @@ def load_checkpoint(
         raise NeumoursError(f"{path}: checkpoint file not found")
     if not path.is_file():
         raise NeumoursError(f"{path}: checkpoint path is not a file")
+    check_input(path, "checkpoint")  # a FIFO would block safetensors' open; an unreadable file: permission denied
     try:
         handle = safe_open(str(path), framework="numpy")
     except Exception as exc:  # SafetensorError, OSError: truncated, garbage, unreadable
@@ -140,7 +148,7 @@ def load_checkpoint(
             )
         try:
             config = INRConfig.from_dict(json.loads(meta.get("config", "")))
-        except (json.JSONDecodeError, NeumoursError) as exc:
+        except (ValueError, TypeError, RecursionError, NeumoursError) as exc:  # JSONDecodeError is a ValueError
             raise NeumoursError(f"{path}: invalid config in checkpoint metadata ({_one_line(exc)})") from None
         if expected_config is not None and config != expected_config.architecture():
             raise NeumoursError(f"{path}: configuration differs: {_config_diff(config, expected_config)}")
@@ -149,8 +157,8 @@ def load_checkpoint(
         missing = [n for n in layout.names if n not in names]
         extra = sorted(names - set(layout.names))
         if missing or extra:
-            parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-                [f"unexpected {', '.join(extra)}"] if extra else []
+            parts = ([f"missing {_names(missing)}"] if missing else []) + (
+                [f"unexpected {_names(extra)}"] if extra else []
             )
             raise NeumoursError(f"{path}: tensors do not match its own config ({'; '.join(parts)})")
         state: dict[str, np.ndarray] = {}

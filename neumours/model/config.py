@@ -22,6 +22,10 @@ from neumours.errors import NeumoursError
 
 #: Values of INRConfig.precision.
 PRECISIONS = ("auto", "fp32", "bf16")
+#: Largest value of each size: far beyond any network the kernels are meant for (the paper's: 64, 128,
+#: 128, 256, 3, 4, 4, 3), small enough that a config read from a file cannot ask for absurd sizes.
+MAX_SIZES = {"num_freqs": 1024, "spatial_width": 4096, "modality_width": 4096, "hidden_width": 8192,
+             "hidden_layers": 64, "num_classes": 256, "num_modalities": 64, "patch_size": 15}
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,9 @@ class INRConfig:
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"INRConfig.{field.name} must be an int, got {value!r}")
-            if value < 1:
-                raise ValueError(f"INRConfig.{field.name} must be at least 1, got {value}")
+            if not 1 <= value <= MAX_SIZES[field.name]:
+                raise ValueError(f"INRConfig.{field.name} must be at least 1 and at most {MAX_SIZES[field.name]}, "
+                                 f"got {value}")
         if self.patch_size % 2 != 1:
             raise ValueError(f"INRConfig.patch_size must be odd (centred on the voxel), got {self.patch_size}")
         if self.concat_width != self.hidden_width:
