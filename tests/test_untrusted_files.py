@@ -236,3 +236,218 @@ def test_resume_new_data_needs_resume(world, capsys, tmp_path):
     expect_one_line(["train", "--data", world["data"], "--out", tmp_path / "new", "--resume-new-data",
                      "--preset", "tiny", "--device", "cpu"], capsys, world, ["--resume-new-data"],
                     extra_roots=[tmp_path])
+
+
+# --- checkpoints that do not fit the data: refused before inference, naming both ---------------------------
+
+def _checkpoint(path: Path, config: INRConfig, head: float | None = None) -> Path:
+    state = TorchINR(config).state_dict()
+    if head is not None:
+        state["head.weight"] = torch.full_like(state["head.weight"], head)
+    return save_checkpoint(path, state, config)
+
+
+@pytest.mark.parametrize("field,value,words", [("num_modalities", 2, "reads 2 modalities"),
+                                               ("num_classes", 7, "gives 7 classes")])
+def test_a_checkpoint_that_does_not_fit_the_cases_is_refused_before_inference(world, capsys, tmp_path, field, value,
+                                                                              words):
+    import dataclasses
+
+    ckpt = _checkpoint(tmp_path / "other.safetensors", dataclasses.replace(CONFIG, **{field: value}))
+    out = tmp_path / "out"
+    for args in (["segment", world["case"], "--checkpoint", ckpt, "--out", out / "seg.nii.gz"],
+                 ["segment", world["data"], "--checkpoint", ckpt, "--out", out],
+                 ["evaluate", "--checkpoint", ckpt, "--data", world["data"], "--out", out, "--quiet"],
+                 ["render", world["case"], "--checkpoint", ckpt, "--out", out / "r.png", "--size", "16x16"],
+                 ["refine", world["case"], "--checkpoint", ckpt, "--out", out / "r.safetensors", "--from-labels",
+                  next(Path(world["case"]).glob("*-seg.nii.gz")), "--views", "1", "--steps", "1", "--size", "8x8"]):
+        expect_one_line([*args, "--device", "cpu"], capsys, world, [ckpt, args[1] if args[0] != "evaluate"
+                                                                    else world["data"], words],
+                        extra_roots=[tmp_path])
+        assert not out.exists()
+
+
+def test_weights_that_overflow_are_an_error_naming_the_checkpoint(world, capsys, tmp_path):
+    """A finite head weight of 3e38: NaN/Inf logits, which used to give all-background labels and exit 0."""
+    ckpt = _checkpoint(tmp_path / "overflow.safetensors", CONFIG, head=3e38)
+    out = tmp_path / "seg.nii.gz"
+    for extra in ([], ["--probs", tmp_path / "p.nii.gz"]):
+        expect_one_line(["segment", world["case"], "--checkpoint", ckpt, "--out", out, "--device", "cpu", "--quiet",
+                         *extra], capsys, world, [ckpt, "NaN or Inf"], extra_roots=[tmp_path])
+    assert not out.exists() and not (tmp_path / "p.nii.gz").exists()
+
+
+def test_argmax_kernel_flags_nonfinite_logits_as_numpy_does(cpu_device, rng):
+    """The CHECK_FINITE flag of the arg-max kernel against numpy's isfinite, chunk by chunk; labels unchanged."""
+    from neumours.device import download, upload
+    from neumours.kernels.probabilities import argmax_labels
+
+    n = 200
+    for bad in (None, np.nan, np.inf, -np.inf):
+        logits = rng.normal(scale=5, size=(n, 4)).astype(np.float32)
+        if bad is not None:
+            logits[rng.integers(n), rng.integers(4)] = bad
+        flag, flagless = upload(cpu_device, np.zeros(1, np.uint32), np.uint32), upload(cpu_device, np.zeros(n, np.uint32),
+                                                                                       np.uint32)
+        labels = upload(cpu_device, np.zeros(n, np.uint32), np.uint32)
+        argmax_labels(cpu_device, upload(cpu_device, logits), labels, 0, n, n, 4, nonfinite=flag)
+        assert bool(download(flag, (1,), np.uint32)[0]) == (not np.isfinite(logits).all())
+        argmax_labels(cpu_device, upload(cpu_device, logits), flagless, 0, n, n, 4)
+        np.testing.assert_array_equal(download(labels, (n,), np.uint32), download(flagless, (n,), np.uint32))
+
+
+# --- hostile sizes in metadata, long messages, long names, huge shapes -------------------------------------
+
+def _checkpoint_with_config(path: Path, **fields) -> Path:
+    from safetensors.numpy import save_file
+
+    from neumours.model.checkpoint import CHECKPOINT_FORMAT
+
+    state = {k: v.numpy() for k, v in TorchINR(CONFIG).state_dict().items()}
+    text = json.dumps({**CONFIG.to_dict(), **{k: "@" for k in fields}})
+    for key, value in fields.items():  # as JSON numbers, however long
+        text = text.replace(f'"{key}": "@"', f'"{key}": {value}')
+    save_file(state, str(path), metadata={"format": CHECKPOINT_FORMAT, "config": text})
+    return path
+
+
+@pytest.mark.parametrize("fields", [{"hidden_layers": 200_000}, {"hidden_width": 10**9},
+                                    {"num_freqs": "1" + "0" * 5000}])
+def test_metadata_declaring_absurd_sizes_is_one_short_line(world, capsys, tmp_path, fields):
+    ckpt = _checkpoint_with_config(tmp_path / "absurd.safetensors", **fields)
+    err = expect_one_line(["segment", world["case"], "--checkpoint", ckpt, "--out", tmp_path / "s.nii.gz",
+                           "--device", "cpu"], capsys, world, [ckpt, "invalid config"], extra_roots=[tmp_path])
+    assert len(err) < 600
+
+
+def test_many_missing_tensors_are_counted_not_listed(world, capsys, tmp_path):
+    ckpt = _checkpoint_with_config(tmp_path / "deep.safetensors", hidden_layers=64)
+    err = expect_one_line(["segment", world["case"], "--checkpoint", ckpt, "--out", tmp_path / "s.nii.gz",
+                           "--device", "cpu"], capsys, world, [ckpt, "more"], extra_roots=[tmp_path])
+    assert len(err) < 600
+
+
+def test_error_lines_are_cut_to_a_readable_length():
+    from neumours.cli.main import MAX_ERROR_CHARS, error_line
+    from neumours.errors import NeumoursError
+
+    line = error_line(NeumoursError("x: " + "name, " * 1_000_000 + "\nsecond line"))
+    assert len(line) < MAX_ERROR_CHARS + 100 and "\n" not in line and "6,000,015 characters" in line
+
+
+def test_a_legal_long_output_name_is_written_and_a_too_long_one_is_one_line(world, capsys, tmp_path):
+    legal = tmp_path / ("a" * 248 + ".nii.gz")  # 255 bytes: the longest name the file system takes
+    capsys.readouterr()
+    assert main(["segment", str(world["case"]), "--checkpoint", str(world["ckpt"]), "--out", str(legal),
+                 "--device", "cpu", "--quiet"]) == 0
+    assert legal.is_file() and [p.name for p in tmp_path.iterdir()] == [legal.name]  # no temporary left
+    too_long = tmp_path / ("b" * 293 + ".nii.gz")
+    for args in (["segment", world["case"], "--checkpoint", world["ckpt"], "--out", too_long],
+                 ["segment", world["case"], "--checkpoint", too_long, "--out", tmp_path / "s.nii.gz"],
+                 ["segment", too_long, "--checkpoint", world["ckpt"], "--out", tmp_path / "s.nii.gz"],
+                 ["train", "--data", world["data"], "--out", tmp_path / "run", "--config", too_long]):
+        expect_one_line([*args, "--device", "cpu"], capsys, world, ["file name too long"], extra_roots=[tmp_path])
+
+
+def test_temporary_names_fit_the_name_limit_and_are_recognised_as_their_targets(tmp_path):
+    import os
+
+    from neumours.atomic import atomic_write_bytes, is_temporary, remove_stale_temporaries, temporary_name
+
+    target = tmp_path / ("c" * 248 + ".nii.gz")
+    tmp = temporary_name(target, pid=2**22 + 1)  # a pid that is not running
+    assert len(tmp.name.encode()) <= 255 and tmp.name.endswith(".nii.gz") and is_temporary(tmp.name)
+    tmp.write_bytes(b"left by a crash")
+    other = temporary_name(tmp_path / ("d" * 248 + ".nii.gz"), pid=2**22 + 1)
+    other.write_bytes(b"another target's")
+    assert remove_stale_temporaries(tmp_path, target.name) == [tmp]
+    assert other.exists()
+    atomic_write_bytes(target, b"data")
+    assert target.read_bytes() == b"data" and sorted(os.listdir(tmp_path)) == sorted([target.name, other.name])
+
+
+@pytest.mark.parametrize("shape", [["4000", "4000", "4000"], ["600", "16", "16"], ["512", "512", "512"]])
+def test_synth_refuses_shapes_beyond_its_range_up_front(world, capsys, tmp_path, shape):
+    err = expect_one_line(["synth", "--out", tmp_path / "d", "--cases", "1", "--shape", *shape, "--quiet"], capsys,
+                          world, ["--shape", " ".join(shape)], extra_roots=[tmp_path])
+    assert "512" in err or "33,554,432" in err
+    assert not (tmp_path / "d").exists()
+
+
+# --- inputs that are not regular files, or not readable ----------------------------------------------------
+
+def _run_cli(args, timeout=120):
+    """The CLI in a child process (a FIFO must not hang the test run if it hangs the command)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([sys.executable, "-m", "neumours.cli.main", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_a_fifo_given_as_an_input_is_refused_not_waited_on(world, tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.nii.gz"
+    os.mkfifo(fifo)
+    toml_fifo = tmp_path / "pipe.toml"
+    os.mkfifo(toml_fifo)
+    for args, name in ((["render", world["case"], "--seg", fifo, "--out", tmp_path / "r.png", "--size", "16x16",
+                         "--device", "cpu"], fifo),
+                       (["segment", world["case"], "--checkpoint", fifo, "--out", tmp_path / "s.nii.gz",
+                         "--device", "cpu"], fifo),
+                       (["train", "--data", world["data"], "--out", tmp_path / "run", "--config", toml_fifo,
+                         "--device", "cpu"], toml_fifo)):
+        done = _run_cli(args)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith("neumours: error: ") and done.stderr.count("\n") == 1, done.stderr
+        assert str(name) in done.stderr and ("FIFO" in done.stderr or "not a file" in done.stderr), done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.nii.gz", "pipe.toml"]
+
+
+@pytest.fixture
+def unreadable(monkeypatch):
+    """Make files unreadable: chmod 000, and (root reads any file) an EACCES from os.open on them as well."""
+    import errno
+    import os
+
+    paths: list[str] = []
+    real_open = os.open
+
+    def guarded_open(path, flags, *rest, **kwargs):
+        if os.path.abspath(os.fspath(path)) in paths:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_open(path, flags, *rest, **kwargs)
+
+    if os.geteuid() == 0:
+        monkeypatch.setattr(os, "open", guarded_open)
+
+    def make(path: Path) -> Path:
+        path.chmod(0)
+        paths.append(os.path.abspath(path))
+        return path
+
+    yield make
+    for path in paths:
+        os.chmod(path, 0o644)
+
+
+def test_an_unreadable_input_says_permission_denied(world, capsys, tmp_path, unreadable):
+    ckpt = tmp_path / "ck.safetensors"
+    shutil.copy(world["ckpt"], ckpt)
+    case = tmp_path / "case"
+    shutil.copytree(world["case"], case)
+    config = tmp_path / "c.toml"
+    config.write_text("[schedule]\nsteps = 1\n")
+    t1n = unreadable(next(case.glob("*-t1n.nii.gz")))
+    unreadable(ckpt)
+    unreadable(config)
+    for args, name in ((["segment", world["case"], "--checkpoint", ckpt, "--out", tmp_path / "s.nii.gz"], ckpt),
+                       (["segment", case, "--checkpoint", world["ckpt"], "--out", tmp_path / "s.nii.gz"], t1n),
+                       (["train", "--data", world["data"], "--out", tmp_path / "run", "--config", config], config)):
+        err = expect_one_line([*args, "--device", "cpu"], capsys, world, [name, "permission denied"],
+                              extra_roots=[tmp_path])
+        assert "No such file" not in err

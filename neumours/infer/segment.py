@@ -40,13 +40,14 @@ from neumours.data.nifti import is_nifti_name, read_header, write_nifti
 from neumours.device import ScratchBuffers, upload
 from neumours.device.memory import device_available_bytes, host_available_bytes
 from neumours.errors import CasesFailedError, NeumoursDataError, NeumoursError
-from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, StageTimer, VolumeCache, download_labels, grid_problem,
-                                  largest_scale, super_resolution_affine, super_resolution_shape)
+from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, NonFiniteLogitsError, StageTimer, VolumeCache,
+                                  download_labels, grid_problem, largest_scale, super_resolution_affine,
+                                  super_resolution_shape)
 from neumours.outputs import check_output_file, check_output_folder
 from neumours.infer.denoise import DenoiseParams, denoise as denoise_labels
 from neumours.infer.denoise_device import denoise_on_device
 from neumours.infer.normalise import normalise_on_device
-from neumours.model.checkpoint import load_checkpoint
+from neumours.model.checkpoint import check_fits_data, load_checkpoint
 from neumours.model.inputs import CaseVolumes
 from neumours.model.inr import INR
 
@@ -176,14 +177,27 @@ class Segmenter:
         # cases of varying shapes would otherwise pay ~0.5 s each for them.
         self.scratch = ScratchBuffers(device)
 
+    def fits(self, data: str | os.PathLike, shape=None, modalities: int | None = None) -> None:
+        """Refuse ``data`` (a case or dataset) this checkpoint's network cannot segment, before any work
+        (:func:`~neumours.model.checkpoint.check_fits_data`: modalities, classes, patch size)."""
+        check_fits_data(self.config, self.checkpoint, data, shape,
+                        *(() if modalities is None else (modalities,)))
+
     def cache(self, images: np.ndarray, grid_shape=None, keep_probs: bool = False,
-              timer: StageTimer | None = None, raw: bool = True) -> VolumeCache:
+              timer: StageTimer | None = None, raw: bool = True, source: str | os.PathLike = "the case") -> VolumeCache:
         """Run the INR over a (4, X, Y, Z) float32 volume; the result stays on the device.
 
         Args:
             images: raw intensities (``raw=True``: z-scored here, on the device) or
                 already normalised ones (``raw=False``).
+            source: the case, named when the checkpoint does not fit it (:meth:`fits`).
+
+        Raises:
+            NeumoursError: the checkpoint does not fit the images, or the probabilities
+                are not finite (weights that overflow: naming the checkpoint).
         """
+        images_shape = tuple(np.shape(images))
+        self.fits(source, images_shape[1:], images_shape[0])
         t0 = time.perf_counter()
         vols = _upload_one(self.device, images, self.scratch)
         if timer is not None:
@@ -195,8 +209,12 @@ class Segmenter:
                 raise NeumoursError(f"cannot normalise the volumes ({exc})") from None
             if timer is not None:
                 timer.add("normalise", t0)
-        return VolumeCache(self.inr, vols, grid_shape=grid_shape, keep_probs=keep_probs,
-                           chunk_points=self.chunk_points, timer=timer, scratch=self.scratch)
+        try:
+            return VolumeCache(self.inr, vols, grid_shape=grid_shape, keep_probs=keep_probs,
+                               chunk_points=self.chunk_points, timer=timer, scratch=self.scratch)
+        except NonFiniteLogitsError as exc:
+            raise NeumoursError(f"{self.checkpoint}: cannot segment {source}: {exc}; the checkpoint's weights "
+                                "are finite but unusable") from None
 
     def __call__(self, case: Case | str | os.PathLike, scale: float = 1, denoise: bool = False,
                  probs: bool = False, denoise_params: DenoiseParams | None = None, timings: bool = False,
@@ -224,16 +242,18 @@ class Segmenter:
         if not isinstance(case, Case):
             case = load_case(case, force_geometry=force_geometry)
             t0 = timer.add("load", t0)
+        source = case.paths["t1n"].parent if "t1n" in case.paths else f"case {case.case_id}"
         try:
             grid = super_resolution_shape(case.shape, scale)
         except ValueError as exc:
             raise NeumoursError(f"--scale: {exc}") from None
         if self.device_normalise:
-            cache = self.cache(case.images, grid, keep_probs=probs, timer=timer, raw=True)
+            cache = self.cache(case.images, grid, keep_probs=probs, timer=timer, raw=True, source=source)
         else:
+            self.fits(source, case.shape, case.images.shape[0])  # before the host-side normalisation
             normalised = normalise(case.images)
             timer.add("normalise", t0)
-            cache = self.cache(normalised, grid, keep_probs=probs, timer=timer, raw=False)
+            cache = self.cache(normalised, grid, keep_probs=probs, timer=timer, raw=False, source=source)
         affine = super_resolution_affine(case.affine, case.shape, grid)
         spacing = tuple(float(s) * ((d - 1) / (g - 1) if g > 1 else 1.0)
                         for s, d, g in zip(case.spacing, case.shape, grid))
@@ -422,6 +442,7 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
     total = len(refs)
     refs, failures = check_cases(refs, force_geometry=force_geometry, keep_going=keep_going)
     failures = [(f.case_id, f.error) for f in failures]
+    segmenter.fits(source, min((_grid_shape(r, force_geometry) for r in refs), key=min) if refs else None)
     if refs:
         largest = max(refs, key=lambda r: math.prod(_grid_shape(r, force_geometry)))
         check_scale(_grid_shape(largest, force_geometry), scale, segmenter.config.num_classes, probs_path is not None,

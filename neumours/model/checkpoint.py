@@ -21,6 +21,7 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from neumours.atomic import atomic_write_bytes
+from neumours.conventions import CLASS_NAMES, MODALITIES, NUM_CLASSES, NUM_MODALITIES
 from neumours.errors import NeumoursError
 from neumours.input_files import check_input
 from neumours.model.config import INRConfig
@@ -178,3 +179,36 @@ def load_checkpoint(
             state[name] = value
     user = {k: v for k, v in meta.items() if k not in _RESERVED}
     return state, config, user
+
+
+def check_fits_data(config: INRConfig, checkpoint: str | os.PathLike, data: str | os.PathLike,
+                    shape: tuple[int, ...] | None = None, modalities: int = NUM_MODALITIES) -> None:
+    """Refuse, before any inference, a checkpoint whose network cannot segment ``data``.
+
+    One check for every command that runs a checkpoint over cases (segment,
+    evaluate, render, refine, view): the network must read as many modalities
+    as the cases have (:data:`MODALITIES`), give one logit per label class
+    (:data:`CLASS_NAMES`: the labels written are 0..3), and its patch must fit
+    inside the case.
+
+    Args:
+        config: the checkpoint's network (from :func:`load_checkpoint`).
+        checkpoint, data: named in the message (a case, a case file or a dataset folder).
+        shape: the case's (X, Y, Z) when known (the patch size is checked against it).
+        modalities: channels of the cases.
+
+    Raises:
+        NeumoursError: one line naming both paths and every mismatch.
+    """
+    problems = []
+    if config.num_modalities != modalities:
+        problems.append(f"its network reads {config.num_modalities} modalities, the cases have {modalities}"
+                        + (f" ({', '.join(MODALITIES)})" if modalities == NUM_MODALITIES else ""))
+    if config.num_classes != NUM_CLASSES:
+        problems.append(f"its network gives {config.num_classes} classes, the labels have {NUM_CLASSES} "
+                        f"({', '.join(CLASS_NAMES)})")
+    if shape is not None and config.patch_size > min(shape):
+        problems.append(f"its {config.patch_size}-voxel patch is larger than the case's smallest edge "
+                        f"({'x'.join(map(str, shape))})")
+    if problems:
+        raise NeumoursError(f"{checkpoint}: does not fit {data}: {'; '.join(problems)}")
