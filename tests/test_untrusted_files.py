@@ -277,8 +277,8 @@ def test_weights_that_overflow_are_an_error_naming_the_checkpoint(world, capsys,
     assert not out.exists() and not (tmp_path / "p.nii.gz").exists()
 
 
-def test_argmax_kernel_flags_nonfinite_logits_as_numpy_does(cpu_device, rng):
-    """The CHECK_FINITE flag of the arg-max kernel against numpy's isfinite, chunk by chunk; labels unchanged."""
+def check_nonfinite_flag(device, rng) -> None:
+    """The CHECK_FINITE flag of the arg-max kernel against numpy's isfinite; the labels are those without it."""
     from neumours.device import download, upload
     from neumours.kernels.probabilities import argmax_labels
 
@@ -287,13 +287,22 @@ def test_argmax_kernel_flags_nonfinite_logits_as_numpy_does(cpu_device, rng):
         logits = rng.normal(scale=5, size=(n, 4)).astype(np.float32)
         if bad is not None:
             logits[rng.integers(n), rng.integers(4)] = bad
-        flag, flagless = upload(cpu_device, np.zeros(1, np.uint32), np.uint32), upload(cpu_device, np.zeros(n, np.uint32),
-                                                                                       np.uint32)
-        labels = upload(cpu_device, np.zeros(n, np.uint32), np.uint32)
-        argmax_labels(cpu_device, upload(cpu_device, logits), labels, 0, n, n, 4, nonfinite=flag)
+        flag = upload(device, np.zeros(1, np.uint32), np.uint32)
+        labels, flagless = (upload(device, np.zeros(n, np.uint32), np.uint32) for _ in range(2))
+        argmax_labels(device, upload(device, logits), labels, 0, n, n, 4, nonfinite=flag)
         assert bool(download(flag, (1,), np.uint32)[0]) == (not np.isfinite(logits).all())
-        argmax_labels(cpu_device, upload(cpu_device, logits), flagless, 0, n, n, 4)
+        argmax_labels(device, upload(device, logits), flagless, 0, n, n, 4)
         np.testing.assert_array_equal(download(labels, (n,), np.uint32), download(flagless, (n,), np.uint32))
+
+
+def test_argmax_kernel_flags_nonfinite_logits_as_numpy_does(cpu_device, rng):
+    check_nonfinite_flag(cpu_device, rng)
+
+
+@pytest.mark.gpu
+def test_argmax_kernel_flags_nonfinite_logits_on_the_gpu(cuda_device, rng):
+    """The same on CUDA, where a fast-math compiler could fold isfinite away."""
+    check_nonfinite_flag(cuda_device, rng)
 
 
 # --- hostile sizes in metadata, long messages, long names, huge shapes -------------------------------------

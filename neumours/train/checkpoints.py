@@ -362,7 +362,12 @@ def _copy(source: Path, target: Path, digest: str | None = None) -> None:
     """Atomically copy ``source`` onto ``target`` unless it already holds the same bytes."""
     if target.is_file() and digest is not None and sha256(target) == digest:
         return
-    atomic_write_bytes(target, source.read_bytes())
+    try:
+        data = source.read_bytes()
+    except OSError as exc:  # a manifest naming a step folder that is gone
+        raise NeumoursError(f"{source}: cannot resume: this file of the committed checkpoint cannot be read "
+                            f"({exc.strerror or exc})") from None
+    atomic_write_bytes(target, data)
 
 
 def _refresh_copies(run_dir: Path, manifest: dict) -> None:
