@@ -198,6 +198,21 @@ def test_a_malformed_manifest_is_one_line_naming_it(world, capsys, tmp_path, dam
     expect_one_line(resume(world, run), capsys, world, [run / "checkpoint.json", "malformed"], extra_roots=[tmp_path])
 
 
+@pytest.mark.parametrize("damage", [{"step": "2"}, {"rows": 5}, {"sampler": [1]}, {"pool": {"refreshes": 10**12}},
+                                    {"sampler": {"bit_generator": "PCG64", "state": "x"}}, {"data": {"train": 3}}])
+def test_a_state_with_wrong_entries_is_one_line(world, capsys, tmp_path, damage):
+    """state.json edited (valid JSON) and its SHA-256 in the manifest updated: refused, not a traceback."""
+    run = copy_run(world, tmp_path)
+    manifest = json.loads((run / "checkpoint.json").read_text())
+    path = run / manifest["folder"] / "state.json"
+    state = json.loads(path.read_text())
+    state.update(damage)
+    path.write_text(json.dumps(state))
+    manifest["files"]["state.json"] = checkpoints.sha256(path)
+    (run / "checkpoint.json").write_text(json.dumps(manifest))
+    expect_one_line(resume(world, run), capsys, world, [run, "cannot resume"], extra_roots=[tmp_path])
+
+
 # --- --resume on the run's own data only -----------------------------------------------------------------
 
 def test_resume_refuses_other_case_ids(world, capsys, tmp_path):

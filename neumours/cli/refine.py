@@ -51,7 +51,7 @@ def _load_targets(path: Path, shape, spacing):
     if not file.is_file():
         raise NeumoursError(f"{file}: targets file not found (expected images or masks, azimuth, elevation)")
     try:
-        data = np.load(file)
+        data = np.load(file, allow_pickle=False)  # object arrays would unpickle
         names = set(data.files)
         if ("images" in names) == ("masks" in names):
             raise NeumoursError(f"{file}: needs exactly one of the arrays 'images' and 'masks', has {sorted(names)}")

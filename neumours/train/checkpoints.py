@@ -176,11 +176,31 @@ def _read_manifest(run_dir: Path) -> dict:
 
 
 def _state_problem(state) -> str | None:
+    """What is wrong with a decoded state (None: the entries ``--resume`` reads have the types it needs)."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
     if not isinstance(state, dict):
         return f"holds a {type(state).__name__}, expected a mapping"
-    step = state.get("step")
-    if not isinstance(step, int) or isinstance(step, bool):
-        return "has no whole-number 'step'"
+    checks = {"step": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+              "best": number,
+              "sampler": lambda v: isinstance(v, dict),
+              "optimizers": lambda v: isinstance(v, list) and all(isinstance(o, dict) for o in v),
+              "rows": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v)}
+    for key, ok in checks.items():
+        if key not in state or not ok(state[key]):
+            return f"has no usable {key!r} entry"
+
+    def swaps(v) -> bool:  # at most one case swap per step (the pool replays them when it is rebuilt)
+        n = v.get("refreshes", 0) if isinstance(v, dict) else None
+        return isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= state["step"]
+
+    optional = {"pool": swaps, "best_step": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+                "augment": lambda v: v is None or isinstance(v, dict),
+                "data": lambda v: v is None or isinstance(v, dict)}
+    for key, ok in optional.items():
+        if key in state and not ok(state[key]):
+            return f"has an unusable {key!r} entry"
     return None
 
 

@@ -309,9 +309,12 @@ class Trainer:
         if self.new_data:  # validation Dice on other data does not compare with the run's best so far
             self.best, self.best_step = -1.0, None
         self.committed_step = self.step if checkpoint.manifest is not None else None
-        self.sampler.set_state(progress["sampler"])
-        if self.augmenter is not None and progress.get("augment") is not None:
-            self.augmenter.set_state(progress["augment"])
+        try:  # numpy checks a generator state (a foreign or edited one: one line, not a traceback)
+            self.sampler.set_state(progress["sampler"])
+            if self.augmenter is not None and progress.get("augment") is not None:
+                self.augmenter.set_state(progress["augment"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise NeumoursError(f"{self.run_dir}: cannot resume, the sampler state does not fit ({exc})") from None
         self.inr.bridge.named_torch_parameters()  # re-attach .grad views after load_state_dict
 
     def close(self) -> None:
