@@ -132,6 +132,32 @@ def _plant_payload(path: Path, marker: Path) -> None:
     probe.unlink()
 
 
+def _as_old_format(run: Path) -> Path:
+    """Rewrite the run's committed state as the state.pt of checkpoint format 1 (what earlier versions wrote)."""
+    from safetensors.torch import load_file
+
+    manifest = json.loads((run / "checkpoint.json").read_text())
+    folder = run / manifest["folder"]
+    state = decode(json.loads((folder / "state.json").read_text()), load_file(str(folder / "state.safetensors")))
+    torch.save(state, folder / "state.pt")
+    for name in ("state.json", "state.safetensors"):
+        (folder / name).unlink()
+        del manifest["files"][name]
+    manifest["files"]["state.pt"] = checkpoints.sha256(folder / "state.pt")
+    manifest["format"] = "neumours-run-checkpoint/1"
+    (run / "checkpoint.json").write_text(json.dumps(manifest))
+    return folder / "state.pt"
+
+
+def test_a_run_of_the_earlier_format_still_resumes(world, capsys, tmp_path):
+    """Its state.pt holds tensors and plain values only: torch's restricted loader reads it."""
+    run = copy_run(world, tmp_path)
+    _as_old_format(run)
+    assert main([str(a) for a in resume(world, run)]) == 0
+    manifest = json.loads((run / "checkpoint.json").read_text())
+    assert manifest["step"] == 4 and "state.json" in manifest["files"]  # committed in the new format from now on
+
+
 def test_a_pickle_payload_in_the_step_state_never_runs(world, capsys, tmp_path):
     """state.pt of the earlier checkpoint format, with the manifest's SHA-256 updated to match."""
     run = copy_run(world, tmp_path)
