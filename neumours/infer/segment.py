@@ -34,6 +34,7 @@ import nibabel as nib
 import numpy as np
 import slangpy as spy
 
+from neumours.conventions import NUM_MODALITIES
 from neumours.data import Case, check_cases, list_cases, load_case, normalise, save_label
 from neumours.data.geometry import voxel_spacing
 from neumours.data.nifti import is_nifti_name, read_header, write_nifti
@@ -177,11 +178,10 @@ class Segmenter:
         # cases of varying shapes would otherwise pay ~0.5 s each for them.
         self.scratch = ScratchBuffers(device)
 
-    def fits(self, data: str | os.PathLike, shape=None, modalities: int | None = None) -> None:
+    def fits(self, data: str | os.PathLike, shape=None, modalities: int = NUM_MODALITIES) -> None:
         """Refuse ``data`` (a case or dataset) this checkpoint's network cannot segment, before any work
         (:func:`~neumours.model.checkpoint.check_fits_data`: modalities, classes, patch size)."""
-        check_fits_data(self.config, self.checkpoint, data, shape,
-                        *(() if modalities is None else (modalities,)))
+        check_fits_data(self.config, self.checkpoint, data, shape, modalities)
 
     def cache(self, images: np.ndarray, grid_shape=None, keep_probs: bool = False,
               timer: StageTimer | None = None, raw: bool = True, source: str | os.PathLike = "the case") -> VolumeCache:
