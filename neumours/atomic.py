@@ -9,7 +9,9 @@ Three details matter for results on shared machines and after crashes:
 * Files are created with mode 0666 minus the user's umask (0644 with the usual
   umask 022), as ``open()`` would, not ``tempfile.mkstemp``'s 0600.
 * The temporary name holds the writer's process id,
-  ``.<name>.<pid>-<random>.tmp<suffix>``; a temporary file whose process no
+  ``.<name>.<pid>-<random>.tmp<suffix>`` (with ``<name>`` shortened to its
+  start and a hash when the whole would pass the file system's name limit, so
+  every name that is legal for the target is legal for its temporary); a temporary file whose process no
   longer runs is left over from a crash (``kill -9``, power loss) and is
   removed the next time anything writes that target (:func:`remove_stale_temporaries`).
 * Any ``OSError`` while creating, writing or renaming (no space left,
@@ -34,10 +36,44 @@ from neumours.outputs import write_error
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp(?P<suffix>.*)$")
 
 
+#: File-name limit (bytes) where the folder cannot be asked (it does not exist yet): Linux's NAME_MAX.
+_NAME_MAX = 255
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return _NAME_MAX
+
+
+def _target_part(name: str, room: int) -> str:
+    """``name`` if it fits in ``room`` bytes, else its start, ``~`` and 8 hex digits of its SHA-256 (the
+    same for the same name, so the temporaries of one target are still recognised as its own)."""
+    if len(name.encode()) <= room:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    start = name.encode()[: max(1, room - 9)].decode(errors="ignore")
+    return f"{start}~{digest}"
+
+
 def temporary_name(target: Path, pid: int | None = None) -> Path:
-    """A fresh temporary path beside ``target`` that keeps its full suffix (e.g. ``.nii.gz``)."""
+    """A fresh temporary path beside ``target`` that keeps its full suffix (e.g. ``.nii.gz``) and fits the
+    file system's name limit whenever ``target``'s name does."""
     suffix = "".join(target.suffixes)
-    return target.with_name(f".{target.name}.{os.getpid() if pid is None else pid}-{secrets.token_hex(4)}.tmp{suffix}")
+    if len(suffix) > 16:  # a name with many dots ("a.b.c.d..."): its last suffix only
+        suffix = target.suffix[:16]
+    tail = f".{os.getpid() if pid is None else pid}-{secrets.token_hex(4)}.tmp{suffix}"
+    room = _name_max(target.parent) - 1 - len(tail.encode())
+    return target.with_name(f".{_target_part(target.name, room)}{tail}")
+
+
+def _shortened(folder, target: str, match: re.Match) -> str:
+    """What :func:`temporary_name` made of ``target`` in the temporary name ``match`` matched."""
+    tail_bytes = len(match.string.encode()) - len(match["target"].encode()) - 1
+    return _target_part(target, _name_max(Path(folder)) - 1 - tail_bytes)
 
 
 def _process_alive(pid: int) -> bool:
@@ -77,7 +113,8 @@ def remove_stale_temporaries(folder: str | os.PathLike, target: str | None = Non
         return removed
     for entry in entries:
         match = _TEMP_RE.match(entry.name)
-        if match is None or (target is not None and match["target"] != target):
+        if match is None or (target is not None and match["target"] not in (target, _shortened(folder, target,
+                                                                                                  match))):
             continue
         if _process_alive(int(match["pid"])):
             continue

@@ -76,6 +76,33 @@ def _check_folder(target: Path, folder: Path, what: str) -> None:
         raise NeumoursError(f"{target}: no space left on the device holding {existing}")
 
 
+def check_name_length(path: Path, what: str) -> None:
+    """Refuse a path with a component longer than the file system allows (NAME_MAX, usually 255 bytes)
+    or longer than PATH_MAX as a whole, which would otherwise fail in ``stat`` with a traceback."""
+    existing = _first_existing_quietly(Path(os.path.abspath(path)))
+    try:
+        name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > name_max:
+            raise NeumoursError(f"{path}: {what}: file name too long ({len(os.fsencode(part))} bytes in one name, "
+                                f"the file system allows {name_max})")
+    if len(os.fsencode(os.path.abspath(path))) >= path_max:
+        raise NeumoursError(f"{path}: {what}: file name too long (the whole path may have {path_max - 1} bytes)")
+
+
+def _first_existing_quietly(path: Path) -> Path:
+    """The nearest ancestor of ``path`` that exists, without a stat of an over-long name."""
+    for current in [path, *path.parents]:
+        try:
+            if current.exists():
+                return current
+        except OSError:
+            continue
+    return Path("/")
+
+
 def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
     """Check that ``path`` can be written as a file: its parent is (or can become) a writable folder.
 
@@ -83,6 +110,7 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
         NeumoursError: ``path`` is an existing folder, or its parent cannot hold it (see module docstring).
     """
     path = Path(path)
+    check_name_length(path, what)
     if path.is_dir():
         raise NeumoursError(f"{path}: {what} is an existing folder, expected a file name")
     _check_folder(path, path.parent if str(path.parent) else Path("."), f"the folder of the {what}")
@@ -96,6 +124,7 @@ def check_output_folder(path: str | os.PathLike, what: str = "output folder") ->
         NeumoursError: ``path`` is an existing file, or cannot be created or written (see module docstring).
     """
     path = Path(path)
+    check_name_length(path, what)
     if path.exists() and not path.is_dir():
         raise NeumoursError(f"{path}: {what} is an existing file, not a folder")
     _check_folder(path, path, f"the {what}")

@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 from neumours.errors import NeumoursError
+from neumours.input_files import read_input_bytes
 
 
 def read_toml(path: str | Path, what: str) -> dict:
@@ -19,20 +20,18 @@ def read_toml(path: str | Path, what: str) -> dict:
         what: what the file is, for the message (e.g. "config file").
 
     Raises:
-        NeumoursError: the file is missing, a folder, unreadable, not UTF-8 or not valid TOML (one
-            line naming it).
+        NeumoursError: the file is missing, not a readable regular file (a FIFO, a folder: see
+            :mod:`neumours.input_files`), not UTF-8 or not valid TOML (one line naming it).
     """
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise NeumoursError(f"{path}: {what} not found")
     if path.is_dir():
         raise NeumoursError(f"{path}: is a folder, not a {what} (give the TOML file)")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NeumoursError(f"{path}: {what} not found") from None
+        return tomllib.loads(read_input_bytes(path, what).decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise NeumoursError(f"{path}: not a valid TOML file ({' '.join(str(exc).split())})") from None
-    except OSError as exc:
-        raise NeumoursError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 
 
 def toml_value(value) -> str:

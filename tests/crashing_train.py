@@ -7,7 +7,7 @@ MOMENT, with STEP the training step it refers to:
 * ``step``: at the start of step STEP (before its optimiser update);
 * ``before:NAME`` / ``after:NAME``: just before / just after the rename (``os.replace``)
   whose target is named NAME, during the checkpoint commit of step STEP (NAME is a
-  file such as ``state.pt`` or ``checkpoint.json``, or a step folder ``step-00000004``).
+  file such as ``state.json`` or ``checkpoint.json``, or a step folder ``step-00000004``).
 
 Nothing of neumours is replaced: the real command runs and the real process is
 killed (``kill -9``) at that moment, so what is on disk is exactly what a crash

@@ -274,10 +274,10 @@ def test_resume_refuses_files_from_different_checkpoints(world, capsys, tmp_path
 
     run = _copy_run(world, tmp_path)
     manifest = json.loads((run / "checkpoint.json").read_text())
-    state = run / manifest["folder"] / "state.pt"
+    state = run / manifest["folder"] / "state.json"
     state.write_bytes(state.read_bytes() + b"\0")  # not the state the manifest committed
     err = expect_one_line(["train", "--data", world["data"], "--resume", run, "--steps", "4", "--device", "cpu"],
-                          capsys, world, [run, "state.pt", "does not belong"], extra_roots=[tmp_path])
+                          capsys, world, [run, "state.json", "does not belong"], extra_roots=[tmp_path])
     assert "SHA-256" in err
 
 

@@ -4,24 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_force_geometry_option, add_quiet_option, int_range, positive_int, seed
+from neumours.cli.options import add_command, add_force_geometry_option, add_quiet_option, int_range, seed
 from neumours.data.phantom_randomised_ranges import FACTORS, RANDOMISED_DIFFICULTY
 from neumours.data.phantom_ranges import DIFFICULTIES, KINDS
 from neumours.errors import NeumoursError
 
-#: Smallest phantom edge (voxels) the generator supports.
-MIN_PHANTOM_EDGE = 16
-#: Largest phantom edge (voxels): 4 float32 modalities of 512^3 are 2 GiB per case already.
-MAX_PHANTOM_EDGE = 512
+#: Smallest and largest phantom edge (voxels) the generator supports.
+MIN_PHANTOM_EDGE, MAX_PHANTOM_EDGE = 16, 512
 #: ``--shape`` sizes, each checked by the parser.
 shape_edge = int_range(MIN_PHANTOM_EDGE, MAX_PHANTOM_EDGE)
+#: Most voxels of one phantom (about 3.6 BraTS volumes): the generator holds some twenty float
+#: volumes of a case at once, ~2.5 GB at this size.
+MAX_PHANTOM_VOXELS = 32 * 2**20
 
 
 def parse_shape(values: list[int]) -> tuple[int, int, int]:
-    """``--shape X Y Z`` checked: three sizes of at least :data:`MIN_PHANTOM_EDGE`."""
+    """``--shape X Y Z`` checked: three sizes in MIN..MAX_PHANTOM_EDGE, at most MAX_PHANTOM_VOXELS voxels.
+
+    Raises:
+        NeumoursError: naming ``--shape`` and the allowed range (before any memory is taken).
+    """
     if len(values) != 3 or min(values) < MIN_PHANTOM_EDGE or max(values) > MAX_PHANTOM_EDGE:
         raise NeumoursError(f"--shape needs three sizes of {MIN_PHANTOM_EDGE} to {MAX_PHANTOM_EDGE} voxels, "
-                            f"got {values}")
+                            f"got {' '.join(map(str, values))}")
+    voxels = values[0] * values[1] * values[2]
+    if voxels > MAX_PHANTOM_VOXELS:
+        raise NeumoursError(f"--shape {' '.join(map(str, values))}: {voxels:,} voxels, more than the "
+                            f"{MAX_PHANTOM_VOXELS:,} a phantom may have (BraTS 240 240 155 has 8,928,000)")
     return tuple(values)
 
 
@@ -63,9 +72,13 @@ def cmd_synth(args) -> None:
         if len(shown) < args.preview_cases:
             shown.append(case)
 
-    paths = write_dataset(args.out, args.cases, shape=shape, seed=args.seed, progress=not args.quiet,
-                          difficulty=args.difficulty, kind=args.kind, ranges=ranges,
-                          on_case=keep if args.preview is not None else None)
+    try:
+        paths = write_dataset(args.out, args.cases, shape=shape, seed=args.seed, progress=not args.quiet,
+                              difficulty=args.difficulty, kind=args.kind, ranges=ranges,
+                              on_case=keep if args.preview is not None else None)
+    except MemoryError:
+        raise NeumoursError(f"--shape {' '.join(map(str, shape))}: not enough memory to generate a case of this "
+                            "size; choose a smaller --shape") from None
     if args.difficulty == "classic":
         what = "classic recipe"
     elif args.difficulty == RANDOMISED_DIFFICULTY:

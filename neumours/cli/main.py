@@ -8,11 +8,23 @@ print one line ``neumours: error: ...`` and exit with status 2. A
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import warnings
 
 from neumours.cli.options import HelpFormatter, Parser
 from neumours.errors import CasesFailedError, NeumoursError
+
+#: Longest error line printed: a message built from a hostile file (thousands of names) is cut here.
+MAX_ERROR_CHARS = 2000
+
+
+def error_line(exc: BaseException) -> str:
+    """``exc``'s message as one readable line: newlines folded, cut to MAX_ERROR_CHARS with a note."""
+    text = " ".join(str(exc).split("\n"))
+    if len(text) > MAX_ERROR_CHARS:
+        text = f"{text[:MAX_ERROR_CHARS]} ... (cut: the message has {len(text):,} characters)"
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     except NeumoursError as exc:
         if isinstance(exc, CasesFailedError):  # --keep-going: which cases failed, then the one line
             print(exc.table(), file=sys.stderr)
-        print(f"neumours: error: {exc}", file=sys.stderr)
+        print(f"neumours: error: {error_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:  # the one OS error any path a user types can cause; others are bugs
+            raise
+        print(f"neumours: error: {error_line(exc.filename or '')}: file name too long", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("neumours: interrupted", file=sys.stderr)

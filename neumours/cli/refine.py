@@ -146,7 +146,7 @@ def refine_command(args) -> None:
     from neumours.device import get_device
     from neumours.eval.metrics import region_scores
     from neumours.infer.cache import VolumeCache
-    from neumours.model.checkpoint import checkpoint_bytes, load_checkpoint
+    from neumours.model.checkpoint import check_fits_data, checkpoint_bytes, load_checkpoint
     from neumours.model.inputs import CaseVolumes
     from neumours.model.inr import INR
     from neumours.refine.loop import Anchor, refine
@@ -166,6 +166,7 @@ def refine_command(args) -> None:
     size = args.size
     state, config, metadata = load_checkpoint(args.checkpoint)
     case = load_case(args.case, force_geometry=args.force_geometry)
+    check_fits_data(config, args.checkpoint, args.case, case.shape, case.images.shape[0])
     corrected, from_masks = None, args.masks
     if args.from_labels is not None:
         corrected, _ = read_label_volume(args.from_labels, force_geometry=args.force_geometry)

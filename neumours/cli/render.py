@@ -158,6 +158,7 @@ def render_command(args) -> None:
         from neumours.infer.segment import Segmenter
 
         segmenter = Segmenter(args.checkpoint, device, precision=args.precision)
+        segmenter.fits(args.case, case.shape, case.images.shape[0])
         if args.denoise and segmenter.device_denoise:  # denoised where the INR wrote the labels
             from neumours.infer.denoise_device import denoise_on_device
 

@@ -60,6 +60,8 @@ def cmd_train(args) -> None:
 
     if (args.out is None) == (args.resume is None):
         raise NeumoursError("give either --out RUN for a new run or --resume RUN to continue one")
+    if args.resume_new_data and args.resume is None:
+        raise NeumoursError("--resume-new-data goes with --resume RUN (continue that run on other data)")
     if args.overwrite and args.out is None:
         raise NeumoursError("--overwrite goes with --out (a new run replacing the one in that folder)")
     run_dir = args.resume or args.out
@@ -72,7 +74,7 @@ def cmd_train(args) -> None:
     device = get_device(args.device)
     warn_if_slow(config, device)
     summary = train(args.data, run_dir, config, device, resume=args.resume is not None, overwrite=args.overwrite,
-                    force_geometry=args.force_geometry, keep_going=args.keep_going)
+                    force_geometry=args.force_geometry, keep_going=args.keep_going, new_data=args.resume_new_data)
     print(f"trained {summary['steps']} steps in {summary['time_s']:.1f} s; best validation mean Dice "
           f"{summary['best_val_dice_mean']:.4f}; run: {summary['run_dir']}")
     if summary.get("failures"):
@@ -105,7 +107,12 @@ def add_parsers(sub) -> None:
                    help="dataset folder (BraTS, MU-Glioma-Post or nnU-Net layout)")
     p.add_argument("--out", type=Path, help="run folder to create (or give --resume); a folder that already holds "
                                             "a run is refused unless --overwrite")
-    p.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its last checkpoint")
+    p.add_argument("--resume", type=Path, metavar="RUN",
+                   help="continue RUN from its last checkpoint; --data must be the run's data (same case ids, "
+                        "validation split and NIfTI headers)")
+    p.add_argument("--resume-new-data", action="store_true",
+                   help="with --resume: continue on other data than the run's (its best is forgotten: validation "
+                        "Dice on other cases does not compare)")
     p.add_argument("--preset", choices=["paper", "tiny"], default="paper",
                    help="paper: Table I; tiny: a small network that trains in seconds on the CPU")
     p.add_argument("--optimizer", choices=["adamw", "muon"], help="override [optimizer] name")

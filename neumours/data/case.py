@@ -22,7 +22,7 @@ import numpy as np
 
 from neumours.data.geometry import Geometry
 from neumours.data.layouts import MODALITIES, CaseRef, resolve_case
-from neumours.data.nifti import Volume, read_header, read_volume, volume_shape, write_nifti
+from neumours.data.nifti import Volume, header_bytes, read_header, read_volume, volume_shape, write_nifti
 from neumours.errors import NeumoursDataError, NeumoursError
 
 # Affines "agree" when every entry is within this tolerance: BraTS exports
@@ -210,6 +210,27 @@ def check_cases(refs, force_geometry: bool = False, need_label: bool = False,
                 raise
             failures.append(CaseFailure(getattr(ref, "case_id", str(ref)), str(getattr(ref, "path", ref)), str(exc)))
     return good, failures
+
+
+def headers_sha256(refs) -> str:
+    """SHA-256 over the cases' ids and the NIfTI headers of their files (modalities and label), in order.
+
+    A dataset's fingerprint without reading a voxel: a resumed training run
+    checks that it is given the data it was trained on. Two datasets with the
+    same case ids but other grids, spacings, data types or scalings differ here.
+
+    Raises:
+        NeumoursDataError: a file whose header cannot be read (naming it).
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for ref in refs:
+        digest.update(f"case {ref.case_id}\n".encode())
+        for key in sorted(ref.paths):
+            digest.update(f"{key}\n".encode())
+            digest.update(header_bytes(ref.paths[key]))
+    return digest.hexdigest()
 
 
 def save_label(label: Any, path: str | os.PathLike, like: Case) -> Path:

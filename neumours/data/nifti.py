@@ -47,6 +47,7 @@ import numpy as np
 from neumours.atomic import atomic_write_bytes
 from neumours.data.geometry import Geometry, make_geometry
 from neumours.errors import NeumoursDataError
+from neumours.input_files import open_input
 
 try:  # ISA-L: ~3x faster inflate than zlib and GIL-free.
     from isal import igzip as _fast_gzip
@@ -248,10 +249,7 @@ def _open(path: Path):
         raise NeumoursDataError(path, "file does not exist")
     if path.is_dir():
         raise NeumoursDataError(path, "is a folder, expected a NIfTI file (.nii or .nii.gz)")
-    try:
-        return open(path, "rb")
-    except OSError as exc:
-        raise NeumoursDataError(path, f"cannot read file ({exc.strerror or exc})") from None
+    return open_input(path, "NIfTI file")
 
 
 def _truncated(path: Path, facts: HeaderFacts, present: int | None) -> NeumoursDataError:
@@ -385,6 +383,25 @@ def read_header(path: str | os.PathLike, force_geometry: bool = False) -> tuple[
     except Exception as exc:  # noqa: BLE001
         raise NeumoursDataError(path, f"not a valid NIfTI file ({_first_line(exc)})") from None
     return facts, _geometry(path, facts, affine, force_geometry)
+
+
+def header_bytes(path: str | os.PathLike) -> bytes:
+    """The fixed-size NIfTI header of ``path`` as stored (inflated from a gzip file): 348 or 540 bytes.
+
+    What fingerprints a dataset without reading voxels (:func:`neumours.data.case.headers_sha256`).
+
+    Raises:
+        NeumoursDataError: naming the file (as :func:`read_header`).
+    """
+    path = Path(path)
+    with _open(path) as f:
+        try:
+            start = f.read(_NIFTI2_HEADER_SIZE)
+            if start[:2] == _GZIP_MAGIC:
+                start = _inflate(path, start + f.read(1 << 16), _NIFTI2_HEADER_SIZE)
+        except OSError as exc:
+            raise NeumoursDataError(path, f"cannot read file ({exc.strerror or exc})") from None
+    return start[: _header_facts(path, start).header_size]
 
 
 def _geometry(path: Path, facts: HeaderFacts, affine: np.ndarray, force: bool) -> Geometry:

@@ -196,6 +196,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         raise NeumoursError(f"--split must be 'val' or 'all', got {split!r}")
     segmenter = Segmenter(checkpoint, device, precision=precision)
     refs = list_cases(data_dir)
+    segmenter.fits(data_dir)  # modalities and classes, before any case is read
     if split == "val":
         _, refs = split_cases(refs, 0.1, seed)
     items = _checked([(r.case_id, r) for r in refs],

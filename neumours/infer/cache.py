@@ -24,7 +24,8 @@ from typing import Sequence
 import numpy as np
 import slangpy as spy
 
-from neumours.device import ScratchBuffers, download, empty_buffer
+from neumours.device import ScratchBuffers, download, empty_buffer, upload
+from neumours.errors import NeumoursError
 from neumours.kernels.probabilities import argmax_labels, pack_labels
 from neumours.model.inputs import CaseVolumes, grid_inputs
 from neumours.model.inr import INR, Workspace
@@ -177,6 +178,11 @@ class StageTimer:
         return now
 
 
+class NonFiniteLogitsError(NeumoursError):
+    """The network gave NaN or Inf logits (finite weights whose products overflow float32): its labels and
+    probabilities would mean nothing (an arg-max over NaN is class 0: silently all background)."""
+
+
 class VolumeCache:
     """Labels (and optionally class probabilities) of one case, computed and kept on the device.
 
@@ -198,6 +204,10 @@ class VolumeCache:
         scratch: optional :class:`~neumours.device.ScratchBuffers` for the
             per-chunk working buffers (kept for the next case; the labels and
             probabilities are always new buffers).
+
+    Raises:
+        NonFiniteLogitsError: a logit of the volume is NaN or Inf (flagged by the
+            arg-max kernel, read back once after the pass: 4 bytes).
 
     Attributes:
         labels_buffer: uint32 device buffer of G0*G1*G2 labels, C-order.
@@ -248,6 +258,7 @@ class VolumeCache:
         patches = buffer("cache.patches", self.chunk * cfg.patch_dim)
         logits = buffer("cache.logits", self.chunk * cfg.num_classes)
         ws = forward_workspace(self.inr, self.chunk, scratch)
+        nonfinite = upload(dev, np.zeros(1, np.uint32), np.uint32)
         if timer is not None:
             timer.sync()
         for start in range(0, self.total, self.chunk):
@@ -258,9 +269,12 @@ class VolumeCache:
             if timer is not None:
                 t0 = timer.add("inference", t0)
             argmax_labels(dev, logits, self.labels_buffer, start, count, self.total, cfg.num_classes,
-                          probs=self.probs_buffer)
+                          probs=self.probs_buffer, nonfinite=nonfinite)
             if timer is not None:
                 timer.add("argmax", t0)
+        if download(nonfinite, (1,), np.uint32)[0]:
+            raise NonFiniteLogitsError(f"the network's logits are NaN or Inf on the {'x'.join(map(str, self.shape))} "
+                                       "grid (weights whose products overflow float32)")
 
     def labels(self) -> np.ndarray:
         """The labels, downloaded: (G0, G1, G2) uint8, values 0 .. num_classes - 1.

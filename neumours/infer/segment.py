@@ -34,19 +34,21 @@ import nibabel as nib
 import numpy as np
 import slangpy as spy
 
+from neumours.conventions import NUM_MODALITIES
 from neumours.data import Case, check_cases, list_cases, load_case, normalise, save_label
 from neumours.data.geometry import voxel_spacing
 from neumours.data.nifti import is_nifti_name, read_header, write_nifti
 from neumours.device import ScratchBuffers, upload
 from neumours.device.memory import device_available_bytes, host_available_bytes
 from neumours.errors import CasesFailedError, NeumoursDataError, NeumoursError
-from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, StageTimer, VolumeCache, download_labels, grid_problem,
-                                  largest_scale, super_resolution_affine, super_resolution_shape)
+from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, NonFiniteLogitsError, StageTimer, VolumeCache,
+                                  download_labels, grid_problem, largest_scale, super_resolution_affine,
+                                  super_resolution_shape)
 from neumours.outputs import check_output_file, check_output_folder
 from neumours.infer.denoise import DenoiseParams, denoise as denoise_labels
 from neumours.infer.denoise_device import denoise_on_device
 from neumours.infer.normalise import normalise_on_device
-from neumours.model.checkpoint import load_checkpoint
+from neumours.model.checkpoint import check_fits_data, load_checkpoint
 from neumours.model.inputs import CaseVolumes
 from neumours.model.inr import INR
 
@@ -188,14 +190,26 @@ class Segmenter:
         # cases of varying shapes would otherwise pay ~0.5 s each for them.
         self.scratch = ScratchBuffers(device)
 
+    def fits(self, data: str | os.PathLike, shape=None, modalities: int = NUM_MODALITIES) -> None:
+        """Refuse ``data`` (a case or dataset) this checkpoint's network cannot segment, before any work
+        (:func:`~neumours.model.checkpoint.check_fits_data`: modalities, classes, patch size)."""
+        check_fits_data(self.config, self.checkpoint, data, shape, modalities)
+
     def cache(self, images: np.ndarray, grid_shape=None, keep_probs: bool = False,
-              timer: StageTimer | None = None, raw: bool = True) -> VolumeCache:
+              timer: StageTimer | None = None, raw: bool = True, source: str | os.PathLike = "the case") -> VolumeCache:
         """Run the INR over a (4, X, Y, Z) float32 volume; the result stays on the device.
 
         Args:
             images: raw intensities (``raw=True``: z-scored here, on the device) or
                 already normalised ones (``raw=False``).
+            source: the case, named when the checkpoint does not fit it (:meth:`fits`).
+
+        Raises:
+            NeumoursError: the checkpoint does not fit the images, or the probabilities
+                are not finite (weights that overflow: naming the checkpoint).
         """
+        images_shape = tuple(np.shape(images))
+        self.fits(source, images_shape[1:], images_shape[0])
         t0 = time.perf_counter()
         vols = _upload_one(self.device, images, self.scratch)
         if timer is not None:
@@ -207,8 +221,12 @@ class Segmenter:
                 raise NeumoursError(f"cannot normalise the volumes ({exc})") from None
             if timer is not None:
                 timer.add("normalise", t0)
-        return VolumeCache(self.inr, vols, grid_shape=grid_shape, keep_probs=keep_probs,
-                           chunk_points=self.chunk_points, timer=timer, scratch=self.scratch)
+        try:
+            return VolumeCache(self.inr, vols, grid_shape=grid_shape, keep_probs=keep_probs,
+                               chunk_points=self.chunk_points, timer=timer, scratch=self.scratch)
+        except NonFiniteLogitsError as exc:
+            raise NeumoursError(f"{self.checkpoint}: cannot segment {source}: {exc}; the checkpoint's weights "
+                                "are finite but unusable") from None
 
     def __call__(self, case: Case | str | os.PathLike, scale: float = 1, denoise: bool = False,
                  probs: bool = False, denoise_params: DenoiseParams | None = None, timings: bool = False,
@@ -236,6 +254,7 @@ class Segmenter:
         if not isinstance(case, Case):
             case = load_case(case, force_geometry=force_geometry)
             t0 = timer.add("load", t0)
+        source = case.paths["t1n"].parent if "t1n" in case.paths else f"case {case.case_id}"
         try:
             grid = super_resolution_shape(case.shape, scale)
         except ValueError as exc:
@@ -259,11 +278,12 @@ class Segmenter:
             return SegmentResult(case, labels_tta, mean if probs else None, affine, spacing, float(scale),
                                  timer.seconds, raw=raw_tta)
         if self.device_normalise:
-            cache = self.cache(case.images, grid, keep_probs=probs, timer=timer, raw=True)
+            cache = self.cache(case.images, grid, keep_probs=probs, timer=timer, raw=True, source=source)
         else:
+            self.fits(source, case.shape, case.images.shape[0])  # before the host-side normalisation
             normalised = normalise(case.images)
             timer.add("normalise", t0)
-            cache = self.cache(normalised, grid, keep_probs=probs, timer=timer, raw=False)
+            cache = self.cache(normalised, grid, keep_probs=probs, timer=timer, raw=False, source=source)
         t0 = time.perf_counter()
         on_device = denoise and self.device_denoise
         if on_device:  # the raw labels stay on the device unless someone asks for them
@@ -452,6 +472,7 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
     total = len(refs)
     refs, failures = check_cases(refs, force_geometry=force_geometry, keep_going=keep_going)
     failures = [(f.case_id, f.error) for f in failures]
+    segmenter.fits(source, min((_grid_shape(r, force_geometry) for r in refs), key=min) if refs else None)
     if refs:
         largest = max(refs, key=lambda r: math.prod(_grid_shape(r, force_geometry)))
         on_host = bool(segmenter.tta_flips or segmenter.smooth_mm)  # probabilities needed for the arg-max

@@ -16,18 +16,20 @@ from neumours.kernels.checks import require
 FILE = "probability_kernels.slang"
 
 
-def _constants(num_classes: int, write_probs: bool = False) -> dict:
+def _constants(num_classes: int, write_probs: bool = False, check_finite: bool = False) -> dict:
     """The file's compile-time constants; every entry point gets all of them (the file compiles as a whole)."""
-    return {"NUM_CLASSES": int(num_classes), "WRITE_PROBS": bool(write_probs)}
+    return {"NUM_CLASSES": int(num_classes), "WRITE_PROBS": bool(write_probs), "CHECK_FINITE": bool(check_finite)}
 
 
 def argmax_labels(device: spy.Device, logits: spy.Buffer, labels: spy.Buffer, start: int, count: int, total: int,
-                  num_classes: int, probs: spy.Buffer | None = None) -> None:
+                  num_classes: int, probs: spy.Buffer | None = None, nonfinite: spy.Buffer | None = None) -> None:
     """labels[start + i] = argmax(logits[i]) (ties to the lowest class); with ``probs``, also the softmax.
 
     Args:
         logits: (count, num_classes) float32. labels: (total,) uint32.
         probs: (num_classes, total) float32, or None.
+        nonfinite: (1,) uint32, or None: set to 1 when any logit of the chunk is
+            NaN or Inf (never cleared here: one flag can watch a whole volume).
     """
     require(logits, count * num_classes, "logits")
     require(labels, total, "labels")
@@ -37,7 +39,10 @@ def argmax_labels(device: spy.Device, logits: spy.Buffer, labels: spy.Buffer, st
     if probs is not None:
         require(probs, num_classes * total, "probs")
         params["probs"] = probs
-    load_kernel(device, FILE, "argmax_labels", _constants(num_classes, probs is not None))(
+    if nonfinite is not None:
+        require(nonfinite, 1, "nonfinite", element_bytes=4)
+        params["nonfinite"] = nonfinite
+    load_kernel(device, FILE, "argmax_labels", _constants(num_classes, probs is not None, nonfinite is not None))(
         count, params=params)
 
 

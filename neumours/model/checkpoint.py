@@ -21,7 +21,9 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from neumours.atomic import atomic_write_bytes
+from neumours.conventions import CLASS_NAMES, MODALITIES, NUM_CLASSES, NUM_MODALITIES
 from neumours.errors import NeumoursError
+from neumours.input_files import check_input
 from neumours.model.config import INRConfig
 from neumours.model.params import ParamLayout
 
@@ -94,6 +96,12 @@ def _config_diff(found: INRConfig, expected: INRConfig) -> str:
     return "; ".join(f"checkpoint has {k}={a[k]}, expected {b[k]}" for k in a if a[k] != b[k])
 
 
+def _names(names: list[str], shown: int = 6) -> str:
+    """Up to ``shown`` names and a count of the rest (a hostile file may hold thousands)."""
+    text = ", ".join(n[:80] for n in names[:shown])
+    return text + (f" and {len(names) - shown:,} more" if len(names) > shown else "")
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -126,6 +134,7 @@ def load_checkpoint(
         raise NeumoursError(f"{path}: checkpoint file not found")
     if not path.is_file():
         raise NeumoursError(f"{path}: checkpoint path is not a file")
+    check_input(path, "checkpoint")  # a FIFO would block safetensors' open; an unreadable file: permission denied
     try:
         handle = safe_open(str(path), framework="numpy")
     except Exception as exc:  # SafetensorError, OSError: truncated, garbage, unreadable
@@ -140,7 +149,7 @@ def load_checkpoint(
             )
         try:
             config = INRConfig.from_dict(json.loads(meta.get("config", "")))
-        except (json.JSONDecodeError, NeumoursError) as exc:
+        except (ValueError, TypeError, RecursionError, NeumoursError) as exc:  # JSONDecodeError is a ValueError
             raise NeumoursError(f"{path}: invalid config in checkpoint metadata ({_one_line(exc)})") from None
         if expected_config is not None and config != expected_config.architecture():
             raise NeumoursError(f"{path}: configuration differs: {_config_diff(config, expected_config)}")
@@ -149,8 +158,8 @@ def load_checkpoint(
         missing = [n for n in layout.names if n not in names]
         extra = sorted(names - set(layout.names))
         if missing or extra:
-            parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-                [f"unexpected {', '.join(extra)}"] if extra else []
+            parts = ([f"missing {_names(missing)}"] if missing else []) + (
+                [f"unexpected {_names(extra)}"] if extra else []
             )
             raise NeumoursError(f"{path}: tensors do not match its own config ({'; '.join(parts)})")
         state: dict[str, np.ndarray] = {}
@@ -170,3 +179,36 @@ def load_checkpoint(
             state[name] = value
     user = {k: v for k, v in meta.items() if k not in _RESERVED}
     return state, config, user
+
+
+def check_fits_data(config: INRConfig, checkpoint: str | os.PathLike, data: str | os.PathLike,
+                    shape: tuple[int, ...] | None = None, modalities: int = NUM_MODALITIES) -> None:
+    """Refuse, before any inference, a checkpoint whose network cannot segment ``data``.
+
+    One check for every command that runs a checkpoint over cases (segment,
+    evaluate, render, refine, view): the network must read as many modalities
+    as the cases have (:data:`MODALITIES`), give one logit per label class
+    (:data:`CLASS_NAMES`: the labels written are 0..3), and its patch must fit
+    inside the case.
+
+    Args:
+        config: the checkpoint's network (from :func:`load_checkpoint`).
+        checkpoint, data: named in the message (a case, a case file or a dataset folder).
+        shape: the case's (X, Y, Z) when known (the patch size is checked against it).
+        modalities: channels of the cases.
+
+    Raises:
+        NeumoursError: one line naming both paths and every mismatch.
+    """
+    problems = []
+    if config.num_modalities != modalities:
+        problems.append(f"its network reads {config.num_modalities} modalities, the cases have {modalities}"
+                        + (f" ({', '.join(MODALITIES)})" if modalities == NUM_MODALITIES else ""))
+    if config.num_classes != NUM_CLASSES:
+        problems.append(f"its network gives {config.num_classes} classes, the labels have {NUM_CLASSES} "
+                        f"({', '.join(CLASS_NAMES)})")
+    if shape is not None and config.patch_size > min(shape):
+        problems.append(f"its {config.patch_size}-voxel patch is larger than the case's smallest edge "
+                        f"({'x'.join(map(str, shape))})")
+    if problems:
+        raise NeumoursError(f"{checkpoint}: does not fit {data}: {'; '.join(problems)}")

@@ -72,11 +72,13 @@ class Trainer:
         cases: ``(train, val)`` CaseRefs to use instead of splitting ``data`` by
             ``[schedule] val_fraction`` (a cross-validation fold; ``data`` then only
             names the dataset in messages).
+        new_data: with ``resume``: continue on data other than the run's (case ids,
+            validation split or headers differ; refused without it), with a new best.
     """
 
     def __init__(self, data, run_dir, config: TrainConfig, device=None, resume: bool = False, progress: bool = True,
                  *, overwrite: bool = False, force_geometry: bool = False, keep_going: bool = False,
-                 cases: tuple[list, list] | None = None):
+                 cases: tuple[list, list] | None = None, new_data: bool = False):
         self.run_dir = Path(run_dir)
         self.config = config
         self.progress = progress
@@ -105,6 +107,10 @@ class Trainer:
             raise NeumoursDataError(data, "the training split is empty")
         self.train_ids = [r.case_id for r in train_refs]
         self.val_ids = [r.case_id for r in val_refs]
+        self.data_record = checkpoints.data_record(data, train_refs, val_refs)
+        self.new_data = bool(new_data)
+        if resumed is not None and not new_data:  # before anything is loaded: the run's own data or a refusal
+            checkpoints.check_same_data(self.run_dir, resumed.state.get("data"), self.data_record)
         net = config.network
         self.inr = INR(net, self.device, seed=config.schedule.seed)
         refreshes = resumed.state.get("pool", {}).get("refreshes", 0) if resumed is not None else 0
@@ -269,7 +275,7 @@ class Trainer:
                  "pool": self.pool.state(),
                  "augment": None if self.augmenter is None else self.augmenter.state(),
                  "optimizers": [o.state_dict() for o in self.optimizers],
-                 "rows": self.rows}
+                 "rows": self.rows, "data": self.data_record}
         best = {"step": self.best_step, "val_dice_mean": self.best} if self.best_step is not None else None
         checkpoints.commit(self.run_dir, self.step,
                            lambda path: save_checkpoint(path, self.inr.state_dict(), self.config.network, metadata),
@@ -300,10 +306,15 @@ class Trainer:
             raise NeumoursError(f"{self.run_dir}: cannot resume, the optimiser state does not fit ({exc})") from None
         self.step, self.best, self.rows = progress["step"], progress["best"], progress["rows"]
         self.best_step = progress.get("best_step")
+        if self.new_data:  # validation Dice on other data does not compare with the run's best so far
+            self.best, self.best_step = -1.0, None
         self.committed_step = self.step if checkpoint.manifest is not None else None
-        self.sampler.set_state(progress["sampler"])
-        if self.augmenter is not None and progress.get("augment") is not None:
-            self.augmenter.set_state(progress["augment"])
+        try:  # numpy checks a generator state (a foreign or edited one: one line, not a traceback)
+            self.sampler.set_state(progress["sampler"])
+            if self.augmenter is not None and progress.get("augment") is not None:
+                self.augmenter.set_state(progress["augment"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise NeumoursError(f"{self.run_dir}: cannot resume, the sampler state does not fit ({exc})") from None
         self.inr.bridge.named_torch_parameters()  # re-attach .grad views after load_state_dict
 
     def close(self) -> None:
@@ -311,14 +322,15 @@ class Trainer:
 
 
 def train(data, out, config: TrainConfig, device=None, resume: bool = False, progress: bool = True,
-          plot: bool = True, *, overwrite: bool = False, force_geometry: bool = False, keep_going: bool = False) -> dict:
+          plot: bool = True, *, overwrite: bool = False, force_geometry: bool = False, keep_going: bool = False,
+          new_data: bool = False) -> dict:
     """Train (or resume) a run; the Python call behind ``neumours train``.
 
-    ``overwrite``, ``force_geometry``, ``keep_going``: see :class:`Trainer`. The
+    ``overwrite``, ``force_geometry``, ``keep_going``, ``new_data``: see :class:`Trainer`. The
     summary's ``failures`` lists (case id, error) of cases left out by ``keep_going``.
     """
     trainer = Trainer(data, out, config, device, resume, progress, overwrite=overwrite,
-                      force_geometry=force_geometry, keep_going=keep_going)
+                      force_geometry=force_geometry, keep_going=keep_going, new_data=new_data)
     try:
         summary = trainer.run()
     finally:

@@ -138,6 +138,7 @@ class ViewerSession:
         self.out = check_output_folder(out, "--out folder") if out is not None else None
         self.device = device
         self.segmenter = Segmenter(checkpoint, device, chunk_points=CACHE_CHUNK_POINTS)
+        self.segmenter.fits(refs[0].path)  # modalities and classes: before the first case is opened
         self.inr = self.segmenter.inr
         self.history: list = []
         self.state: OpenCase | None = None
@@ -152,7 +153,7 @@ class ViewerSession:
         case = load_case(self.refs[case_id])
         if self.state is not None:
             self.state = None  # free the previous case's buffers first
-        cache = self.segmenter.cache(case.images, keep_probs=True)
+        cache = self.segmenter.cache(case.images, keep_probs=True, source=self.refs[case_id].path)
         images = case.images
         brain = [channel[channel != 0] for channel in images]
         percentiles = np.stack([np.percentile(v if v.size else c.reshape(-1), _PERCENTILES)
