@@ -228,7 +228,7 @@ def main(argv=None) -> int:
         for k in ("raw s", "autograd s", "torch peer s"):
             if k in r:
                 r[k] = round(r[k], 5)
-    print(f"device: {describe(device)}; network {cfg.num_params()} parameters, precision {inr.precision}")
+    print(f"device: {describe(device)}; network {cfg.num_params} parameters, precision {inr.precision}")
     print("refine step: 'raw' = the loss on the host (before), 'autograd' = neumours.refine.refine (after)")
     print_table(rows, ["op", "size", "raw s", "autograd s", "overhead %", "torch peer s", "peer / autograd"])
     write_json(args.json, {"device": describe(device), "host": platform.node(), "precision": inr.precision,

@@ -322,3 +322,26 @@ def test_gpu_cache_render_zero_copy(cuda_device):
     ref = render_reference(TorchScene.build((24, 24, 20), (1, 1, 1), settings, probabilities=probs.double(),
                                             device="cuda"), cam)[0]
     assert rel_err(image.cpu(), ref.cpu()) <= 1e-5
+
+
+def test_signed_distance_and_boundary_loss(net, rng, cpu_device):
+    from neumours.torch import boundary_loss, signed_distance
+
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[2:6, 2:5, 1:5] = 2
+    labels[3, 3, 2] = 1
+    phi = signed_distance(labels, spacing=(1.0, 2.0, 1.0))
+    assert phi.shape == (4, *SHAPE) and not phi[3].any()  # class 3 absent
+    assert phi[2][labels == 2].max() <= 0 < phi[2][labels != 2].min()
+    assert phi[2][1, 3, 2] == 1.0 and phi[2][2, 3, 2] == 0.0  # one voxel outside / on the inner boundary (axis 0)
+    assert phi[2][3, 3, 0] == 1.0 and phi[2][3, 1, 2] == 2.0  # spacing 2 along axis 1
+
+    volume = rng.normal(size=(4, *SHAPE)).astype(np.float32)
+    probs = cache(net, CaseVolumes.upload(cpu_device, [volume]))
+    loss = boundary_loss(probs, torch.from_numpy(phi))
+    assert float(loss.detach()) == pytest.approx(float((probs.detach().numpy()[1:] * phi[1:]).mean()), rel=1e-6)
+    loss.backward()
+    model = reference_of(net)
+    boundary_loss(grid_probabilities(model, torch.from_numpy(volume).double()), torch.from_numpy(phi)).backward()
+    for (name, p), q in zip(net.named_parameters(), model.parameters()):
+        assert rel_err(p.grad, q.grad) <= 1e-5, name
