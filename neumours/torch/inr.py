@@ -34,12 +34,20 @@ from neumours.torch import exchange
 
 
 class WorkspacePool:
-    """Workspaces of forwards awaiting their backward, reused once autograd frees them."""
+    """Workspaces of forwards awaiting their backward, reused once autograd frees them.
+
+    Freed workspaces stay allocated for the next forward of a similar size (creating device
+    buffers of a new size is slow on CUDA); :meth:`clear` releases them.
+    """
 
     def __init__(self, inr: INR):
         self.inr = inr
         self._free: list[Workspace] = []
         self.leased = 0
+
+    def clear(self) -> None:
+        """Release the workspaces no graph holds (e.g. after a forward over many more points than usual)."""
+        self._free.clear()
 
     def take(self, count: int, input_grads: bool) -> "Lease":
         fits = [ws for ws in self._free if ws.capacity >= count]
