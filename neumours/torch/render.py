@@ -88,7 +88,7 @@ class _RenderFunction(torch.autograd.Function):
         out_probs = None if grads.probabilities is None else \
             exchange.from_buffer(dev, grads.probabilities.buffer, (NUM_CLASSES, *scene.shape))
         out_mri = None if grads.mri is None else exchange.from_buffer(dev, grads.mri.buffer, (NUM_MODALITIES, *scene.shape))
-        lut = exchange.from_buffer(dev, grads.lut, (NUM_CLASSES, LUT_ROW))
+        lut = exchange.from_buffer(dev, grads.lut, (NUM_CLASSES, LUT_ROW)).clone()  # small: sliced below
         weights = exchange.from_buffer(dev, grads.weights, (NUM_MODALITIES,))
         return (None, None, None, None, out_probs, out_mri, lut[:, 1:4] if want[6] else None,
                 lut[:, 0] if want[7] else None, weights if want[8] else None)
