@@ -53,3 +53,12 @@ def test_refine_from_views(tmp_path, capsys):
          "--size", "12", "--path", path, "--device", "cpu"])
     assert len(result["rows"]) == 2 and set(result["after"]) == {"NCR", "ED", "ET", "TC", "WT"}
     assert "Dice after" in capsys.readouterr().out
+
+
+def test_custom_refinement_loss(tmp_path, capsys):
+    result = load_example("custom_refinement_loss").main(
+        ["--out", str(tmp_path), "--cases", "3", "--shape", "16", "16", "16", "--train-steps", "4", "--steps", "3",
+         "--size", "12", "--device", "cpu"])
+    assert len(result["losses"]) == 3 and result["losses"][-1] < result["losses"][0]
+    assert set(result["after"]) == {"NCR", "ED", "ET", "TC", "WT"}
+    assert "Dice after" in capsys.readouterr().out

@@ -130,13 +130,23 @@ class INR:
     # ------------------------------------------------------------------ workspace
     def workspace(self, count: int, input_grads: bool = False) -> Workspace:
         """Buffers for ``count`` points, grown on demand and reused between calls."""
-        cfg = self.config
         ws = self._workspace
         if ws is None or ws.capacity < count:
-            hidden = [empty_buffer(self.device, count * cfg.hidden_width) for _ in range(cfg.hidden_layers + 1)]
-            delta = [empty_buffer(self.device, count * cfg.hidden_width) for _ in range(2)]
-            ws = self._workspace = Workspace(count, hidden, delta)
-        if input_grads and ws.grad_gamma is None:
+            ws = self._workspace = self.new_workspace(count)
+        return self.with_input_grads(ws) if input_grads else ws
+
+    def new_workspace(self, count: int, input_grads: bool = False) -> Workspace:
+        """Buffers for ``count`` points that no other call reuses (a forward kept for a later backward)."""
+        cfg = self.config
+        hidden = [empty_buffer(self.device, count * cfg.hidden_width) for _ in range(cfg.hidden_layers + 1)]
+        delta = [empty_buffer(self.device, count * cfg.hidden_width) for _ in range(2)]
+        ws = Workspace(count, hidden, delta)
+        return self.with_input_grads(ws) if input_grads else ws
+
+    def with_input_grads(self, ws: Workspace) -> Workspace:
+        """``ws`` with the buffers of dL/dcoords and dL/dpatches (added once)."""
+        cfg = self.config
+        if ws.grad_gamma is None:
             ws.grad_gamma = empty_buffer(self.device, ws.capacity * cfg.fourier_dim)
             ws.grad_coords = empty_buffer(self.device, ws.capacity * 3)
             ws.grad_patches = empty_buffer(self.device, ws.capacity * cfg.patch_dim)

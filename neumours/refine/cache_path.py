@@ -1,12 +1,12 @@
 """Render-loss refinement, path (a): gradients of an image loss through the volume cache.
 
 The INR is evaluated over the case's grid into a class-probability volume
-(:class:`neumours.infer.cache.VolumeCache`); the raymarcher renders it in soft
-mode from each camera and back-propagates the image loss into that volume
-(dL/dp at every voxel, scattered from the trilinear samples); then, over the
-voxels that received gradient only, the softmax and the INR backward pass carry
-it into the weight-gradient buffer (:mod:`neumours.refine.backprop`).
-Everything stays on the device except the images, which the loss reads on the host.
+(:func:`neumours.torch.cache`); the raymarcher renders it in soft mode from each
+camera (:func:`neumours.torch.render`), the image loss is computed in torch where the
+images live (:func:`neumours.refine.image_loss.masked_mse`), and autograd carries it
+back: the renderer's backward scatters dL/dp into the volume, then over the voxels
+that received gradient only, the softmax and the INR backward pass reach the weights
+(:mod:`neumours.infer.backprop`).
 
 Cost: one INR forward over every voxel, plus a forward and backward over the
 voxels some ray reached, whatever the number of views and pixels.
@@ -17,16 +17,55 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
 
-from neumours.device import upload
-from neumours.infer.cache import VolumeCache
-from neumours.model.inputs import CaseVolumes, grid_inputs
+from neumours.model.inputs import CaseVolumes
 from neumours.model.inr import INR
-from neumours.refine.backprop import backprop_probabilities
-from neumours.refine.image_loss import image_loss
+from neumours.refine.image_loss import masked_mse
 from neumours.render.camera import Camera
-from neumours.render.raymarch import ChannelVolume, Frame, Gradients, Scene, render_backward_device, render_device
 from neumours.render.transfer import RenderSettings
+from neumours.torch import INRModule, cache, render
+from neumours.torch.exchange import torch_device
+
+
+def view_tensors(inr: INR, targets: Sequence, weights: Sequence | None) -> tuple[list, list]:
+    """Targets (H, W, 3) and pixel weights (H, W) (None: all pixels) as float32 tensors where the images live."""
+    where = torch_device(inr.device)
+
+    def tensor(a):
+        return a.to(where, torch.float32) if isinstance(a, torch.Tensor) else \
+            torch.as_tensor(np.asarray(a, np.float32), device=where)
+
+    ts = [tensor(t) for t in targets]
+    ws = [None if weights is None or weights[k] is None else tensor(weights[k]) for k in range(len(ts))]
+    return ts, ws
+
+
+def cache_path_loss(net: INRModule, vols: CaseVolumes, spacing, cameras: Sequence[Camera], settings: RenderSettings,
+                    targets: Sequence[torch.Tensor], weights: Sequence[torch.Tensor | None], case_index: int = 0,
+                    chunk_points: int = 1 << 18, stats: dict | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The image loss summed over views by path (a), as a differentiable torch scalar, and the images."""
+    probs = cache(net, vols, case_index, chunk_points=chunk_points, stats=stats)
+    images = [render(probs, camera, settings, spacing=spacing) for camera in cameras]
+    loss = sum(masked_mse(image, t, w) for image, t, w in zip(images, targets, weights, strict=True))
+    return loss, images
+
+
+def add_to_gradient_buffer(inr: INR, loss: torch.Tensor, net: INRModule) -> None:
+    """Add d(loss)/d(weights) into ``inr``'s gradient buffer (what it held before stays)."""
+    bridge = inr.bridge
+    bridge.pull_grads()
+    before = bridge.grads.clone()
+    grads = torch.autograd.grad(loss, net.ordered_parameters(), allow_unused=True)
+    with torch.no_grad():
+        bridge.grads.copy_(before)
+        for view, g in zip(inr.layout.views(bridge.grads).values(), grads):
+            if g is not None:
+                view.add_(g)
+    if bridge.zero_copy:
+        torch.cuda.current_stream().synchronize()
+    else:
+        bridge.grads_buffer.copy_from_numpy(bridge.grads.numpy())
 
 
 def cache_path_gradients(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence[Camera],
@@ -34,6 +73,9 @@ def cache_path_gradients(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence
                          weights: Sequence[np.ndarray | None] | None = None, case_index: int = 0,
                          chunk_points: int = 1 << 18, stats: dict | None = None) -> tuple[float, list[np.ndarray]]:
     """Add d(image loss)/d(weights), summed over views, into ``inr``'s gradient buffer.
+
+    The device-buffer form of :func:`cache_path_loss` (benchmarks and tests of the
+    kernels' gradients); :func:`neumours.refine.loop.refine` uses the torch form.
 
     Args:
         inr: the network (weights on the device); its gradient buffer is added to,
@@ -46,29 +88,12 @@ def cache_path_gradients(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence
         stats: if given, gets ``forward_points`` and ``backward_points`` (INR evaluations).
 
     Returns:
-        (loss summed over views, the rendered images).
+        (loss summed over views, the rendered images as host arrays).
     """
-    device = inr.device
-    cfg = inr.config
-    cache = VolumeCache(inr, vols, case_index=case_index, keep_probs=True)
-    shape, total = cache.shape, cache.total
-    probs = ChannelVolume(cache.probs_buffer, cfg.num_classes, shape, channels_last=False)
-    scene = Scene(device, shape, tuple(spacing), probabilities=probs)
-    grads = Gradients.zeros(scene, mri=False, probabilities=True)
-    loss, images = 0.0, []
-    for k, (camera, target) in enumerate(zip(cameras, targets, strict=True)):
-        frame = Frame.allocate(device, camera.width, camera.height)
-        render_device(scene, camera, settings, frame)
-        image = frame.to_numpy()[0]
-        value, grad_image = image_loss(image, target, None if weights is None else weights[k])
-        render_backward_device(scene, camera, settings, frame, upload(device, grad_image), grads)
-        loss += value
-        images.append(image)
-
-    def fill(start, count, coords, patches):
-        grid_inputs(cfg, vols, case_index, shape, start, count, coords, patches)
-
-    backward = backprop_probabilities(inr, grads.probabilities.buffer, total, fill, chunk_points)
+    net = INRModule.wrap(inr)
     if stats is not None:
-        stats.update(forward_points=total + backward, backward_points=backward)
-    return loss, images
+        stats.update(forward_points=0, backward_points=0)
+    ts, ws = view_tensors(inr, targets, weights)
+    loss, images = cache_path_loss(net, vols, spacing, cameras, settings, ts, ws, case_index, chunk_points, stats)
+    add_to_gradient_buffer(inr, loss, net)
+    return float(loss.detach()), [image.detach().cpu().numpy() for image in images]

@@ -2,7 +2,8 @@
 
 The loop (:func:`refine`): per step, the gradient of the image loss with
 respect to the INR's weights by one of two paths, plus an optional
-:class:`Anchor` penalty, then one AdamW step through the torch bridge.
+:class:`Anchor` penalty, then one AdamW step; a short torch loop over
+:mod:`neumours.torch` (INR, cache, renderer as autograd functions).
 
 - path ``"cache"`` (a), :mod:`neumours.refine.cache_path`: render the cached
   class-probability volume, back-propagate to it, then through the INR over the
@@ -19,19 +20,21 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from neumours.device import download, empty_buffer, upload
 from neumours.kernels.probabilities import argmax_labels
 from neumours.model.inputs import CaseVolumes, gather_inputs
 from neumours.model.inr import INR
-from neumours.refine.cache_path import cache_path_gradients
-from neumours.refine.direct_path import direct_path_gradients
+from neumours.refine.cache_path import cache_path_gradients, cache_path_loss, view_tensors
+from neumours.refine.direct_path import direct_path_gradients, direct_path_loss
 from neumours.render.camera import Camera
 from neumours.render.transfer import RenderSettings
+from neumours.torch import INRModule
 
-#: The gradient paths by name.
+#: The gradient paths by name, in their device-buffer form (add into the INR's gradient buffer).
 PATHS = {"cache": cache_path_gradients, "direct": direct_path_gradients}
-__all__ = ["PATHS", "Anchor", "anchor_gradients", "refine", "weight_gradients"]
+__all__ = ["LOSSES", "PATHS", "Anchor", "add_terms", "anchor_gradients", "refine", "weight_gradients"]
 
 
 def weight_gradients(inr: INR) -> dict[str, np.ndarray]:
@@ -161,6 +164,28 @@ def anchor_gradients(anchors: Anchor | Sequence[Anchor] | None) -> float:
     return float(sum(anchor.add_gradients() for anchor in anchors))
 
 
+#: The torch losses of the gradient paths by name (what :func:`refine` steps on).
+LOSSES = {"cache": cache_path_loss, "direct": direct_path_loss}
+
+
+def add_terms(net: INRModule, terms: Anchor | Sequence[Anchor] | None) -> float:
+    """Add the weight gradients of device-side terms (anchors, a voxel loss) into ``net``'s ``.grad``;
+    returns their summed penalty. The terms run their own Slang backward into the INR's gradient buffer."""
+    if terms is None:
+        return 0.0
+    inr = net.inr
+    inr.zero_grad()
+    penalty = anchor_gradients(terms)
+    inr.bridge.pull_grads()
+    with torch.no_grad():
+        for param, grad in zip(net.ordered_parameters(), inr.layout.views(inr.bridge.grads).values()):
+            if param.grad is None:
+                param.grad = grad.clone()
+            else:
+                param.grad.add_(grad)
+    return penalty
+
+
 def refine(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence[Camera], settings: RenderSettings,
            targets: Sequence[np.ndarray], steps: int = 20, lr: float = 1e-4,
            anchor: Anchor | Sequence[Anchor] | None = None,
@@ -168,36 +193,39 @@ def refine(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence[Camera], sett
            progress: bool = False, on_step: Callable[[dict], None] | None = None) -> list[dict]:
     """Optimise the INR's weights in place so its rendered probabilities match the targets.
 
-    Each step: the image loss's weight gradients summed over views by ``path``
-    (``"cache"`` or ``"direct"``, see the module docstring), plus the anchor's
-    penalty (or the sum of several anchors' penalties), then one AdamW step (torch, through the bridge) with gradients
-    clipped to norm 1. ``on_step`` is called with each step's row as soon as
-    it is done (progress to a page).
+    Each step, in torch over :mod:`neumours.torch`: the image loss summed over views
+    by ``path`` (``"cache"`` or ``"direct"``, see the module docstring), computed where
+    the images live (no host copy), ``backward()``, plus the anchor's penalty
+    gradients (or the sum of several anchors'), then one AdamW step with gradients
+    clipped to norm 1. ``on_step`` is called with each step's row as soon as it is
+    done (progress to a page).
 
     Returns:
         one ``{"step", "image_loss", "anchor", "seconds"}`` row per step (losses before the step).
     """
     import time
 
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {sorted(PATHS)}, got {path!r}")
-    gradients = PATHS[path]
-    import torch
     from tqdm import tqdm
 
-    params = inr.bridge.torch_parameters()
+    if path not in LOSSES:
+        raise ValueError(f"path must be one of {sorted(LOSSES)}, got {path!r}")
+    net = INRModule.wrap(inr)
+    params = net.ordered_parameters()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    ts, ws = view_tensors(inr, targets, weights)
+    extra = {"host_weights": weights} if path == "direct" else {}
     rows = []
     for step in tqdm(range(steps), desc="refine", unit="step", disable=not progress):
         start = time.perf_counter()
-        inr.zero_grad()
-        loss, _ = gradients(inr, vols, spacing, cameras, settings, targets, weights)
-        penalty = anchor_gradients(anchor)
-        inr.bridge.pull_grads()
+        optimizer.zero_grad()
+        loss, _ = LOSSES[path](net, vols, spacing, cameras, settings, ts, ws, **extra)
+        loss.backward()
+        penalty = add_terms(net, anchor)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         inr.bridge.push_params()
-        rows.append({"step": step, "image_loss": loss, "anchor": penalty, "seconds": time.perf_counter() - start})
+        rows.append({"step": step, "image_loss": float(loss.detach()), "anchor": penalty,
+                     "seconds": time.perf_counter() - start})
         if on_step is not None:
             on_step(rows[-1])
     return rows

@@ -1,4 +1,4 @@
-"""The last stage of both refinement paths: dL/dp per point -> dL/d(INR weights).
+"""The backward of the volume cache and of the ray-sample field: dL/dp per point -> dL/d(INR weights).
 
 The renderer leaves dL/dp, the gradient of the image loss with respect to the
 class probabilities of a set of points (the grid voxels of path (a), the ray
