@@ -22,7 +22,7 @@ def parse_shape(values: list[int]) -> tuple[int, int, int]:
 def cmd_synth(args) -> None:
     from neumours.data.phantom import write_dataset
     from neumours.data.phantom_ranges import load_ranges, phantom_ranges
-    from neumours.outputs import check_output_file, check_output_folder
+    from neumours.outputs import Output, check_output_file, check_output_folder, check_outputs
 
     if args.cases < 1:
         raise NeumoursError(f"--cases must be at least 1, got {args.cases}")
@@ -41,6 +41,8 @@ def cmd_synth(args) -> None:
     check_output_folder(args.out, "output folder (--out)")
     if args.preview is not None:
         check_output_file(args.preview, "preview image")
+    check_outputs([Output(args.out, "output folder (--out)", folder=True, kind="dataset"),
+                   Output(args.preview, "preview image")], [("--ranges", args.ranges)])
     shown = []
 
     def keep(case) -> None:
@@ -49,7 +51,7 @@ def cmd_synth(args) -> None:
 
     paths = write_dataset(args.out, args.cases, shape=shape, seed=args.seed, progress=not args.quiet,
                           difficulty=args.difficulty, kind=args.kind, ranges=ranges,
-                          on_case=keep if args.preview is not None else None)
+                          on_case=keep if args.preview is not None else None, overwrite=args.overwrite)
     if args.difficulty == "classic":
         what = "classic recipe"
     else:
@@ -91,6 +93,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--preview", type=Path, metavar="PNG",
                    help="also write a montage (axial and coronal slices, labels overlaid) of the first cases")
     p.add_argument("--preview-cases", type=int, default=3, help="cases shown in the --preview montage")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the dataset already in --out, whole (without it such a folder is refused)")
     add_quiet_option(p)
     p.set_defaults(func=cmd_synth)
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neumours.errors import NeumoursError
-from neumours.outputs import check_output_folder
+from neumours.locks import LOCK_NAME
+from neumours.outputs import Output, check_output_folder, check_outputs
 from neumours.sweep.folds import make_folds
 from neumours.sweep.resources import Resources
 from neumours.sweep.results import read_trials, write_results_csv, write_summary
@@ -58,7 +59,7 @@ def new_sweep(out: str | Path, space_file: str | Path, base, settings: SweepSett
         NeumoursError: ``out`` unwritable or not empty, a bad space or option, fewer labelled cases than folds.
     """
     out = check_output_folder(out, "sweep folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(entry.name != LOCK_NAME for entry in out.iterdir()):  # the lock of this sweep aside
         hint = " (continue it with --resume)" if (out / "sweep.json").is_file() else ""
         raise NeumoursError(f"{out}: the sweep folder is not empty{hint}")
     space = load_space(space_file)
@@ -73,6 +74,8 @@ def new_sweep(out: str | Path, space_file: str | Path, base, settings: SweepSett
     if settings.asha and settings.asha_reduction < 2:
         raise NeumoursError(f"--asha-reduction {settings.asha_reduction}: must be at least 2")
     folds = make_folds(settings.data, settings.folds, base.schedule.seed)
+    check_outputs([Output(out, "sweep folder (--out)", folder=True, kind="sweep")],
+                  [("--data", settings.data), ("--space", space_file)])
     return Sweep(out, settings, space, base, folds)
 
 
