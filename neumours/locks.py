@@ -54,6 +54,7 @@ class FolderLock:
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
         self._created = False
+        self._mtimes: tuple = (None, None)
 
     def acquire(self) -> "FolderLock":
         """Take the lock.
@@ -68,6 +69,7 @@ class FolderLock:
         except OSError as exc:
             raise write_error(self.folder, exc) from None
         while True:
+            before = _mtime(self.folder)
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
             except OSError as exc:
@@ -97,6 +99,9 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        # The folder's modification time before the lock file came, and just after: if nothing else changes
+        # in the folder, release puts the first back (a command refused after the lock leaves no trace).
+        self._mtimes = (before, _mtime(self.folder))
         return self
 
     def release(self) -> None:
@@ -104,11 +109,15 @@ class FolderLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        now = _mtime(self.folder)
+        untouched = None not in (now, self._mtimes[1]) and now[1] == self._mtimes[1][1]
         with contextlib.suppress(OSError):
             # Removed while still held: a writer that opened this file meanwhile sees, once it has the lock,
             # that the path no longer names its file, and takes the lock again on a fresh one (acquire).
             if os.path.samestat(os.fstat(fd), os.stat(self.path)):
                 self.path.unlink()
+                if untouched and self._mtimes[0] is not None:
+                    os.utime(self.folder, ns=self._mtimes[0])
         if self._created:
             with contextlib.suppress(OSError):
                 self.folder.rmdir()  # only while empty: the command failed before writing anything
@@ -128,6 +137,15 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _mtime(folder: Path) -> tuple[int, int] | None:
+    """(access, modification) times of ``folder`` in ns, or None."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_atime_ns, st.st_mtime_ns
 
 
 def _read_pid(fd: int) -> int | None:

@@ -119,7 +119,8 @@ FOLDER_MARKERS = {
 
 
 def folder_kind(folder: str | os.PathLike) -> str | None:
-    """``"run"``, ``"sweep"`` or ``"dataset"`` when ``folder`` carries that kind's marker (:data:`FOLDER_MARKERS`), else None."""
+    """``"run"``, ``"sweep"`` or ``"dataset"`` when ``folder`` carries that kind's marker
+    (:data:`FOLDER_MARKERS`), else None."""
     folder = Path(folder)
     for kind, (marker, beside) in FOLDER_MARKERS.items():
         if (folder / marker).is_file() and (not beside or any((folder / name).exists() for name in beside)):
@@ -176,36 +177,41 @@ def check_outputs(outputs, inputs=(), may_write_in=()) -> None:
     Args:
         outputs: :class:`Output` items (None entries are skipped).
         inputs: ``(description, path)`` pairs: every file the command reads (case files, checkpoint, config).
-        may_write_in: marked folders the command may write into although it reads them (``plot``'s runs).
+        may_write_in: folders the command may write into although it reads them (``plot``'s runs; the
+            folders around them are not checked).
 
     Raises:
         NeumoursError: the first violation.
     """
     outputs = [o for o in outputs if o is not None and o.path is not None]
     real_out = [_real(o.path) for o in outputs]
-    inputs = [(what, Path(path)) for what, path in inputs if path is not None]
-    real_in = [_real(path) for _, path in inputs]
-    stats_in = {}
-    for (what, path), real in zip(inputs, real_in):
+    by_path, by_inode = {}, {}  # an input by its resolved path, and by (device, inode)
+    for what, path in inputs:
+        if path is None:
+            continue
+        real = _real(path)
+        by_path.setdefault(real, (what, Path(path)))
         st = _stat(real)
         if st is not None:
-            stats_in[(st.st_dev, st.st_ino)] = (what, path)
+            by_inode.setdefault((st.st_dev, st.st_ino), (what, Path(path)))
+    seen: dict[Path, Output] = {}
     for out, real in zip(outputs, real_out):
         name = f"{out.path}: {out.what}"
-        for (what, path), inp in zip(inputs, real_in):
-            if out.folder and _inside(inp, real):
-                raise NeumoursError(f"{name} holds input files ({path}: {what}); choose a separate folder")
-            if real == inp:
-                raise NeumoursError(f"{name} would overwrite the input {path} ({what}); choose another path")
+        if out.folder:
+            for inp, (what, path) in by_path.items():
+                if _inside(inp, real):
+                    raise NeumoursError(f"{name} holds input files ({path}: {what}); choose a separate folder")
+        elif real in by_path:
+            what, path = by_path[real]
+            raise NeumoursError(f"{name} would overwrite the input {path} ({what}); choose another path")
         st = None if out.folder else _stat(real)
-        if st is not None and (st.st_dev, st.st_ino) in stats_in:
-            what, path = stats_in[(st.st_dev, st.st_ino)]
+        if st is not None and (st.st_dev, st.st_ino) in by_inode:
+            what, path = by_inode[(st.st_dev, st.st_ino)]
             raise NeumoursError(f"{name} is the same file as the input {path} ({what}); choose another path")
-    for i, (out, real) in enumerate(zip(outputs, real_out)):
-        for other, other_real in zip(outputs[:i], real_out[:i]):
-            if real == other_real:
-                raise NeumoursError(f"{out.path}: {out.what} and {other.what} ({other.path}) are the same path; "
-                                    "give each its own")
+        other = seen.setdefault(real, out)
+        if other is not out:
+            raise NeumoursError(f"{out.path}: {out.what} and {other.what} ({other.path}) are the same path; "
+                                "give each its own")
     owned = [real for out, real in zip(outputs, real_out) if out.folder]
     allowed = [_real(p) for p in may_write_in]
     for out, real in zip(outputs, real_out):
@@ -216,17 +222,18 @@ def check_outputs(outputs, inputs=(), may_write_in=()) -> None:
                 raise NeumoursError(f"{out.path}: {out.what} is a {kind} folder (it holds {FOLDER_MARKERS[kind][0]}); "
                                     f"give {wanted}")
         for folder in real.parents:
+            if folder in allowed:  # e.g. a run that plot reads (also when it lies in a sweep)
+                break
             kind = folder_kind(folder)
-            if kind is None:
-                continue
-            if any(_inside(folder, own) for own in owned) or any(folder == a for a in allowed):
+            if kind is None or any(_inside(folder, own) for own in owned):
                 continue
             raise NeumoursError(f"{out.path}: {out.what} lies inside the {kind} folder {folder}, which this command "
                                 "does not write; choose a path outside it")
 
 
 def files_under(folder: str | os.PathLike | None, what: str) -> list[tuple[str, Path]]:
-    """``(what, path)`` of every file under ``folder`` (links followed once), as inputs for :func:`check_outputs`."""
+    """``(what, path)`` of every file under ``folder`` (``folder`` itself when it is not a folder), as inputs for
+    :func:`check_outputs`."""
     if folder is None or not os.path.isdir(folder):
         return [] if folder is None else [(what, Path(folder))]
     return [(what, Path(root) / name) for root, _, names in os.walk(folder, followlinks=False) for name in names]

@@ -72,7 +72,8 @@ def refused_while_held(args, capsys, root: Path, holder: Holder, folder: Path) -
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("locks") / "data", 3, shape=(16, 16, 16), seed=4, progress=False)[0].parent
+    root = tmp_path_factory.mktemp("locks")
+    return write_dataset(root / "data", 3, shape=(16, 16, 16), seed=4, progress=False)[0].parent
 
 
 def train_args(data: Path, run: Path, seed: int = 0, *extra) -> list:
@@ -182,3 +183,20 @@ def test_two_synths_started_together_leave_one_consistent_dataset(tmp_path):
 
         assert (load_case(ref).label == made.label).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+# --- sweep folders ----------------------------------------------------------------------------------------
+
+def test_sweep_into_a_folder_being_written_is_refused(data, tmp_path, capsys):
+    pytest.importorskip("ray")
+    space = tmp_path / "space.toml"
+    space.write_text("[optimizer]\nlr = { grid = [1e-2, 3e-2] }\n")
+    sweep = tmp_path / "sweep"
+    holder = Holder(sweep)
+    try:
+        refused_while_held(["sweep", "--data", data, "--space", space, "--folds", "2", "--out", sweep, "--preset",
+                            "tiny"], capsys, tmp_path, holder, sweep)
+        refused_while_held(["sweep", "--resume", sweep], capsys, tmp_path, holder, sweep)
+    finally:
+        holder.stop()
+    assert list(sweep.iterdir()) == []  # the holder's lock file went with its lock

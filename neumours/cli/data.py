@@ -77,7 +77,8 @@ def add_parsers(sub) -> None:
                     "label volume per case, plus synth.toml recording how they were made. Each case draws its "
                     "anatomy, lesions, sub-regions and acquisition from the ranges of --difficulty "
                     "(docs/phantom.md).")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: new or empty, or a dataset to replace whole with --overwrite")
     p.add_argument("--cases", type=int, default=4, help="number of cases")
     p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64], metavar=("X", "Y", "Z"),
                    help="volume shape in voxels (BraTS is 240 240 155)")
