@@ -164,6 +164,8 @@ def test_a_run_and_a_dataset_are_not_each_others_folder(world, capsys):
     refused(["train", "--data", w["data"], "--out", w["data"], "--overwrite", "--preset", "tiny", "--device", "cpu"],
             capsys, w["root"], [w["data"], "holds input files"])
     refused(["export-nnunet", w["data"], w["data"], "--dataset-id", "7", "--quiet"], capsys, w["root"], [w["data"]])
+    refused(["demo", "--out", w["run"], "--cases", "2", "--shape", *SHAPE, "--steps", "1", "--device", "cpu"], capsys,
+            w["root"], [w["run"], "is a run folder"])
 
 
 def test_view_out_holding_inputs_is_refused(world, capsys):
@@ -242,3 +244,12 @@ def test_kill_during_export_leaves_a_partial_folder_the_next_export_removes(worl
     assert main(["export-nnunet", str(world["data"]), str(out), "--dataset-id", "5", "--quiet"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
     assert len(list((out / "Dataset005_Neumours" / "imagesTr").iterdir())) == 8
+
+
+def test_sweep_into_a_dataset_or_onto_its_data_is_refused(world, capsys, tmp_path):
+    pytest.importorskip("ray")
+    space = tmp_path / "space.toml"
+    space.write_text("[optimizer]\nlr = { grid = [1e-2, 3e-2] }\n")
+    args = ["sweep", "--data", world["data"], "--space", space, "--folds", "2", "--preset", "tiny", "--out"]
+    refused([*args, world["data"] / "sweep"], capsys, world["root"], [world["data"], "does not write"])
+    refused([*args, world["data"]], capsys, world["root"], [world["data"], "holds input files"])

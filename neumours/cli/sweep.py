@@ -68,9 +68,11 @@ def cmd_sweep(args) -> None:
     folder = args.resume if args.resume is not None else args.out
     if folder is None:
         _new_sweep(args)  # names what a new sweep is missing
-    from neumours.outputs import check_output_folder
+    from neumours.outputs import Output, check_output_folder, check_outputs
 
     check_output_folder(folder, "sweep folder")
+    check_outputs([Output(folder, "sweep folder", folder=True, kind="sweep")],
+                  [("--data", args.data), ("--space", args.space), ("--config", args.config)])
     with FolderLock(folder, "sweep folder"):  # held from before the first write to the end of the sweep
         _run(args)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from neumours.errors import NeumoursError
 from neumours.locks import LOCK_NAME
-from neumours.outputs import Output, check_output_folder, check_outputs
+from neumours.outputs import check_output_folder
 from neumours.sweep.folds import make_folds
 from neumours.sweep.resources import Resources
 from neumours.sweep.results import read_trials, write_results_csv, write_summary
@@ -74,8 +74,6 @@ def new_sweep(out: str | Path, space_file: str | Path, base, settings: SweepSett
     if settings.asha and settings.asha_reduction < 2:
         raise NeumoursError(f"--asha-reduction {settings.asha_reduction}: must be at least 2")
     folds = make_folds(settings.data, settings.folds, base.schedule.seed)
-    check_outputs([Output(out, "sweep folder (--out)", folder=True, kind="sweep")],
-                  [("--data", settings.data), ("--space", space_file)])
     return Sweep(out, settings, space, base, folds)
 
 
