@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     device = get_device(args.device)
 
-    write_dataset(args.out / "data", args.cases, shape=tuple(args.shape), seed=5, progress=False)
+    write_dataset(args.out / "data", args.cases, shape=tuple(args.shape), seed=5, progress=False, overwrite=True)
     config = preset("tiny")
     config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, steps=args.train_steps,
                                                                       val_every=args.train_steps))

@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     data = args.data
     if data is None:
         data = args.out / "data"
-        write_dataset(data, args.cases, shape=tuple(args.shape), seed=0)
+        write_dataset(data, args.cases, shape=tuple(args.shape), seed=0, overwrite=True)
 
     # 2. Train: Table I settings (or the tiny preset), a few overrides.
     config = preset(args.preset)

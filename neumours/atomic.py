@@ -137,6 +137,23 @@ def make_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def removed_if_unfinished(folder: str | os.PathLike) -> Iterator[Path]:
+    """Remove ``folder`` again if the block fails and the folder was created in it and is empty.
+
+    A write that fails on a full disk must not leave an empty output folder behind (``evaluate --out``).
+    """
+    folder = Path(folder)
+    existed = folder.exists()
+    try:
+        yield folder
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds while empty
+        raise
+
+
 def create_file(path: Path) -> None:
     """Create ``path`` empty and exclusively, with mode 0666 minus the umask (as ``open(path, "x")``)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
@@ -224,4 +241,4 @@ def atomic_write_files(files: dict[str | os.PathLike, bytes]) -> list[Path]:
 
 
 __all__ = ["atomic_path", "atomic_write_files", "atomic_write_bytes", "atomic_write_text", "create_file", "is_temporary",
-           "make_folder", "remove_stale_temporaries", "temporary_name"]
+           "make_folder", "remove_stale_temporaries", "removed_if_unfinished", "temporary_name"]

@@ -36,15 +36,17 @@ def run_demo(out_dir="neumours-demo", device=None, cases: int | None = None, sha
     from neumours.train.config import preset
     from neumours.train.trainer import train
 
-    from neumours.outputs import check_output_folder
+    from neumours.outputs import Output, check_output_folder, check_outputs
 
     check_output_folder(out_dir, "demo folder")
+    check_outputs([Output(Path(out_dir), "demo folder", folder=True)])  # not inside, nor itself, a run or dataset
     device = device or get_device()
     cpu = device.info.type == spy.DeviceType.cpu
     plan_cases, plan_shape, plan_preset, plan_steps = CPU_PLAN if cpu else GPU_PLAN
     out = Path(out_dir)
     data = out / "data"
-    write_dataset(data, cases or plan_cases, shape=tuple(shape or plan_shape), seed=seed, progress=progress)
+    write_dataset(data, cases or plan_cases, shape=tuple(shape or plan_shape), seed=seed, progress=progress,
+                  overwrite=True)
     refs = list_cases(data)
     config = preset(plan_preset)
     config = dataclasses.replace(config, schedule=dataclasses.replace(

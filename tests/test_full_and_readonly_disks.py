@@ -123,3 +123,40 @@ def test_disk_filling_up_during_training_keeps_the_last_checkpoint(small_disk, t
     assert "no space left" in err[-2] and ".tmp" not in err[-2]
     assert not [p for p in run.rglob("*") if is_temporary(p.name)]
     assert checkpoints.load(run).step % 2 == 0  # an earlier checkpoint, complete and verified
+
+
+def _fill(folder: Path, leave: int = 0) -> Path:
+    """Fill the file system of ``folder`` with one file, then give back ``leave`` bytes of it."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    if leave:
+        os.truncate(filler, filler.stat().st_size - leave)
+    return filler
+
+
+def test_disk_filling_up_during_evaluate_leaves_no_report_folder(small_disk, tmp_path, capsys):
+    cases = write_dataset(tmp_path / "data", 2, shape=(24, 24, 16), seed=2, progress=False)
+    pred = tmp_path / "pred"  # the ground truth as predictions: <case id>.nii.gz
+    pred.mkdir()
+    for case in cases:
+        shutil.copy(case / f"{case.name}-seg.nii.gz", pred / f"{case.name}.nii.gz")
+    _fill(small_disk, leave=4096)  # room for one of the report's two files, so the check before work passes
+    err = fail(["evaluate", "--pred", pred, "--gt", cases[0].parent, "--out", small_disk / "report", "--quiet"],
+               capsys)
+    assert "no space left" in err and str(small_disk / "report") in err
+    assert contents(small_disk) == ["filler"]
+
+
+def test_disk_filling_up_during_export_nnunet_is_one_line(small_disk, tmp_path, capsys):
+    from neumours.atomic import is_temporary
+
+    data = write_dataset(tmp_path / "data", 2, shape=(32, 32, 24), seed=2, progress=False)[0].parent
+    err = fail(["export-nnunet", data, small_disk / "raw", "--dataset-id", "3", "--quiet"], capsys)
+    assert "no space left" in err and str(small_disk / "raw") in err
+    assert not [p for p in small_disk.rglob("*") if is_temporary(p.name)]
+    assert contents(small_disk) == []

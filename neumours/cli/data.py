@@ -37,7 +37,7 @@ def parse_shape(values: list[int]) -> tuple[int, int, int]:
 def cmd_synth(args) -> None:
     from neumours.data.phantom import write_dataset
     from neumours.data.phantom_ranges import load_ranges, phantom_ranges
-    from neumours.outputs import check_output_file, check_output_folder
+    from neumours.outputs import Output, check_output_file, check_output_folder, check_outputs
 
     if args.cases < 1:
         raise NeumoursError(f"--cases must be at least 1, got {args.cases}")
@@ -66,6 +66,8 @@ def cmd_synth(args) -> None:
     check_output_folder(args.out, "output folder (--out)")
     if args.preview is not None:
         check_output_file(args.preview, "preview image")
+    check_outputs([Output(args.out, "output folder (--out)", folder=True, kind="dataset"),
+                   Output(args.preview, "preview image")], [("--ranges", args.ranges)])
     shown = []
 
     def keep(case) -> None:
@@ -75,7 +77,8 @@ def cmd_synth(args) -> None:
     try:
         paths = write_dataset(args.out, args.cases, shape=shape, seed=args.seed, progress=not args.quiet,
                               difficulty=args.difficulty, kind=args.kind, ranges=ranges,
-                              on_case=keep if args.preview is not None else None)
+                              on_case=keep if args.preview is not None else None,
+                              overwrite=args.overwrite)
     except MemoryError:
         raise NeumoursError(f"--shape {' '.join(map(str, shape))}: not enough memory to generate a case of this "
                             "size; choose a smaller --shape") from None
@@ -107,7 +110,8 @@ def add_parsers(sub) -> None:
                     "label volume per case, plus synth.toml recording how they were made. Each case draws its "
                     "anatomy, lesions, sub-regions and acquisition from the ranges of --difficulty "
                     "(docs/phantom.md).")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: new or empty, or a dataset to replace whole with --overwrite")
     p.add_argument("--cases", type=int_range(1, 100_000), default=4, help="number of cases")
     p.add_argument("--shape", type=shape_edge, nargs=3, default=[96, 96, 64], metavar=("X", "Y", "Z"),
                    help="volume shape in voxels (BraTS is 240 240 155)")
@@ -128,6 +132,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--preview", type=Path, metavar="PNG",
                    help="also write a montage (axial and coronal slices, labels overlaid) of the first cases")
     p.add_argument("--preview-cases", type=int_range(1, 64), default=3, help="cases shown in the --preview montage")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the dataset already in --out, whole (without it such a folder is refused)")
     add_quiet_option(p)
     p.set_defaults(func=cmd_synth)
 

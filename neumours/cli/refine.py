@@ -160,9 +160,14 @@ def refine_command(args) -> None:
         raise NeumoursError("--masks goes with --from-labels (a targets.npz says itself whether it holds masks)")
     if not str(args.out).endswith(".safetensors"):
         raise NeumoursError(f"{args.out}: the refined checkpoint must end in .safetensors")
-    from neumours.outputs import check_output_file
+    from neumours.data.layouts import case_files, resolve_case
+    from neumours.outputs import Output, check_output_file, check_outputs
 
     check_output_file(args.out, "refined checkpoint (--out)")
+    anchors = case_files(list_cases(args.anchor_data)) if args.anchor_data is not None else []
+    check_outputs([Output(args.out, "refined checkpoint (--out)"), Output(report_path(args.out), "its report")],
+                  [*case_files([resolve_case(args.case)]), ("--checkpoint", args.checkpoint),
+                   ("--from-labels", args.from_labels), ("--targets", args.targets), *anchors])
     size = args.size
     state, config, metadata = load_checkpoint(args.checkpoint)
     case = load_case(args.case, force_geometry=args.force_geometry)

@@ -92,9 +92,13 @@ def _check_args(args) -> tuple[tuple[int, int], dict[str, float] | None]:
                             "(or use --turntable N with .gif/.mp4)")
     if args.denoise and args.checkpoint is None:
         raise NeumoursError("--denoise applies to --checkpoint only")
-    from neumours.outputs import check_output_file
+    from neumours.data.layouts import case_files, resolve_case
+    from neumours.outputs import Output, check_output_file, check_outputs
 
     check_output_file(args.out, "image (--out)")
+    check_outputs([Output(args.out, "image (--out)")],
+                  [*case_files([resolve_case(args.case)]), ("--seg", args.seg), ("--probs", args.probs),
+                   ("--checkpoint", args.checkpoint)])
     return size, modalities
 
 

@@ -61,9 +61,23 @@ def _new_sweep(args):
 
 
 def cmd_sweep(args) -> None:
+    from neumours.locks import FolderLock
     from neumours.sweep.runner import require_ray
 
     require_ray()
+    folder = args.resume if args.resume is not None else args.out
+    if folder is None:
+        _new_sweep(args)  # names what a new sweep is missing
+    from neumours.outputs import Output, check_output_folder, check_outputs
+
+    check_output_folder(folder, "sweep folder")
+    check_outputs([Output(folder, "sweep folder", folder=True, kind="sweep")],
+                  [("--data", args.data), ("--space", args.space), ("--config", args.config)])
+    with FolderLock(folder, "sweep folder"):  # held from before the first write to the end of the sweep
+        _run(args)
+
+
+def _run(args) -> None:
     if args.resume is not None:
         given = [f"--{name.replace('_', '-')}" for name, default in _DEFAULTS.items() if getattr(args, name) != default]
         if given:

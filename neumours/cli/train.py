@@ -55,7 +55,8 @@ def cmd_train(args) -> None:
     from neumours.device import get_device
     from neumours.train.trainer import train
 
-    from neumours.outputs import check_output_folder
+    from neumours.data.layouts import case_files
+    from neumours.outputs import Output, check_output_folder, check_outputs
     from neumours.train.checkpoints import is_run
 
     if (args.out is None) == (args.resume is None):
@@ -70,7 +71,9 @@ def cmd_train(args) -> None:
         raise NeumoursError(f"{args.out}: already holds a training run; continue it with --resume {args.out}, "
                             "choose a new --out folder, or add --overwrite to replace it")
     config = resolve_config(args)
-    list_cases(args.data)  # a bad data folder fails here, before a device is set up
+    refs = list_cases(args.data)  # a bad data folder fails here, before a device is set up
+    check_outputs([Output(run_dir, "--resume" if args.resume else "--out", folder=True, kind="run")],
+                  [*case_files(refs), ("--config", args.config)])
     device = get_device(args.device)
     warn_if_slow(config, device)
     summary = train(args.data, run_dir, config, device, resume=args.resume is not None, overwrite=args.overwrite,
@@ -82,12 +85,20 @@ def cmd_train(args) -> None:
                                summary["failures"])
 
 
+#: The figures ``plot`` draws into a run folder (the only files of a run it may replace).
+FIGURES = ("curves.png", "comparison.png")
+
+
 def cmd_plot(args) -> None:
-    from neumours.outputs import check_output_file
+    from neumours.outputs import Output, check_output_file, check_outputs, files_under
     from neumours.train.curves import compare_runs, plot_run
 
-    check_output_file(args.out or args.runs[0] / ("curves.png" if len(args.runs) == 1 else "comparison.png"),
-                      "figure (--out)")
+    out = args.out or args.runs[0] / ("curves.png" if len(args.runs) == 1 else "comparison.png")
+    check_output_file(out, "figure (--out)")
+    # A run's figures are plot's to redraw; every other file of the runs is an input.
+    inputs = [(f"a file of run {run}", path) for run in args.runs for _, path in files_under(run, "")
+              if path.name not in FIGURES]
+    check_outputs([Output(out, "figure (--out)")], inputs, may_write_in=args.runs)
     if len(args.runs) == 1:
         path = plot_run(args.runs[0], args.out)
     else:

@@ -47,12 +47,14 @@ def start_viewer(source, checkpoint, out=None, device: str = "auto"):
     """
     from neumours.data import list_cases
     from neumours.device import get_device
-    from neumours.viewer.session import ViewerSession, check_out_folder
+    from neumours.data.layouts import case_files
+    from neumours.outputs import Output, check_outputs
+    from neumours.viewer.session import ViewerSession
     from neumours.viewer.worker import DeviceWorker
 
     refs = list_cases(source)
-    if out is not None:
-        check_out_folder(Path(out), refs)
+    if out is not None:  # Save writes there: a folder of its own, holding no input
+        check_outputs([Output(Path(out), "--out", folder=True)], [*case_files(refs), ("--checkpoint", checkpoint)])
 
     def make_session() -> ViewerSession:
         return ViewerSession(refs, checkpoint, get_device(device), out)

@@ -331,7 +331,26 @@ def list_cases(root: str | os.PathLike) -> list[CaseRef]:
             "no cases found (looked for BraTS <case>/<case>-t1n.nii.gz, MU-Glioma-Post *_t1n.nii.gz "
             "and nnU-Net imagesTr/<case>_0000.nii.gz files)",
         )
-    return sorted(refs, key=lambda r: str(r.path))
+    refs = sorted(refs, key=lambda r: str(r.path))
+    _check_unique_ids(refs)
+    return refs
+
+
+def _check_unique_ids(refs: list[CaseRef]) -> None:
+    """Refuse two cases with one id: outputs are named by case id (``segment`` would write the second over the
+    first), and scores are matched by it (``evaluate`` would score one of them)."""
+    first: dict[str, CaseRef] = {}
+    for ref in refs:
+        other = first.setdefault(ref.case_id, ref)
+        if other is not ref:
+            raise NeumoursDataError(ref.path, f"case id {ref.case_id} is also the id of the case at {other.path}; "
+                                              "case ids must be unique under a folder (rename or move one)")
+
+
+def case_files(refs) -> list[tuple[str, Path]]:
+    """``(description, path)`` of every file of ``refs`` (modalities and labels), the inputs
+    :func:`neumours.outputs.check_outputs` protects."""
+    return [(f"{name} of case {ref.case_id}", path) for ref in refs for name, path in ref.paths.items()]
 
 
 def resolve_case(source: CaseRef | str | os.PathLike) -> CaseRef:

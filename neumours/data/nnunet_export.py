@@ -1,7 +1,8 @@
 """Write a dataset as an nnU-Net v2 raw dataset, for the paper's baseline (``neumours export-nnunet``).
 
 Layout written under ``out`` (which must be absent or empty; everything is built
-in a temporary sibling folder and renamed, so a failure leaves no partial dataset)::
+in a temporary sibling folder and renamed, so a failure leaves no partial dataset,
+and the temporary folder a killed export leaves is removed by the next one)::
 
     out/Dataset<NNN>_<name>/
         imagesTr/<case>_0000.nii.gz ... <case>_0003.nii.gz   # MODALITIES order: t1n, t1c, t2w, t2f
@@ -24,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -32,9 +32,11 @@ import numpy as np
 
 from neumours.conventions import CLASS_NAMES, MODALITIES
 from neumours.data.case import load_case, save_label
-from neumours.data.layouts import list_cases
+from neumours.atomic import make_folder, remove_stale_temporaries, temporary_name
+from neumours.data.layouts import case_files, list_cases
 from neumours.data.split import kfold, split_cases
 from neumours.errors import NeumoursDataError, NeumoursError
+from neumours.outputs import Output, check_outputs, write_error
 
 #: nnU-Net channel names per modality (nnU-Net z-scores every non-CT channel).
 CHANNEL_NAMES = {"t1n": "T1", "t1c": "T1Gd", "t2w": "T2", "t2f": "FLAIR"}
@@ -106,17 +108,20 @@ def export_nnunet(data: str | os.PathLike, out: str | os.PathLike, dataset_id: i
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NeumoursDataError(out, "output exists and is not an empty folder; give a new one")
     refs = list_cases(data)
+    check_outputs([Output(out, "nnU-Net raw output folder", folder=True)], case_files(refs))
     unlabelled = [r.case_id for r in refs if not r.has_label]
     if unlabelled:
         raise NeumoursDataError(data, f"case {unlabelled[0]} has no label file "
                                       f"({len(unlabelled)} case(s) without labels); nnU-Net trains on labelled cases")
     ids = [r.case_id for r in refs]
     fold_list = splits(ids, folds, seed)
+    make_folder(out.parent)
+    remove_stale_temporaries(out.parent, out.name)  # what a killed export left
+    tmp = temporary_name(out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp.mkdir()
     except OSError as exc:
-        raise NeumoursDataError(out, f"cannot be created ({exc.strerror or exc})") from None
+        raise write_error(out, exc) from None
     try:
         root = tmp / folder
         (root / "imagesTr").mkdir(parents=True)
@@ -130,6 +135,9 @@ def export_nnunet(data: str | os.PathLike, out: str | os.PathLike, dataset_id: i
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
+    except OSError as exc:  # a full disk half-way: one line, nothing left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(out, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

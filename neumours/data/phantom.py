@@ -54,9 +54,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from neumours.atomic import atomic_path, atomic_write_text, make_folder, remove_stale_temporaries, temporary_name
+from neumours.atomic import atomic_path, atomic_write_text, remove_stale_temporaries, temporary_name
 from neumours.errors import NeumoursError
-from neumours.outputs import write_error
+from neumours.locks import LOCK_NAME, FolderLock
+from neumours.outputs import folder_kind, write_error
 from neumours.data.phantom_anatomy import CSF, GM, WM, Brain, mni_brain, procedural_brain, smooth_field
 from neumours.data.phantom_randomised_ranges import RANDOMISED, RANDOMISED_DIFFICULTY, RandomisedRanges
 from neumours.data.phantom_ranges import DIFFICULTIES, KINDS, PhantomRanges, phantom_ranges
@@ -390,34 +391,90 @@ def write_case(case: PhantomCase, root, folder=None) -> Path:
 
 def write_dataset(out_dir, n_cases: int, shape=(96, 96, 64), seed: int = 0, progress: bool = True,
                   difficulty: str = "hard", kind: str = "pre", ranges: PhantomRanges | RandomisedRanges | None = None,
-                  on_case=None) -> list[Path]:
+                  on_case=None, *, overwrite: bool = False) -> list[Path]:
     """Generate and write ``n_cases`` phantom cases ``Phantom-00000-000``, ``Phantom-00001-000``, ...
 
     Also writes ``synth.toml`` into ``out_dir``: the arguments and (for the family) every
-    range, so the dataset can be made again.
+    range, so the dataset can be made again. ``synth.toml`` marks the folder as a dataset.
 
     Args:
-        out_dir: dataset folder; case folders go directly inside it (BraTS layout).
+        out_dir: dataset folder; case folders go directly inside it (BraTS layout). It must be
+            new, empty, or (with ``overwrite``) a dataset, which is then replaced whole.
         n_cases: number of cases (case ``i`` is ``make_case(shape, seed, index=i, ...)``).
         shape: (X, Y, Z) of every case.
         seed: dataset seed; the same seed gives byte-identical files.
         progress: show a tqdm progress bar.
         difficulty, kind, ranges: as for :func:`make_case`.
         on_case: called with each :class:`PhantomCase` after it is written (previews).
+        overwrite: replace a dataset already in ``out_dir``.
 
-    Every case is written under a temporary name first and the cases take their
-    names only when all are complete, so a failure (no space left, ...) leaves
-    ``out_dir`` as it was.
+    The folder is locked (:mod:`neumours.locks`) while it is written: a second
+    writer is refused at once. Every case is written under a temporary name first
+    and the cases take their names only when all are complete, so a failure (no
+    space left, ...) leaves ``out_dir`` as it was. A dataset being replaced is
+    built in full in a temporary sibling folder, which then takes the folder's
+    place: never a mix of old and new cases.
 
     Returns:
         The case folders, in index order.
+
+    Raises:
+        NeumoursError: ``out_dir`` holds files that are not a dataset, holds a dataset and
+            ``overwrite`` is off, is being written by another process, or a write failed.
     """
+    out = Path(out_dir)
+    make = dict(n_cases=n_cases, shape=shape, seed=seed, progress=progress, difficulty=difficulty, kind=kind,
+                ranges=ranges, on_case=on_case)
+    with FolderLock(out, "dataset folder"):
+        remove_stale_temporaries(out)
+        remove_stale_temporaries(out.parent, out.name)  # the staging folder of a killed replacement
+        try:
+            existing = sorted(e.name for e in os.scandir(out) if e.name != LOCK_NAME)
+        except OSError as exc:
+            raise write_error(out, exc) from None
+        if not existing:
+            return [out / name for name in _write_cases(out, **make)]
+        if folder_kind(out) != "dataset":
+            raise NeumoursError(f"{out}: holds files that are not a neumours dataset ({existing[0]}"
+                                f"{', ...' if len(existing) > 1 else ''}); give a new or empty folder")
+        if not overwrite:
+            raise NeumoursError(f"{out}: already holds a dataset (synth.toml); add --overwrite to replace it "
+                                "whole, or choose a new folder")
+        staging = temporary_name(out)
+        with FolderLock(staging, "dataset folder") as lock:  # its lock file becomes the folder's in its place
+            try:
+                names = _write_cases(staging, **make)
+                _swap(staging, out)
+                lock.moved_to(out)
+            except NeumoursError as exc:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise NeumoursError(str(exc).replace(str(staging), str(out))) from None
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+    return [out / name for name in names]
+
+
+def _swap(new: Path, out: Path) -> None:
+    """Put the complete folder ``new`` in the place of ``out`` (whose old contents are deleted)."""
+    old = temporary_name(out)
+    try:
+        os.rename(out, old)
+    except OSError as exc:
+        raise write_error(out, exc) from None
+    try:
+        os.rename(new, out)
+    except OSError as exc:
+        os.rename(old, out)
+        raise write_error(out, exc) from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_cases(out: Path, n_cases: int, shape, seed: int, progress: bool, difficulty: str, kind: str,
+                 ranges: PhantomRanges | None, on_case) -> list[str]:
+    """Write the cases and ``synth.toml`` into the existing, empty folder ``out``; returns the case folder names."""
     from tqdm import tqdm
 
-    out = Path(out_dir)
-    created = not out.exists()
-    make_folder(out)
-    remove_stale_temporaries(out)
     staged: list[tuple[Path, Path]] = []  # (temporary folder, case folder)
     try:
         for i in tqdm(range(n_cases), desc="phantom", unit="case", disable=not progress):
@@ -431,20 +488,16 @@ def write_dataset(out_dir, n_cases: int, shape=(96, 96, 64), seed: int = 0, prog
         # A full disk (or Ctrl-C) half-way: no case of this call is left, the folder is as it was.
         for tmp, _ in staged:
             shutil.rmtree(tmp, ignore_errors=True)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
         if isinstance(exc, NeumoursError) and staged:  # name the file the user asked for, not its temporary
             raise NeumoursError(str(exc).replace(str(staged[-1][0]), str(staged[-1][1]))) from None
         raise
     for tmp, final in staged:  # every case is complete on disk: now they take their names
         try:
-            if final.is_dir():
-                shutil.rmtree(final)
             os.replace(tmp, final)
         except OSError as exc:
             raise write_error(final, exc) from None
     atomic_write_text(out / "synth.toml", synth_record(n_cases, shape, seed, difficulty, kind, ranges))
-    return [final for _, final in staged]
+    return [final.name for _, final in staged]
 
 
 def synth_record(n_cases: int, shape, seed: int, difficulty: str, kind: str,

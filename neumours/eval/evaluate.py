@@ -30,11 +30,12 @@ from collections.abc import Callable
 from pathlib import Path
 import numpy as np
 
-from neumours.atomic import atomic_write_files
+from neumours.atomic import atomic_write_files, removed_if_unfinished
 from neumours.data import Case, list_cases, split_cases
+from neumours.data.layouts import case_files
 from neumours.data.nifti import is_nifti_name, read_header, read_volume, strip_nifti_suffix
 from neumours.errors import CasesFailedError, NeumoursDataError, NeumoursError
-from neumours.outputs import check_output_folder
+from neumours.outputs import Output, check_output_folder, check_outputs, files_under
 from neumours.eval.metrics import RegionMetric
 
 #: Row titles of the summary table (paper Table III, plus the tumour core).
@@ -45,6 +46,8 @@ REGION_TITLES = {
     "TC": "Tumor Core (TC)",
     "WT": "Whole Tumor (WT)",
 }
+#: The files of a report folder (written together by :func:`write_report`).
+REPORT_FILES = ("per_case.csv", "summary.md")
 VARIANT_TITLES = {"raw": "INR (raw)", "denoised": "INR (denoised)", "pred": "prediction"}
 
 
@@ -304,9 +307,10 @@ def summary_markdown(metric: RegionMetric, source: str = "") -> str:
 def write_report(metric: RegionMetric, out_dir: str | os.PathLike, source: str = "") -> tuple[Path, Path]:
     """Write ``per_case.csv`` and ``summary.md`` into ``out_dir``, both or neither; returns both paths."""
     out = check_output_folder(out_dir, "report folder (--out)")
-    csv_path, md_path = out / "per_case.csv", out / "summary.md"
-    atomic_write_files({csv_path: per_case_csv(metric).encode("utf-8"),
-                        md_path: summary_markdown(metric, source).encode("utf-8")})
+    csv_path, md_path = (out / name for name in REPORT_FILES)
+    with removed_if_unfinished(out):  # a full disk leaves no empty report folder behind
+        atomic_write_files({csv_path: per_case_csv(metric).encode("utf-8"),
+                            md_path: summary_markdown(metric, source).encode("utf-8")})
     return csv_path, md_path
 
 
@@ -334,6 +338,10 @@ def run_evaluate(out_dir: str | os.PathLike | None = None, pred: str | os.PathLi
         raise NeumoursError("give either --pred DIR --gt DIR, or --checkpoint CKPT --data DIR")
     if out_dir is not None:
         check_output_folder(out_dir, "report folder (--out)")
+        inputs = [*files_under(pred, "--pred"), *files_under(gt, "--gt"), ("--checkpoint", checkpoint)]
+        if data is not None:
+            inputs += case_files(list_cases(data))
+        check_outputs([Output(Path(out_dir) / name, "report file (--out)") for name in REPORT_FILES], inputs)
     failures = [] if failures is None else failures
     if folders:
         if pred is None or gt is None:

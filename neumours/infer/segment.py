@@ -36,6 +36,7 @@ import slangpy as spy
 
 from neumours.conventions import NUM_MODALITIES
 from neumours.data import Case, check_cases, list_cases, load_case, normalise, save_label
+from neumours.data.layouts import case_files
 from neumours.data.geometry import voxel_spacing
 from neumours.data.nifti import is_nifti_name, read_header, write_nifti
 from neumours.device import ScratchBuffers, upload
@@ -44,7 +45,8 @@ from neumours.errors import CasesFailedError, NeumoursDataError, NeumoursError
 from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, NonFiniteLogitsError, StageTimer, VolumeCache,
                                   download_labels, grid_problem, largest_scale, super_resolution_affine,
                                   super_resolution_shape)
-from neumours.outputs import check_output_file, check_output_folder
+from neumours.outputs import Output, check_output_file, check_output_folder
+from neumours.outputs import check_outputs as check_safe_outputs
 from neumours.infer.denoise import DenoiseParams, denoise as denoise_labels
 from neumours.infer.denoise_device import denoise_on_device
 from neumours.infer.normalise import normalise_on_device
@@ -409,6 +411,13 @@ def check_outputs(out: str | os.PathLike, probs: str | os.PathLike | None = None
     return single
 
 
+def output_files(ref, out: Path, probs: Path | None, single: bool) -> tuple[Path, Path | None]:
+    """The label file and the probabilities file (or None) that ``segment`` writes for ``ref``."""
+    if single:
+        return out, probs
+    return out / f"{ref.case_id}.nii.gz", None if probs is None else probs / f"{ref.case_id}_probs.nii.gz"
+
+
 def _grid_shape(ref, force_geometry: bool) -> tuple[int, int, int]:
     facts, _ = read_header(ref.paths["t1n"], force_geometry)
     shape = tuple(facts.shape)
@@ -469,6 +478,10 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
     refs = list_cases(source)
     if single and len(refs) != 1:
         raise NeumoursError(f"{source}: holds {len(refs)} cases; --out must name a folder, not {out.name}")
+    targets = {ref.case_id: output_files(ref, out, probs_path, single) for ref in refs}
+    check_safe_outputs([Output(path, what) for ref in refs
+                        for path, what in zip(targets[ref.case_id], ("--out", "--probs"))],
+                       [*case_files(refs), ("--checkpoint", checkpoint)])
     total = len(refs)
     refs, failures = check_cases(refs, force_geometry=force_geometry, keep_going=keep_going)
     failures = [(f.case_id, f.error) for f in failures]
@@ -483,10 +496,7 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
 
     written = []
     for ref in tqdm(refs, desc="segment", unit="case", disable=not progress or len(refs) < 2):
-        target = out if single else out / f"{ref.case_id}.nii.gz"
-        ptarget = None
-        if probs_path is not None:
-            ptarget = probs_path if single else probs_path / f"{ref.case_id}_probs.nii.gz"
+        target, ptarget = targets[ref.case_id]
         try:
             result = segmenter(ref, scale=scale, denoise=denoise, probs=ptarget is not None, timings=timings,
                                force_geometry=force_geometry)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neumours.errors import NeumoursError
+from neumours.locks import LOCK_NAME
 from neumours.outputs import check_output_folder
 from neumours.sweep.folds import make_folds
 from neumours.sweep.resources import Resources
@@ -58,7 +59,7 @@ def new_sweep(out: str | Path, space_file: str | Path, base, settings: SweepSett
         NeumoursError: ``out`` unwritable or not empty, a bad space or option, fewer labelled cases than folds.
     """
     out = check_output_folder(out, "sweep folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(entry.name != LOCK_NAME for entry in out.iterdir()):  # the lock of this sweep aside
         hint = " (continue it with --resume)" if (out / "sweep.json").is_file() else ""
         raise NeumoursError(f"{out}: the sweep folder is not empty{hint}")
     space = load_space(space_file, base)

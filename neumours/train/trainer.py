@@ -35,6 +35,7 @@ from neumours.atomic import make_folder
 from neumours.data import check_cases, list_cases, load_case, normalise, split_cases
 from neumours.device import empty_buffer, get_device, recording, upload_into
 from neumours.errors import NeumoursDataError, NeumoursError
+from neumours.locks import FolderLock
 from neumours.model.checkpoint import load_checkpoint, save_checkpoint
 from neumours.train import checkpoints
 from neumours.model.inputs import CaseVolumes, gather_inputs
@@ -328,16 +329,19 @@ def train(data, out, config: TrainConfig, device=None, resume: bool = False, pro
 
     ``overwrite``, ``force_geometry``, ``keep_going``, ``new_data``: see :class:`Trainer`. The
     summary's ``failures`` lists (case id, error) of cases left out by ``keep_going``.
+    The run folder is locked (:mod:`neumours.locks`) from before the first write to
+    the end: a second ``train`` of the same folder is refused at once.
     """
-    trainer = Trainer(data, out, config, device, resume, progress, overwrite=overwrite,
-                      force_geometry=force_geometry, keep_going=keep_going, new_data=new_data)
-    try:
-        summary = trainer.run()
-    finally:
-        trainer.close()
-    summary["failures"] = trainer.failures
-    if plot:
-        from neumours.train.curves import plot_run
+    with FolderLock(out, "run folder"):
+        trainer = Trainer(data, out, config, device, resume, progress, overwrite=overwrite,
+                          force_geometry=force_geometry, keep_going=keep_going, new_data=new_data)
+        try:
+            summary = trainer.run()
+        finally:
+            trainer.close()
+        summary["failures"] = trainer.failures
+        if plot:
+            from neumours.train.curves import plot_run
 
-        plot_run(out)
+            plot_run(out)
     return summary

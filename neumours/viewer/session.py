@@ -444,13 +444,3 @@ class ViewerSession:
 
     def painted_count(self) -> int:
         return int((self._open().paint != PAINT_NONE).sum())
-
-
-def check_out_folder(out: Path, refs: Sequence[CaseRef]) -> None:
-    """--out must not be a folder that holds input files (outputs go beside nothing of the input)."""
-    target = Path(os.path.abspath(out))
-    for ref in refs:
-        for path in ref.paths.values():
-            if Path(os.path.abspath(path)).parent == target:
-                raise NeumoursError(f"{out}: --out holds input files of case {ref.case_id}; choose a separate folder")
-
