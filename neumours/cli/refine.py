@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
+from neumours import strict_json
 from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option,
                                   add_precision_option)
 from neumours.errors import NeumoursError
@@ -28,7 +28,8 @@ Targets, one of:
 Writes the refined checkpoint and, beside it, a .json report: loss and seconds
 per step and, when the case has labels, Dice per region before and after. The
 two are written together (both or neither); the report holds the checkpoint's
-SHA-256, so a report can always be matched to its checkpoint."""
+SHA-256, so a report can always be matched to its checkpoint. The report is
+strict JSON: an infinite HD95 (exactly one side empty) is the string "inf"."""
 
 EPILOG = """\
 Gradient paths (--path): cache renders the cached class-probability volume
@@ -156,7 +157,7 @@ def refine_command(args) -> None:
               "dice_after": after}
     from neumours.atomic import atomic_write_files
 
-    atomic_write_files({args.out: weights, report_path(args.out): (json.dumps(report, indent=2, default=float)
+    atomic_write_files({args.out: weights, report_path(args.out): (strict_json.dumps(report, indent=2)
                                                                    + "\n").encode("utf-8")})
     print(f"refined {args.checkpoint} on {case.case_id} from {len(cameras)} views in {args.steps} steps: "
           f"image loss {rows[0]['image_loss']:.4g} -> {rows[-1]['image_loss']:.4g}; wrote {args.out}")
