@@ -65,8 +65,14 @@ def cmd_inspect(args) -> None:
     from neumours.data import list_cases, load_case
     from neumours.summary import case_summary, format_case_summary
 
-    for ref in list_cases(args.case):
-        print(format_case_summary(case_summary(load_case(ref, force_geometry=args.force_geometry))))
+    from tqdm import tqdm
+
+    refs = list_cases(args.case)
+    with tqdm(refs, desc="inspect", unit="case", disable=args.quiet or len(refs) < 2, leave=False) as bar:
+        for ref in bar:  # the bar on stderr, the summaries on stdout
+            summary = format_case_summary(case_summary(load_case(ref, force_geometry=args.force_geometry)))
+            bar.clear()
+            print(summary, flush=True)
 
 
 def add_parsers(sub) -> None:
@@ -74,7 +80,9 @@ def add_parsers(sub) -> None:
                     "Write N phantom cases in the BraTS 2023 layout (1 mm spacing): four modalities and a "
                     "label volume per case, plus synth.toml recording how they were made. Each case draws its "
                     "anatomy, lesions, sub-regions and acquisition from the ranges of --difficulty "
-                    "(docs/phantom.md).")
+                    "(docs/phantom.md).",
+                    examples=("neumours synth --out data --cases 8 --shape 64 64 48 --preview preview.png",
+                              "neumours synth --out post --cases 4 --kind post --seed 1000"))
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--cases", type=int, default=4, help="number of cases")
     p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64], metavar=("X", "Y", "Z"),
@@ -96,8 +104,10 @@ def add_parsers(sub) -> None:
 
     p = add_command(sub, "inspect", "summarise a case (or every case under a folder)",
                     "Shapes, spacing, orientation, affine check, intensities and label volumes in mL per "
-                    "region (NCR, ED, ET, TC, WT).")
+                    "region (NCR, ED, ET, TC, WT).",
+                    examples=("neumours inspect data/Phantom-00000-000", "neumours inspect data --quiet"))
     p.add_argument("case", type=Path, help="a case folder, or a folder of cases (BraTS, MU-Glioma-Post or nnU-Net "
                                            "layout)")
     add_force_geometry_option(p)
+    add_quiet_option(p, "no progress bar over the cases of a folder")
     p.set_defaults(func=cmd_inspect)

@@ -10,7 +10,7 @@ import numpy as np
 
 from neumours import strict_json
 from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option,
-                                  add_precision_option)
+                                  add_precision_option, add_quiet_option)
 from neumours.errors import NeumoursError
 
 DESCRIPTION = """\
@@ -34,7 +34,14 @@ strict JSON: an infinite HD95 (exactly one side empty) is the string "inf"."""
 EPILOG = """\
 Gradient paths (--path): cache renders the cached class-probability volume
 (cost set by the voxels, whatever the views); direct evaluates the INR at the
-ray samples (cost set by pixels x samples per ray: small or masked views)."""
+ray samples (cost set by pixels x samples per ray: small or masked views).
+On the CPU device a step at --size 256x256 on a 96x96x64 case takes minutes:
+use small views (e.g. --views 2 --size 64x64 --steps 3) there."""
+
+EXAMPLES = ("neumours refine data/Phantom-00000-000 --checkpoint run/best.safetensors --from-labels corrected.nii.gz "
+            "--out refined.safetensors",
+            "neumours refine data/Phantom-00000-000 --checkpoint run/best.safetensors --from-labels corrected.nii.gz "
+            "--views 2 --size 64x64 --steps 3 --out refined.safetensors   # CPU-sized")
 
 
 def report_path(checkpoint: str | Path) -> Path:
@@ -145,7 +152,7 @@ def refine_command(args) -> None:
     before = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
     try:
         rows = refine(inr, vols, case.spacing, cameras, settings, targets, steps=args.steps, lr=args.lr,
-                      anchor=anchor, weights=weights, path=args.path, progress=True)
+                      anchor=anchor, weights=weights, path=args.path, progress=not args.quiet)
     except ValueError as exc:  # e.g. more ray samples than path (b)'s buffers hold
         raise NeumoursError(f"{args.case}: cannot refine ({exc})") from None
     after = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
@@ -166,7 +173,7 @@ def refine_command(args) -> None:
 def add_parsers(sub) -> None:
     p = add_command(sub, "refine", "correct a trained INR from rendered views of one case", DESCRIPTION, EPILOG,
                     usage="neumours refine CASE --checkpoint CKPT (--from-labels SEG | --targets DIR) --out CKPT2 "
-                          "[options]")
+                          "[options]", examples=EXAMPLES)
     p.add_argument("case", type=Path, help="the case to refine on (a case folder, any layout)")
     p.add_argument("--checkpoint", type=Path, required=True, help="INR checkpoint to start from (.safetensors)")
     p.add_argument("--targets", type=Path, help="folder holding targets.npz (cameras and images or masks)")
@@ -187,4 +194,5 @@ def add_parsers(sub) -> None:
     add_force_geometry_option(p)
     add_device_option(p)
     add_precision_option(p)
+    add_quiet_option(p)
     p.set_defaults(func=refine_command)

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option,
-                                  add_precision_option)
+                                  add_precision_option, add_quiet_option)
 from neumours.errors import NeumoursError
 
 _MAX_SIZE = 16384
@@ -136,6 +136,7 @@ def render_command(args) -> None:
                                  volume_box)
     from neumours.conventions import CLASS_NAMES
     from neumours.render.io import stamp_label_legend, to_uint8, write_animation, write_image
+    from tqdm import tqdm
 
     case = load_case(args.case, force_geometry=args.force_geometry)
     labels = _labels(args, case)
@@ -163,7 +164,7 @@ def render_command(args) -> None:
     distance = args.distance or fit_distance(volume_box(case.shape, case.spacing), args.fov, width / height)
     count = args.turntable or 1
     images = []
-    for k in range(count):
+    for k in tqdm(range(count), desc="render", unit="frame", disable=args.quiet or count < 2, leave=False):
         camera = orbit(args.azimuth + 360.0 * k / count, args.elevation, distance, fov_y_deg=args.fov,
                        width=width, height=height)
         render_device(scene, camera, settings, frame)
@@ -183,7 +184,9 @@ def add_parsers(sub) -> None:
     p = add_command(sub, "render", "render a case (and a segmentation) with the differentiable raymarcher",
                     "Ray-march the four MRI modalities of a case, optionally with a segmentation, to a PNG "
                     "(or a GIF/MP4 turntable with --turntable N). MRI windows come from each modality's intensity "
-                    "percentiles. At most one of --seg, --probs, --ground-truth and --checkpoint.")
+                    "percentiles. At most one of --seg, --probs, --ground-truth and --checkpoint.",
+                    examples=("neumours render data/Phantom-00000-000 --seg seg.nii.gz --out view.png --size 1280x720",
+                              "neumours render data/Phantom-00000-000 --ground-truth --turntable 36 --out spin.gif"))
     p.add_argument("case", type=Path, help="a case folder (BraTS, MU-Glioma-Post or nnU-Net layout)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--seg", type=Path, help="label NIfTI (0..3, or legacy 4) to overlay")
@@ -207,4 +210,5 @@ def add_parsers(sub) -> None:
     add_force_geometry_option(p)
     add_device_option(p)
     add_precision_option(p)
+    add_quiet_option(p, "no progress bar over the frames of a turntable")
     p.set_defaults(func=render_command)

@@ -109,7 +109,10 @@ def add_parsers(sub) -> None:
         epilog="Trials get --cpus-per-trial CPU cores and 1/--trials-per-gpu of a GPU each; Ray places them on "
                "every GPU it is given (all that CUDA_VISIBLE_DEVICES shows, or --gpus of them). Stopped "
                "half-way (Ctrl-C, kill), `neumours sweep --resume SWEEP` continues without redoing finished "
-               "trials. docs/sweep.md has the details and multi-GPU / cluster use.")
+               "trials. docs/sweep.md has the details and multi-GPU / cluster use.",
+        examples=("neumours sweep --data phantoms --space space.toml --folds 2 --out sweep1 --preset tiny "
+                  "--steps 100 --cpus 2",
+                  "neumours sweep --resume sweep1"))
     p.add_argument("--data", type=Path, help="dataset folder (BraTS, MU-Glioma-Post or nnU-Net layout), labelled")
     p.add_argument("--space", type=Path, metavar="SPACE.toml", help="search space (see above)")
     p.add_argument("--folds", type=int, default=_DEFAULTS["folds"], metavar="K",
