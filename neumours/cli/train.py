@@ -71,7 +71,7 @@ def cmd_train(args) -> None:
     summary = train(args.data, run_dir, config, device, resume=args.resume is not None, overwrite=args.overwrite,
                     force_geometry=args.force_geometry, keep_going=args.keep_going, progress=not args.quiet)
     print(f"trained {summary['steps']} steps in {summary['time_s']:.1f} s; best validation mean Dice "
-          f"{summary['best_val_dice_mean']:.4f}; run: {summary['run_dir']}")
+          f"{summary['best_val_dice_mean']:.4f} ({summary['validation']}); run: {summary['run_dir']}")
     if summary.get("failures"):
         raise CasesFailedError(f"{len(summary['failures'])} case(s) were left out of the run (listed above)",
                                summary["failures"])
@@ -130,7 +130,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="override [network] precision: bf16 tensor cores (CUDA only), fp32 FMA, or auto "
                         "(bf16 on CUDA, fp32 elsewhere; the default)")
-    add_quiet_option(p)
+    add_quiet_option(p, "no progress bar and no time estimate")
     p.set_defaults(func=cmd_train)
 
     p = add_command(sub, "plot", "training curves of a run, or several runs overlaid",

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from neumours import strict_json
 from neumours.atomic import atomic_write_text
-from neumours.sweep.results import STATUS, read_trial
+from neumours.sweep.results import STATUS, r_score, read_trial
 from neumours.sweep.trainable import TRIAL_ERROR, TRIAL_RESULT, trial_dir
 
 _OUTPUT: dict = {"quiet": False, "ended": set()}
@@ -113,8 +113,7 @@ class SweepProgress(tune.Callback):
         if status == "failed":
             self._say(f"failed    {self._describe(trial)}: {error}")
         else:
-            score = (f"Dice {record.scores['val_dice_mean']:.4f} ± {record.scores['val_dice_sd']:.4f} "
-                     f"at step {record.step}") if record.scores else "no validation yet"
+            score = f"Dice {r_score(record)} at step {record.step}" if record.scores else "no validation yet"
             self._say(f"{record.status:9s} {self._describe(trial)}: {score}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -1,0 +1,86 @@
+"""Validation sized for the run, scores that say what they rest on, time estimates (issue 31)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from neumours.data import normalise
+from neumours.data.phantom import make_case
+from neumours.infer.cache import VolumeCache
+from neumours.model.config import INRConfig
+from neumours.model.inputs import CaseVolumes
+from neumours.model.inr import INR
+from neumours.train.estimate import format_duration, long_work_note, training_seconds
+from neumours.train.validate import Validator, dice_per_class, nearest_voxels, validation_grid
+
+
+def test_validation_grid_keeps_small_cases_and_shrinks_big_ones_evenly():
+    assert validation_grid((48, 40, 32), None) == (48, 40, 32)
+    assert validation_grid((48, 40, 32), 48 * 40 * 32) == (48, 40, 32)
+    grid = validation_grid((96, 96, 64), 1 << 16)
+    assert math.prod(grid) <= 1 << 16 and math.prod(grid) > 0.8 * (1 << 16)
+    assert grid[0] == grid[1] and abs(grid[0] / grid[2] - 96 / 64) < 0.1  # the same field of view, evenly
+
+
+def test_nearest_voxels_take_the_label_under_each_grid_point():
+    label = np.arange(9 * 7 * 5).reshape(9, 7, 5)
+    assert np.array_equal(nearest_voxels(label, (5, 4, 3)), label[::2, ::2, ::2])
+    assert np.array_equal(nearest_voxels(label, label.shape), label)
+
+
+def test_a_capped_validation_scores_the_coarse_grid_against_the_nearest_labels(cpu_device):
+    inr = INR(INRConfig.tiny(), cpu_device, seed=0)
+    cases = [make_case((24, 24, 16), seed=s) for s in (1, 2)]
+    images, labels = [normalise(c.images) for c in cases], [c.label for c in cases]
+    full = Validator(inr, images, labels)
+    capped = Validator(inr, images, labels, max_voxels=2 * 12 * 12 * 8)
+    assert full.voxels == 2 * 24 * 24 * 16 and full.describe() == "2 cases, 18,432 voxels"
+    assert capped.voxels <= 2 * 12 * 12 * 8 and "of 18,432 voxels (a coarser grid)" in capped.describe()
+    vols = CaseVolumes.upload(cpu_device, images)
+    expected = np.mean([dice_per_class(VolumeCache(inr, vols, case_index=i, grid_shape=g).labels(),
+                                       nearest_voxels(label, g)) for i, (label, g) in
+                        enumerate(zip(labels, capped.grids))], axis=0)
+    assert np.array_equal(capped(), expected)
+    assert np.array_equal(full(), np.mean([dice_per_class(VolumeCache(inr, vols, case_index=i).labels(), label)
+                                           for i, label in enumerate(labels)], axis=0))
+    assert capped.seconds() > 0
+    assert list(full.cases_without) == [sum(not (lab == c).any() for lab in labels) for c in range(4)]
+
+
+def test_an_empty_class_follows_the_brats_rule():
+    truth = np.zeros((4, 4, 4), np.uint8)
+    truth[:2] = 2
+    pred = truth.copy()
+    pred[0, 0, 0] = 3  # ET predicted where the truth has none: 0; NCR absent from both: 1
+    assert list(dice_per_class(pred, truth)) == pytest.approx([1.0, 1.0, 2 * 31 / 63, 0.0])
+
+
+def test_estimates_name_the_time_and_say_nothing_for_short_work():
+    assert format_duration(45) == "45 s" and format_duration(600) == "10 min"
+    assert format_duration(2 * 3600) == "2.0 h" and format_duration(30 * 86400) == "30.0 days"
+    assert training_seconds(2.0, 100, 2, 30.0) == 260.0
+    assert long_work_note("training", 60, "measured", "x") is None
+    line = long_work_note("refinement", 7200, "measured: 360 s a step", "for a CPU-sized run: --size 64x64")
+    assert line == ("neumours: note: refinement will take about 2.0 h (measured: 360 s a step); "
+                    "for a CPU-sized run: --size 64x64")
+
+
+def test_one_case_or_fold_prints_no_zero_spread():
+    from neumours.eval.evaluate import summary_markdown
+    from neumours.eval.metrics import RegionMetric
+    from neumours.sweep.results import TrialRecord, r_score
+
+    metric = RegionMetric()
+    truth = np.zeros((8, 8, 8), np.uint8)
+    truth[2:5, 2:5, 2:5] = 2
+    metric(truth, truth, (1.0, 1.0, 1.0), case_id="case-1")
+    text = summary_markdown(metric)
+    assert "± 0.000" not in text and "± 0.00" not in text and "One case" in text
+    record = TrialRecord("t1", {}, "finished", folds=[{"val_dice_mean": 0.5}],
+                         scores={"val_dice_mean": 0.5, "val_dice_sd": 0.0})
+    assert r_score(record) == "0.5000 (1 fold)"
+    record.folds, record.scores["val_dice_sd"] = [{}, {}], 0.01
+    assert r_score(record) == "0.5000 ± 0.0100 (2 folds)"
