@@ -16,7 +16,7 @@ from neumours.errors import CasesFailedError, NeumoursError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from neumours import __version__
+    import neumours
     from neumours.cli import data, demo, infer, nnunet, refine, render, sweep, train, view
 
     parser = argparse.ArgumentParser(
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `neumours COMMAND --help` for a command's options. Bad input gives one line "
                "`neumours: error: ...` and exit status 2.\n\nExample:\n  neumours demo --device cpu   "
                "# phantoms, training, evaluation and figures in a few minutes on a CPU")
-    parser.add_argument("--version", action="version", version=f"neumours {__version__}",
+    parser.add_argument("--version", action="version", version=f"neumours {neumours.__version__}",
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (data, train, infer, render, refine, demo, nnunet, sweep, view):

@@ -93,6 +93,43 @@ def _load_targets(path: Path, shape, spacing):
     return cameras, list(images), None if weights is None else list(weights), from_masks
 
 
+def _timed_cache(inr, vols):
+    """The INR cached over the case and the seconds that took (its kernels compiled first, untimed)."""
+    import time
+
+    from neumours.infer.cache import VolumeCache
+
+    VolumeCache(inr, vols, grid_shape=(2, 2, 2))
+    start = time.perf_counter()
+    cache = VolumeCache(inr, vols)
+    cache.labels()
+    return time.perf_counter() - start, cache
+
+
+def _announce(args, device, forward_s: float, case, cameras, settings) -> None:
+    """Before the first step: one line on stderr when the refinement will take more than a few minutes."""
+    import sys
+
+    import slangpy as spy
+
+    from neumours.refine.estimate import refine_step_seconds
+    from neumours.render.box import volume_box
+    from neumours.train.estimate import long_work_note
+
+    if args.quiet:
+        return
+    step_s = refine_step_seconds(args.path, forward_s, int(np.prod(case.shape)), cameras,
+                                 volume_box(case.shape, case.spacing), settings.step)
+    cpu = device.info.type == spy.DeviceType.cpu
+    line = long_work_note(f"refinement ({args.steps} steps, {len(cameras)} views, path {args.path})",
+                          step_s * args.steps, f"about {step_s:.0f} s a step, scaled from a measured "
+                          f"{forward_s:.1f} s pass of the INR over the case",
+                          "for a CPU-sized run: --views 2 --size 32x32 --steps 2 --path direct" if cpu
+                          else "fewer --steps or --views, or a smaller --size, shorten it")
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
+
+
 def refine_command(args) -> None:
     from neumours.data import list_cases, load_case, normalise
     from neumours.data.nifti import read_label_volume
@@ -149,7 +186,9 @@ def refine_command(args) -> None:
                         weight=args.anchor_weight)
 
     truth = corrected if corrected is not None else case.label
-    before = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
+    forward_s, cache = _timed_cache(inr, vols)
+    _announce(args, device, forward_s, case, cameras, settings)
+    before = region_scores(cache.labels(), truth, case.spacing) if truth is not None else None
     try:
         rows = refine(inr, vols, case.spacing, cameras, settings, targets, steps=args.steps, lr=args.lr,
                       anchor=anchor, weights=weights, path=args.path, progress=not args.quiet)

@@ -132,8 +132,10 @@ def render_command(args) -> None:
 
     from neumours.data import load_case
     from neumours.device import get_device, upload
-    from neumours.render import (Frame, RenderSettings, Scene, auto_windows, fit_distance, orbit, render_device,
-                                 volume_box)
+    from neumours.render import Frame, RenderSettings, Scene, auto_windows, orbit, render_device
+    from neumours.render.framing import framed_orbit
+    from neumours.render.skipping import occupied_box
+    from neumours.render.transfer import labels_visible
     from neumours.conventions import CLASS_NAMES
     from neumours.render.io import stamp_label_legend, to_uint8, write_animation, write_image
     from tqdm import tqdm
@@ -161,12 +163,17 @@ def render_command(args) -> None:
         else:  # the cache's labels stay on the device, where the INR wrote them
             scene.labels = segmenter.cache(case.images).labels_buffer
     frame = Frame.allocate(device, width, height)
-    distance = args.distance or fit_distance(volume_box(case.shape, case.spacing), args.fov, width / height)
+    if scene.label_mode != 0:  # a thinner brain, so the labels inside it show
+        settings = labels_visible(settings)
+    brain = occupied_box(volumes=case.images)
     count = args.turntable or 1
     images = []
     for k in tqdm(range(count), desc="render", unit="frame", disable=args.quiet or count < 2, leave=False):
-        camera = orbit(args.azimuth + 360.0 * k / count, args.elevation, distance, fov_y_deg=args.fov,
-                       width=width, height=height)
+        azimuth = args.azimuth + 360.0 * k / count
+        if args.distance is None:  # framed on the brain: it fills the frame from every angle
+            camera = framed_orbit(case.shape, case.spacing, brain, azimuth, args.elevation, width, height, args.fov)
+        else:
+            camera = orbit(azimuth, args.elevation, args.distance, fov_y_deg=args.fov, width=width, height=height)
         render_device(scene, camera, settings, frame)
         image = to_uint8(frame.to_numpy()[0])
         if scene.label_mode != 0 and not args.no_legend:  # a key to the label colours (tumour classes)
@@ -197,7 +204,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--size", default="1920x1080", help="image size, WIDTHxHEIGHT")
     p.add_argument("--azimuth", type=float, default=30.0, help="camera angle about +z from +x, degrees")
     p.add_argument("--elevation", type=float, default=20.0, help="camera angle above the xy plane, degrees")
-    p.add_argument("--distance", type=float, default=None, help="orbit distance in box units (default: fit the box)")
+    p.add_argument("--distance", type=float, default=None,
+                   help="orbit distance in box units, about the box's centre (default: framed on the brain, which "
+                        "then fills the frame)")
     p.add_argument("--fov", type=float, default=30.0, help="vertical field of view, degrees")
     p.add_argument("--modalities", default=None,
                    help="enabled modalities and weights, e.g. t2f=1,t1c=0.5 (default: all four at 0.25)")
