@@ -13,7 +13,8 @@ from neumours.infer.cache import VolumeCache
 from neumours.model.config import INRConfig
 from neumours.model.inputs import CaseVolumes
 from neumours.model.inr import INR
-from neumours.train.estimate import format_duration, long_work_note, training_seconds
+from neumours.estimates import format_duration, long_work_note
+from neumours.train.estimate import training_seconds
 from neumours.train.validate import Validator, dice_per_class, nearest_voxels, validation_grid
 
 
@@ -84,3 +85,19 @@ def test_one_case_or_fold_prints_no_zero_spread():
     assert r_score(record) == "0.5000 (1 fold)"
     record.folds, record.scores["val_dice_sd"] = [{}, {}], 0.01
     assert r_score(record) == "0.5000 ± 0.0100 (2 folds)"
+
+
+def test_segment_of_a_big_case_warns_before_work(cpu_device, capsys, tmp_path):
+    """A BraTS-sized case (240 x 240 x 155) on the CPU device: minutes even for the tiny network."""
+    from neumours.infer.segment import Segmenter, announce_segmentation
+    from neumours.model.checkpoint import save_checkpoint
+
+    config = INRConfig.tiny()
+    checkpoint = save_checkpoint(tmp_path / "tiny.safetensors", INR(config, cpu_device).state_dict(), config)
+    segmenter = Segmenter(checkpoint, cpu_device)
+    line = announce_segmentation(segmenter, [(240, 240, 155)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert line is not None and err == [line]
+    assert line.startswith("neumours: note: segmenting 1 case (8,928,000 voxels) will take about ")
+    assert "--device cuda" in line
+    assert announce_segmentation(segmenter, [(16, 16, 16)]) is None and capsys.readouterr().err == ""

@@ -114,7 +114,7 @@ def _announce(args, device, forward_s: float, case, cameras, settings) -> None:
 
     from neumours.refine.estimate import refine_step_seconds
     from neumours.render.box import volume_box
-    from neumours.train.estimate import long_work_note
+    from neumours.estimates import long_work_note
 
     if args.quiet:
         return

@@ -1,37 +1,15 @@
-"""Time estimates before long work: one line on stderr when a run will take more than a few minutes.
+"""How long the rest of a training run will take, from its measured second step (:mod:`neumours.estimates`).
 
-A command about to run for long on the chosen device says so first, from a
-measured step, with the setting that makes it CPU-sized (the paper's network on
-the CPU device takes minutes per step; validating every voxel of big cases takes
-most of a tiny run). The numbers are measured on the machine at hand, so they
-hold for it; they are estimates (other load, caches), not promises.
+The paper's network on the CPU device takes minutes per step, and validating
+every voxel of big cases can take most of a tiny run: the trainer says so before
+it goes on, with the setting that makes the run CPU-sized.
 """
 
 from __future__ import annotations
 
 import sys
 
-#: Work shorter than this (seconds) is not announced.
-LONG_S = 180.0
-
-
-def format_duration(seconds: float) -> str:
-    """``45 s``, ``12 min``, ``2.1 h`` or ``3.0 days``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
-def long_work_note(what: str, seconds: float, measured: str, suggestion: str | None) -> str | None:
-    """``neumours: note: WHAT will take about T (MEASURED); SUGGESTION``, or None below :data:`LONG_S`."""
-    if seconds < LONG_S:
-        return None
-    line = f"neumours: note: {what} will take about {format_duration(seconds)} ({measured})"
-    return line + (f"; {suggestion}" if suggestion else "")
+from neumours.estimates import long_work_note
 
 
 def training_seconds(step_s: float, remaining_steps: int, validations: int, validation_s: float) -> float:

@@ -23,7 +23,7 @@ import numpy as np
 
 from neumours.conventions import NUM_CLASSES
 from neumours.eval.metrics import dice
-from neumours.infer.cache import VolumeCache
+from neumours.infer.cache import VolumeCache, forward_cost
 from neumours.model.inputs import CaseVolumes
 from neumours.model.inr import INR
 
@@ -99,21 +99,13 @@ class Validator:
                     f"voxels (a coarser grid)")
         return text
 
-    def seconds(self, small: int = 8, large: int = 24) -> float:
-        """Estimated seconds of one validation: the INR timed on a ``small``^3 and a ``large``^3 grid of the
-        first case gives the cost per voxel (the slope) and per case (the rest: dispatches, buffers)."""
-        import time
-
+    def seconds(self) -> float:
+        """Estimated seconds of one validation, from the INR timed on small grids of the first case
+        (:func:`~neumours.infer.cache.forward_cost`)."""
         if self.vols is None:
             return 0.0
         self.inr.bridge.push_params()
-        times = []
-        for size in (2, small, large):  # the first pass compiles the kernels and is not used
-            start = time.perf_counter()
-            VolumeCache(self.inr, self.vols, case_index=0, grid_shape=(size,) * 3).labels()
-            times.append(time.perf_counter() - start)
-        per_voxel = max(times[2] - times[1], 0.0) / (large**3 - small**3)
-        per_case = max(times[1] - per_voxel * small**3, 0.0)
+        per_voxel, per_case = forward_cost(self.inr, self.vols)
         return per_voxel * self.voxels + per_case * self.cases
 
     def __call__(self) -> np.ndarray:
