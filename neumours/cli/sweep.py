@@ -120,7 +120,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", type=Path, metavar="SWEEP", help="sweep folder to create (empty or new)")
     p.add_argument("--resume", type=Path, metavar="SWEEP", help="continue the sweep in SWEEP with its own settings")
     p.add_argument("--preset", choices=["paper", "tiny"], default=_DEFAULTS["preset"],
-                   help="base configuration: paper (Table I) or tiny (trains in seconds on the CPU)")
+                   help="base configuration: paper (Table I, a GPU network) or tiny (a small network for the CPU device: "
+                        "a few minutes for 150 steps of small phantoms)")
     p.add_argument("--config", type=Path, help="TOML file overriding the preset (as for train)")
     p.add_argument("--optimizer", choices=["adamw", "muon"], help="override [optimizer] name")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
