@@ -121,11 +121,14 @@ def _announce(args, device, forward_s: float, case, cameras, settings) -> None:
     step_s = refine_step_seconds(args.path, forward_s, int(np.prod(case.shape)), cameras,
                                  volume_box(case.shape, case.spacing), settings.step)
     cpu = device.info.type == spy.DeviceType.cpu
+    small = (args.path == "direct" and len(cameras) <= 2 and args.steps <= 2
+             and all(c.width * c.height <= 32 * 32 for c in cameras))
+    suggestion = "fewer --steps or --views, or a smaller --size, shorten it"
+    if cpu and not small:
+        suggestion = "for a CPU-sized run: --views 2 --size 32x32 --steps 2 --path direct"
     line = long_work_note(f"refinement ({args.steps} steps, {len(cameras)} views, path {args.path})",
                           step_s * args.steps, f"about {step_s:.0f} s a step, scaled from a measured "
-                          f"{forward_s:.1f} s pass of the INR over the case",
-                          "for a CPU-sized run: --views 2 --size 32x32 --steps 2 --path direct" if cpu
-                          else "fewer --steps or --views, or a smaller --size, shorten it")
+                          f"{forward_s:.1f} s pass of the INR over the case", suggestion)
     if line is not None:
         print(line, file=sys.stderr, flush=True)
 
