@@ -101,3 +101,23 @@ def test_segment_of_a_big_case_warns_before_work(cpu_device, capsys, tmp_path):
     assert line.startswith("neumours: note: segmenting 1 case (8,928,000 voxels) will take about ")
     assert "--device cuda" in line
     assert announce_segmentation(segmenter, [(16, 16, 16)]) is None and capsys.readouterr().err == ""
+
+
+def test_training_announces_a_long_run_with_its_validations(cpu_device, capsys):
+    from types import SimpleNamespace
+
+    from neumours.train.config import preset
+    from neumours.train.estimate import announce_estimate
+
+    validator = SimpleNamespace(voxels=262_144, seconds=lambda: 12.0,
+                                describe=lambda: "2 cases, 262,144 of 393,216 voxels (a coarser grid)")
+    for name, advice in (("paper", "--preset tiny"), ("tiny", "fewer --steps or a larger --val-every")):
+        trainer = SimpleNamespace(config=preset(name), step=2, validator=validator, device=cpu_device)
+        # 148 steps left at 2 s and validations at 50, 100 and 150 at 12 s each: 332 s
+        line = announce_estimate(trainer, preset(name).schedule.steps - 2, 2.0) if name == "tiny" else \
+            announce_estimate(trainer, 998, 60.0)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [line] and line.startswith("neumours: note: training (") and advice in line
+    assert "3 validations of 2 cases" in line and "about 6 min" in line and "2.00 s a step, 12 s a validation" in line
+    trainer = SimpleNamespace(config=preset("tiny"), step=2, validator=validator, device=cpu_device)
+    assert announce_estimate(trainer, 10, 0.5) is None and capsys.readouterr().err == ""
