@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
 from typing import Callable
 
+from neumours import strict_json
 from neumours.atomic import atomic_write_text
 
 
@@ -34,7 +34,7 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_text(path, strict_json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -23,9 +23,12 @@ from neumours.data import load_case
 from neumours.device import get_device
 from neumours.figures import segmentation_comparison
 from neumours.infer.segment import Segmenter
-from neumours.render import Frame, RenderSettings, Scene, auto_windows, fit_distance, orbit, render_device, volume_box
+from neumours.render import Frame, RenderSettings, Scene, auto_windows, render_device
 from neumours.cli.render import parse_size
-from neumours.render.io import stamp_label_legend
+from neumours.render.framing import framed_orbit
+from neumours.render.io import stamp_label_legend, stamp_title
+from neumours.render.skipping import occupied_box
+from neumours.render.transfer import labels_visible
 
 TITLES = ("ground truth", "INR raw", "INR denoised")
 
@@ -48,17 +51,17 @@ def main(argv=None) -> list[Path]:
     slices = segmentation_comparison([(case.case_id, case.images[3], volumes)], args.out / "fig5_slices.png",
                                      titles=TITLES)
 
-    # FLAIR only (the paper's Fig. 7), the same camera for the three label volumes.
-    settings = RenderSettings(windows=auto_windows(case.images), step=0.01).with_modalities({"t2f": 1.0})
-    distance = fit_distance(volume_box(case.shape, case.spacing), 35.0, width / height)
-    camera = orbit(-60.0, 25.0, distance, fov_y_deg=35.0, width=width, height=height)
+    # FLAIR only (the paper's Fig. 7), the same camera for the three label volumes, framed on the brain,
+    # a thinner brain so the labels show, each panel titled.
+    settings = labels_visible(RenderSettings(windows=auto_windows(case.images), step=0.01).with_modalities({"t2f": 1.0}))
+    camera = framed_orbit(case.shape, case.spacing, occupied_box(volumes=case.images), -60.0, 25.0, width, height,
+                          fov_y_deg=35.0)
     frame = Frame.allocate(device, width, height)
     panels = []
-    for labels in volumes:
+    for title, labels in zip(TITLES, volumes):
         render_device(Scene.upload(device, case.spacing, volumes=case.images, labels=labels), camera, settings, frame)
-        panels.append(np.clip(frame.to_numpy()[0], 0, 1))
-    strip = stamp_label_legend((np.concatenate(panels, axis=1) * 255).astype(np.uint8), settings.lut.colours[1:],
-                               CLASS_NAMES[1:])
+        panels.append(stamp_title((np.clip(frame.to_numpy()[0], 0, 1) * 255).astype(np.uint8), title))
+    strip = stamp_label_legend(np.concatenate(panels, axis=1), settings.lut.colours[1:], CLASS_NAMES[1:])
     renders = args.out / "fig7_renders.png"
     with atomic_path(renders) as tmp:
         Image.fromarray(strip).save(tmp, format="PNG")

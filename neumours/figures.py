@@ -39,12 +39,16 @@ def label_overlay(label_slice: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     return rgba
 
 
+#: Height of the colour-key strip under a figure's panels, inches (fixed, so a tall figure gets no blank band).
+LEGEND_INCHES = 0.35
+
+
 def add_label_legend(fig) -> None:
-    """A colour key of the overlaid labels (NCR, ED, ET) under the figure's panels."""
+    """A colour key of the overlaid labels (NCR, ED, ET) right under the figure's panels."""
     handles = [Patch(facecolor=LABEL_COLOURS[k], edgecolor="none", label=CLASS_NAMES[k]) for k in sorted(LABEL_COLOURS)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9,
                bbox_to_anchor=(0.5, 0.0))
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
 
 
 def _window(image: np.ndarray) -> tuple[float, float]:
@@ -78,7 +82,11 @@ def montage_figure(cases, modalities: Sequence[str] = ("t1n", "t1c", "t2w", "t2f
     """
     cases = list(cases)
     rows = 2 * len(cases)
-    fig, axes = plt.subplots(rows, len(modalities), figsize=(2.4 * len(modalities), 2.4 * rows), squeeze=False)
+    # Each row as tall as its slices are (axial Y/X, coronal Z/X of a 2.4-inch column), so no row
+    # sits in a taller box with blank space above and below it.
+    heights = [s[axis] / s[0] for case in cases for s in [case.images.shape[1:]] for axis in (1, 2)]
+    fig, axes = plt.subplots(rows, len(modalities), squeeze=False, gridspec_kw={"height_ratios": heights},
+                             figsize=(2.4 * len(modalities), 2.4 * sum(heights) + 0.4 + LEGEND_INCHES))
     for c, case in enumerate(cases):
         centre = tumour_centre(case.label, case.images.shape[1:])
         labels = _planes(case.label, centre) if case.label is not None else None

@@ -99,3 +99,43 @@ def test_train_notes_that_the_paper_network_is_slow_on_the_cpu(cpu_device, capsy
     assert lines[0].startswith("neumours: note:") and "--preset tiny" in lines[0]
     warn_if_slow(preset("tiny"), cpu_device)
     assert capsys.readouterr() == ("", "")
+
+
+def test_version(capsys):
+    from neumours import __version__
+
+    assert rendered_help(["--version"], capsys).strip() == f"neumours {__version__}"
+
+
+@pytest.mark.parametrize("name", sorted(subcommands()))
+def test_every_help_ends_with_an_example_of_itself(name, capsys):
+    text = rendered_help([name, "--help"], capsys)
+    assert "Example" in text, f"`neumours {name} --help` has no example"
+    examples = text.split("Example", 1)[1].splitlines()[1:]
+    assert any(line.strip().startswith(f"neumours {name} ") for line in examples), examples
+    for line in examples:  # every example parses (the flags exist, the values have their types)
+        if line.strip().startswith(f"neumours {name} "):
+            args = line.split("#")[0].split()[1:]
+            assert build_parser().parse_args(args).command == name, line
+
+
+#: Commands that show a progress bar (or, for plot, a line) and so take --quiet.
+QUIET = ("synth", "inspect", "train", "plot", "segment", "evaluate", "render", "refine", "demo", "sweep",
+         "export-nnunet")
+
+
+@pytest.mark.parametrize("name", QUIET)
+def test_quiet_on_every_command_that_shows_progress(name):
+    parser = subcommands()[name]
+    assert any("--quiet" in a.option_strings for a in parser._actions), f"{name} has no --quiet"
+
+
+def test_view_takes_precision():
+    parser = subcommands()["view"]
+    (action,) = [a for a in parser._actions if "--precision" in a.option_strings]
+    assert list(action.choices) == ["auto", "fp32", "bf16"] and action.default == "auto"
+
+
+def test_the_tiny_preset_is_not_said_to_train_in_seconds(capsys):
+    flat = " ".join(rendered_help(["train", "--help"], capsys).split())
+    assert "in seconds" not in flat and "tiny:" in flat

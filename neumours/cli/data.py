@@ -100,8 +100,14 @@ def cmd_inspect(args) -> None:
     from neumours.data import list_cases, load_case
     from neumours.summary import case_summary, format_case_summary
 
-    for ref in list_cases(args.case):
-        print(format_case_summary(case_summary(load_case(ref, force_geometry=args.force_geometry))))
+    from tqdm import tqdm
+
+    refs = list_cases(args.case)
+    with tqdm(refs, desc="inspect", unit="case", disable=args.quiet or len(refs) < 2, leave=False) as bar:
+        for ref in bar:  # the bar on stderr, the summaries on stdout
+            summary = format_case_summary(case_summary(load_case(ref, force_geometry=args.force_geometry)))
+            bar.clear()
+            print(summary, flush=True)
 
 
 def add_parsers(sub) -> None:
@@ -109,7 +115,9 @@ def add_parsers(sub) -> None:
                     "Write N phantom cases in the BraTS 2023 layout (1 mm spacing): four modalities and a "
                     "label volume per case, plus synth.toml recording how they were made. Each case draws its "
                     "anatomy, lesions, sub-regions and acquisition from the ranges of --difficulty "
-                    "(docs/phantom.md).")
+                    "(docs/phantom.md).",
+                    examples=("neumours synth --out data --cases 8 --shape 64 64 48 --preview preview.png",
+                              "neumours synth --out post --cases 4 --kind post --seed 1000"))
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: new or empty, or a dataset to replace whole with --overwrite")
     p.add_argument("--cases", type=int_range(1, 100_000), default=4, help="number of cases")
@@ -139,8 +147,10 @@ def add_parsers(sub) -> None:
 
     p = add_command(sub, "inspect", "summarise a case (or every case under a folder)",
                     "Shapes, spacing, orientation, affine check, intensities and label volumes in mL per "
-                    "region (NCR, ED, ET, TC, WT).")
+                    "region (NCR, ED, ET, TC, WT).",
+                    examples=("neumours inspect data/Phantom-00000-000", "neumours inspect data --quiet"))
     p.add_argument("case", type=Path, help="a case folder, or a folder of cases (BraTS, MU-Glioma-Post or nnU-Net "
                                            "layout)")
     add_force_geometry_option(p)
+    add_quiet_option(p, "no progress bar over the cases of a folder")
     p.set_defaults(func=cmd_inspect)

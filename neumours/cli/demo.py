@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from neumours.cli.data import parse_shape, shape_edge
-from neumours.cli.options import add_command, add_device_option, int_range, positive_int, seed
+from neumours.cli.options import add_command, add_device_option, add_quiet_option, int_range, positive_int, seed
 from neumours.demo import CPU_PLAN, GPU_PLAN
 from neumours.errors import NeumoursError
 
@@ -22,7 +22,8 @@ def cmd_demo(args) -> None:
 
     check_output_folder(args.out, "output folder (--out)")
     result = run_demo(args.out, device=get_device(args.device), cases=args.cases,
-                      shape=parse_shape(args.shape) if args.shape else None, steps=args.steps, seed=args.seed)
+                      shape=parse_shape(args.shape) if args.shape else None, steps=args.steps, seed=args.seed,
+                      progress=not args.quiet)
     print(format_demo_report(result))
 
 
@@ -30,7 +31,8 @@ def add_parsers(sub) -> None:
     p = add_command(sub, "demo", "run the main job on the embedded phantom data",
                     "Synthesise phantom cases, train the INR (the tiny preset on the CPU, the paper's network "
                     "on a GPU), segment the validation cases raw and denoised, print the Table III analogue and "
-                    "write figures.")
+                    "write figures.",
+                    examples=("neumours demo", "neumours demo --device cpu --out demo --quiet"))
     p.add_argument("--out", type=Path, default=Path("neumours-demo"),
                    help="output folder (an earlier demo's results in it are replaced)")
     (cpu_cases, cpu_shape, _, cpu_steps), (gpu_cases, gpu_shape, _, gpu_steps) = CPU_PLAN, GPU_PLAN
@@ -42,4 +44,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--steps", type=positive_int, help=f"training steps (default: CPU {cpu_steps}, GPU {gpu_steps})")
     p.add_argument("--seed", type=seed, default=0, help="seed of the phantoms, the split and the training")
     add_device_option(p)
+    add_quiet_option(p)
     p.set_defaults(func=cmd_demo)

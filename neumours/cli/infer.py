@@ -38,8 +38,6 @@ def cmd_segment(args) -> None:
         if args.timings:
             print(format_timings(result))
 
-    from neumours.errors import NeumoursError
-
     tta = parse_tta(args.tta)
     check_outputs(args.out, args.probs)  # before the device is set up
     written = segment_paths(args.case, args.checkpoint, args.out, denoise=args.denoise, probs=args.probs,
@@ -77,7 +75,10 @@ def cmd_evaluate(args) -> None:
 def add_parsers(sub) -> None:
     p = add_command(sub, "segment", "segment a case (or every case under a folder) with a trained INR",
                     "Evaluate the INR over the whole volume on the device (volume caching), arg-max to labels "
-                    "0-3 (background, NCR, ED, ET) and write a NIfTI with the input's affine and header.")
+                    "0-3 (background, NCR, ED, ET) and write a NIfTI with the input's affine and header.",
+                    examples=("neumours segment data/Phantom-00000-000 --checkpoint run/best.safetensors "
+                              "--out seg.nii.gz --denoise",
+                              "neumours segment data --checkpoint run/best.safetensors --out segs/"))
     p.add_argument("case", type=Path, help="a case folder or modality file, or a folder of cases")
     p.add_argument("--checkpoint", type=Path, required=True, help="INR checkpoint (.safetensors)")
     p.add_argument("--out", type=Path, required=True,
@@ -112,7 +113,9 @@ def add_parsers(sub) -> None:
         "With --out, writes per_case.csv and summary.md there: standard Dice/HD95 and the BraTS 2023 "
         "lesion-wise Dice/HD95 with lesion counts (docs/evaluation.md).",
         usage="neumours evaluate (--pred DIR --gt DIR | --checkpoint CKPT --data DIR [--split val|all] [--seed S])"
-              " [--out REPORT] [--force-geometry] [--keep-going] [--device KIND] [--precision P] [--quiet]")
+              " [--out REPORT] [--force-geometry] [--keep-going] [--device KIND] [--precision P] [--quiet]",
+        examples=("neumours evaluate --checkpoint run/best.safetensors --data data --out report",
+                  "neumours evaluate --pred segs --gt data --out report"))
     p.add_argument("--pred", type=Path, help="mode 1: folder of predictions, <case id>.nii.gz")
     p.add_argument("--gt", type=Path, help="mode 1: dataset folder (or folder of label files) with the ground truth")
     p.add_argument("--checkpoint", type=Path, help="mode 2: INR checkpoint to segment with")

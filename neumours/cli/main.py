@@ -28,13 +28,17 @@ def error_line(exc: BaseException) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import neumours
     from neumours.cli import data, demo, infer, nnunet, refine, render, sweep, train, view
 
     parser = Parser(
         prog="neumours", formatter_class=HelpFormatter,
         description="Implicit neural tumour representations in a differentiable Slang renderer.",
         epilog="Run `neumours COMMAND --help` for a command's options. Bad input gives one line "
-               "`neumours: error: ...` and exit status 2.")
+               "`neumours: error: ...` and exit status 2.\n\nExample:\n  neumours demo --device cpu   "
+               "# phantoms, training, evaluation and figures in a few minutes on a CPU")
+    parser.add_argument("--version", action="version", version=f"neumours {neumours.__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (data, train, infer, render, refine, demo, nnunet, sweep, view):
         group.add_parsers(sub)

@@ -24,7 +24,8 @@ def add_parsers(sub) -> None:
         "Write OUT/Dataset<NNN>_<NAME>/ with imagesTr/<case>_0000..0003.nii.gz (t1n, t1c, t2w, t2f), "
         "labelsTr/<case>.nii.gz (0 background, 1 NCR, 2 ED, 3 ET), dataset.json and splits_final.json "
         "(fold 0 = the validation split INR training uses). OUT must be new or empty; nothing partial is "
-        "left on failure. Set nnUNet_raw=OUT to train on it.")
+        "left on failure. Set nnUNet_raw=OUT to train on it.",
+        examples=("neumours export-nnunet data nnUNet_raw --dataset-id 501",))
     p.add_argument("data", type=Path, help="dataset folder (BraTS, MU-Glioma-Post or nnU-Net layout, or neumours synth)")
     p.add_argument("out", type=Path, help="new (or empty) folder to become nnUNet_raw")
     p.add_argument("--dataset-id", type=int_range(1, 999, allowed="an integer 1..999 (nnU-Net's three digits)"),

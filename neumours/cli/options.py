@@ -107,8 +107,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def add_command(subparsers, name: str, help: str, description: str, epilog: str | None = None,
-                usage: str | None = None) -> argparse.ArgumentParser:
-    """A subcommand parser with the shared formatter."""
+                usage: str | None = None, examples: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """A subcommand parser with the shared formatter; ``examples`` (command lines) end its help."""
+    if examples:
+        block = "Examples:\n" + "\n".join(f"  {line}" for line in examples)
+        epilog = f"{epilog}\n\n{block}" if epilog else block
     return subparsers.add_parser(name, help=help, description=description, epilog=epilog, usage=usage,
                                  formatter_class=HelpFormatter)  # a Parser, like its parent
 
@@ -125,8 +128,8 @@ def add_precision_option(parser: argparse.ArgumentParser) -> None:
                              "(bf16 on CUDA, fp32 elsewhere)")
 
 
-def add_quiet_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+def add_quiet_option(parser: argparse.ArgumentParser, help: str = "no progress bar") -> None:
+    parser.add_argument("--quiet", action="store_true", help=help)
 
 
 def add_force_geometry_option(parser: argparse.ArgumentParser) -> None:

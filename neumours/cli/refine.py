@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
+from neumours import strict_json
 from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option,
-                                  add_precision_option, finite_float, int_range)
+                                  add_precision_option, add_quiet_option, finite_float, int_range)
 from neumours.cli.render import image_size
 from neumours.errors import NeumoursError
 
@@ -29,12 +29,20 @@ Targets, one of:
 Writes the refined checkpoint and, beside it, a .json report: loss and seconds
 per step and, when the case has labels, Dice per region before and after. The
 two are written together (both or neither); the report holds the checkpoint's
-SHA-256, so a report can always be matched to its checkpoint."""
+SHA-256, so a report can always be matched to its checkpoint. The report is
+strict JSON: an infinite HD95 (exactly one side empty) is the string "inf"."""
 
 EPILOG = """\
 Gradient paths (--path): cache renders the cached class-probability volume
 (cost set by the voxels, whatever the views); direct evaluates the INR at the
-ray samples (cost set by pixels x samples per ray: small or masked views)."""
+ray samples (cost set by pixels x samples per ray: small or masked views).
+On the CPU device a step at --size 256x256 on a 96x96x64 case takes minutes:
+use small views (e.g. --views 2 --size 64x64 --steps 3) there."""
+
+EXAMPLES = ("neumours refine data/Phantom-00000-000 --checkpoint run/best.safetensors --from-labels corrected.nii.gz "
+            "--out refined.safetensors",
+            "neumours refine data/Phantom-00000-000 --checkpoint run/best.safetensors --from-labels corrected.nii.gz "
+            "--views 2 --size 64x64 --steps 3 --out refined.safetensors   # CPU-sized")
 
 
 def report_path(checkpoint: str | Path) -> Path:
@@ -140,6 +148,46 @@ def _load_targets(path: Path, shape, spacing):
     return cameras, list(images), None if weights is None else list(weights), from_masks
 
 
+def _timed_cache(inr, vols):
+    """The INR cached over the case and the seconds that took (its kernels compiled first, untimed)."""
+    import time
+
+    from neumours.infer.cache import VolumeCache
+
+    VolumeCache(inr, vols, grid_shape=(2, 2, 2))
+    start = time.perf_counter()
+    cache = VolumeCache(inr, vols)
+    cache.labels()
+    return time.perf_counter() - start, cache
+
+
+def _announce(args, device, forward_s: float, case, cameras, settings) -> None:
+    """Before the first step: one line on stderr when the refinement will take more than a few minutes."""
+    import sys
+
+    import slangpy as spy
+
+    from neumours.refine.estimate import refine_step_seconds
+    from neumours.render.box import volume_box
+    from neumours.estimates import long_work_note
+
+    if args.quiet:
+        return
+    step_s = refine_step_seconds(args.path, forward_s, int(np.prod(case.shape)), cameras,
+                                 volume_box(case.shape, case.spacing), settings.step)
+    cpu = device.info.type == spy.DeviceType.cpu
+    small = (args.path == "direct" and len(cameras) <= 2 and args.steps <= 2
+             and all(c.width * c.height <= 32 * 32 for c in cameras))
+    suggestion = "fewer --steps or --views, or a smaller --size, shorten it"
+    if cpu and not small:
+        suggestion = "for a CPU-sized run: --views 2 --size 32x32 --steps 2 --path direct"
+    line = long_work_note(f"refinement ({args.steps} steps, {len(cameras)} views, path {args.path})",
+                          step_s * args.steps, f"about {step_s:.0f} s a step, scaled from a measured "
+                          f"{forward_s:.1f} s pass of the INR over the case", suggestion)
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
+
+
 def refine_command(args) -> None:
     from neumours.data import list_cases, load_case, normalise
     from neumours.data.nifti import read_label_volume
@@ -199,10 +247,12 @@ def refine_command(args) -> None:
                         weight=args.anchor_weight)
 
     truth = corrected if corrected is not None else case.label
-    before = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
+    forward_s, cache = _timed_cache(inr, vols)
+    _announce(args, device, forward_s, case, cameras, settings)
+    before = region_scores(cache.labels(), truth, case.spacing) if truth is not None else None
     try:
         rows = refine(inr, vols, case.spacing, cameras, settings, targets, steps=args.steps, lr=args.lr,
-                      anchor=anchor, weights=weights, path=args.path, progress=True)
+                      anchor=anchor, weights=weights, path=args.path, progress=not args.quiet)
     except ValueError as exc:  # e.g. more ray samples than path (b)'s buffers hold
         raise NeumoursError(f"{args.case}: cannot refine ({exc})") from None
     after = region_scores(VolumeCache(inr, vols).labels(), truth, case.spacing) if truth is not None else None
@@ -214,7 +264,7 @@ def refine_command(args) -> None:
               "dice_after": after}
     from neumours.atomic import atomic_write_files
 
-    atomic_write_files({args.out: weights, report_path(args.out): (json.dumps(report, indent=2, default=float)
+    atomic_write_files({args.out: weights, report_path(args.out): (strict_json.dumps(report, indent=2)
                                                                    + "\n").encode("utf-8")})
     print(f"refined {args.checkpoint} on {case.case_id} from {len(cameras)} views in {args.steps} steps: "
           f"image loss {rows[0]['image_loss']:.4g} -> {rows[-1]['image_loss']:.4g}; wrote {args.out}")
@@ -223,7 +273,7 @@ def refine_command(args) -> None:
 def add_parsers(sub) -> None:
     p = add_command(sub, "refine", "correct a trained INR from rendered views of one case", DESCRIPTION, EPILOG,
                     usage="neumours refine CASE --checkpoint CKPT (--from-labels SEG | --targets DIR) --out CKPT2 "
-                          "[options]")
+                          "[options]", examples=EXAMPLES)
     p.add_argument("case", type=Path, help="the case to refine on (a case folder, any layout)")
     p.add_argument("--checkpoint", type=Path, required=True, help="INR checkpoint to start from (.safetensors)")
     p.add_argument("--targets", type=Path,
@@ -247,4 +297,5 @@ def add_parsers(sub) -> None:
     add_force_geometry_option(p)
     add_device_option(p)
     add_precision_option(p)
+    add_quiet_option(p)
     p.set_defaults(func=refine_command)

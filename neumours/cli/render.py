@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from neumours.cli.options import (add_command, add_device_option, add_force_geometry_option,
-                                  add_precision_option, finite_float, int_range)
+                                  add_precision_option, add_quiet_option, finite_float, int_range)
 from neumours.errors import NeumoursError
 
 _MAX_SIZE = 16384
@@ -144,10 +144,13 @@ def render_command(args) -> None:
 
     from neumours.data import load_case
     from neumours.device import get_device, upload
-    from neumours.render import (Frame, RenderSettings, Scene, auto_windows, fit_distance, orbit, render_device,
-                                 volume_box)
+    from neumours.render import Frame, RenderSettings, Scene, auto_windows, orbit, render_device
+    from neumours.render.framing import framed_orbit
+    from neumours.render.skipping import occupied_box
+    from neumours.render.transfer import labels_visible
     from neumours.conventions import CLASS_NAMES
     from neumours.render.io import stamp_label_legend, to_uint8, write_animation, write_image
+    from tqdm import tqdm
 
     case = load_case(args.case, force_geometry=args.force_geometry)
     labels = _labels(args, case)
@@ -173,12 +176,17 @@ def render_command(args) -> None:
         else:  # the cache's labels stay on the device, where the INR wrote them
             scene.labels = segmenter.cache(case.images).labels_buffer
     frame = Frame.allocate(device, width, height)
-    distance = args.distance or fit_distance(volume_box(case.shape, case.spacing), args.fov, width / height)
+    if scene.label_mode != 0:  # a thinner brain, so the labels inside it show
+        settings = labels_visible(settings)
+    brain = occupied_box(volumes=case.images)
     count = args.turntable or 1
     images = []
-    for k in range(count):
-        camera = orbit(args.azimuth + 360.0 * k / count, args.elevation, distance, fov_y_deg=args.fov,
-                       width=width, height=height)
+    for k in tqdm(range(count), desc="render", unit="frame", disable=args.quiet or count < 2, leave=False):
+        azimuth = args.azimuth + 360.0 * k / count
+        if args.distance is None:  # framed on the brain: it fills the frame from every angle
+            camera = framed_orbit(case.shape, case.spacing, brain, azimuth, args.elevation, width, height, args.fov)
+        else:
+            camera = orbit(azimuth, args.elevation, args.distance, fov_y_deg=args.fov, width=width, height=height)
         render_device(scene, camera, settings, frame)
         image = to_uint8(frame.to_numpy()[0])
         if scene.label_mode != 0 and not args.no_legend:  # a key to the label colours (tumour classes)
@@ -196,7 +204,9 @@ def add_parsers(sub) -> None:
     p = add_command(sub, "render", "render a case (and a segmentation) with the differentiable raymarcher",
                     "Ray-march the four MRI modalities of a case, optionally with a segmentation, to a PNG "
                     "(or a GIF/MP4 turntable with --turntable N). MRI windows come from each modality's intensity "
-                    "percentiles. At most one of --seg, --probs, --ground-truth and --checkpoint.")
+                    "percentiles. At most one of --seg, --probs, --ground-truth and --checkpoint.",
+                    examples=("neumours render data/Phantom-00000-000 --seg seg.nii.gz --out view.png --size 1280x720",
+                              "neumours render data/Phantom-00000-000 --ground-truth --turntable 36 --out spin.gif"))
     p.add_argument("case", type=Path, help="a case folder (BraTS, MU-Glioma-Post or nnU-Net layout)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--seg", type=Path, help="label NIfTI (0..3, or legacy 4) to overlay")
@@ -210,7 +220,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--elevation", type=finite_float(-90, 90), default=20.0,
                    help="camera angle above the xy plane, degrees")
     p.add_argument("--distance", type=finite_float(gt=0, max=1e6), default=None,
-                   help="orbit distance in box units (default: fit the box)")
+                   help="orbit distance in box units, about the box's centre (default: framed on the brain, which "
+                        "then fills the frame)")
     p.add_argument("--fov", type=finite_float(gt=0, lt=180), default=30.0, help="vertical field of view, degrees")
     p.add_argument("--modalities", default=None,
                    help="enabled modalities and weights, e.g. t2f=1,t1c=0.5 (default: all four at 0.25)")
@@ -225,4 +236,5 @@ def add_parsers(sub) -> None:
     add_force_geometry_option(p)
     add_device_option(p)
     add_precision_option(p)
+    add_quiet_option(p, "no progress bar over the frames of a turntable")
     p.set_defaults(func=render_command)

@@ -123,7 +123,10 @@ def add_parsers(sub) -> None:
         epilog="Trials get --cpus-per-trial CPU cores and 1/--trials-per-gpu of a GPU each; Ray places them on "
                "every GPU it is given (all that CUDA_VISIBLE_DEVICES shows, or --gpus of them). Stopped "
                "half-way (Ctrl-C, kill), `neumours sweep --resume SWEEP` continues without redoing finished "
-               "trials. docs/sweep.md has the details and multi-GPU / cluster use.")
+               "trials. docs/sweep.md has the details and multi-GPU / cluster use.",
+        examples=("neumours sweep --data phantoms --space space.toml --folds 2 --out sweep1 --preset tiny "
+                  "--steps 100 --cpus 2",
+                  "neumours sweep --resume sweep1"))
     p.add_argument("--data", type=Path, help="dataset folder (BraTS, MU-Glioma-Post or nnU-Net layout), labelled")
     p.add_argument("--space", type=Path, metavar="SPACE.toml", help="search space (see above)")
     p.add_argument("--folds", type=int_range(2, 1000), default=_DEFAULTS["folds"], metavar="K",
@@ -131,7 +134,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", type=Path, metavar="SWEEP", help="sweep folder to create (empty or new)")
     p.add_argument("--resume", type=Path, metavar="SWEEP", help="continue the sweep in SWEEP with its own settings")
     p.add_argument("--preset", choices=["paper", "tiny"], default=_DEFAULTS["preset"],
-                   help="base configuration: paper (Table I) or tiny (trains in seconds on the CPU)")
+                   help="base configuration: paper (Table I, a GPU network) or tiny (a small network for the CPU device: "
+                        "a few minutes for 150 steps of small phantoms)")
     p.add_argument("--config", type=Path, help="TOML file overriding the preset (as for train)")
     p.add_argument("--optimizer", choices=["adamw", "muon"], help="override [optimizer] name")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],

@@ -1,7 +1,7 @@
 """The ``neumours view`` command: an interactive browser viewer with live INR corrections.
 
     neumours view CASE_OR_DATASET --checkpoint CKPT [--out DIR] [--port P] [--host 127.0.0.1]
-                  [--device KIND] [--no-browser]
+                  [--device KIND] [--precision P] [--no-browser]
 
 Prints one line with the URL (``http://127.0.0.1:P/?token=...``) and serves until
 interrupted. Everything is checked before the server starts (cases, checkpoint,
@@ -15,7 +15,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from neumours.cli.options import add_command, add_device_option, finite_float, int_range
+from neumours.cli.options import add_command, add_device_option, add_precision_option, finite_float, int_range
 from neumours.errors import NeumoursError
 
 INSTALL_HINT = "neumours view needs aiohttp and Pillow: pip install 'neumours[view]'"
@@ -38,8 +38,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def start_viewer(source, checkpoint, out=None, device: str = "auto"):
+def start_viewer(source, checkpoint, out=None, device: str = "auto", precision: str = "auto"):
     """The cases, a started :class:`~neumours.viewer.worker.DeviceWorker` with the first case open, and the refs.
+
+    ``precision``: the INR kernels' precision ("auto", "fp32" or "bf16"), as ``segment --precision``.
 
     Raises:
         NeumoursError: no cases, a bad checkpoint, an output folder that holds inputs
@@ -57,7 +59,15 @@ def start_viewer(source, checkpoint, out=None, device: str = "auto"):
         check_outputs([Output(Path(out), "--out", folder=True)], [*case_files(refs), ("--checkpoint", checkpoint)])
 
     def make_session() -> ViewerSession:
-        return ViewerSession(refs, checkpoint, get_device(device), out)
+        session = ViewerSession(refs, checkpoint, get_device(device), out)
+        if precision != "auto":  # the session's INR at the asked precision (bf16 off CUDA: one error line)
+            from neumours.infer.segment import Segmenter
+            from neumours.viewer.session import CACHE_CHUNK_POINTS
+
+            session.segmenter = Segmenter(checkpoint, session.device, chunk_points=CACHE_CHUNK_POINTS,
+                                          precision=precision)
+            session.inr = session.segmenter.inr
+        return session
 
     worker = DeviceWorker(make_session)
     try:
@@ -83,7 +93,7 @@ def view_command(args) -> None:
 
     from neumours.viewer.server import create_app
 
-    worker = start_viewer(args.source, args.checkpoint, args.out, args.device)
+    worker = start_viewer(args.source, args.checkpoint, args.out, args.device, args.precision)
     token = secrets.token_urlsafe(24)
     app = create_app(worker, token, max_upload=int(args.max_upload_mb * 1024 * 1024))
     if not _is_loopback(args.host):
@@ -129,7 +139,9 @@ def add_parsers(sub) -> None:
                     "segmented by an INR checkpoint: NiiVue slice views with the segmentation overlay, the Slang "
                     "raymarcher's 3-D view streamed from the device, and corrections (slice paint, 3-D strokes) "
                     "that refine the INR's weights and update both views. Prints the URL with its access token.",
-                    epilog=f"Needs the view extra: {INSTALL_HINT.split(': ', 1)[1]}")
+                    epilog=f"Needs the view extra: {INSTALL_HINT.split(': ', 1)[1]}",
+                    examples=("neumours view data --checkpoint run/best.safetensors --out refined/",
+                              "neumours view data --checkpoint run/best.safetensors --precision fp32 --no-browser"))
     p.add_argument("source", type=Path, help="a case folder or a dataset folder of cases (any supported layout)")
     p.add_argument("--checkpoint", type=Path, required=True, help="INR checkpoint (.safetensors)")
     p.add_argument("--out", type=Path, default=None,
@@ -140,4 +152,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-upload-mb", type=finite_float(gt=0, max=4096), default=32.0,
                    help="largest correction message from the page, MiB")
     add_device_option(p)
+    add_precision_option(p)
     p.set_defaults(func=view_command)

@@ -22,7 +22,6 @@ the validation cases INR training holds out); with ``folds`` > 1, the folds of
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from neumours import strict_json
 from neumours.conventions import CLASS_NAMES, MODALITIES
 from neumours.data.case import load_case, save_label
 from neumours.atomic import make_folder, remove_stale_temporaries, temporary_name
@@ -130,8 +130,8 @@ def export_nnunet(data: str | os.PathLike, out: str | os.PathLike, dataset_id: i
             case = load_case(ref)
             _write_images(case, root / "imagesTr")
             save_label(case.label, root / "labelsTr" / f"{case.case_id}{FILE_ENDING}", like=case)
-        (root / "dataset.json").write_text(json.dumps(dataset_json(len(refs), regions), indent=2) + "\n")
-        (root / "splits_final.json").write_text(json.dumps(fold_list, indent=2) + "\n")
+        (root / "dataset.json").write_text(strict_json.dumps(dataset_json(len(refs), regions), indent=2) + "\n")
+        (root / "splits_final.json").write_text(strict_json.dumps(fold_list, indent=2) + "\n")
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

@@ -250,6 +250,15 @@ def _variants(metric: RegionMetric) -> list[str]:
     return seen
 
 
+def _mean_sd(aggregate: dict, fmt: str) -> str:
+    """``mean ± sd`` of an aggregate; the mean alone from one value (no spread to state), ``—`` from none."""
+    if aggregate["n"] == 0:
+        return "—"
+    if aggregate["n"] == 1:
+        return fmt.format(aggregate["mean"])
+    return f"{fmt.format(aggregate['mean'])} ± {fmt.format(aggregate['sd'])}"
+
+
 def summary_markdown(metric: RegionMetric, source: str = "") -> str:
     """A Table III-style summary: Dice mean ± sd per region and variant, then HD95 (mm)."""
     variants = _variants(metric)
@@ -259,11 +268,12 @@ def summary_markdown(metric: RegionMetric, source: str = "") -> str:
     lines = ["# Segmentation results", ""]
     if source:
         lines += [source, ""]
-    lines += [f"n = {cases} case(s). Dice and HD95 mean ± sample sd over cases.", "",
+    spread = ("Dice and HD95 mean ± sample sd over cases." if cases > 1 else
+              "One case: its values, with no standard deviation to state.")
+    lines += [f"n = {cases} case(s). {spread}", "",
               "## Dice", "", "| Region | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
     for region in metric.regions:
-        cells = [f"{aggregates[v]['dice_' + region]['mean']:.3f} ± {aggregates[v]['dice_' + region]['sd']:.3f}"
-                 for v in variants]
+        cells = [_mean_sd(aggregates[v]["dice_" + region], "{:.3f}") for v in variants]
         lines.append(f"| {REGION_TITLES.get(region, region)} | " + " | ".join(cells) + " |")
     lines += ["", "## HD95 (mm)", "", "| Region | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
     excluded_any = False
@@ -271,20 +281,19 @@ def summary_markdown(metric: RegionMetric, source: str = "") -> str:
         cells = []
         for v in variants:
             a = aggregates[v]["hd95_" + region]
-            cell = "—" if a["n"] == 0 else f"{a['mean']:.2f} ± {a['sd']:.2f}"
+            cell = _mean_sd(a, "{:.2f}")
             if a["excluded"]:
                 excluded_any = True
                 cell += f" ({a['excluded']} excl.)"
             cells.append(cell)
         lines.append(f"| {REGION_TITLES.get(region, region)} | " + " | ".join(cells) + " |")
     if metric.lesion_wise:
-        for kind, title, fmt in (("lw_dice", "Lesion-wise Dice (BraTS 2023)", "{:.3f} ± {:.3f}"),
-                                 ("lw_hd95", "Lesion-wise HD95 (mm, BraTS 2023)", "{:.2f} ± {:.2f}")):
+        for kind, title, fmt in (("lw_dice", "Lesion-wise Dice (BraTS 2023)", "{:.3f}"),
+                                 ("lw_hd95", "Lesion-wise HD95 (mm, BraTS 2023)", "{:.2f}")):
             lines += ["", f"## {title}", "", "| Region | " + " | ".join(titles) + " | lesions found / missed / "
                       "false |", "|---" * (len(titles) + 2) + "|"]
             for region in metric.regions:
-                cells = [fmt.format(aggregates[v][f"{kind}_{region}"]["mean"], aggregates[v][f"{kind}_{region}"]["sd"])
-                         for v in variants]
+                cells = [_mean_sd(aggregates[v][f"{kind}_{region}"], fmt) for v in variants]
                 counts = " · ".join("/".join(str(sum(r[f"lw_{c}_{region}"] for r in metric.rows if r["variant"] == v))
                                              for c in ("tp", "fn", "fp")) for v in variants)
                 lines.append(f"| {REGION_TITLES.get(region, region)} | " + " | ".join(cells) + f" | {counts} |")

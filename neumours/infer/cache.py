@@ -125,6 +125,27 @@ def super_resolution_affine(affine: np.ndarray, shape: Sequence[int], grid: Sequ
     return out
 
 
+def forward_cost(inr: INR, volumes: CaseVolumes | None = None, case_index: int = 0, small: int = 8,
+                 large: int = 16) -> tuple[float, float]:
+    """Measured cost of caching on this device: (seconds per voxel, seconds per pass).
+
+    The INR is cached over a ``small``^3 and a ``large``^3 grid (of ``volumes``'
+    case, or of a zero volume: the cost does not depend on the values) after an
+    untimed pass that compiles the kernels; the slope is the cost of a voxel, the
+    rest that of a pass (dispatches, buffers). For time estimates before long work.
+    """
+    if volumes is None:
+        volumes = CaseVolumes.upload(inr.device, [np.zeros((inr.config.num_modalities, large, large, large),
+                                                           np.float32)])
+    times = []
+    for size in (2, small, large):
+        start = time.perf_counter()
+        VolumeCache(inr, volumes, case_index=case_index, grid_shape=(size,) * 3).labels()
+        times.append(time.perf_counter() - start)
+    per_voxel = max(times[2] - times[1], 0.0) / (large**3 - small**3)
+    return per_voxel, max(times[1] - per_voxel * small**3, 0.0)
+
+
 def download_labels(device: spy.Device, labels: spy.Buffer, shape: Sequence[int],
                     scratch: ScratchBuffers | None = None) -> np.ndarray:
     """(X, Y, Z) uint8 copy of a uint32 label buffer (values < 256), packed four to a word on the

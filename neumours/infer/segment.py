@@ -43,8 +43,8 @@ from neumours.device import ScratchBuffers, upload
 from neumours.device.memory import device_available_bytes, host_available_bytes
 from neumours.errors import CasesFailedError, NeumoursDataError, NeumoursError
 from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, NonFiniteLogitsError, StageTimer, VolumeCache,
-                                  download_labels, grid_problem, largest_scale, super_resolution_affine,
-                                  super_resolution_shape)
+                                  download_labels, forward_cost, grid_problem, largest_scale,
+                                  super_resolution_affine, super_resolution_shape)
 from neumours.outputs import Output, check_output_file, check_output_folder
 from neumours.outputs import check_outputs as check_safe_outputs
 from neumours.infer.denoise import DenoiseParams, denoise as denoise_labels
@@ -426,6 +426,30 @@ def _grid_shape(ref, force_geometry: bool) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+def announce_segmentation(segmenter: Segmenter, shapes, scale: float = 1) -> str | None:
+    """Before the first case: one line on stderr when caching these cases will take more than a few minutes
+    on the segmenter's device, from the INR timed on small grids (:func:`~neumours.infer.cache.forward_cost`)."""
+    import sys
+
+    from neumours.estimates import long_work_note
+    from neumours.model.config import INRConfig
+
+    per_voxel, per_pass = forward_cost(segmenter.inr)
+    voxels = sum(math.prod(super_resolution_shape(s, scale)) for s in shapes)
+    seconds = per_voxel * voxels + per_pass * len(shapes)
+    cpu = segmenter.device.info.type == spy.DeviceType.cpu
+    suggestion = None
+    if cpu and segmenter.config.architecture() == INRConfig.paper():
+        suggestion = "the paper network is a GPU network: on a CPU a --preset tiny checkpoint is far faster"
+    elif cpu:
+        suggestion = "a CUDA device (--device cuda) takes seconds"
+    line = long_work_note(f"segmenting {len(shapes)} case{'s' if len(shapes) != 1 else ''} ({voxels:,} voxels)",
+                          seconds, f"measured {per_voxel * 1e6:.0f} us a voxel", suggestion)
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
+    return line
+
+
 def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.PathLike,
                   denoise: bool = False, probs: str | os.PathLike | None = None, scale: float = 1,
                   timings: bool = False, device: spy.Device | None = None, progress: bool = True,
@@ -492,6 +516,8 @@ def segment_paths(source: str | os.PathLike, checkpoint: str | os.PathLike, out:
         check_scale(_grid_shape(largest, force_geometry), scale, segmenter.config.num_classes,
                     probs_path is not None or on_host,
                     segmenter.device, what=f"case {largest.case_id}" if len(refs) > 1 else "")
+    if progress and refs:
+        announce_segmentation(segmenter, [_grid_shape(r, force_geometry) for r in refs], scale)
     from tqdm import tqdm
 
     written = []

@@ -20,6 +20,7 @@ import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
 
+from neumours import strict_json
 from neumours.atomic import atomic_write_bytes
 from neumours.conventions import CLASS_NAMES, MODALITIES, NUM_CLASSES, NUM_MODALITIES
 from neumours.errors import NeumoursError
@@ -52,7 +53,7 @@ def checkpoint_bytes(state: Mapping[str, Any], config: INRConfig, metadata: Mapp
     for name, value in views.items():
         if not np.all(np.isfinite(value)):
             raise NeumoursError(f"{path}: refusing to save a checkpoint whose tensor {name} holds NaN or Inf")
-    meta = {"format": CHECKPOINT_FORMAT, "config": json.dumps(config.architecture().to_dict(), sort_keys=True)}
+    meta = {"format": CHECKPOINT_FORMAT, "config": strict_json.dumps(config.architecture().to_dict(), sort_keys=True)}
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError(f"checkpoint metadata must map str to str, got {key!r}: {value!r}")

@@ -62,6 +62,25 @@ def stamp_label_legend(image: np.ndarray, colours, names) -> np.ndarray:
     return np.asarray(pil)
 
 
+def stamp_title(image: np.ndarray, text: str) -> np.ndarray:
+    """A copy of ``image`` (H, W, 3) uint8 with ``text`` centred in white along its top edge (the panel's
+    column title; the image keeps its size). Images under :data:`MIN_LEGEND_HEIGHT` pixels are returned unchanged."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = np.asarray(image, np.uint8)
+    height, width = image.shape[:2]
+    if height < MIN_LEGEND_HEIGHT:
+        return image.copy()
+    size = max(12, height // 25)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size default font
+        font = ImageFont.load_default()
+    pil = Image.fromarray(image)
+    ImageDraw.Draw(pil).text((width // 2, size // 2), text, fill=(255, 255, 255), font=font, anchor="mt")
+    return np.asarray(pil)
+
+
 def mp4_available() -> bool:
     """Whether ``imageio`` and ``imageio-ffmpeg`` are installed (needed for .mp4)."""
     return all(importlib.util.find_spec(name) is not None for name in ("imageio", "imageio_ffmpeg"))

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from neumours.figures import save_figure  # noqa: E402
+from neumours.figures import LEGEND_INCHES, save_figure  # noqa: E402
 from neumours.sweep.results import TrialRecord  # noqa: E402
 from neumours.sweep.settings import Sweep  # noqa: E402
 from neumours.sweep.space import Dimension, flat_values  # noqa: E402
@@ -57,7 +57,8 @@ def plot_sweep(sweep: Sweep, records: list[TrialRecord], out: str | Path | None 
     if not scored:
         return None
     dims = sweep.space.dimensions
-    fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.8 + LEGEND_INCHES), squeeze=False,
+                             sharey=True)
     for ax, dim in zip(axes[0], dims):
         xs = [flat_values(r.config, sweep.space)[dim.name] for r in scored]
         positions, categories = _positions(dim, xs)
@@ -81,7 +82,11 @@ def plot_sweep(sweep: Sweep, records: list[TrialRecord], out: str | Path | None 
         ax.set_xlabel(dim.name)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation Dice")
-    axes[0][0].legend(fontsize=7, loc="best")
+    # The key sits under the panels, where it can cover no point or error bar.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(f"{sweep.out.name}: {len(scored)} trials × {len(sweep.folds)} folds "
                  "(hollow: stopped early or unfinished)", fontsize=10)
-    return save_figure(fig, out or sweep.out / FIGURE)
+    fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
+    return save_figure(fig, out or sweep.out / FIGURE, layout=False)

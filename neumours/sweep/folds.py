@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from neumours import strict_json
 from neumours.atomic import atomic_write_text
 from neumours.data import CaseRef, kfold, list_cases
 from neumours.errors import NeumoursDataError, NeumoursError
@@ -32,7 +33,7 @@ def make_folds(data: str | Path, k: int, seed: int) -> list[Fold]:
 def save_folds(folds: list[Fold], path: str | Path) -> None:
     """``folds.json``: ``[{"fold": 0, "train": [...], "val": [...]}, ...]``."""
     records = [{"fold": i, "train": train, "val": val} for i, (train, val) in enumerate(folds)]
-    atomic_write_text(path, json.dumps(records, indent=1) + "\n")
+    atomic_write_text(path, strict_json.dumps(records, indent=1) + "\n")
 
 
 def load_folds(path: str | Path) -> list[Fold]:

@@ -17,15 +17,15 @@ read from :func:`configure` of the process that runs the sweep.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from ray import tune
 from tqdm import tqdm
 
+from neumours import strict_json
 from neumours.atomic import atomic_write_text
-from neumours.sweep.results import STATUS, read_trial
+from neumours.sweep.results import STATUS, r_score, read_trial
 from neumours.sweep.trainable import TRIAL_ERROR, TRIAL_RESULT, trial_dir
 
 _OUTPUT: dict = {"quiet": False, "ended": set()}
@@ -99,7 +99,7 @@ class SweepProgress(tune.Callback):
     def _ended(self, trial, status: str, error: str = "") -> None:
         folder = trial_dir(self.out, trial.trial_id)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / STATUS, json.dumps({"trial_id": trial.trial_id, "status": status,
+        atomic_write_text(folder / STATUS, strict_json.dumps({"trial_id": trial.trial_id, "status": status,
                                                        "config": trial.config, "error": error}, indent=1) + "\n")
         self._steps.pop(trial.trial_id, None)
         record = read_trial(folder, self.k)
@@ -113,8 +113,7 @@ class SweepProgress(tune.Callback):
         if status == "failed":
             self._say(f"failed    {self._describe(trial)}: {error}")
         else:
-            score = (f"Dice {record.scores['val_dice_mean']:.4f} ± {record.scores['val_dice_sd']:.4f} "
-                     f"at step {record.step}") if record.scores else "no validation yet"
+            score = f"Dice {r_score(record)} at step {record.step}" if record.scores else "no validation yet"
             self._say(f"{record.status:9s} {self._describe(trial)}: {score}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):

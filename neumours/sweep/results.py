@@ -198,7 +198,11 @@ def write_summary(sweep: Sweep, records: list[TrialRecord]) -> tuple[Path, Trial
 
 
 def r_score(record: TrialRecord) -> str:
-    """``0.6123 ± 0.0210``, or ``–`` without a score."""
+    """``0.6123 ± 0.0210 (3 folds)``; ``0.6123 (1 fold)`` where one fold leaves no spread to state; ``–``
+    without a score."""
     if not record.scores:
         return "–"
-    return f"{record.scores['val_dice_mean']:.4f} ± {record.scores['val_dice_sd']:.4f}"
+    folds = len(record.folds)
+    if folds < 2:
+        return f"{record.scores['val_dice_mean']:.4f} (1 fold)"
+    return f"{record.scores['val_dice_mean']:.4f} ± {record.scores['val_dice_sd']:.4f} ({folds} folds)"

@@ -12,6 +12,7 @@ import json
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
+from neumours import strict_json
 from neumours.atomic import atomic_write_text
 from neumours.errors import NeumoursError
 from neumours.sweep.folds import Fold, load_folds, save_folds
@@ -66,7 +67,7 @@ def save_sweep(sweep: Sweep, space_file: str | Path) -> None:
     atomic_write_text(out / SPACE, Path(space_file).read_text(encoding="utf-8"))
     save_toml(sweep.base, out / BASE_CONFIG)
     save_folds(sweep.folds, out / FOLDS)
-    atomic_write_text(out / SETTINGS, json.dumps(dataclasses.asdict(sweep.settings), indent=1) + "\n")  # last: marks a complete folder
+    atomic_write_text(out / SETTINGS, strict_json.dumps(dataclasses.asdict(sweep.settings), indent=1) + "\n")  # last: marks a complete folder
 
 
 def load_sweep(out: str | Path) -> Sweep:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neumours import strict_json
 from neumours.atomic import atomic_write_text
 from neumours.conventions import CLASS_KEYS
 from neumours.errors import NeumoursError
@@ -113,7 +114,7 @@ def _open_fold(setup: TrialSetup, config: TrainConfig, index: int, run_dir: Path
     trainer = Trainer(setup.data, run_dir, config, device, progress=False, cases=(train_refs, val_refs),
                       overwrite=checkpoints.is_run(run_dir))
     split = {"train": list(setup.folds[index][0]), "val": list(setup.folds[index][1])}
-    atomic_write_text(run_dir / "split.json", json.dumps(split, indent=1) + "\n")
+    atomic_write_text(run_dir / "split.json", strict_json.dumps(split, indent=1) + "\n")
     return trainer
 
 
@@ -163,7 +164,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     # The GPUs Ray gave this trial (its CUDA_VISIBLE_DEVICES): where it ran, for the benchmarks and the curious.
     info = {"trial_id": trial_id, "config": config, "gpus": [str(g) for g in ray.get_gpu_ids()],
             "device": setup.device, "pid": os.getpid()}
-    atomic_write_text(folder / TRIAL_INFO, json.dumps(info, indent=1) + "\n")
+    atomic_write_text(folder / TRIAL_INFO, strict_json.dumps(info, indent=1) + "\n")
     try:
         result = train_folds(setup, config, folder, tune.report)
     except Exception as exc:
@@ -172,5 +173,5 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             message = f"{type(exc).__name__}: {message}"
         atomic_write_text(folder / TRIAL_ERROR, message + "\n\n" + traceback.format_exc())
         raise
-    atomic_write_text(done, json.dumps(result, indent=1) + "\n")  # before the last report: Tune may end us there
+    atomic_write_text(done, strict_json.dumps(result, indent=1) + "\n")  # before the last report: Tune may end us there
     tune.report(result["report"])

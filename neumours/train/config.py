@@ -176,8 +176,8 @@ def _widest_row(network: INRConfig) -> int:
 
 
 def preset(name: str) -> TrainConfig:
-    """``paper``: Table I. ``tiny``: a small network and batch that trains in
-    seconds on the CPU device (tests, the CPU demo)."""
+    """``paper``: Table I (a GPU network). ``tiny``: a small network and batch for the
+    CPU device (tests, the CPU demo): 150 steps of small phantoms take a few minutes."""
     if name == "paper":
         return TrainConfig()
     if name == "tiny":
@@ -263,9 +263,10 @@ def config_reference() -> str:
         "     Do not edit by hand: tests/test_config_reference.py fails when this file and the code differ. -->",
         "",
         "`neumours train` resolves its settings in three layers: the preset (`--preset paper`, the",
-        "default, is the paper's Table I; `--preset tiny` is a small network and batch that trains in",
-        "seconds on the CPU device), then a TOML file (`--config FILE`: any subset of the tables and",
-        "keys below), then the flags of `neumours train --help`, which override single keys. Unknown",
+        "default, is the paper's Table I, a GPU network; `--preset tiny` is a small network and batch",
+        "for the CPU device, where 150 steps of small phantoms take a few minutes), then a TOML file",
+        "(`--config FILE`: any subset of the tables and keys below), then the flags of",
+        "`neumours train --help`, which override single keys. Unknown",
         "tables or keys are an error. Every run writes its resolved settings to `RUN/config.toml`,",
         "which is itself a valid `--config` file; `--resume RUN` starts from it.",
         "",

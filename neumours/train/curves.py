@@ -16,8 +16,13 @@ import numpy as np  # noqa: E402
 from neumours.errors import NeumoursError  # noqa: E402
 from neumours.figures import save_figure  # noqa: E402
 
-PANELS = [("loss", "(a) combined loss"), ("dice_mean", "(b) mean soft Dice"), ("ce", "(c) weighted CE"),
-          ("val_dice_mean", "(d) validation mean Dice")]
+#: (metrics.csv column, panel title, y-axis label).
+PANELS = [("loss", "(a) combined loss", "Dice loss + weighted CE (log)"),
+          ("dice_mean", "(b) mean soft Dice", "soft Dice, training batch"),
+          ("ce", "(c) weighted CE", "weighted cross-entropy (log)"),
+          ("val_dice_mean", "(d) validation mean Dice", "hard Dice, validation cases")]
+#: Smallest y-range of the Dice panels: a run that barely moves is drawn flat, not zoomed into noise.
+MIN_DICE_SPAN = 0.2
 
 
 def read_metrics(run_dir) -> dict[str, np.ndarray]:
@@ -95,21 +100,54 @@ def ema(values: np.ndarray, alpha: float = 0.9, steps: np.ndarray | None = None)
     return out
 
 
+def dice_limits(values: np.ndarray, span: float = MIN_DICE_SPAN) -> tuple[float, float]:
+    """y-limits for Dice values: the data with a margin, at least ``span`` wide, inside [0, 1.02]."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.02
+    lo, hi = float(values.min()) - 0.02, float(values.max()) + 0.02
+    if hi - lo < span:
+        middle = (lo + hi) / 2
+        lo, hi = middle - span / 2, middle + span / 2
+    if hi > 1.02:
+        lo, hi = lo - (hi - 1.02), 1.02
+    if lo < 0.0:
+        lo, hi = 0.0, max(hi - lo, hi)
+    return max(lo, 0.0), min(hi, 1.02)
+
+
 def _draw(axes, metrics, label, colour):
-    for ax, (key, title) in zip(axes, PANELS):
+    for ax, (key, title, ylabel) in zip(axes, PANELS):
         steps, values = metrics["step"], metrics.get(key)
         if values is None:
             continue
         keep = ~np.isnan(values)
         if key.startswith("val_"):
             ax.plot(steps[keep], values[keep], "o-", color=colour, label=label, markersize=3)
+            cases = metrics.get("val_cases")
+            if cases is not None and np.isfinite(cases).any():  # what the score rests on
+                n = int(np.nanmax(cases))
+                title = f"{title} ({n} case{'s' if n != 1 else ''})"
         else:
             ax.plot(steps[keep], values[keep], color=colour, alpha=0.3, linewidth=0.7)  # raw, faint
             ax.plot(steps[keep], ema(values[keep], steps=steps[keep]), color=colour, label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
+        ax.set_ylabel(ylabel, fontsize=9)
         if key in ("loss", "ce"):
             ax.set_yscale("log")  # the fast early drop would hide the rest
+        else:
+            lo, hi = dice_limits(np.concatenate([line.get_ydata() for line in ax.get_lines()]).astype(float))
+            ax.set_ylim(lo, hi)
+
+
+def _style_legend(ax) -> None:
+    """A key to the two line styles of the training panels: raw values and their moving average."""
+    from matplotlib.lines import Line2D
+
+    ax.legend(handles=[Line2D([], [], color="0.4", alpha=0.3, linewidth=0.7, label="raw (each logged step)"),
+                       Line2D([], [], color="0.4", label="moving average (EMA 0.9 a step)")],
+              fontsize=8, loc="lower right")
 
 
 def plot_run(run_dir, out=None) -> Path:
@@ -117,6 +155,8 @@ def plot_run(run_dir, out=None) -> Path:
     metrics = read_metrics(run_dir)
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     _draw(axes, metrics, Path(run_dir).name, "C0")
+    _style_legend(axes[1])
+    fig.suptitle(f"training run {Path(run_dir).resolve().name}", fontsize=10)
     return save_figure(fig, out or Path(run_dir) / "curves.png")
 
 
@@ -125,5 +165,6 @@ def compare_runs(run_dirs, out) -> Path:
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for i, run in enumerate(run_dirs):
         _draw(axes, read_metrics(run), Path(run).name, f"C{i}")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, title="run", title_fontsize=8)
+    _style_legend(axes[1])
     return save_figure(fig, out)

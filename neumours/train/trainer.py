@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import slangpy as spy
 import torch
 from tqdm import tqdm
 
@@ -48,10 +49,11 @@ from neumours.train.loss import DeviceLoss
 from neumours.train.optim import build_optimizers, learning_rate, set_learning_rate
 from neumours.train.pool import CasePool
 from neumours.train.sampler import PointSampler
-from neumours.train.validate import Validator
+from neumours.train.estimate import announce_estimate
+from neumours.train.validate import CPU_VOXEL_BUDGET, Validator
 
 METRIC_COLUMNS = (["step", "loss", "ce"] + [f"dice_{k}" for k in CLASS_KEYS] + ["dice_mean", "lr", "grad_norm", "time_s"]
-                  + [f"val_dice_{k}" for k in CLASS_KEYS] + ["val_dice_mean"])
+                  + [f"val_dice_{k}" for k in CLASS_KEYS] + ["val_dice_mean", "val_cases"])
 CHECKPOINT_BEST = checkpoints.BEST
 CHECKPOINT_LAST = checkpoints.LAST
 
@@ -119,8 +121,10 @@ class Trainer:
                              config.schedule.seed, refreshes=refreshes, force_geometry=force_geometry)
         self.pool_volumes = CaseVolumes(self.device, self.pool.volumes, self.pool.case_table, [], net.num_modalities)
         val_cases = [load_case(r, force_geometry=force_geometry) for r in val_refs]
+        # On the CPU device validation is sized for the run (validate.py); elsewhere every voxel counts.
+        budget = CPU_VOXEL_BUDGET if self.device.info.type == spy.DeviceType.cpu else None
         self.validator = Validator(self.inr, [normalise(c.images) for c in val_cases],
-                                   [c.label for c in val_cases])
+                                   [c.label for c in val_cases], max_voxels=budget)
         self.sampler = PointSampler(config.sampler.foreground_ratio, config.schedule.seed)
         self.loss = DeviceLoss(self.device, config.loss, config.sampler.micro_batches)
         self.optimizers = build_optimizers(self.inr.bridge, config.optimizer)
@@ -214,13 +218,20 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress,
                    dynamic_ncols=True)
         previous_handler = self._defer_sigint()
+        first_step = self.step
         try:
             while self.step < end and not self._stop_requested:
+                step_start = time.perf_counter()
                 row = self.train_step()
                 row["time_s"] = time.perf_counter() - start_time
+                if self.step == first_step + 2 and self.progress:  # the first step compiles the kernels: time the second
+                    announce_estimate(self, end - self.step, time.perf_counter() - step_start, bar)
                 validated = self.step % cfg.val_every == 0 or self.step == cfg.steps
                 if validated:
+                    bar.set_description("validating")
+                    bar.refresh()
                     row.update(self._validate())
+                    bar.set_description("train")
                 if self.step % cfg.log_every == 0 or validated:
                     self.rows.append(row)
                 if validated:  # the validation row is part of the checkpoint of its step
@@ -237,7 +248,7 @@ class Trainer:
             self._stop_requested = False
             raise KeyboardInterrupt
         return {"steps": self.step, "best_val_dice_mean": self.best, "run_dir": str(self.run_dir),
-                "time_s": time.perf_counter() - start_time}
+                "time_s": time.perf_counter() - start_time, "validation": self.validator.describe()}
 
     def _defer_sigint(self):
         """Make Ctrl-C end the loop at a step boundary (the optimiser state is never half-updated)."""
@@ -256,6 +267,7 @@ class Trainer:
         scores = self.validator()
         row = {f"val_dice_{k}": float(s) for k, s in zip(CLASS_KEYS, scores)}
         row["val_dice_mean"] = float(np.mean(scores))
+        row["val_cases"] = self.validator.cases
         if row["val_dice_mean"] > self.best:
             self.best, self.best_step = row["val_dice_mean"], self.step
         return row
