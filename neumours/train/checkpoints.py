@@ -206,14 +206,17 @@ def _state_problem(state) -> str | None:
 
 def _load_state(folder: Path) -> dict:
     """The state of a step folder (safetensors + JSON; ``torch.load(weights_only=True)`` for a state.pt)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_tensors
 
+    from neumours.input_files import read_input_bytes
     from neumours.train.state_files import decode
 
     path = folder / STATE_JSON
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        tensors = load_file(str(folder / STATE_TENSORS))
+        # Read whole, not memory-mapped: a mapping would keep the run's file (and its file system) in use
+        # for as long as any optimiser state tensor lives.
+        tensors = load_tensors(read_input_bytes(folder / STATE_TENSORS, "checkpoint state"))
         state = decode(data, tensors)
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file (hash-checked: not one we wrote)
         raise NeumoursError(f"{path}: cannot resume from it ({_first_line(exc)})") from None
