@@ -4,7 +4,7 @@
 folder, search space, configuration, folds), and
 :func:`neumours.sweep.settings.save_sweep` then writes the sweep folder;
 :func:`start_ray` starts a local Ray instance or joins a cluster;
-:func:`run_sweep` builds (or restores) the ``Tuner`` and writes
+:func:`run_sweep` builds a new ``Tuner`` for the trials left and writes
 ``results.csv``, ``summary.md``, ``best_config.toml`` and ``sweep.png``.
 
 Resume reads only the sweep's own plain files, never Tune's experiment state
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,8 +169,6 @@ class Launch:
 
 def plan_launch(sweep: Sweep) -> Launch:
     """Which trials this launch runs, from the sweep folder's own files (no Tune state)."""
-    import shutil
-
     records = read_trials(sweep)
     for r in [r for r in records if r.status == "unfinished" and not r.config]:
         shutil.rmtree(trial_dir(sweep.out, r.trial_id))  # created, killed before its trial.json: nothing in it
