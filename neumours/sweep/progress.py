@@ -88,7 +88,9 @@ class SweepProgress(tune.Callback):
     def _postfix(self) -> None:
         if self._bar is None:
             return
-        running = ", ".join(f"{t[-5:]}@{s}" for t, s in sorted(self._steps.items()))
+        # Trial numbers alone while the names share their experiment prefix (not so after a resume).
+        short = len({t[:-5] for t in self._steps}) <= 1
+        running = ", ".join(f"{t[-5:] if short else t}@{s}" for t, s in sorted(self._steps.items()))
         best = f"{self._best[0]:.4f} ({self._best[1]})" if self._best else "–"
         self._bar.set_postfix_str(f"running {running or '–'}; best {best}")
 
