@@ -17,8 +17,8 @@ Files of a trial, under ``SWEEP/trials/<trial id>/``:
 - ``fold-<i>/``: a normal run folder (``config.toml``, ``metrics.csv``,
   checkpoints, ``checkpoint.json``) plus ``split.json`` (its case ids), so
   ``neumours plot`` and ``neumours evaluate`` work on it;
-- ``trial.json``: the trial's swept values, device kind, the GPU ids Ray gave it and its process id, written
-  when it starts;
+- ``trial.json``: the trial's swept values, device kind, the GPU ids Ray gave it, its process id and its
+  Tune trial id (not its folder's name when a resume continued it), written when it starts;
 - ``result.json``: per-fold final validation Dice, written when every fold has
   finished (a trial that finds it just reports it again and returns);
 - ``error.txt``: the error of a failed trial (first line the message, then the
@@ -181,8 +181,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         tune.report(result["report"])
         return
     # The GPUs Ray gave this trial (its CUDA_VISIBLE_DEVICES): where it ran, for the benchmarks and the curious.
-    info = {"trial_id": trial_id, "tune_trial": tune_id, "config": config, "gpus": [str(g) for g in ray.get_gpu_ids()],
-            "device": setup.device, "pid": os.getpid()}
+    info = {"trial_id": trial_id, "tune_trial": tune_id, "config": config,
+            "gpus": [str(g) for g in ray.get_gpu_ids()], "device": setup.device, "pid": os.getpid()}
     atomic_write_text(folder / TRIAL_INFO, json.dumps(info, indent=1) + "\n")
     try:
         result = train_folds(setup, config, folder, tune.report)
