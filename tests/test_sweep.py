@@ -1,5 +1,5 @@
 """`neumours sweep` on a real Ray instance (2 CPUs, no GPU): a grid over folds, resume after kill -9,
-a failing trial among good ones, and trials placed on the GPUs that CUDA_VISIBLE_DEVICES shows.
+resume that never unpickles Tune's saved state, a failing trial among good ones, and trials placed on the GPUs that CUDA_VISIBLE_DEVICES shows.
 
 One Ray instance serves most of the module (Ray takes seconds to start); the killed driver of the
 resume test joins it with --address, as a driver on a cluster would. The GPU test's driver starts
@@ -11,6 +11,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,6 +142,66 @@ def test_resume_after_kill_does_not_redo_finished_trials(grid_sweep, cluster, da
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in stamps} == stamps  # the finished trial untouched
     uninterrupted = by_config(read_results(grid_sweep))
     assert by_config(rows) == {key: uninterrupted[key] for key in by_config(rows)}  # same numbers as without a kill
+
+
+class Payload:
+    """Unpickled, it creates ``marker`` (what a planted file could do with any code)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def plant(tune_dir: Path, marker: Path) -> int:
+    """Replace every pickle Tune keeps under ``tune_dir`` (``*.pkl``, its searcher state, the trials'
+    CLOUDPICKLE_FALLBACK values in ``experiment_state-*.json``) with :class:`Payload`; returns how many."""
+    payload = pickle.dumps(Payload(marker))
+    planted = 0
+    for path in [p for p in tune_dir.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        if data[:1] == b"\x80":  # a pickle, whatever its name
+            path.write_bytes(payload)
+            planted += 1
+        elif b"CLOUDPICKLE_FALLBACK" in data:
+            text, n = re.subn(r'(CLOUDPICKLE_FALLBACK\\*"\s*,\s*\\*"value\\*"\s*:\s*\\*")[0-9a-f]+',
+                              lambda m: m.group(1) + payload.hex(), data.decode())
+            path.write_text(text)
+            planted += n
+    return planted
+
+
+def test_resume_never_unpickles_tune_state(cluster, dataset, tmp_path):
+    (tmp_path / "space.toml").write_text("[optimizer]\nlr = { grid = [3e-3, 1e-2] }\n")
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--data", str(dataset), "--space", str(tmp_path / "space.toml"), "--out", str(out),
+                 "--preset", "tiny", "--folds", "2", "--steps", "4", "--val-every", "2", "--device", "cpu",
+                 "--quiet", "--cpus", "2"]) == 0
+    first, second = sorted(p for p in (out / "trials").iterdir())
+    (second / "result.json").unlink()  # the second as if interrupted at its end: --resume continues it
+    (second / "status.json").unlink()
+    # Tune's state where a launch keeps it, and where `Tuner.restore(SWEEP/tune)` looked before.
+    legacy = out / "tune"
+    for path in (legacy / "launch-1").iterdir():
+        (shutil.copytree if path.is_dir() else shutil.copy2)(path, legacy / path.name)
+    marker = tmp_path / "payload-ran"
+    assert plant(legacy, marker) >= 4
+    assert main(["sweep", "--resume", str(out), "--quiet"]) == 0
+    assert not marker.exists()  # nothing of Tune's was unpickled
+    rows = read_results(out)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
+    assert {r["trial"] for r in rows} == {first.name, second.name}  # the interrupted trial in its own folder
+    assert (legacy / "launch-2").is_dir()  # a new Tune experiment
+    for fold in second.glob("fold-*"):  # continued from its checkpoints: no step trained twice
+        steps = [row["step"] for row in csv.DictReader(open(fold / "metrics.csv", newline=""))]
+        assert len(steps) == len(set(steps))
+    # The test can fail: Tune's own restore of the planted folder runs the payload.
+    try:
+        ray.tune.Tuner.restore(str(legacy), lambda config: None)
+    except Exception:
+        pass
+    assert marker.exists()
 
 
 def test_failing_trials_are_reported_and_the_rest_finish(cluster, dataset, tmp_path, capsys):

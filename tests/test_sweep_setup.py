@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -162,3 +163,53 @@ def test_optuna_search_without_optuna_is_one_line(dataset, tmp_path, capsys, mon
     (tmp_path / "space.toml").write_text("[optimizer]\nlr = { loguniform = [1e-3, 1e-2] }\n")
     _one_line_error(capsys, _sweep_args(dataset, tmp_path, "--search", "optuna"),
                     "--search optuna needs Optuna: pip install optuna", tmp_path)
+
+
+def test_configurations_of_grid_and_random_search_are_fixed_by_the_seed():
+    space = parse_space({"optimizer": {"lr": {"loguniform": [1e-4, 1e-2]}, "name": {"choice": ["adamw", "muon"]}},
+                         "network": {"hidden_width": {"uniform": [16, 64]}, "num_freqs": {"grid": [32, 64]}}})
+    drawn = space.configurations("random", 20, seed=3)
+    assert len(drawn) == 20 and drawn == space.configurations("random", 20, seed=3)
+    assert drawn != space.configurations("random", 20, seed=4)
+    assert json.loads(json.dumps(drawn)) == drawn  # what configurations.json holds, read back equal
+    for c in drawn:
+        assert 1e-4 <= c["optimizer"]["lr"] <= 1e-2 and c["optimizer"]["name"] in ("adamw", "muon")
+        assert isinstance(c["network"]["hidden_width"], int) and 16 <= c["network"]["hidden_width"] <= 64
+        assert c["network"]["num_freqs"] in (32, 64)
+    assert len({c["optimizer"]["lr"] for c in drawn}) == 20
+    grid = parse_space({"network": {"num_freqs": {"grid": [32, 64]}},
+                        "loss": {"class_weights": {"grid": [[1, 1, 1, 1], [2, 1, 1, 1]]}}})
+    assert grid.configurations("grid", 1, seed=0) == [
+        {"network": {"num_freqs": f}, "loss": {"class_weights": w}}
+        for f in (32, 64) for w in ([1, 1, 1, 1], [2, 1, 1, 1])]
+    assert space.configurations("optuna", 5, seed=0) is None  # Optuna proposes as it goes
+
+
+def test_resume_plans_from_the_sweep_folder_files(dataset, tmp_path):
+    from neumours.sweep.runner import new_sweep, plan_launch
+    from neumours.sweep.settings import SweepSettings, save_sweep
+    from neumours.sweep.trainable import POINT
+
+    space = tmp_path / "space.toml"
+    space.write_text("[optimizer]\nlr = { grid = [1e-2, 2e-2, 3e-2] }\n[sampler]\nforeground_ratio = { grid = [0.2, 0.5] }\n")
+    sweep = new_sweep(tmp_path / "sweep", space, preset("tiny"), SweepSettings(data=str(dataset), folds=2))
+    save_sweep(sweep, space)
+    plan = json.loads((sweep.out / "configurations.json").read_text())
+    assert len(plan) == 6 and plan[1] == {"optimizer": {"lr": 1e-2}, "sampler": {"foreground_ratio": 0.5}}
+
+    def trial(name, config, *files):
+        folder = sweep.out / "trials" / name
+        folder.mkdir(parents=True)
+        (folder / "trial.json").write_text(json.dumps({"trial_id": name, "config": config}))
+        for file in files:
+            (folder / file).write_text("written by the trial\n")
+
+    trial("a_00000", plan[0], "result.json")  # finished
+    trial("a_00001", plan[1], "error.txt")  # failed: final
+    trial("a_00002", plan[2])  # interrupted: continues in its folder
+    (sweep.out / "trials" / "a_00003").mkdir()  # killed before its trial.json: nothing to continue
+    launch = plan_launch(sweep)
+    assert launch.ended == {"a_00000", "a_00001"} and launch.proposed == 0
+    assert [p[POINT] for p in launch.points] == \
+        [{"config": plan[2], "folder": "a_00002"}] + [{"config": c, "folder": None} for c in plan[3:]]
+    assert not (sweep.out / "trials" / "a_00003").exists()

@@ -10,9 +10,11 @@ It also writes ``SWEEP/trials/<id>/status.json`` when Tune ends a trial: the
 only record of an ASHA stop (the trial is ended from outside) or of a trial
 whose process died without writing its own ``error.txt``.
 
-Tune saves its callbacks with the experiment and restores them with it, so the
-callback keeps only its sweep folder and trial count; output options are
-read from :func:`configure` of the process that runs the sweep.
+A trial's folder is named by its Tune id, or (a trial that ``--resume``
+continues) by the folder its configuration names (:func:`~neumours.sweep.trainable.unpack`).
+Tune pickles its callbacks into its experiment state; that state is never read
+back (a resume starts a new Tune experiment), and output options are read from
+:func:`configure` of the process that runs the sweep.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tqdm import tqdm
 from neumours import strict_json
 from neumours.atomic import atomic_write_text
 from neumours.sweep.results import STATUS, r_score, read_trial
-from neumours.sweep.trainable import TRIAL_ERROR, TRIAL_RESULT, trial_dir
+from neumours.sweep.trainable import TRIAL_ERROR, TRIAL_RESULT, trial_dir, unpack
 
 _OUTPUT: dict = {"quiet": False, "ended": set()}
 
@@ -37,8 +39,17 @@ def configure(quiet: bool, ended: set[str] | None = None) -> None:
 
 
 def trial_dirname(trial) -> str:
-    """Tune's folder name of a trial: its id, the name of its folder under ``SWEEP/trials`` too."""
+    """Tune's folder name of a trial (in Tune's own experiment folder): its Tune id."""
     return trial.trial_id
+
+
+def _swept(trial) -> dict:
+    return unpack(trial.config, trial.trial_id)[0]
+
+
+def _name(trial) -> str:
+    """The trial's folder under ``SWEEP/trials``: its Tune id, or the folder of the trial it continues."""
+    return unpack(trial.config, trial.trial_id)[1]
 
 
 def _error_line(folder: Path, trial) -> str:
@@ -77,38 +88,42 @@ class SweepProgress(tune.Callback):
     def _postfix(self) -> None:
         if self._bar is None:
             return
-        running = ", ".join(f"{t[-5:]}@{s}" for t, s in sorted(self._steps.items()))
+        # Trial numbers alone while the names share their experiment prefix (not so after a resume).
+        short = len({t[:-5] for t in self._steps}) <= 1
+        running = ", ".join(f"{t[-5:] if short else t}@{s}" for t, s in sorted(self._steps.items()))
         best = f"{self._best[0]:.4f} ({self._best[1]})" if self._best else "–"
         self._bar.set_postfix_str(f"running {running or '–'}; best {best}")
 
     def _describe(self, trial) -> str:
-        flat = {f"{s}.{k}": v for s, keys in trial.config.items() if isinstance(keys, dict) for k, v in keys.items()}
+        flat = {f"{s}.{k}": v for s, keys in _swept(trial).items() if isinstance(keys, dict) for k, v in keys.items()}
         values = " ".join(f"{n}={flat.get(n):.4g}" if isinstance(flat.get(n), float) else f"{n}={flat.get(n)}"
                           for n in self.names)  # drawn floats: 4 digits on the terminal, all in results.csv
-        return f"trial {trial.trial_id} ({values})"
+        return f"trial {_name(trial)} ({values})"
 
     # ------------------------------------------------------------------ Tune's events
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._steps[trial.trial_id] = 0
+        self._steps[_name(trial)] = 0
         self._postfix()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._steps[trial.trial_id] = int(result.get("step", 0))
+        self._steps[_name(trial)] = int(result.get("step", 0))
         self._postfix()
 
     def _ended(self, trial, status: str, error: str = "") -> None:
-        folder = trial_dir(self.out, trial.trial_id)
+        name = _name(trial)
+        folder = trial_dir(self.out, name)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / STATUS, strict_json.dumps({"trial_id": trial.trial_id, "status": status,
-                                                       "config": trial.config, "error": error}, indent=1) + "\n")
-        self._steps.pop(trial.trial_id, None)
+        atomic_write_text(folder / STATUS, strict_json.dumps({"trial_id": name, "status": status,
+                                                       "config": _swept(trial),
+                                                              "error": error}, indent=1) + "\n")
+        self._steps.pop(name, None)
         record = read_trial(folder, self.k)
         if record.scores and record.status == "finished" and \
                 (self._best is None or record.scores["val_dice_mean"] > self._best[0]):
-            self._best = (record.scores["val_dice_mean"], trial.trial_id)
-        if self._bar is not None and trial.trial_id not in _OUTPUT["ended"]:  # not counted twice on a resume
+            self._best = (record.scores["val_dice_mean"], name)
+        if self._bar is not None and name not in _OUTPUT["ended"]:  # not counted twice on a resume
             self._bar.update(1)
-            _OUTPUT["ended"].add(trial.trial_id)
+            _OUTPUT["ended"].add(name)
         self._postfix()
         if status == "failed":
             self._say(f"failed    {self._describe(trial)}: {error}")
@@ -117,11 +132,11 @@ class SweepProgress(tune.Callback):
             self._say(f"{record.status:9s} {self._describe(trial)}: {score}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        finished = (trial_dir(self.out, trial.trial_id) / TRIAL_RESULT).is_file()
+        finished = (trial_dir(self.out, _name(trial)) / TRIAL_RESULT).is_file()
         self._ended(trial, "finished" if finished else "stopped")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._ended(trial, "failed", _error_line(trial_dir(self.out, trial.trial_id), trial))
+        self._ended(trial, "failed", _error_line(trial_dir(self.out, _name(trial)), trial))
 
     def on_experiment_end(self, trials, **info):
         if self._bar is not None:

@@ -4,21 +4,27 @@
 folder, search space, configuration, folds), and
 :func:`neumours.sweep.settings.save_sweep` then writes the sweep folder;
 :func:`start_ray` starts a local Ray instance or joins a cluster;
-:func:`run_sweep` builds (or restores) the ``Tuner`` and writes
+:func:`run_sweep` builds a new ``Tuner`` for the trials left and writes
 ``results.csv``, ``summary.md``, ``best_config.toml`` and ``sweep.png``.
 
-Resume: Tune keeps its experiment state in ``SWEEP/tune`` (saved every few
-seconds and when the driver is stopped). ``Tuner.restore`` skips the trials it
-recorded as ended (finished, stopped early or failed: a failure is final, it
-is in the table) and restarts the others, which continue their folds from their
-run folders. A trial that finished after Tune's last save (the driver killed
-with ``kill -9`` in between) finds its own ``result.json`` and only reports it.
+Resume reads only the sweep's own plain files, never Tune's experiment state
+(Tune pickles its searcher, scheduler and trials there: unpickling them from a
+folder would run whatever code a planted file holds). :func:`plan_launch` reads
+the trial folders (:func:`~neumours.sweep.results.read_trials`): trials recorded
+as ended (finished, stopped early or failed: a failure is final, it is in the
+table) are not run again, interrupted ones continue in their own folders (their
+folds resume from their checkpoints), and the configurations of the plan
+(``configurations.json``) that no trial has taken yet run as new trials. Each
+launch is a new Tune experiment, ``SWEEP/tune/launch-<n>``. A trial that
+finished after the driver last recorded it has its ``result.json``: it counts
+as finished.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +34,9 @@ from neumours.outputs import check_output_folder
 from neumours.sweep.folds import make_folds
 from neumours.sweep.resources import Resources
 from neumours.sweep.results import read_trials, write_results_csv, write_summary
-from neumours.sweep.settings import TUNE_DIR, Sweep, SweepSettings, load_sweep
-from neumours.sweep.space import load_space
-from neumours.sweep.trainable import METRIC, TrialSetup, run_trial
+from neumours.sweep.settings import TUNE_DIR, Sweep, SweepSettings, load_configurations, load_sweep
+from neumours.sweep.space import config_key, load_space
+from neumours.sweep.trainable import METRIC, POINT, TrialSetup, point, run_trial, trial_dir
 
 INSTALL = "Ray Tune is not installed: pip install 'neumours[sweep]'"
 OPTUNA = "--search optuna needs Optuna: pip install optuna"
@@ -124,28 +130,73 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def _search(sweep: Sweep):
-    """Tune's search algorithm and scheduler for the sweep's settings."""
+def _searcher(sweep: Sweep, launch: int):
+    """A new Optuna searcher (seeded by the seed and the launch, so a resume does not propose the first
+    launch's configurations again)."""
+    try:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # its study banner would break the progress bar
+        return OptunaSearch(seed=sweep.base.schedule.seed + launch - 1)
+    except (ImportError, AssertionError):
+        raise NeumoursError(OPTUNA) from None
+
+
+def _scheduler(sweep: Sweep):
+    """Tune's ASHA scheduler with the sweep's settings (a new one per launch), or None."""
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    s, seed = sweep.settings, sweep.base.schedule.seed
-    if s.search == "optuna":
-        try:
-            import optuna
-            from ray.tune.search.optuna import OptunaSearch
+    s = sweep.settings
+    if not s.asha:
+        return None
+    return ASHAScheduler(time_attr="step", max_t=sweep.base.schedule.steps, grace_period=s.asha_grace,
+                         reduction_factor=s.asha_reduction)
 
-            optuna.logging.set_verbosity(optuna.logging.WARNING)  # its study banner would break the progress bar
-            search = OptunaSearch(seed=seed)
-        except (ImportError, AssertionError):
-            raise NeumoursError(OPTUNA) from None
-    else:
-        search = BasicVariantGenerator(random_state=seed)
-    scheduler = None
-    if s.asha:
-        scheduler = ASHAScheduler(time_attr="step", max_t=sweep.base.schedule.steps, grace_period=s.asha_grace,
-                                  reduction_factor=s.asha_reduction)
-    return search, scheduler
+
+@dataclass(frozen=True)
+class Launch:
+    """What one launch of the driver runs.
+
+    ``points``: Tune configurations (:func:`~neumours.sweep.trainable.point`) of the interrupted trials it
+    continues and of the planned configurations no trial has taken; ``proposed``: new trials Optuna
+    proposes after those; ``ended``: folder names of the trials ended before this launch.
+    """
+
+    points: list[dict]
+    proposed: int
+    ended: set[str]
+
+
+def plan_launch(sweep: Sweep) -> Launch:
+    """Which trials this launch runs, from the sweep folder's own files (no Tune state)."""
+    records = read_trials(sweep)
+    for r in [r for r in records if r.status == "unfinished" and not r.config]:
+        shutil.rmtree(trial_dir(sweep.out, r.trial_id))  # created, killed before its trial.json: nothing in it
+        records.remove(r)
+    ended = {r.trial_id for r in records if r.status in ("finished", "stopped", "failed")}
+    points = [point(r.config, r.trial_id) for r in records if r.status == "unfinished"]
+    left = max(sweep.space.num_trials(sweep.settings.search, sweep.settings.samples) - len(records), 0)
+    plan = load_configurations(sweep)
+    if plan is None:  # optuna: proposes the rest as it goes
+        return Launch(points, left, ended)
+    taken: dict[str, int] = {}
+    for r in records:
+        taken[config_key(r.config)] = taken.get(config_key(r.config), 0) + 1
+    new = []
+    for config in plan:
+        key = config_key(config)
+        if taken.get(key, 0):
+            taken[key] -= 1  # a trial has this configuration (a random search may draw one twice)
+        else:
+            new.append(point(config))
+    return Launch(points + new[:left], 0, ended)
+
+
+def _launch_number(tune_dir: Path) -> int:
+    """1 + the launches before (``tune/launch-<n>`` folders): each launch has a new Tune experiment."""
+    numbers = [int(p.name.split("-")[1]) for p in tune_dir.glob("launch-*") if p.name.split("-")[1].isdigit()]
+    return max(numbers, default=0) + 1
 
 
 @dataclass(frozen=True)
@@ -174,8 +225,12 @@ def write_tables(sweep: Sweep) -> SweepOutcome:
 
 
 def run_sweep(sweep: Sweep, resources: Resources, quiet: bool = False) -> SweepOutcome:
-    """Run the sweep's trials on the Ray instance this process is connected to; then write the tables."""
+    """Run the sweep's trials on the Ray instance this process is connected to; then write the tables.
+
+    A resumed sweep (:func:`plan_launch`) runs in a new Tune experiment: Tune's saved state is never read.
+    """
     from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from neumours.sweep import progress
 
@@ -184,29 +239,30 @@ def run_sweep(sweep: Sweep, resources: Resources, quiet: bool = False) -> SweepO
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources.per_trial())
     tune_dir = sweep.out.resolve() / TUNE_DIR
     total = sweep.space.num_trials(sweep.settings.search, sweep.settings.samples)
-    ended = {r.trial_id for r in read_trials(sweep) if r.status in ("finished", "stopped", "failed")}
-    progress.configure(quiet, ended)
+    launch = plan_launch(sweep)
+    progress.configure(quiet, launch.ended)
     # Tune's newer console output prints its own banner and tables even at verbose=0; the older one is silent
     # there, leaving the terminal to progress.SweepProgress.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    if tune.Tuner.can_restore(str(tune_dir)):
-        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
-    else:
-        search, scheduler = _search(sweep)
+    number = _launch_number(tune_dir)
+    runs = []  # (param_space, search algorithm, samples) of each Tune experiment of this launch
+    if launch.points:  # the planned trials, one Tune trial per point, in order
+        runs.append(({POINT: tune.grid_search([p[POINT] for p in launch.points])}, BasicVariantGenerator(), 1))
+    if launch.proposed:  # then Optuna's
+        runs.append((sweep.space.tune_space(sweep.settings.search), _searcher(sweep, number), launch.proposed))
+    for index, (space, search, samples) in enumerate(runs):
+        name = f"launch-{number}" + (f"-{index + 1}" if len(runs) > 1 else "")
         tuner = tune.Tuner(
-            trainable,
-            param_space=sweep.space.tune_space(sweep.settings.search),
+            trainable, param_space=space,
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode="max", search_alg=search, scheduler=scheduler,
-                num_samples=1 if sweep.settings.search == "grid" else sweep.settings.samples,
+                metric=METRIC, mode="max", search_alg=search, scheduler=_scheduler(sweep), num_samples=samples,
                 # Reused trial processes keep their device and compiled kernels (each later trial runs
                 # in a new thread there: neumours.device.get_device makes the CUDA context current).
                 trial_dirname_creator=progress.trial_dirname, reuse_actors=True),
             run_config=tune.RunConfig(
-                name=TUNE_DIR, storage_path=str(tune_dir.parent), verbose=0,
+                name=name, storage_path=str(tune_dir), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 callbacks=[progress.SweepProgress(sweep.out.resolve(), total, len(sweep.folds),
                                                   sweep.space.names)]))
-    tuner.fit()
+        tuner.fit()
     return write_tables(sweep)

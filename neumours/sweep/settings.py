@@ -2,7 +2,9 @@
 
 ``SWEEP/sweep.json`` (the options), ``SWEEP/space.toml`` (a copy of the search
 space), ``SWEEP/base_config.toml`` (the configuration the swept values are
-applied to: preset, ``--config`` and flags resolved) and ``SWEEP/folds.json``.
+applied to: preset, ``--config`` and flags resolved), ``SWEEP/folds.json`` and
+``SWEEP/configurations.json`` (every configuration a grid or random search runs,
+fixed at the first launch: ``--resume`` runs those no trial has taken yet).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ SETTINGS = "sweep.json"
 SPACE = "space.toml"
 BASE_CONFIG = "base_config.toml"
 FOLDS = "folds.json"
-TUNE_DIR = "tune"  # Ray Tune's experiment folder inside SWEEP (its state, for Tuner.restore)
+CONFIGURATIONS = "configurations.json"
+TUNE_DIR = "tune"  # Ray Tune's experiment folders inside SWEEP (one per launch; written by Tune, never read back)
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,34 @@ def save_sweep(sweep: Sweep, space_file: str | Path) -> None:
     atomic_write_text(out / SPACE, Path(space_file).read_text(encoding="utf-8"))
     save_toml(sweep.base, out / BASE_CONFIG)
     save_folds(sweep.folds, out / FOLDS)
+    plan = planned_configurations(sweep)
+    if plan is not None:
+        atomic_write_text(out / CONFIGURATIONS, strict_json.dumps(plan, indent=1) + "\n")
     atomic_write_text(out / SETTINGS, strict_json.dumps(dataclasses.asdict(sweep.settings), indent=1) + "\n")  # last: marks a complete folder
+
+
+def planned_configurations(sweep: Sweep) -> list[dict] | None:
+    """The configurations of a grid or random search (None for optuna), from the space and the seed."""
+    return sweep.space.configurations(sweep.settings.search, sweep.settings.samples, sweep.base.schedule.seed)
+
+
+def load_configurations(sweep: Sweep) -> list[dict] | None:
+    """``configurations.json`` of the sweep folder; a folder written before it existed: :func:`planned_configurations`.
+
+    Raises:
+        NeumoursError: the file is not a list of configurations nested like ``config.toml``.
+    """
+    path = sweep.out / CONFIGURATIONS
+    if not path.is_file():
+        return planned_configurations(sweep)
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise NeumoursError(f"{path}: cannot read the sweep's configurations ({exc})") from None
+    if not isinstance(plan, list) or not all(isinstance(c, dict) and all(isinstance(v, dict) for v in c.values())
+                                             for c in plan):
+        raise NeumoursError(f"{path}: not a list of configurations ({{section: {{key: value}}}} each)")
+    return plan
 
 
 def load_sweep(out: str | Path) -> Sweep:

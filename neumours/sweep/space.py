@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from neumours.errors import NeumoursError
 from neumours.schema import SettingError, check_of
@@ -104,6 +107,49 @@ class SearchSpace:
                 domain = (tune.uniform if d.kind == "uniform" else tune.loguniform)(*d.values)
             space.setdefault(d.section, {})[d.key] = domain
         return space
+
+
+    def configurations(self, search: str, samples: int, seed: int) -> list[dict[str, dict[str, Any]]] | None:
+        """Every configuration the sweep runs, nested like ``config.toml``; None for ``optuna`` (proposed as it goes).
+
+        ``grid``: every combination (the first key varies slowest). ``random``: ``samples`` draws from a
+        generator seeded by ``seed`` (a grid list drawn like a choice; integer keys draw integers), so the
+        same settings give the same configurations: a resumed sweep knows which it has not run yet.
+        """
+        if search == "grid":
+            combinations = itertools.product(*[[(d, v) for v in d.values] for d in self.dimensions])
+            return [_nested(combination) for combination in combinations]
+        if search != "random":
+            return None
+        rng = np.random.default_rng(seed)
+        return [_nested([(d, _draw(d, rng)) for d in self.dimensions]) for _ in range(samples)]
+
+
+def _draw(d: Dimension, rng) -> Any:
+    """One value of ``d``, drawn (as Tune's choice, uniform, loguniform, randint and lograndint would)."""
+    if d.kind in ("grid", "choice"):
+        return d.values[int(rng.integers(len(d.values)))]
+    lo, hi = d.values
+    if d.integer:
+        if d.kind == "uniform":
+            return int(rng.integers(int(lo), int(hi) + 1))
+        return min(int(math.exp(rng.uniform(math.log(lo), math.log(int(hi) + 1)))), int(hi))
+    if d.kind == "uniform":
+        return float(rng.uniform(lo, hi))
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _nested(pairs) -> dict[str, dict[str, Any]]:
+    """``{section: {key: value}}`` of (dimension, value) pairs, JSON-shaped (tuples become lists)."""
+    nested: dict[str, dict[str, Any]] = {}
+    for d, v in pairs:
+        nested.setdefault(d.section, {})[d.key] = list(v) if isinstance(v, tuple) else v
+    return nested
+
+
+def config_key(config: dict) -> str:
+    """A configuration as one comparable string: the same for a trial's ``trial.json`` and the plan's entry."""
+    return json.dumps(config, sort_keys=True)
 
 
 def flat_values(config: dict[str, dict[str, Any]], space: SearchSpace) -> dict[str, Any]:

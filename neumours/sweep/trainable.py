@@ -17,14 +17,18 @@ Files of a trial, under ``SWEEP/trials/<trial id>/``:
 - ``fold-<i>/``: a normal run folder (``config.toml``, ``metrics.csv``,
   checkpoints, ``checkpoint.json``) plus ``split.json`` (its case ids), so
   ``neumours plot`` and ``neumours evaluate`` work on it;
-- ``trial.json``: the trial's swept values, device kind, the GPU ids Ray gave it and its process id, written
-  when it starts;
+- ``trial.json``: the trial's swept values, device kind, the GPU ids Ray gave it, its process id and its
+  Tune trial id (not its folder's name when a resume continued it), written when it starts;
 - ``result.json``: per-fold final validation Dice, written when every fold has
   finished (a trial that finds it just reports it again and returns);
 - ``error.txt``: the error of a failed trial (first line the message, then the
   traceback).
 
-A trial that Tune restarts after an interruption resumes every fold from its
+Tune's configuration of a trial is either the swept values themselves (Optuna
+proposes them) or a *point* of the sweep's plan, ``{POINT: {"config": swept,
+"folder": name or None}}`` (:mod:`neumours.sweep.runner`): ``folder`` names the
+folder of an interrupted trial that ``--resume`` continues, in a new Tune
+experiment under a new Tune trial id. Such a trial resumes every fold from its
 run folder (``Trainer(resume=True)``), so no finished step is trained twice.
 """
 
@@ -52,6 +56,7 @@ TRIAL_INFO = "trial.json"
 TRIAL_RESULT = "result.json"
 TRIAL_ERROR = "error.txt"
 VAL_KEYS = tuple(f"val_dice_{k}" for k in CLASS_KEYS) + ("val_dice_mean",)
+POINT = "sweep_point"  # Tune's config key of a planned trial: {"config": swept values, "folder": trial folder or None}
 METRIC = "val_dice_mean"  # what Tune optimises and ASHA compares: the mean over folds of this fold metric
 
 
@@ -76,6 +81,19 @@ class TrialSetup:
 
 def trial_dir(out: str | Path, trial_id: str) -> Path:
     return Path(out) / TRIALS / trial_id
+
+
+def point(config: dict, folder: str | None = None) -> dict:
+    """Tune's configuration of a planned trial: the swept values, and the folder it continues (None: a new one)."""
+    return {POINT: {"config": config, "folder": folder}}
+
+
+def unpack(config: dict, trial_id: str) -> tuple[dict, str]:
+    """(swept values, trial folder name) of Tune's configuration of a trial whose Tune id is ``trial_id``."""
+    if POINT in config:
+        planned = config[POINT]
+        return planned["config"], planned["folder"] or trial_id
+    return config, trial_id
 
 
 def fold_scores(rows: list[dict]) -> dict[str, float]:
@@ -148,11 +166,13 @@ def train_folds(setup: TrialSetup, swept: dict, folder: Path, report) -> dict:
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
-    """The Ray Tune trainable: ``config`` holds the trial's swept values, nested like ``config.toml``."""
+    """The Ray Tune trainable: ``config`` holds the trial's swept values, nested like ``config.toml``
+    (or a :func:`point` of them)."""
     import ray
     from ray import tune
 
-    trial_id = tune.get_context().get_trial_id()
+    tune_id = tune.get_context().get_trial_id()
+    config, trial_id = unpack(config, tune_id)
     folder = trial_dir(setup.out, trial_id)
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["NEUMOURS_DEVICE"] = setup.device  # the library's device choice, inside this trial's process
@@ -162,8 +182,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         tune.report(result["report"])
         return
     # The GPUs Ray gave this trial (its CUDA_VISIBLE_DEVICES): where it ran, for the benchmarks and the curious.
-    info = {"trial_id": trial_id, "config": config, "gpus": [str(g) for g in ray.get_gpu_ids()],
-            "device": setup.device, "pid": os.getpid()}
+    info = {"trial_id": trial_id, "tune_trial": tune_id, "config": config,
+            "gpus": [str(g) for g in ray.get_gpu_ids()], "device": setup.device, "pid": os.getpid()}
     atomic_write_text(folder / TRIAL_INFO, strict_json.dumps(info, indent=1) + "\n")
     try:
         result = train_folds(setup, config, folder, tune.report)
