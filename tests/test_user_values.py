@@ -170,8 +170,8 @@ def test_space_that_is_a_folder(dataset, tmp_path, capsys):
 
 
 def test_swept_lr_carries_lr_final_along():
-    """The README's sweep (lr up to 3e-3 over the tiny preset, whose lr_final is 5e-3) is valid: a trial that
-    sets lr alone keeps the base's ratio lr_final / lr, so its schedule decays."""
+    """A sweep of lr alone over the tiny preset (lr_final 5e-3), e.g. up to 3e-3, is valid: a trial that
+    sets lr alone keeps the base's ratio lr_final / lr, so its schedule decays; README's sweep parses."""
     tiny = preset("tiny")
     space = parse_space({"optimizer": {"lr": {"grid": [1e-3, 3e-3]}}, "sampler": {"foreground_ratio":
                                                                                    {"grid": [0.1, 0.3]}}},
@@ -185,7 +185,8 @@ def test_swept_lr_carries_lr_final_along():
     with pytest.raises(NeumoursError, match="lr_final must be at most lr"):
         apply(tiny, {"optimizer": {"lr_final": 5e-2}})
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert "lr = { grid = [1e-3, 3e-3] }" in readme
+    assert "lr = { grid = [6e-3, 1e-2] }" in readme
+    assert parse_space({"optimizer": {"lr": {"grid": [6e-3, 1e-2]}}}, base=tiny).names == ["optimizer.lr"]
 
 
 # --- number flags ----------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from neumours import strict_json
 from neumours.errors import NeumoursError
 from neumours.schema import SettingError, check_of
 from neumours.toml_files import read_toml
@@ -149,7 +149,7 @@ def _nested(pairs) -> dict[str, dict[str, Any]]:
 
 def config_key(config: dict) -> str:
     """A configuration as one comparable string: the same for a trial's ``trial.json`` and the plan's entry."""
-    return json.dumps(config, sort_keys=True)
+    return strict_json.dumps(config, sort_keys=True)
 
 
 def flat_values(config: dict[str, dict[str, Any]], space: SearchSpace) -> dict[str, Any]:
