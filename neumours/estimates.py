@@ -5,7 +5,8 @@ long, what the estimate rests on (a measured step or pass) and the setting that
 makes it CPU-sized. The numbers are measured on the machine at hand; they are
 estimates (other load, caches), not promises. Used by ``train``
 (:mod:`neumours.train.estimate`), ``segment`` (:mod:`neumours.infer.segment`) and
-``refine`` (:mod:`neumours.refine.estimate`).
+``refine`` (:mod:`neumours.refine.estimate`) and ``sweep`` (after its first finished
+trial, :mod:`neumours.sweep.progress`).
 """
 
 from __future__ import annotations

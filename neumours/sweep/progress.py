@@ -20,12 +20,14 @@ back (a resume starts a new Tune experiment), and output options are read from
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from ray import tune
 from tqdm import tqdm
 
 from neumours import strict_json
+from neumours.estimates import long_work_note
 from neumours.atomic import atomic_write_text
 from neumours.sweep.results import STATUS, r_score, read_trial
 from neumours.sweep.trainable import TRIAL_ERROR, TRIAL_RESULT, trial_dir, unpack
@@ -69,6 +71,9 @@ class SweepProgress(tune.Callback):
         self._bar = None
         self._steps: dict[str, int] = {}
         self._best: tuple[float, str] | None = None
+        self._started: dict[str, float] = {}  # trial -> time.monotonic() at its start
+        self._concurrent = 1  # most trials seen running at once
+        self._announced = False
 
     def __getstate__(self):
         return {"out": self.out, "total": self.total, "k": self.k, "names": self.names}
@@ -103,6 +108,8 @@ class SweepProgress(tune.Callback):
     # ------------------------------------------------------------------ Tune's events
     def on_trial_start(self, iteration, trials, trial, **info):
         self._steps[_name(trial)] = 0
+        self._started[_name(trial)] = time.monotonic()
+        self._concurrent = max(self._concurrent, len(self._steps))
         self._postfix()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -125,11 +132,26 @@ class SweepProgress(tune.Callback):
             self._bar.update(1)
             _OUTPUT["ended"].add(name)
         self._postfix()
+        self._announce(name, status)
         if status == "failed":
             self._say(f"failed    {self._describe(trial)}: {error}")
         else:
             score = f"Dice {r_score(record)} at step {record.step}" if record.scores else "no validation yet"
             self._say(f"{record.status:9s} {self._describe(trial)}: {score}")
+
+    def _announce(self, name: str, status: str) -> None:
+        """After the first trial that finishes: how long the trials still to run will take, when that is long."""
+        started = self._started.get(name)
+        if self._announced or status != "finished" or started is None:
+            return
+        self._announced = True
+        trial_s = time.monotonic() - started
+        left = self.total - len(_OUTPUT["ended"])
+        line = long_work_note(f"the sweep ({left} more trial(s), {self._concurrent} at a time)",
+                              trial_s * left / self._concurrent, f"measured: {trial_s:.0f} s for trial {name}",
+                              "fewer --steps, --folds or trials in the space shorten it")
+        if line is not None:
+            self._say(line)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         finished = (trial_dir(self.out, _name(trial)) / TRIAL_RESULT).is_file()
