@@ -197,8 +197,8 @@ def test_page_editing_model(tmp_path, cpu_device):
             tile = (slice(int(gl["y"] + gl["height"] / 2), int(gl["y"] + gl["height"])),
                     slice(int(gl["x"]), int(gl["x"] + gl["width"] / 2)))
             sx, sy = _crosshair(_pixels(page, tmp_path / "crosshair.png"), tile)
-            page.fill("#brush", "5")
-            page.dispatch_event("#brush", "input")
+            page.evaluate("() => { const b = document.getElementById('brush'); b.value = '5';"
+                          " b.dispatchEvent(new Event('input')); }")
             page.keyboard.press("3")  # the ET pen
             page.mouse.click(sx, sy)
             page.wait_for_timeout(500)
@@ -229,12 +229,12 @@ def test_page_editing_model(tmp_path, cpu_device):
             _wait_text(page, "#progress", "refined")
             second = [c for c in page.eval_on_selector_all("#case option", "os => os.map(o => o.value)") if c != first][0]
             page.select_option("#case", second)
-            page.wait_for_function(f"document.getElementById('case').value === {second!r} && {FRAMES} >= 2", timeout=120_000)
+            page.wait_for_function(f"window.neumoursViewer.caseId() === {second!r}", timeout=120_000)
             _wait_text(page, "#history", "1 refinement(s) applied, 1 undoable")
             page.click("#undo")
             _wait_text(page, "#history", f"pending on {first}")
             page.select_option("#case", first)
-            page.wait_for_function(f"{counts}[3] === 25", timeout=120_000)
+            page.wait_for_function(f"window.neumoursViewer.caseId() === {first!r} && {counts}[3] === 25", timeout=120_000)
 
             # Cancel: the weights come back bit for bit; Refine is locked while it runs.
             before = sess.inr.bridge.params.detach().clone().numpy()

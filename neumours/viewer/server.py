@@ -250,7 +250,11 @@ async def _handle_text(app: web.Application, client: _Client, message: dict) -> 
         await _send(client, {"type": "pong", "id": message.get("id"), "dropped": worker.dropped,
                              "rendered": worker.rendered})
     elif kind == "hello":
-        info, pending = await _run(app, lambda s: (s.info(), _pending_messages(s)))
+        def hello(s):
+            return s.info(), _pending_messages(s)
+
+        # While a refinement holds the device thread, a new page is answered from host state at once.
+        info, pending = hello(session) if app["state"].refining else await _run(app, hello)
         await _send(client, _role_message(app, client))
         await _send(client, info)
         for m in pending:

@@ -26,8 +26,7 @@ const STILL_MS = 800, DRAG_MS = 120;
 const nv = new Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true, dragAndDropEnabled: false });
 await nv.attachTo("gl");
 nv.setSliceType(nv.sliceTypeMultiplanar);
-nv.setDrawOpacity(1.0);  // painted voxels show the pen's colour itself, the overlay's colour of that label
-nv.setDrawColormap(colormap([0, 1, 2, 3, PAINT_BACKGROUND]));
+nv.drawOpacity = 1.0;  // painted voxels show the pen's colour itself, the overlay's colour of that label
 
 function colormap(indices) {
   const c = (i, k) => (i === 0 ? 0 : COLOURS[i][k]);
@@ -149,6 +148,11 @@ async function loadSlices() {
     vols.push({ url: `/api/volume/${info.case}/${overlayKind}`, name: `${overlayKind}.nii.gz`,
                 opacity: Number($("opacity").value), colormap: overlayKind === "probabilities" ? "warm" : "gray" });
   }
+  if (overlayKind === "none" && nv.volumes.length > 1) {
+    // NiiVue's 3-D tile keeps the last overlay's texture when no overlay is loaded: blank it first.
+    nv.setOpacity(1, 0);
+    nv.updateGLVolume();
+  }
   await nv.loadVolumes(vols);
   applyWindow();
   if (nv.volumes.length > 1) {
@@ -159,10 +163,12 @@ async function loadSlices() {
       nv.volumes[1].setColormapLabel(colormap([0, 1, 2, 3]));
     }
   }
+  nv.setDrawColormap(colormap([0, 1, 2, 3, PAINT_BACKGROUND]));  // pens in the overlay's label colours
   nv.updateGLVolume();
   nv.createEmptyDrawing();
   strokes = 0;
   updatePending();
+  nv.createOnLocationChange();  // the cursor readout of the crosshair's voxel
 }
 
 function applyWindow() {
@@ -293,7 +299,7 @@ function requestRender() {
 
 async function showFrame(header, payload) {
   const t0 = sent.get(header.id);
-  sent.delete(header.id);
+  for (const id of [...sent.keys()]) if (id <= header.id) sent.delete(id);  // older requests were dropped as stale
   const bitmap = await createImageBitmap(new Blob([payload], { type: "image/jpeg" }));
   const canvas = $("view3d");
   canvas.width = canvas.clientWidth; canvas.height = canvas.clientHeight;
@@ -518,7 +524,7 @@ nv.onLocationChange = (data) => {
   const vox = data.values && data.values[0] && data.values[0].vox;
   if (!vox || !info) return;
   clearTimeout(probeTimer);
-  probeTimer = setTimeout(() => send({ type: "probe", voxel: vox.map((v) => Math.round(v)) }), 60);
+  probeTimer = setTimeout(() => send({ type: "probe", voxel: Array.from(vox, (v) => Math.round(v)) }), 60);
 };
 
 // Keyboard shortcuts (docs/viewer.md): 1-4 pens, 0 eraser, Escape pen off, z undo stroke,
@@ -538,5 +544,6 @@ document.addEventListener("keydown", (e) => {
 });
 
 // For scripts and the browser test: the NiiVue instance, the 3-D camera and strokes, the pending counts.
-window.neumoursViewer = { nv, cam, mask3d, paintCounts, COLOURS, state: () => ({ editor, refining, strokes }) };
+window.neumoursViewer = { nv, cam, mask3d, paintCounts, COLOURS, caseId: () => info && info.case,
+                          state: () => ({ editor, refining, strokes }) };
 connect();
