@@ -252,7 +252,7 @@ def test_page_editing_model(tmp_path, cpu_device):
             other.goto(url)
             _wait_text(other, "#role", "view only")
             assert other.locator("#refine").is_disabled() and other.locator("button[data-pen='3']").is_disabled()
-            _wait_text(page, "#role", "1 other page")
+            _wait_text(page, "#role", "+1 viewing")
             page.screenshot(path=str(tmp_path / "page.png"))
             if os.environ.get("NEUMOURS_VIEWER_SCREENSHOT_MODEL"):
                 page.screenshot(path=os.environ["NEUMOURS_VIEWER_SCREENSHOT_MODEL"])

@@ -80,7 +80,7 @@ async function handle(event) {
   const m = JSON.parse(event.data);
   if (m.type === "role") {
     editor = m.editor;
-    $("role").textContent = editor ? (m.clients > 1 ? `editing (${m.clients - 1} other page(s) view only)` : "editing")
+    $("role").textContent = editor ? (m.clients > 1 ? `editing (+${m.clients - 1} viewing)` : "editing")
       : "view only: another page is editing";
     $("role").className = editor ? "editor" : "viewer";
     lockControls();
