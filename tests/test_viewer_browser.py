@@ -129,8 +129,7 @@ def test_page_paint_refine_updates_the_overlay(tmp_path, cpu_device, storage):
             page.mouse.move(box3d["x"] + 80, box3d["y"] + 40, steps=5)
             page.mouse.up()
             page.click("#refine")
-            page.wait_for_function("document.getElementById('progress').textContent.startsWith('refined')",
-                                   timeout=300_000)
+            _wait_text(page, "#progress", "refined", timeout=600_000)
             page.wait_for_timeout(2000)
             assert "render + voxel" in page.locator("#progress").text_content()  # both corrections were used
             after = _pixels(page, tmp_path / "after.png")
@@ -165,7 +164,12 @@ def _launch(p):
 
 
 def _wait_text(page, selector, text, timeout=300_000):
-    page.wait_for_function(f"document.querySelector({selector!r}).textContent.includes({text!r})", timeout=timeout)
+    """Wait until ``selector``'s text holds ``text``; on a timeout, say what the page showed instead."""
+    try:
+        page.wait_for_function(f"document.querySelector({selector!r}).textContent.includes({text!r})", timeout=timeout)
+    except playwright.TimeoutError:
+        shown = {s: page.locator(s).text_content() for s in (selector, "#progress", "#error", "#stats")}
+        raise AssertionError(f"waited for {text!r} in {selector}; the page shows {shown}") from None
 
 
 def test_page_editing_model(tmp_path, cpu_device):
