@@ -111,6 +111,7 @@ async function handle(event) {
     // The INR overlay was patched in place by the "labels" crop; derived overlays are reloaded.
     if (overlayKind !== "inr" && overlayKind !== "none") await reloadKeepingView();
     if (m.type === "refined") { nv.createEmptyDrawing(); strokes = 0; mask3d.clear(); updatePending(); }
+    nv.createOnLocationChange();  // the cursor readout shows the new labels
     requestRender();
   } else if (m.type === "cancelled") {
     progress.textContent = `${m.message}; the corrections are still pending`;
@@ -306,12 +307,13 @@ async function showFrame(header, payload) {
   canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
   const now = performance.now();
   msPerPixel = header.render_ms / (header.width * header.height);
-  frameTimes.push(now); frameTimes = frameTimes.slice(-10);
+  frameTimes.push(now); frameTimes = frameTimes.slice(-10).filter((t) => now - t < 5000);
   if (t0 !== undefined) { latencies.push(now - t0); latencies = latencies.slice(-30); }
   const median = [...latencies].sort((a, b) => a - b)[Math.floor(latencies.length / 2)] || 0;
-  // Frames per second over the last frames (not "frames in the last second", which reads 1 fps at any latency).
+  // Frames per second over the last frames of the last 5 s (not "frames in the last second", which reads
+  // 1 fps at any latency); a single frame (the view was still) says so.
   const span = frameTimes.length > 1 ? (frameTimes[frameTimes.length - 1] - frameTimes[0]) / 1000 : 0;
-  const rate = span > 0 ? `${((frameTimes.length - 1) / span).toFixed(1)} fps` : "1 frame";
+  const rate = span > 0 ? `${((frameTimes.length - 1) / span).toFixed(1)} fps` : "still";
   stats.textContent = `${rate} · latency ${(median / 1000).toFixed(2)} s · ${header.width}×${header.height}` +
     `${header.downscaled ? " (downscaled to the render budget)" : ""} · render ${header.render_ms.toFixed(0)} ms (${header.encoder})`;
   canvas.dataset.frames = String(Number(canvas.dataset.frames || 0) + 1);
