@@ -129,8 +129,7 @@ def test_page_paint_refine_updates_the_overlay(tmp_path, cpu_device, storage):
             page.mouse.move(box3d["x"] + 80, box3d["y"] + 40, steps=5)
             page.mouse.up()
             page.click("#refine")
-            page.wait_for_function("document.getElementById('progress').textContent.startsWith('refined')",
-                                   timeout=300_000)
+            _wait_text(page, "#progress", "refined", timeout=600_000)
             page.wait_for_timeout(2000)
             assert "render + voxel" in page.locator("#progress").text_content()  # both corrections were used
             after = _pixels(page, tmp_path / "after.png")
@@ -153,6 +152,114 @@ def test_page_paint_refine_updates_the_overlay(tmp_path, cpu_device, storage):
                 page.wait_for_timeout(500)
                 page.screenshot(path=os.environ["NEUMOURS_VIEWER_SCREENSHOT"])
             assert changed[away].mean() < 0.05, f"{changed[away].mean():.1%} of the tile away from the stroke changed"
+            assert not errors, errors
+            browser.close()
+    finally:
+        server.stop()
+
+
+def _launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
+
+
+def _wait_text(page, selector, text, timeout=300_000):
+    """Wait until ``selector``'s text holds ``text``; on a timeout, say what the page showed instead."""
+    try:
+        page.wait_for_function(f"document.querySelector({selector!r}).textContent.includes({text!r})", timeout=timeout)
+    except playwright.TimeoutError:
+        shown = {s: page.locator(s).text_content() for s in (selector, "#progress", "#error", "#stats")}
+        raise AssertionError(f"waited for {text!r} in {selector}; the page shows {shown}") from None
+
+
+def test_page_editing_model(tmp_path, cpu_device):
+    """Brush size, pen colour, Refine consuming the paint, Undo giving it back, a case switch keeping the
+    history, Cancel restoring the weights bit for bit, and a second page that views only."""
+    data = tmp_path / "data"
+    data.mkdir()
+    cases = write_phantoms(data, count=2)
+    checkpoint = fitted_checkpoint(cases[0], tmp_path / "tiny.safetensors", cpu_device, steps=60)
+    server = start_server(data, checkpoint, tmp_path / "out")
+    sess = server.worker.session
+    first = sess.state.case.case_id
+    url = f"{server.url}/?token={server.token}&scale=0.25"
+    counts = "window.neumoursViewer.paintCounts()"
+    try:
+        with playwright.sync_playwright() as p:
+            browser = _launch(p)
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_function(f"{FRAMES} >= 1", timeout=120_000)
+            _wait_text(page, "#role", "editing")
+
+            # Brush 5: one click paints a 5 x 5 square of the axial slice, in ET's overlay colour.
+            page.evaluate("() => { const v = window.neumoursViewer.nv; v.setOpacity(1, 0); v.drawScene(); }")
+            page.wait_for_timeout(300)
+            gl = page.locator("#gl").bounding_box()
+            tile = (slice(int(gl["y"] + gl["height"] / 2), int(gl["y"] + gl["height"])),
+                    slice(int(gl["x"]), int(gl["x"] + gl["width"] / 2)))
+            sx, sy = _crosshair(_pixels(page, tmp_path / "crosshair.png"), tile)
+            page.evaluate("() => { const b = document.getElementById('brush'); b.value = '5';"
+                          " b.dispatchEvent(new Event('input')); }")
+            page.keyboard.press("3")  # the ET pen
+            page.mouse.click(sx, sy)
+            page.wait_for_timeout(500)
+            assert page.evaluate(counts) == [0, 0, 0, 25, 0]
+            painted = _pixels(page, tmp_path / "painted.png")
+            spot = painted[int(sy) - 2:int(sy) + 3, int(sx) - 2:int(sx) + 3]
+            assert _near(spot, CLASS_RGB[3]).mean() > 0.8, spot.reshape(-1, 3)[:5]
+            assert "ET 25" in page.locator("#pending").text_content()
+
+            # Refine consumes the paint: the drawing is empty, and a second Refine has nothing to apply.
+            page.fill("#steps", "2")
+            page.click("#refine")
+            _wait_text(page, "#progress", "refined")
+            assert page.evaluate(counts) == [0, 0, 0, 0, 0]
+            assert page.locator("#pending").text_content() == "none"
+            page.click("#refine")
+            page.wait_for_function("!document.getElementById('error').hidden", timeout=120_000)
+            assert "nothing to apply" in page.locator("#error").text_content()
+
+            # Undo refine gives the paint back to the page.
+            page.click("#undo")
+            _wait_text(page, "#progress", "undone")
+            page.wait_for_function(f"{counts}[3] === 25", timeout=60_000)
+            assert sess.painted_count() == 25 and len(sess.history) == 0
+
+            # Refine again, switch case: the history stays (and Undo there restores the first case's paint).
+            page.click("#refine")
+            _wait_text(page, "#progress", "refined")
+            second = [c for c in page.eval_on_selector_all("#case option", "os => os.map(o => o.value)") if c != first][0]
+            page.select_option("#case", second)
+            page.wait_for_function(f"window.neumoursViewer.caseId() === {second!r}", timeout=120_000)
+            _wait_text(page, "#history", "1 refinement(s) applied, 1 undoable")
+            page.click("#undo")
+            _wait_text(page, "#history", f"pending on {first}")
+            page.select_option("#case", first)
+            page.wait_for_function(f"window.neumoursViewer.caseId() === {first!r} && {counts}[3] === 25", timeout=120_000)
+
+            # Cancel: the weights come back bit for bit; Refine is locked while it runs.
+            before = sess.inr.bridge.params.detach().clone().numpy()
+            page.fill("#steps", "500")
+            page.click("#refine")
+            _wait_text(page, "#progress", "step")
+            assert page.locator("#refine").is_disabled() and page.locator("#cancel").is_enabled()
+            page.click("#cancel")
+            _wait_text(page, "#progress", "cancelled")
+            assert np.array_equal(sess.inr.bridge.params.detach().numpy(), before)
+            page.wait_for_function("!document.getElementById('refine').disabled", timeout=60_000)
+
+            # A second page views only.
+            other = browser.new_page(viewport={"width": 1000, "height": 600})
+            other.goto(url)
+            _wait_text(other, "#role", "view only")
+            assert other.locator("#refine").is_disabled() and other.locator("button[data-pen='3']").is_disabled()
+            _wait_text(page, "#role", "+1 viewing")
+            page.screenshot(path=str(tmp_path / "page.png"))
+            if os.environ.get("NEUMOURS_VIEWER_SCREENSHOT_MODEL"):
+                page.screenshot(path=os.environ["NEUMOURS_VIEWER_SCREENSHOT_MODEL"])
             assert not errors, errors
             browser.close()
     finally:

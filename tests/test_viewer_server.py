@@ -65,16 +65,23 @@ class Client:
                 message = json.loads(msg.data)
                 if message["type"] in types:
                     return message
-                if message["type"] == "error" or "error" in types and message["type"] != "progress":
+                # Broadcasts of the shared state (status, role, busy) and progress are skipped.
+                if message["type"] == "error" or "error" in types and message["type"] not in (
+                        "progress", "status", "role", "busy"):
                     raise AssertionError(f"expected {types}, got {message}")
             else:
                 raise AssertionError(f"socket closed: {msg}")
 
 
-async def session(server, body):
+async def session(server, body, editor=True):
+    """Run ``body(client)`` on a new socket; with ``editor``, once the server made it the editing page
+    (the previous test's page may still be leaving)."""
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(f"{server.url}/ws?token={server.token}", max_msg_size=0) as ws:
-            return await body(Client(ws))
+            c = Client(ws)
+            while editor and not (await c.reply("role", timeout=60))["editor"]:
+                pass
+            return await body(c)
 
 
 def render_message(width=64, height=48, azimuth=30.0, request_id=1):
@@ -355,3 +362,216 @@ def test_bad_messages_get_an_error_reply_and_the_server_goes_on(served):
     replies, pong = run(session(server, body))
     assert all(r["type"] == "error" and r["message"] for r in replies)
     assert pong["id"] == 3
+
+
+# ---------------------------------------------------------------------------------------------- editing model
+
+
+def _strokes(case_id, origin, value=3, size=4):
+    crop = np.full((size,) * 3, value, np.uint8)
+    return protocol.pack({"type": "strokes", "case": case_id, "origin": list(origin), "shape": [size] * 3},
+                         crop.tobytes())
+
+
+def test_refine_consumes_corrections_and_undo_gives_them_back(served):
+    server = served["server"]
+    sess = server.worker.session
+    case_id = sess.state.case.case_id
+    origin, box = _painted_box(case_id, sess)
+    before = sess.inr.bridge.params.detach().clone().numpy()
+
+    async def body(c):
+        await c.send({"type": "clear"})
+        await c.reply("cleared")
+        await c.send(_strokes(case_id, origin))
+        await c.reply("painted")
+        await c.send({"type": "refine", "steps": 3, "lr": 1e-2})
+        await c.reply("refined")
+        after_refine = await c.reply("status")
+        await c.send({"type": "refine", "steps": 3})  # nothing new painted
+        again = await c.ws.receive_json(timeout=60)
+        while again["type"] != "error":
+            again = await c.ws.receive_json(timeout=60)
+        await c.send({"type": "undo"})
+        await c.reply("undone")
+        after_undo = await c.reply("status")
+        header, crop = await c.reply("pending_paint")
+        return after_refine, again, after_undo, header, crop
+
+    after_refine, again, after_undo, header, crop = run(session(server, body))
+    assert after_refine["pending"]["painted"] == 0 and after_refine["undo_depth"] == 1
+    assert after_refine["history"][-1]["painted"] == 64 and after_refine["history"][-1]["by_pen"] == {"ET": 64}
+    assert "nothing to apply" in again["message"]
+    assert np.array_equal(sess.inr.bridge.params.detach().numpy(), before)
+    assert after_undo["pending"]["painted"] == 64 and after_undo["undo_depth"] == 0
+    assert header["origin"] == list(origin) and header["shape"] == [4, 4, 4]
+    assert (np.frombuffer(crop, np.uint8) == 3).all()
+    assert (sess.state.paint[box] == 3).all()  # pending again: the next Refine applies them once more
+    run(session(server, lambda c: _clear(c)))
+
+
+async def _clear(c):
+    await c.send({"type": "clear"})
+    return await c.reply("cleared")
+
+
+def test_second_page_is_read_only_and_takes_over_when_the_editor_leaves(served):
+    server = served["server"]
+    case_id = server.worker.session.state.case.case_id
+
+    async def body(editor):
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"{server.url}/ws?token={server.token}", max_msg_size=0) as ws2:
+                viewer = Client(ws2)
+                role = await viewer.reply("role")
+                refused = []
+                for message in ({"type": "refine"}, {"type": "undo"}, {"type": "open", "case": case_id},
+                                _strokes(case_id, (0, 0, 0))):
+                    await viewer.send(message)
+                    refused.append(await viewer.reply("error"))
+                await viewer.send(render_message(40, 30))
+                frame, _ = await viewer.reply("frame")
+                await editor.ws.close()
+                while not (await viewer.reply("role"))["editor"]:
+                    pass
+                await viewer.send({"type": "clear"})
+                return role, refused, frame, await viewer.reply("cleared")
+
+    role, refused, frame, cleared = run(session(server, body))
+    assert role["editor"] is False and role["clients"] == 2
+    assert all("read-only" in r["message"] for r in refused)
+    assert frame["width"] == 40 and cleared["type"] == "cleared"
+
+
+def test_cancel_restores_the_weights_bit_for_bit_while_frames_flow(served):
+    server = served["server"]
+    sess = server.worker.session
+    case_id = sess.state.case.case_id
+    origin, _ = _painted_box(case_id, sess)
+    before = sess.inr.bridge.params.detach().clone().numpy()
+
+    async def body(c):
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"{server.url}/ws?token={server.token}", max_msg_size=0) as ws2:
+                other = Client(ws2)
+                await c.send(_strokes(case_id, origin))
+                await c.reply("painted")
+                await c.send({"type": "refine", "steps": 500, "lr": 1e-2})
+                first = await c.reply("progress")
+                await c.send({"type": "refine", "steps": 5})  # a double click: refused, not queued
+                double = await c.reply("error")
+                await other.send(render_message(40, 30))  # another page's frame comes during the refinement
+                frame, _ = await other.reply("frame")
+                await c.send({"type": "cancel"})
+                cancelled = await c.reply("cancelled")
+                await c.send({"type": "ping", "id": 1})
+                await c.reply("pong")
+                return first, double, frame, cancelled
+
+    first, double, frame, cancelled = run(session(server, body))
+    assert first["steps"] == 500 and "remaining" in first and "loss" in first
+    assert "already running" in double["message"]
+    assert frame["width"] == 40
+    assert "cancelled" in cancelled["message"]
+    assert np.array_equal(sess.inr.bridge.params.detach().numpy(), before)  # bit for bit
+    assert sess.painted_count() == 64 and len(sess.history) == 0  # still pending, nothing recorded
+    run(session(server, _clear))
+
+
+def test_case_switch_keeps_history_pending_and_the_saved_log(served):
+    from safetensors import safe_open
+
+    server = served["server"]
+    sess = server.worker.session
+    first = sess.state.case.case_id
+    second = load_case(served["cases"][1]).case_id
+    origin, _ = _painted_box(first, sess)
+    before = sess.inr.bridge.params.detach().clone().numpy()
+
+    async def body(c):
+        await c.send(_strokes(first, origin))
+        await c.reply("painted")
+        await c.send({"type": "refine", "steps": 2, "lr": 1e-2})
+        await c.reply("refined")
+        await c.send(_strokes(first, origin, value=2, size=2))  # pending, not refined, on the first case
+        await c.reply("painted")
+        await c.send({"type": "open", "case": second})
+        opened = await c.reply("case")
+        await c.send({"type": "save"})
+        saved = await c.reply("saved")
+        await c.send({"type": "undo"})
+        undone = await c.reply("undone")
+        status = await c.reply("status")
+        await c.send({"type": "open", "case": first})
+        back = await c.reply("case")
+        header, crop = await c.reply("pending_paint")
+        await c.send({"type": "clear"})
+        await c.reply("cleared")
+        return opened, saved, undone, status, back, header, crop
+
+    opened, saved, undone, status, back, header, crop = run(session(server, body))
+    assert opened["case"] == second and opened["undo_depth"] == 1 and opened["pending_elsewhere"] == [first]
+    with safe_open(saved["checkpoint"], "np") as f:
+        meta = f.metadata()
+    assert meta["refinements"] == "1" and json.loads(meta["refinement_log"])[0]["case"] == first
+    assert undone["case"] == first and status["undo_depth"] == 0
+    assert np.array_equal(sess.inr.bridge.params.detach().numpy(), before)
+    # Back on the first case: the undone refinement's 64 ET voxels, under the 8 ED voxels painted after it.
+    assert back["pending"]["painted"] == 64 and back["pending"]["by_pen"] == {"ED": 8, "ET": 56}
+    assert header["origin"] == list(origin) and sorted(set(np.frombuffer(crop, np.uint8))) == [2, 3]
+    for path in served["out"].iterdir():
+        if path.name.startswith(second):
+            path.unlink()  # the save test expects only the first case's files
+
+
+def test_oversized_and_hostile_requests_get_replies_without_tracebacks(served, caplog):
+    import logging
+
+    server = served["server"]
+    deep = "[" * 20000 + "]" * 20000
+
+    async def body(c):
+        await c.ws.send_str('{"type": "ping", "x": ' + deep + "}")
+        deep_reply = await c.reply("error")
+        await c.send(b"\x00" * (4 * MAX_UPLOAD))  # far beyond the limit, still answered
+        big_reply = await c.reply("error")
+        await c.send({"type": "probe", "voxel": [1, 2, 3]})
+        probe = await c.reply("probe")
+        await c.send({"type": "settings", "hidden_labels": [5]})
+        hidden = await c.reply("error")
+        async with aiohttp.ClientSession() as http:
+            long_url = (await http.get(f"{server.url}/?token={server.token}&pad={'x' * 100_000}")).status
+            icon = await http.get(f"{server.url}/favicon.ico?token={server.token}")
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await http.ws_connect(f"{server.url}/ws?token={server.token}", headers={"Origin": "http://evil.example"})
+            same = await http.ws_connect(f"{server.url}/ws?token={server.token}", headers={"Origin": server.url})
+            await same.close()
+        return deep_reply, big_reply, probe, hidden, long_url, icon.status, icon.content_type, err.value.status
+
+    with caplog.at_level(logging.ERROR):
+        deep_reply, big_reply, probe, hidden, long_url, icon, icon_type, origin = run(session(server, body))
+    assert "nested too deeply" in deep_reply["message"] and "exceeds the limit" in big_reply["message"]
+    assert set(probe["intensities"]) == {"t1n", "t1c", "t2w", "t2f"} and probe["label"] in ("background", "NCR", "ED", "ET")
+    assert "hidden_labels" in hidden["message"]
+    assert long_url == 200 and icon == 200 and icon_type == "image/svg+xml" and origin == 403
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+def test_large_renders_are_downscaled_to_the_time_budget(served):
+    server = served["server"]
+    renderer = server.worker.session.renderer
+    budget = renderer.budget_s
+
+    async def body(c):
+        # A budget that fits about 256 x 128 pixels at the default step (0.02) by the renderer's own estimate.
+        renderer.budget_s = renderer.seconds_per_sample * 256 * 128 / 0.02
+        try:
+            await c.send(render_message(2048, 1024))
+            return await c.reply("frame")
+        finally:
+            renderer.budget_s = budget
+
+    header, jpeg = run(session(server, body, editor=False))
+    assert header["downscaled"] and header["requested"] == [2048, 1024]
+    assert 16 < header["width"] < 2048 and abs(header["width"] / header["height"] - 2.0) < 0.2
+    assert Image.open(io.BytesIO(jpeg)).size == (header["width"], header["height"])

@@ -59,15 +59,7 @@ def start_viewer(source, checkpoint, out=None, device: str = "auto", precision: 
         check_outputs([Output(Path(out), "--out", folder=True)], [*case_files(refs), ("--checkpoint", checkpoint)])
 
     def make_session() -> ViewerSession:
-        session = ViewerSession(refs, checkpoint, get_device(device), out)
-        if precision != "auto":  # the session's INR at the asked precision (bf16 off CUDA: one error line)
-            from neumours.infer.segment import Segmenter
-            from neumours.viewer.session import CACHE_CHUNK_POINTS
-
-            session.segmenter = Segmenter(checkpoint, session.device, chunk_points=CACHE_CHUNK_POINTS,
-                                          precision=precision)
-            session.inr = session.segmenter.inr
-        return session
+        return ViewerSession(refs, checkpoint, get_device(device), out, precision=precision)
 
     worker = DeviceWorker(make_session)
     try:

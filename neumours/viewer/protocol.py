@@ -11,12 +11,15 @@ is nx * ny * nz uint8 values in C order (x slowest), never per-voxel JSON lists.
 
 - client -> server ``strokes``: the slice-painting state inside a box, values
   :data:`PAINT_NONE` (unpainted or erased), 1..3 (NCR, ED, ET pens) or
-  :data:`PAINT_BACKGROUND` (the background pen); it replaces the box's previous state.
+  :data:`PAINT_BACKGROUND` (the background pen); it replaces the box's previous state
+  (with ``"replace": true`` the box is the whole pending paint: the rest is cleared).
 - client -> server ``mask``: a 3-D-view stroke mask crop (``origin``, ``shape`` as
   (x0, y0) and (w, h) of an image of ``width`` x ``height`` for ``camera``; values
   ``neumours.refine.masks`` NOT_TUMOUR, TUMOUR, DONT_CARE).
 - server -> client ``frame``: a JPEG of the 3-D view; ``labels``: the changed crop of
-  the INR's label volume after a refinement or undo.
+  the INR's label volume after a refinement or undo; ``pending_paint`` and
+  ``pending_mask``: the open case's pending corrections (as ``strokes`` and ``mask``
+  are framed) for the page to redraw, after a case opens or Undo refine gives them back.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ PAINT_NONE, PAINT_BACKGROUND = 0, NUM_CLASSES
 #: Overlay sources of both views.
 OVERLAYS = ("inr", "denoised", "ground_truth", "probabilities", "none")
 #: Message types a client may send.
-CLIENT_TYPES = ("hello", "open", "settings", "render", "strokes", "mask", "clear", "refine", "undo", "save", "ping")
+CLIENT_TYPES = ("hello", "open", "settings", "render", "strokes", "mask", "clear", "refine", "cancel", "undo",
+                "save", "probe", "ping")
 #: Binary message types the server sends.
-SERVER_BINARY_TYPES = ("frame", "labels")
+SERVER_BINARY_TYPES = ("frame", "labels", "pending_paint", "pending_mask")
 _HEADER = struct.Struct("<I")
 
 
@@ -77,6 +81,8 @@ def _json_object(raw: bytes | str, types: tuple[str, ...] = CLIENT_TYPES) -> dic
         message = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("JSON nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
     kind = message.get("type")

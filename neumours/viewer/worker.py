@@ -10,6 +10,8 @@ Two kinds of work arrive from the web server's event loop:
   instead of queueing them, and a frame always shows the newest camera.
 
 Jobs go before waiting renders, and renders of several clients take turns.
+A long job (a refinement) calls :meth:`DeviceWorker.serve_renders` between its
+steps, so frames keep flowing to every client while it runs.
 The session object is created on the worker thread, so the device never
 leaves it.
 """
@@ -75,6 +77,19 @@ class DeviceWorker:
             self._cond.notify()
         return future
 
+    def serve_renders(self) -> int:
+        """Run the renders waiting now (from inside a job, on the worker thread); returns how many ran."""
+        if threading.current_thread() is not self._thread:
+            raise RuntimeError("serve_renders runs on the worker thread, inside a job")
+        done = 0
+        while True:
+            with self._cond:
+                if not self._renders or self._stopping:
+                    return done
+                _, (job, future) = self._renders.popitem(last=False)
+            if self._execute(job, future, True):
+                done += 1
+
     def forget(self, client: Any) -> None:
         """Drop a client's waiting render (it disconnected)."""
         with self._cond:
@@ -117,17 +132,21 @@ class DeviceWorker:
             item = self._next()
             if item is None:
                 return
-            job, future, is_render = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = job(self.session)
-            except BaseException as exc:  # the server turns it into an error reply
-                future.set_exception(exc)
-            else:
-                if is_render:
-                    self.rendered += 1
-                future.set_result(result)
+            self._execute(*item)
+
+    def _execute(self, job: Job, future: Future, is_render: bool) -> bool:
+        """Run one job into its future (unless cancelled); whether it ran."""
+        if not future.set_running_or_notify_cancel():
+            return False
+        try:
+            result = job(self.session)
+        except BaseException as exc:  # the server turns it into an error reply
+            future.set_exception(exc)
+        else:
+            if is_render:
+                self.rendered += 1
+            future.set_result(result)
+        return True
 
 
 def _bind_cuda_context() -> None:
