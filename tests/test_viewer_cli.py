@@ -41,3 +41,18 @@ def test_bad_port(dataset, capsys, tmp_path):
     root, _ = dataset
     assert main(["view", str(root), "--checkpoint", str(tmp_path / "x"), "--port", "70000", "--no-browser"]) == 2
     assert "--port" in _error_line(capsys)
+
+
+def test_precision_reaches_the_session(dataset, capsys, tmp_path):
+    """``view --precision bf16`` builds the session's INR in bf16: off CUDA that is one error line."""
+    from neumours.model.checkpoint import save_checkpoint
+    from neumours.model.config import INRConfig
+    from neumours.model.params import init_params
+
+    root, _ = dataset
+    config = INRConfig.tiny()
+    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", init_params(config, seed=0), config)
+    assert main(["view", str(root), "--checkpoint", str(ckpt), "--device", "cpu", "--precision", "bf16",
+                 "--no-browser"]) == 2
+    line = _error_line(capsys)
+    assert "bf16" in line and "CUDA" in line, line
