@@ -25,6 +25,7 @@ from neumours.data.phantom import write_dataset
 from neumours.model.checkpoint import save_checkpoint
 from neumours.model.config import INRConfig
 from neumours.model.reference import TorchINR
+from refusals import expect_refusal
 
 CONFIG = INRConfig.tiny()
 SHAPE = (24, 24, 16)
@@ -50,17 +51,7 @@ def tree(root: Path) -> dict[str, str]:
 def refused(args, capsys, root: Path, names) -> str:
     """Run the CLI; assert exit 2, one error line holding every one of ``names``, no traceback, and the tree
     under ``root`` exactly as before. Returns the line."""
-    before = tree(root)
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    assert code == 2, (code, captured.err)
-    assert "Traceback" not in captured.err + captured.out
-    assert captured.err.startswith("neumours: error: ") and captured.err.count("\n") == 1, captured.err
-    for name in names:
-        assert str(name) in captured.err, (name, captured.err)
-    assert tree(root) == before, "a refused command changed the file tree"
-    return captured.err
+    return expect_refusal(args, capsys, root, names, tree)
 
 
 @pytest.fixture(scope="module")

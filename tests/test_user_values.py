@@ -18,6 +18,7 @@ from neumours.errors import NeumoursError
 from neumours.schema import Number, SettingError
 from neumours.sweep.space import apply, parse_space
 from neumours.train.config import OptimizerConfig, TrainConfig, load_toml, preset
+from refusals import expect_refusal
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +36,7 @@ def tree(root: Path) -> dict:
 def one_line(args, capsys, root: Path, *names) -> str:
     """Run the CLI: exit 2, one ``neumours: error:`` line holding each of ``names``, no traceback, no change
     under ``root``. Returns the line."""
-    before = tree(root)
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    assert code == 2, (code, captured.err)
-    assert "Traceback" not in captured.err + captured.out
-    assert captured.err.startswith("neumours: error: ") and captured.err.count("\n") == 1, captured.err
-    for name in names:
-        assert str(name) in captured.err, (name, captured.err)
-    assert tree(root) == before, "a failed command changed files"
-    return captured.err
+    return expect_refusal(args, capsys, root, names, tree)
 
 
 # --- training TOML --------------------------------------------------------------------------------------
