@@ -23,7 +23,6 @@ The open case: :mod:`neumours.viewer.case_store`; frames: :mod:`neumours.viewer.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -33,6 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 import slangpy as spy
 
+from neumours import strict_json
 from neumours.conventions import MODALITIES, NUM_CLASSES
 from neumours.data import CaseRef, load_case, normalise, save_label
 from neumours.errors import NeumoursError
@@ -398,7 +398,7 @@ class ViewerSession:
         ckpt = save_checkpoint(self.out / f"{cid}_refined.safetensors", weights, self.inr.config,
                                metadata={"refined_from": self.checkpoint.name, "case": cid,
                                          "refinements": str(len(self.history)),
-                                         "refinement_log": json.dumps(self.history.records())})
+                                         "refinement_log": strict_json.dumps(self.history.records())})
         seg = save_label(st.labels, self.out / f"{cid}_seg.nii.gz", like=st.case)
         return {"checkpoint": str(ckpt), "segmentation": str(seg), "refinements": len(self.history)}
 
