@@ -336,7 +336,9 @@ def test_gpu_inr_gradients_and_stream_order(cuda_device, precision):
     peer_out.float().backward(weight)
     for (name, p), q, r in zip(net.named_parameters(), model.parameters(), peer.parameters()):
         ours, torch_err = rel_err(p.grad.cpu(), q.grad.cpu()), rel_err(r.grad.cpu(), q.grad.cpu())
-        assert ours <= (max(2e-2, 1.5 * torch_err) if precision == "bf16" else 1e-4), (name, ours, torch_err)
+        # fp32: the bound of tests/test_inr.py's full-size check (a weight gradient sums 65,536 points;
+        # torch's own fp32 on this GPU is farther from float64 than ours).
+        assert ours <= (max(2e-2, 1.5 * torch_err) if precision == "bf16" else max(1e-4, 2 * torch_err)), (name, ours, torch_err)
 
 
 @pytest.mark.gpu
