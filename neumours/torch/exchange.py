@@ -19,6 +19,7 @@ import slangpy as spy
 import torch
 
 from neumours.device import download, empty_buffer, get_device, upload
+from neumours.device.buffers import ScratchBuffers
 from neumours.errors import NeumoursError
 
 #: Attribute of a returned tensor naming the device buffer it mirrors, with the tensor's
@@ -77,24 +78,30 @@ def check(name: str, tensor: torch.Tensor, device: spy.Device, shape: tuple | No
     return tensor
 
 
-def to_buffer(device: spy.Device, tensor: torch.Tensor, dtype=np.float32) -> spy.Buffer:
+def to_buffer(device: spy.Device, tensor: torch.Tensor, dtype=np.float32,
+              scratch: ScratchBuffers | None = None, name: str = "") -> spy.Buffer:
     """A device buffer holding ``tensor``'s elements (C order) as ``dtype``.
 
     The buffer of a tensor Neumours returned is reused as long as the tensor was not
-    modified since; otherwise a new buffer is filled (device-to-device on CUDA).
+    modified since; otherwise a buffer is filled (device-to-device on CUDA): the
+    ``scratch`` buffer ``name`` when given (kept between calls: creating a buffer costs
+    more than the copy on CUDA), else a new one.
     Call :func:`before_kernels` before a kernel reads it.
     """
     mirrored = getattr(tensor, _BUFFER_ATTR, None)
     if mirrored is not None and mirrored[1] == tensor._version and mirrored[2] is device:
         return mirrored[0]
     t = tensor.detach()
+    count = t.numel()
     if is_cuda(device):
         t = t.to(torch.float32 if dtype == np.float32 else torch.int32).contiguous().reshape(-1)
-        buffer = empty_buffer(device, max(t.numel(), 1), dtype)
+        buffer = scratch.get(name, count, dtype) if scratch is not None else empty_buffer(device, max(count, 1), dtype)
         kind = spy.DataType.float32 if dtype == np.float32 else spy.DataType.int32
-        if t.numel():
-            buffer.to_torch(kind, [t.numel()]).copy_(t)
+        if count:
+            buffer.to_torch(kind, [count]).copy_(t)
         return buffer
+    if scratch is not None:
+        return scratch.upload(name, t.cpu().numpy(), dtype)
     return upload(device, t.cpu().numpy(), dtype)
 
 

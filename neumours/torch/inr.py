@@ -26,6 +26,7 @@ import slangpy as spy
 import torch
 
 from neumours.device import empty_buffer, get_device
+from neumours.device.buffers import ScratchBuffers
 from neumours.errors import NeumoursError
 from neumours.model.config import INRConfig
 from neumours.model.inputs import CaseVolumes, gather_inputs
@@ -36,13 +37,15 @@ from neumours.torch import exchange
 class WorkspacePool:
     """Workspaces of forwards awaiting their backward, reused once autograd frees them.
 
-    Freed workspaces stay allocated for the next forward of a similar size (creating device
-    buffers of a new size is slow on CUDA); :meth:`clear` releases them.
+    Each workspace comes with scratch buffers for the copies of its inputs and of the
+    incoming logits gradient (:class:`~neumours.device.buffers.ScratchBuffers`). Freed
+    workspaces stay allocated for the next forward of a similar size (creating device
+    buffers is slow on CUDA); :meth:`clear` releases them.
     """
 
     def __init__(self, inr: INR):
         self.inr = inr
-        self._free: list[Workspace] = []
+        self._free: list[tuple[Workspace, ScratchBuffers]] = []
         self.leased = 0
 
     def clear(self) -> None:
@@ -50,27 +53,28 @@ class WorkspacePool:
         self._free.clear()
 
     def take(self, count: int, input_grads: bool) -> "Lease":
-        fits = [ws for ws in self._free if ws.capacity >= count]
+        fits = [slot for slot in self._free if slot[0].capacity >= count]
         if fits:
-            ws = min(fits, key=lambda w: w.capacity)
-            self._free.remove(ws)
+            slot = min(fits, key=lambda s: s[0].capacity)
+            self._free.remove(slot)
         else:
-            ws = self.inr.new_workspace(count)
+            slot = (self.inr.new_workspace(count), ScratchBuffers(self.inr.device))
         if input_grads:
-            self.inr.with_input_grads(ws)
+            self.inr.with_input_grads(slot[0])
         self.leased += 1
-        return Lease(self, ws)
+        return Lease(self, *slot)
 
 
 class Lease:
-    """A workspace held by one autograd node; back to its pool when the node is freed."""
+    """A workspace (and its scratch buffers) held by one autograd node; back to its pool when
+    the node is freed."""
 
-    def __init__(self, pool: WorkspacePool, workspace: Workspace):
-        self.pool, self.workspace = pool, workspace
+    def __init__(self, pool: WorkspacePool, workspace: Workspace, scratch: ScratchBuffers):
+        self.pool, self.workspace, self.scratch = pool, workspace, scratch
 
     def __del__(self):
         self.pool.leased -= 1
-        self.pool._free.append(self.workspace)
+        self.pool._free.append((self.workspace, self.scratch))
 
 
 def weight_gradients(inr: INR, accumulate) -> torch.Tensor:
@@ -99,10 +103,11 @@ class _INRFunction(torch.autograd.Function):
             raise NeumoursError("input gradients (coords, patches requiring grad) need precision fp32, "
                                 f"this INR runs {inr.precision}")
         module.push()
-        c, p = exchange.to_buffer(dev, coords), exchange.to_buffer(dev, patches)
+        lease = module.pool.take(max(n, 1), input_grads)
+        c = exchange.to_buffer(dev, coords, scratch=lease.scratch, name="coords")
+        p = exchange.to_buffer(dev, patches, scratch=lease.scratch, name="patches")
         exchange.before_kernels(dev)
         logits = empty_buffer(dev, n * cfg.num_classes)
-        lease = module.pool.take(max(n, 1), input_grads)
         if n:
             inr.forward_device(c, p, n, logits, lease.workspace)
         ctx.state = (module, c, p, n, lease, input_grads, patches.shape)
@@ -113,7 +118,7 @@ class _INRFunction(torch.autograd.Function):
     def backward(ctx, grad_logits: torch.Tensor):
         module, c, p, n, lease, input_grads, patch_shape = ctx.state
         inr, dev = module.inr, module.inr.device
-        g = exchange.to_buffer(dev, grad_logits.contiguous())
+        g = exchange.to_buffer(dev, grad_logits.contiguous(), scratch=lease.scratch, name="grad_logits")
         exchange.before_kernels(dev)
 
         def accumulate():
