@@ -119,22 +119,29 @@ async def stream(url, token, frames, corrections, case_id, shape, width, height)
 
             side = max(1, min(16, *(s // 3 for s in shape)))
             origin = [s // 2 - side // 2 for s in shape]
-            round_trips, refine_s = [], []
+            round_trips, refine_s, phases = [], [], []
             for k in range(corrections):
                 t0 = time.perf_counter()
                 crop = np.full((side,) * 3, 3, np.uint8)
                 await ws.send_bytes(protocol.pack({"type": "strokes", "case": case_id, "origin": origin,
                                                    "shape": [side] * 3}, crop.tobytes()))
                 await reply("painted")
+                t_painted = time.perf_counter()
                 await ws.send_str(json.dumps({"type": "refine", "steps": 20, "lr": 1e-3}))
                 refined, _ = await reply("refined")
+                t_refined = time.perf_counter()
                 await one_frame(10.0 + k)
-                round_trips.append(time.perf_counter() - t0)
+                t_frame = time.perf_counter()
+                round_trips.append(t_frame - t0)
                 refine_s.append(refined["seconds"])
+                # Where the round trip goes: the paint reply, the refine reply around the session's own
+                # refine + re-cache time (queueing, the changed crop and the status messages), the frame.
+                phases.append({"paint": t_painted - t0, "refine_reply_extra": t_refined - t_painted - refined["seconds"],
+                               "frame": t_frame - t_refined})
                 await ws.send_str(json.dumps({"type": "undo"}))
                 await reply("undone")
             return {"stream_times": stream_times, "render_ms": render_ms, "encode_ms": encode_ms,
-                    "encoder": encoder, "round_trips": round_trips, "refine_s": refine_s}
+                    "encoder": encoder, "round_trips": round_trips, "refine_s": refine_s, "phases": phases}
 
 
 def main(argv=None) -> int:
@@ -205,7 +212,9 @@ def main(argv=None) -> int:
                             "server_render_median_ms": float(np.median(st["render_ms"])),
                             "encode_median_ms": float(np.median(st["encode_ms"]))},
                "correction": {"median_s": float(np.median(st["round_trips"])),
-                              "refine_and_recache_median_s": float(np.median(st["refine_s"]))},
+                              "refine_and_recache_median_s": float(np.median(st["refine_s"])),
+                              **{f"{name}_median_s": float(np.median([p[name] for p in st["phases"]]))
+                                 for name in ("paint", "refine_reply_extra", "frame")}},
                "gpu_memory_held_gib": held, "gpu_memory_torch_reserved_gib": torch_cached}
     write_json(args.json, results)
     rows = [
@@ -218,6 +227,10 @@ def main(argv=None) -> int:
          "vs torch": ""},
         {"what": "correction: paint + 20 steps + re-cache + frame", "value": f"{results['correction']['median_s']:.2f} s",
          "vs torch": ""},
+        {"what": "  of it: paint reply / refine + re-cache / rest of the refine reply / frame",
+         "value": " / ".join(f"{results['correction'][k]:.3f}" for k in
+                             ("paint_median_s", "refine_and_recache_median_s", "refine_reply_extra_median_s", "frame_median_s"))
+         + " s", "vs torch": ""},
         {"what": "device memory held", "value": f"{held:.2f} GiB (torch's allocator: {torch_cached:.2f})" if held is not None else "n/a (CPU)", "vs torch": ""},
     ]
     print(f"device: {results['device']}  precision {results['precision']}  volume {shape}")
