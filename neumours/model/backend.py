@@ -14,7 +14,7 @@ here, once for both.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import slangpy as spy
 
@@ -71,8 +71,12 @@ class LayerBackend(Backend):
     Args:
         inr: the :class:`neumours.model.inr.INR` (its network, parameter layout, bridge and device).
 
-    Subclasses set ``RESIDENT_THREADS`` and ``MIN_POINTS_PER_SPLIT`` (of :func:`split_k`)
-    and implement :meth:`split_blocks` and :meth:`dispatch`.
+    Each product is prepared once (:meth:`prepare`): weights, offsets, the fixed
+    parts of its epilogue and its split bound are resolved when the backend is
+    made, so a pass binds only the tensors and the point count, as the
+    hand-written passes did. Subclasses set ``RESIDENT_THREADS`` and
+    ``MIN_POINTS_PER_SPLIT`` (of :func:`split_k`) and implement
+    :meth:`split_blocks` and :meth:`prepare`.
     """
 
     RESIDENT_THREADS: int
@@ -82,41 +86,49 @@ class LayerBackend(Backend):
         self.inr = inr
         self.network = inr.network
         self.facts = device_facts(inr.device)
+        self._forward = [self.prepare(product) for product in self.network.forward]
+        self._backward = {flag: [self.prepare(product) for product in self.network.backward(flag)]
+                          for flag in (False, True)}
 
     def forward(self, tensors: Tensors, count: int) -> None:
-        for product in self.network.forward:
-            self.dispatch(product, tensors, count)
+        for run in self._forward:
+            run(tensors, count)
 
     def backward(self, tensors: Tensors, count: int, input_grads: bool = False) -> None:
-        for product in self.network.backward(input_grads):
-            self.dispatch(product, tensors, count)
+        for run in self._backward[bool(input_grads)]:
+            run(tensors, count)
 
-    def epilogue(self, product: Product, tensors: Tensors) -> Epilogue:
-        """The product's epilogue on this INR's buffers (biases and their gradients in the flat vectors)."""
+    def epilogue(self, product: Product) -> Callable[[Tensors], Epilogue]:
+        """The product's epilogue on this INR's buffers (biases and their gradients in the flat vectors);
+        only a RELU_GRAD mask (an activation) is bound per call."""
         offset, bridge = self.inr.layout.offset, self.inr.bridge
-        mask, sums = product.mask, product.column_sums
-        return Epilogue(
-            product.op,
+        sums = product.column_sums
+        fixed = dict(
             bias=Bias(bridge.params_buffer, offset(product.bias)) if product.bias else None,
             relu=product.relu,
-            mask=Mask(tensors[mask.tensor], mask.width, mask.column) if mask else None,
             column_sums=ColumnSums(bridge.grads_buffer, product.column_split, offset(sums[0]), offset(sums[-1]))
             if sums else None,
             bias_grad=offset(product.bias_grad) if product.bias_grad else None,
         )
+        if product.mask is None:
+            epilogue = Epilogue(product.op, **fixed)
+            return lambda tensors: epilogue
+        op, name, ld, column = product.op, product.mask.tensor, product.mask.width, product.mask.column
+        return lambda tensors: Epilogue(op, mask=Mask(tensors[name], ld, column), **fixed)
 
-    def splits(self, product: Product, count: int) -> int:
-        """Groups sharing the product's k sum: 1 unless it accumulates over points (:func:`split_k`)."""
+    def splits(self, product: Product) -> Callable[[int], int]:
+        """Groups sharing the product's k sum, given the point count: 1 unless it accumulates over points."""
         if not product.split_points:
-            return 1
-        m, n, _ = product.shape(count)
-        blocks, group_threads = self.split_blocks(m, n)
-        return split_k(self.facts, blocks, group_threads, self.RESIDENT_THREADS, count, self.MIN_POINTS_PER_SPLIT)
+            return lambda count: 1
+        m, n, _ = product.shape(0)
+        blocks, threads = self.split_blocks(m, n)
+        facts, resident, least = self.facts, self.RESIDENT_THREADS, self.MIN_POINTS_PER_SPLIT
+        return lambda count: split_k(facts, blocks, threads, resident, count, least)
 
     def split_blocks(self, m: int, n: int) -> tuple[int, int]:
         """(output blocks, threads per group) of an m x n weight-gradient product, as the split estimate counts them."""
         raise NotImplementedError
 
-    def dispatch(self, product: Product, tensors: Tensors, count: int) -> None:
-        """Run ``product`` for ``count`` points as one kernel."""
+    def prepare(self, product: Product) -> Callable[[Tensors, int], None]:
+        """A function that runs ``product`` as one kernel for bound tensors and a point count."""
         raise NotImplementedError

@@ -9,6 +9,8 @@ same buffers without transposed copies.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from neumours.kernels.gemm import Fourier, Strided, gemm, tiles_for
 from neumours.model.backend import LayerBackend, Tensors
 from neumours.model.network import FOURIER, GRADIENT, WEIGHT, Product, View
@@ -30,21 +32,27 @@ class FMABackend(LayerBackend):
         tiles = tiles_for(m, n)
         return -(-m // tiles.tile_m) * -(-n // tiles.tile_n), tiles.threads
 
-    def _view(self, view: View, tensors: Tensors) -> Strided | Fourier:
+    def _view(self, view: View) -> Callable[[Tensors], Strided | Fourier]:
+        """The kernel operand of ``view``: fixed for weights and gradients, bound per call otherwise."""
+        name = view.tensor
         if view.kind == FOURIER:
-            return Fourier(tensors[view.tensor], self.inr.config.num_freqs)
+            num_freqs = self.inr.config.num_freqs
+            return lambda tensors: Fourier(tensors[name], num_freqs)
+        rows, k = (1, view.width) if view.transposed else (view.width, 1)
         if view.kind in (WEIGHT, GRADIENT):
             bridge = self.inr.bridge
             buffer = bridge.params_buffer if view.kind == WEIGHT else bridge.grads_buffer
-            offset = self.inr.layout.offset(view.tensor) + view.column
-        else:
-            buffer, offset = tensors[view.tensor], view.column
-        if view.transposed:
-            return Strided(buffer, 1, view.width, offset)
-        return Strided(buffer, view.width, 1, offset)
+            fixed = Strided(buffer, rows, k, self.inr.layout.offset(name) + view.column)
+            return lambda tensors: fixed
+        column = view.column
+        return lambda tensors: Strided(tensors[name], rows, k, column)
 
-    def dispatch(self, product: Product, tensors: Tensors, count: int) -> None:
-        m, n, k = product.shape(count)
-        gemm(self.inr.device, self._view(product.a, tensors), self._view(product.b, tensors),
-             self._view(product.out, tensors), m, n, k, self.epilogue(product, tensors),
-             splits=self.splits(product, count))
+    def prepare(self, product: Product) -> Callable[[Tensors, int], None]:
+        a, b, out = self._view(product.a), self._view(product.b), self._view(product.out)
+        epilogue, splits, shape, device = self.epilogue(product), self.splits(product), product.shape, self.inr.device
+
+        def run(tensors: Tensors, count: int) -> None:
+            m, n, k = shape(count)
+            gemm(device, a(tensors), b(tensors), out(tensors), m, n, k, epilogue(tensors), splits=splits(count))
+
+        return run

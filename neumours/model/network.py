@@ -102,10 +102,12 @@ class Product:
 
     def shape(self, count: int) -> tuple[int, int, int]:
         """(m, n, k) for a batch of ``count`` points."""
-        return tuple(count if d == POINTS else d for d in (self.m, self.n, self.k))
+        m, n, k = self.m, self.n, self.k
+        return (count if m == POINTS else m, count if n == POINTS else n, count if k == POINTS else k)
 
     @property
     def split_points(self) -> bool:
+        """Whether the product sums over points into an accumulated output (its sum may be split over groups)."""
         return self.op == ACCUMULATE and self.k == POINTS
 
 

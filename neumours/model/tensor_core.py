@@ -15,6 +15,7 @@ and weight gradients stay float32. Biases are read as float32 from the master bu
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -44,7 +45,6 @@ class TensorCoreBackend(LayerBackend):
     MIN_POINTS_PER_SPLIT = 256
 
     def __init__(self, inr):
-        super().__init__(inr)
         layout = inr.layout
         self.weight_names = [n for n in layout.names if n.endswith(".weight")]
         entries, self.offsets, self.row_lengths, offset = [], {}, {}, 0
@@ -56,6 +56,7 @@ class TensorCoreBackend(LayerBackend):
             offset += rows * padded(cols)
         self.table, self.pairs = pack_table(inr.device, entries)
         self.weights = empty_buffer(inr.device, self.pairs, np.uint32)
+        super().__init__(inr)   # prepares the products, which read the bf16 copy
         self.refresh()
 
     def refresh(self) -> None:
@@ -68,23 +69,32 @@ class TensorCoreBackend(LayerBackend):
         block_m, block_n = _BLOCK[WIDE]
         return -(-m // block_m) * -(-(n + 1) // block_n), THREADS
 
-    def _operand(self, view: net.View, tensors: Tensors) -> Operand:
-        layout = ROWS_CONTIGUOUS if view.transposed else K_CONTIGUOUS
+    def _operand(self, view: net.View) -> Callable[[Tensors], Operand]:
+        """The kernel operand of ``view``: fixed for weights (the bf16 copy), bound per call otherwise."""
+        layout, name = (ROWS_CONTIGUOUS if view.transposed else K_CONTIGUOUS), view.tensor
         if view.kind == net.FOURIER:
-            return Operand(tensors[view.tensor], FOURIER, layout)
+            return lambda tensors: Operand(tensors[name], FOURIER, layout)
         if view.kind == net.WEIGHT:
-            return Operand(self.weights, BF16, layout, ld=self.row_lengths[view.tensor],
-                           offset=self.offsets[view.tensor] + view.column)
-        source = BF16 if view.kind == net.ACTIVATION else F32
-        return Operand(tensors[view.tensor], source, layout, ld=view.width, offset=view.column)
+            fixed = Operand(self.weights, BF16, layout, ld=self.row_lengths[name],
+                            offset=self.offsets[name] + view.column)
+            return lambda tensors: fixed
+        source, ld, column = (BF16 if view.kind == net.ACTIVATION else F32), view.width, view.column
+        return lambda tensors: Operand(tensors[name], source, layout, ld=ld, offset=column)
 
-    def dispatch(self, product: net.Product, tensors: Tensors, count: int) -> None:
-        m, n, k = product.shape(count)
-        out = product.out
+    def prepare(self, product: net.Product) -> Callable[[Tensors, int], None]:
+        a, b, out = self._operand(product.a), self._operand(product.b), product.out
+        epilogue, splits, shape, device = self.epilogue(product), self.splits(product), product.shape, self.inr.device
+        name, out_ld, out_bf16 = out.tensor, out.width, out.kind == net.ACTIVATION
         if out.kind == net.GRADIENT:
-            buffer, offset = self.inr.bridge.grads_buffer, self.inr.layout.offset(out.tensor) + out.column
+            grads, out_offset = self.inr.bridge.grads_buffer, self.inr.layout.offset(name) + out.column
+            target = lambda tensors: grads  # noqa: E731
         else:
-            buffer, offset = tensors[out.tensor], out.column
-        tensor_gemm(self.inr.device, self._operand(product.a, tensors), self._operand(product.b, tensors), buffer,
-                    m, n, k, self.epilogue(product, tensors), out_offset=offset, out_ld=out.width,
-                    out_bf16=out.kind == net.ACTIVATION, splits=self.splits(product, count))
+            out_offset = out.column
+            target = lambda tensors: tensors[name]  # noqa: E731
+
+        def run(tensors: Tensors, count: int) -> None:
+            m, n, k = shape(count)
+            tensor_gemm(device, a(tensors), b(tensors), target(tensors), m, n, k, epilogue(tensors),
+                        out_offset=out_offset, out_ld=out_ld, out_bf16=out_bf16, splits=splits(count))
+
+        return run
