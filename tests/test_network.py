@@ -99,7 +99,7 @@ def test_fp32_and_bf16_backends_dispatch_the_same_products(cpu_device, monkeypat
     ws = inr.new_workspace(count)
     buffers = {name: empty_buffer(cpu_device, count * width) for name, width in
                (("gamma", 3), ("patches", config.patch_dim), ("logits", 4), ("grad_logits", 4))}
-    tensors = inr._tensors(ws, **buffers)
+    tensors = inr.tensors(ws, **buffers)
     for backend in (inr.backend, bf16):
         backend.forward(tensors, count)
         backend.backward(tensors, count)

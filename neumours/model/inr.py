@@ -144,8 +144,9 @@ class INR:
         return ws
 
     @staticmethod
-    def _tensors(ws: Workspace, **buffers: spy.Buffer) -> Tensors:
-        """The network's tensor names bound to ``ws`` and the given buffers (coordinates as ``gamma``)."""
+    def tensors(ws: Workspace, **buffers: spy.Buffer) -> Tensors:
+        """What a backend's pass takes: the tensor names of :mod:`neumours.model.network` bound to ``ws``
+        and the given buffers (the coordinates as ``gamma``)."""
         tensors = {f"hidden.{layer}": buffer for layer, buffer in enumerate(ws.hidden)}
         tensors.update({f"delta.{i}": buffer for i, buffer in enumerate(ws.delta)}, **buffers)
         if ws.grad_gamma is not None:
@@ -163,7 +164,7 @@ class INR:
             workspace: from :meth:`workspace`; keeps every H_l for :meth:`backward_device`.
         """
         ws = workspace or self.workspace(count)
-        self.backend.forward(self._tensors(ws, gamma=coords, patches=patches, logits=logits), count)
+        self.backend.forward(self.tensors(ws, gamma=coords, patches=patches, logits=logits), count)
         return ws
 
     def backward_device(self, coords: spy.Buffer, patches: spy.Buffer, count: int, grad_logits: spy.Buffer,
@@ -184,7 +185,7 @@ class INR:
         """
         if input_grads and not self.backend.input_grads:
             raise ValueError(f"input gradients are computed at precision fp32 only, not {self.precision}")
-        tensors = self._tensors(workspace, gamma=coords, patches=patches, grad_logits=grad_logits)
+        tensors = self.tensors(workspace, gamma=coords, patches=patches, grad_logits=grad_logits)
         self.backend.backward(tensors, count, input_grads)
         if input_grads:
             encode_backward(self.device, coords, workspace.grad_gamma, workspace.grad_coords, count,
