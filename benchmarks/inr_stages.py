@@ -23,6 +23,7 @@ from inr_throughput import TILE_VARIANTS, make_volume  # noqa: E402
 
 from neumours.device import describe, empty_buffer, get_device, upload, zeros_buffer  # noqa: E402
 from neumours.kernels.accumulate import scatter_add  # noqa: E402
+from neumours.kernels.epilogue import Bias, Epilogue  # noqa: E402
 from neumours.model.config import INRConfig  # noqa: E402
 from neumours.kernels.gemm import Fourier, Strided, gemm  # noqa: E402
 from neumours.model.inputs import CaseVolumes, grid_inputs  # noqa: E402
@@ -54,11 +55,12 @@ def main(argv=None) -> int:
 
     def hidden(tiles=None):
         return lambda: gemm(device, Strided(x, 256, 1), Strided(w, 256, 1), Strided(y, 256, 1), n, 256, 256,
-                            bias=Strided(b, 1, 0), relu=True, tiles=tiles)
+                            Epilogue(bias=Bias(b), relu=True), tiles=tiles)
 
     def spatial(tiles=None):
         return lambda: gemm(device, Fourier(coords, cfg.num_freqs), Strided(ws, cfg.fourier_dim, 1),
-                            Strided(y, 256, 1), n, 128, cfg.fourier_dim, bias=Strided(b, 1, 0), relu=True, tiles=tiles)
+                            Strided(y, 256, 1), n, 128, cfg.fourier_dim, Epilogue(bias=Bias(b), relu=True),
+                            tiles=tiles)
 
     shape = (240, 240, 155)
     vols = CaseVolumes.upload(device, [make_volume(shape)])

@@ -92,6 +92,7 @@ def torch_inference(model, volume: torch.Tensor, shape, slabs: int, bf16: bool):
 
 def layer_product(device, sync, m: int, results: dict) -> list:
     """C = relu(X W^T + b), X (m, 256), W (256, 256), bf16 in, bf16 out: TFLOP/s of ours and cuBLAS's."""
+    from neumours.kernels.epilogue import Bias, Epilogue
     from neumours.kernels.tensor_gemm import BF16, K_CONTIGUOUS, Operand, tensor_gemm
 
     width = 256
@@ -105,7 +106,7 @@ def layer_product(device, sync, m: int, results: dict) -> list:
 
     def ours():
         tensor_gemm(device, Operand(xb, BF16, K_CONTIGUOUS, ld=width), Operand(wb, BF16, K_CONTIGUOUS, ld=width),
-                    out, m, width, width, out_ld=width, out_bf16=True, bias=(bb, 0), relu=True)
+                    out, m, width, width, Epilogue(bias=Bias(bb), relu=True), out_ld=width, out_bf16=True)
 
     def cublas():
         torch.relu(torch.addmm(b.to(torch.bfloat16), x, w.t()))

@@ -141,15 +141,16 @@ def test_gpu_tensor_gemm_matches_float64(cuda_device, rng, case):
     """Every operand source, layout and epilogue the bf16 INR uses, on ragged sizes, against float64
     products of the same bf16-rounded operands; outputs poisoned (or, accumulated, pre-filled) first."""
     from neumours.kernels import tensor_gemm as tg
+    from neumours.kernels.epilogue import Bias, ColumnSums, Epilogue, Mask
 
     name, m, n, k, a_spec, b_spec, epilogue, options = case
     a, dense_a = _operand(cuda_device, rng, a_spec[0], a_spec[1], m, k, a_spec[2], a_spec[3])
     b, dense_b = _operand(cuda_device, rng, b_spec[0], b_spec[1], n, k, b_spec[2], b_spec[3])
     acc = dense_a @ dense_b.T
-    kwargs = {"epilogue": epilogue, "splits": options.get("splits", 1)}
+    kwargs, splits = {"op": epilogue}, options.get("splits", 1)
     bias = rng.normal(size=n).astype(np.float32)
     if options.get("bias"):
-        kwargs["bias"] = (upload(cuda_device, np.concatenate([np.zeros(5, np.float32), bias])), 5)
+        kwargs["bias"] = Bias(upload(cuda_device, np.concatenate([np.zeros(5, np.float32), bias])), 5)
         acc = acc + bias
         kwargs["relu"] = n > 4
         if n > 4:
@@ -157,16 +158,16 @@ def test_gpu_tensor_gemm_matches_float64(cuda_device, rng, case):
     if epilogue == tg.RELU_GRAD:
         h = rng.normal(size=(m, n)).astype(np.float32)
         mask_buffer, h_used = _bf16_buffer(cuda_device, h)
-        kwargs["mask"] = (mask_buffer, 0, n)
+        kwargs["mask"] = Mask(mask_buffer, n, 0)
         acc = np.where(h_used > 0, acc, 0.0)
         sums = upload(cuda_device, np.zeros(n + 10, np.float32))
-        kwargs["column_sums"] = (sums, 100, 0, 110)   # columns >= 100 land 10 further on
+        kwargs["column_sums"] = ColumnSums(sums, 100, 0, 110)   # columns >= 100 land 10 further on
     if epilogue == tg.ACCUMULATE:
         before = rng.normal(size=m * n + 8 + m).astype(np.float32)
         out = upload(cuda_device, before)
         if options.get("ones"):
-            kwargs["bias_grad_offset"] = m * n + 8
-        tg.tensor_gemm(cuda_device, a, b, out, m, n, k, out_ld=n, **kwargs)
+            kwargs["bias_grad"] = m * n + 8
+        tg.tensor_gemm(cuda_device, a, b, out, m, n, k, Epilogue(**kwargs), out_ld=n, splits=splits)
         got = download(out, before.shape).astype(np.float64) - before
         ref = np.zeros_like(got)
         ref[: m * n] = acc.reshape(-1)
@@ -180,7 +181,8 @@ def test_gpu_tensor_gemm_matches_float64(cuda_device, rng, case):
             out = upload(cuda_device, np.full((offset + m * n) // 2, 0x7FC07FC0, np.uint32), np.uint32)  # NaNs
         else:
             out = upload(cuda_device, np.full(m * n, np.nan, np.float32))
-        tg.tensor_gemm(cuda_device, a, b, out, m, n, k, out_offset=offset, out_ld=n, out_bf16=bf16_out, **kwargs)
+        tg.tensor_gemm(cuda_device, a, b, out, m, n, k, Epilogue(**kwargs), out_offset=offset, out_ld=n,
+                       out_bf16=bf16_out, splits=splits)
         if bf16_out:
             bits = download(out, ((offset + m * n) // 2,), np.uint32).view(np.uint16)[offset:]
             got = torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16).double().numpy().reshape(m, n)

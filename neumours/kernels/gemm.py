@@ -2,7 +2,8 @@
 dense layer of the INR, forward and backward.
 
 ``gemm(device, a, b, out, ...)`` computes ``C[m, n] = sum_k A(m, k) B(n, k)``
-with an epilogue (store with bias/ReLU, ReLU-gradient mask, or accumulate).
+with an :class:`~neumours.kernels.epilogue.Epilogue` (store with bias/ReLU,
+ReLU-gradient mask, or accumulate), the same one the tensor-core product takes.
 Operands are :class:`Strided` views of flat float32 buffers, so ``X W^T``,
 ``dY W`` and ``dY^T X`` all run without transposed copies, or :class:`Fourier`
 encodings of a coordinate buffer, computed inside the kernel.
@@ -16,6 +17,7 @@ import slangpy as spy
 
 from neumours.device import load_kernel
 from neumours.kernels.checks import uses_groupshared
+from neumours.kernels.epilogue import ColumnSums, Epilogue
 
 FILE = "gemm_kernels.slang"
 
@@ -69,8 +71,6 @@ WIDE = Tiles(128, 128, 8, 8, 8)
 #: 128 x 4 blocks: layers with few outputs (the 4 logits, bias sums).
 NARROW = Tiles(128, 4, 16, 4, 4)
 
-STORE, RELU_GRAD, ACCUMULATE = 0, 1, 2
-
 #: 4 x 128 blocks: products with few rows (the head's weight gradient).
 SHORT = Tiles(4, 128, 8, 4, 4)
 
@@ -104,13 +104,8 @@ def gemm(
     m: int,
     n: int,
     k: int,
+    epilogue: Epilogue = Epilogue(),
     *,
-    epilogue: int = STORE,
-    bias: Strided | None = None,
-    relu: bool = False,
-    mask: Strided | None = None,
-    bias_grad: Strided | None = None,
-    column_sums: tuple[spy.Buffer, int, int, int] | None = None,
     splits: int = 1,
     tiles: Tiles | None = None,
 ) -> None:
@@ -119,27 +114,17 @@ def gemm(
     Args:
         a: A(m, k) view; b: B(n, k) view; out: C view (``stride_k`` unused; rows
             are ``stride_row`` apart, columns contiguous).
-        epilogue: ``STORE`` (C = acc + bias, ReLU optional), ``RELU_GRAD``
-            (C = acc where mask > 0 else 0) or ``ACCUMULATE`` (C += acc).
-        bias: view of n biases (STORE only). mask: H(m, n) view (RELU_GRAD only).
-        bias_grad: (ACCUMULATE only) also accumulate ``sum_k A(m, k)`` at
-            ``bias_grad.offset + m``, through a virtual column of ones in B: a
-            layer's weight and bias gradients in one dispatch.
-        column_sums: (RELU_GRAD only) ``(buffer, split, offset, offset_hi)``:
-            also accumulate the column sums of C (the bias gradient of the layer
-            whose pre-activation gradient C is) at ``offset + n`` for ``n < split``
-            and ``offset_hi + n - split`` beyond.
+        epilogue: what is done with the sums (:class:`neumours.kernels.epilogue.Epilogue`):
+            bias and ReLU, ReLU-gradient mask with column sums, or accumulation,
+            with the bias gradient (``bias_grad``, an offset in ``out.buffer``)
+            through a virtual column of ones in B.
         splits: split the k sum over this many groups (ACCUMULATE only), so a
             weight gradient over many points fills the GPU and each weight gets
             ``splits`` atomic adds in all.
         tiles: work split; chosen from ``n`` when omitted.
     """
-    if splits > 1 and epilogue != ACCUMULATE:
-        raise ValueError("split-k needs the ACCUMULATE epilogue")
-    if bias_grad is not None and epilogue != ACCUMULATE:
-        raise ValueError("bias_grad needs the ACCUMULATE epilogue")
-    if column_sums is not None and epilogue != RELU_GRAD:
-        raise ValueError("column_sums needs the RELU_GRAD epilogue")
+    epilogue.check(splits)
+    bias, mask, bias_grad, column_sums = epilogue.bias, epilogue.mask, epilogue.bias_grad, epilogue.column_sums
     tiles = tiles or tiles_for(m, n)
     params: dict = {}
     num_freqs = 0
@@ -152,17 +137,17 @@ def gemm(
     params["bias_offset"] = int(bias.offset) if bias is not None else 0
     params["mask"] = mask.buffer if mask is not None else out.buffer
     params["mask_offset"] = int(mask.offset) if mask is not None else 0
-    params["mask_stride"] = int(mask.stride_row) if mask is not None else 0
+    params["mask_stride"] = int(mask.ld) if mask is not None else 0
     params["c"] = out.buffer
     params["c_offset"] = int(out.offset)
     params["c_stride"] = int(out.stride_row)
     params["ones_column"] = int(n) if bias_grad is not None else 0xFFFFFFFF
-    params["bias_out_offset"] = int(bias_grad.offset) if bias_grad is not None else 0
+    params["bias_out_offset"] = int(bias_grad) if bias_grad is not None else 0
     if bias_grad is not None:
         n += 1
-    sums_buffer, split, offset, offset_hi = column_sums or (out.buffer, 0, 0, 0)
-    params.update(colsum_out=sums_buffer, colsum_split=int(split), colsum_offset=int(offset),
-                  colsum_offset_hi=int(offset_hi))
+    sums = column_sums or ColumnSums(out.buffer, 0, 0, 0)
+    params.update(colsum_out=sums.buffer, colsum_split=int(sums.split), colsum_offset=int(sums.offset),
+                  colsum_offset_hi=int(sums.offset_hi))
     k_chunk = -(-k // max(splits, 1))
     k_chunk = -(-k_chunk // tiles.tile_k) * tiles.tile_k
     params.update(size_m=int(m), size_n=int(n), size_k=int(k), k_chunk=int(k_chunk))
@@ -174,9 +159,9 @@ def gemm(
         "THREAD_N": tiles.thread_n,
         "A_SOURCE": a_source,
         "B_SOURCE": b_source,
-        "EPILOGUE": epilogue,
+        "EPILOGUE": epilogue.op,
         "HAS_BIAS": bias is not None,
-        "RELU": relu,
+        "RELU": epilogue.relu,
         "NUM_FREQS": num_freqs,
         "COLUMN_SUMS": column_sums is not None,
         "ONES_COLUMN": bias_grad is not None,

@@ -2,8 +2,8 @@
 
 ``tensor_gemm(device, a, b, out, m, n, k, ...)`` computes ``C = A B^T`` (m x n,
 summing k) on the tensor cores, bf16 operands and fp32 accumulation, with the
-epilogues of :func:`neumours.kernels.gemm.gemm`. Operands are :class:`Operand`
-views: bf16 buffers (two values per 32-bit element), float32 buffers (rounded to
+:class:`~neumours.kernels.epilogue.Epilogue` of :func:`neumours.kernels.gemm.gemm`.
+Operands are :class:`Operand` views: bf16 buffers (two values per 32-bit element), float32 buffers (rounded to
 bf16 on load) or the Fourier features of a coordinate buffer; each stored with
 either its k index contiguous (``K_CONTIGUOUS``) or its row index contiguous
 (``ROWS_CONTIGUOUS``), so a layer's forward product, its input gradient and its
@@ -18,14 +18,14 @@ import slangpy as spy
 
 from neumours.device import load_kernel
 from neumours.kernels.checks import require
+# The epilogue constants are re-exported: callers name them beside the operand constants.
+from neumours.kernels.epilogue import ACCUMULATE, RELU_GRAD, STORE, Epilogue  # noqa: F401
 
 FILE = "tensor_core_kernels.slang"
 #: Operand sources.
 BF16, F32, FOURIER = 0, 1, 2
 #: Operand layouts: value(row, k) = x[offset + row * ld + k], or x[offset + k * ld + row].
 K_CONTIGUOUS, ROWS_CONTIGUOUS = 0, 1
-#: Epilogues (as gemm_kernels.slang): store (bias, ReLU), ReLU-gradient mask, accumulate.
-STORE, RELU_GRAD, ACCUMULATE = 0, 1, 2
 #: Block shapes: 128 x 128 (WIDE) or 256 x 16 (NARROW: outputs of at most 16 columns).
 WIDE, NARROW = 0, 1
 _BLOCK = {WIDE: (128, 128), NARROW: (256, 16)}
@@ -72,24 +72,18 @@ def _check_operand(op: Operand, rows: int, k: int, name: str) -> None:
         raise ValueError(f"{name}: buffer of {op.buffer.size} bytes, the product reads {end * bytes_per_value}")
 
 
-def tensor_gemm(device: spy.Device, a: Operand, b: Operand, out: spy.Buffer, m: int, n: int, k: int, *,
-                out_offset: int = 0, out_ld: int = 0, out_bf16: bool = False, epilogue: int = STORE,
-                bias: tuple[spy.Buffer, int] | None = None, relu: bool = False,
-                mask: tuple[spy.Buffer, int, int] | None = None, bias_grad_offset: int | None = None,
-                column_sums: tuple[spy.Buffer, int, int, int] | None = None, splits: int = 1) -> None:
+def tensor_gemm(device: spy.Device, a: Operand, b: Operand, out: spy.Buffer, m: int, n: int, k: int,
+                epilogue: Epilogue = Epilogue(), *, out_offset: int = 0, out_ld: int = 0, out_bf16: bool = False,
+                splits: int = 1) -> None:
     """Dispatch ``C = A B^T`` (m x n, summing k) on the tensor cores with an epilogue.
 
     Args:
         a: A(m, k); b: B(n, k).
         out: C, row-major with row stride ``out_ld`` from ``out_offset``: bf16 pairs
             (``out_bf16``) or float32 (always float32 for ``ACCUMULATE``).
-        epilogue: ``STORE`` (C = acc + bias, ReLU optional), ``RELU_GRAD`` (C = acc
-            where H > 0, H the bf16 ``mask`` = (buffer, offset, ld)) or ``ACCUMULATE`` (C += acc).
-        bias: (float32 buffer, offset) of n biases (STORE).
-        bias_grad_offset: ACCUMULATE only: also add sum_k A(m, k) at this float offset of
-            ``out`` (a virtual column of ones in B: a layer's dW and db in one dispatch).
-        column_sums: RELU_GRAD only: (float32 buffer, split, offset, offset_hi): add column
-            n's sum at offset + n (n < split) or offset_hi + n - split.
+        epilogue: as :func:`neumours.kernels.gemm.gemm`'s (:class:`neumours.kernels.epilogue.Epilogue`);
+            here the RELU_GRAD mask is bf16, biases and column sums float32, and
+            ``bias_grad`` a float offset of ``out``.
         splits: split the k sum over this many groups (ACCUMULATE only).
 
     Raises:
@@ -98,15 +92,9 @@ def tensor_gemm(device: spy.Device, a: Operand, b: Operand, out: spy.Buffer, m: 
     """
     if device.info.type != spy.DeviceType.cuda:
         raise ValueError("the tensor-core product runs on CUDA devices only (use precision fp32)")
-    if splits > 1 and epilogue != ACCUMULATE:
-        raise ValueError("split-K needs the ACCUMULATE epilogue")
-    if bias_grad_offset is not None and epilogue != ACCUMULATE:
-        raise ValueError("bias_grad_offset needs the ACCUMULATE epilogue")
-    if column_sums is not None and epilogue != RELU_GRAD:
-        raise ValueError("column_sums needs the RELU_GRAD epilogue")
-    if (mask is None) != (epilogue != RELU_GRAD):
-        raise ValueError("the RELU_GRAD epilogue, and only it, takes a mask")
-    out_bf16 = bool(out_bf16) and epilogue != ACCUMULATE
+    epilogue.check(splits)
+    bias, mask, bias_grad_offset, column_sums = epilogue.bias, epilogue.mask, epilogue.bias_grad, epilogue.column_sums
+    out_bf16 = bool(out_bf16) and epilogue.op != ACCUMULATE
     if out_bf16 and (out_offset % 2 or out_ld % 2):
         raise ValueError("a bf16 output needs an even offset and row stride")
     _check_operand(a, m, k, "A")
@@ -123,18 +111,19 @@ def tensor_gemm(device: spy.Device, a: Operand, b: Operand, out: spy.Buffer, m: 
                    bias_out_offset=bias_grad_offset or 0, size_m=m, size_n=size_n, size_k=k, k_chunk=k_chunk)
     params = {"a": a.buffer, "b": b.buffer, "c": out}
     if bias is not None:
-        params["bias"] = bias[0]
-        scalars["bias_offset"] = bias[1]
+        params["bias"] = bias.buffer
+        scalars["bias_offset"] = bias.offset
     if mask is not None:
-        params["mask"] = mask[0]
-        scalars.update(mask_offset=mask[1], mask_ld=mask[2])
+        params["mask"] = mask.buffer
+        scalars.update(mask_offset=mask.offset, mask_ld=mask.ld)
     if column_sums is not None:
-        params["colsum"] = column_sums[0]
-        scalars.update(colsum_split=column_sums[1], colsum_offset=column_sums[2], colsum_offset_hi=column_sums[3])
+        params["colsum"] = column_sums.buffer
+        scalars.update(colsum_split=column_sums.split, colsum_offset=column_sums.offset,
+                       colsum_offset_hi=column_sums.offset_hi)
     params["scalars"] = [int(scalars[name]) for name in SCALARS]
     constants = {"TILES": tiles, "A_SOURCE": a.source, "A_LAYOUT": a.layout, "B_SOURCE": b.source,
-                 "B_LAYOUT": b.layout, "EPILOGUE": epilogue, "RELU": bool(relu), "HAS_BIAS": bias is not None,
-                 "C_BF16": out_bf16, "HAS_COLSUM": column_sums is not None}
+                 "B_LAYOUT": b.layout, "EPILOGUE": epilogue.op, "RELU": bool(epilogue.relu),
+                 "HAS_BIAS": bias is not None, "C_BF16": out_bf16, "HAS_COLSUM": column_sums is not None}
     # Groups along n vary fastest (grid x), so the groups that share a tile of A run together
     # and read it once from memory; grid y (at most 65,535) counts blocks of rows.
     m_blocks, n_blocks, k_groups = -(-m // block_m), -(-size_n // block_n), -(-k // k_chunk) if k else 1

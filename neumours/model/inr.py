@@ -2,16 +2,18 @@
 
 Forward for N points (all device-resident, no host round trip):
 
-    H0[:, :S] = relu(gamma(coords) Ws^T + bs)     gemm, Fourier features made in-kernel
-    H0[:, S:] = relu(patches Wm^T + bm)           gemm (the valid 3x3x3 conv is a dot product)
-    H{l+1}    = relu(H{l} W{l}^T + b{l})          gemm, l = 0 .. hidden_layers - 1
-    logits    = H{L} Wh^T + bh                    gemm
+    H0[:, :S] = relu(gamma(coords) Ws^T + bs)     Fourier features made in-kernel
+    H0[:, S:] = relu(patches Wm^T + bm)           (the valid 3x3x3 conv is a dot product)
+    H{l+1}    = relu(H{l} W{l}^T + b{l})          l = 0 .. hidden_layers - 1
+    logits    = H{L} Wh^T + bh
 
 Backward walks the same layers: dW += delta^T H (split over points, reduced per
 group before one atomic add per weight and group), delta_prev = (delta W) * [H > 0].
-Every product is ``slang/gemm_kernels.slang`` (fp32, every device; see
-neumours/kernels/gemm.py) or, with ``precision="bf16"`` on CUDA, the tensor-core
-product of :mod:`neumours.model.tensor_core`, on the same weights.
+These layers and the products of both passes are described once
+(:mod:`neumours.model.network`) and run by a backend (:mod:`neumours.model.backend`):
+fp32 FMA products on every device (:mod:`neumours.model.fma`) or, with
+``precision="bf16"`` on CUDA, tensor-core products (:mod:`neumours.model.tensor_core`),
+on the same weights.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import slangpy as spy
 from neumours.device import download, empty_buffer, get_device, upload
 from neumours.errors import NeumoursError
 from neumours.kernels.encoding import encode_backward
-from neumours.kernels.gemm import ACCUMULATE, RELU_GRAD, Fourier, Strided, gemm, tiles_for
+from neumours.model.backend import Backend, Tensors
 from neumours.model.bridge import TorchBridge
 from neumours.model.config import INRConfig
+from neumours.model.fma import FMABackend
+from neumours.model.network import Network
 from neumours.model.params import ParamLayout, init_params
 
 
@@ -73,7 +77,9 @@ class INR:
 
     The flat parameter and gradient buffers are ``self.bridge.params_buffer`` and
     ``self.bridge.grads_buffer``; ``self.bridge`` exposes them to torch optimisers.
-    ``self.precision`` is the resolved precision, "fp32" or "bf16".
+    ``self.precision`` is the resolved precision, "fp32" or "bf16"; ``self.network``
+    the layers and products (:class:`~neumours.model.network.Network`) that
+    ``self.backend`` runs.
 
     Raises:
         NeumoursError: precision bf16 on a device without tensor cores (not CUDA).
@@ -86,12 +92,15 @@ class INR:
         self.layout = ParamLayout(self.config)
         self.bridge = TorchBridge(self.device, self.layout, init_params(self.config, seed))
         self._workspace: Workspace | None = None
-        self.tensor_cores = None
+        self.network = Network(self.config)
+        self.backend: Backend
         if self.precision == "bf16":
-            from neumours.model.tensor_core import TensorCorePath
+            from neumours.model.tensor_core import TensorCoreBackend
 
-            self.tensor_cores = TensorCorePath(self)
-            self.bridge.add_push_hook(self.tensor_cores.refresh)
+            self.backend = TensorCoreBackend(self)
+        else:
+            self.backend = FMABackend(self)
+        self.bridge.add_push_hook(self.backend.refresh)
 
     # ------------------------------------------------------------------ parameters
     def num_parameters(self) -> int:
@@ -108,24 +117,6 @@ class INR:
 
     def zero_grad(self) -> None:
         self.bridge.zero_grads()
-
-    def _weight(self, name: str) -> Strided:
-        shape = self.layout.shape(name)
-        fan_in = int(np.prod(shape[1:]))
-        return Strided(self.bridge.params_buffer, fan_in, 1, self.layout.offset(name))
-
-    def _weight_transposed(self, name: str) -> Strided:
-        shape = self.layout.shape(name)
-        fan_in = int(np.prod(shape[1:]))
-        return Strided(self.bridge.params_buffer, 1, fan_in, self.layout.offset(name))
-
-    def _vector(self, name: str) -> Strided:
-        return Strided(self.bridge.params_buffer, 1, 0, self.layout.offset(name))
-
-    def _grad(self, name: str) -> Strided:
-        shape = self.layout.shape(name)
-        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        return Strided(self.bridge.grads_buffer, fan_in, 1, self.layout.offset(name))
 
     # ------------------------------------------------------------------ workspace
     def workspace(self, count: int, input_grads: bool = False) -> Workspace:
@@ -152,19 +143,15 @@ class INR:
             ws.grad_patches = empty_buffer(self.device, ws.capacity * cfg.patch_dim)
         return ws
 
-    def _splits(self, m: int, n: int, count: int) -> int:
-        """How many groups share the point sum of a weight gradient.
-
-        About one wave of groups on an H100-class GPU (132 multiprocessors, a
-        256-thread group each), each still summing at least 32 points: more
-        splits mean more atomic adds (measured slower on the hidden layers).
-        """
-        if self.device.info.type == spy.DeviceType.cpu:
-            return 1
-        tiles = tiles_for(m, n)
-        tiles_mn = -(-m // tiles.tile_m) * -(-n // tiles.tile_n)
-        target_groups = 132 * 256 // tiles.threads
-        return int(max(1, min(-(-target_groups // tiles_mn), count // 32)))
+    @staticmethod
+    def tensors(ws: Workspace, **buffers: spy.Buffer) -> Tensors:
+        """What a backend's pass takes: the tensor names of :mod:`neumours.model.network` bound to ``ws``
+        and the given buffers (the coordinates as ``gamma``)."""
+        tensors = {f"hidden.{layer}": buffer for layer, buffer in enumerate(ws.hidden)}
+        tensors.update({f"delta.{i}": buffer for i, buffer in enumerate(ws.delta)}, **buffers)
+        if ws.grad_gamma is not None:
+            tensors.update(grad_gamma=ws.grad_gamma, grad_patches=ws.grad_patches)
+        return tensors
 
     # ------------------------------------------------------------------ device API
     def forward_device(self, coords: spy.Buffer, patches: spy.Buffer, count: int, logits: spy.Buffer,
@@ -176,36 +163,9 @@ class INR:
             logits: output, (count, num_classes) float32.
             workspace: from :meth:`workspace`; keeps every H_l for :meth:`backward_device`.
         """
-        cfg, dev = self.config, self.device
         ws = workspace or self.workspace(count)
-        if self.tensor_cores is not None:
-            self.tensor_cores.forward(coords, patches, count, logits, ws)
-            return ws
-        hid, S = cfg.hidden_width, cfg.spatial_width
-        h0 = ws.hidden[0]
-        gemm(dev, Fourier(coords, cfg.num_freqs), self._weight("spatial.weight"), Strided(h0, hid, 1, 0),
-             count, S, cfg.fourier_dim, bias=self._vector("spatial.bias"), relu=True)
-        gemm(dev, Strided(patches, cfg.patch_dim, 1), self._weight("modality.weight"), Strided(h0, hid, 1, S),
-             count, cfg.modality_width, cfg.patch_dim, bias=self._vector("modality.bias"), relu=True)
-        for layer in range(cfg.hidden_layers):
-            gemm(dev, Strided(ws.hidden[layer], hid, 1), self._weight(f"mlp.{layer}.weight"),
-                 Strided(ws.hidden[layer + 1], hid, 1), count, hid, hid,
-                 bias=self._vector(f"mlp.{layer}.bias"), relu=True)
-        gemm(dev, Strided(ws.hidden[-1], hid, 1), self._weight("head.weight"), Strided(logits, cfg.num_classes, 1),
-             count, cfg.num_classes, hid, bias=self._vector("head.bias"))
+        self.backend.forward(self.tensors(ws, gamma=coords, patches=patches, logits=logits), count)
         return ws
-
-    def _weight_grads(self, name: str, delta: Strided, inputs, out_width: int, in_width: int, count: int,
-                      with_bias: bool = False) -> None:
-        """dW += delta^T inputs over ``count`` points (and db += sum(delta) when ``with_bias``)."""
-        gemm(self.device, delta, inputs, self._grad(name + ".weight"), out_width, in_width, count,
-             epilogue=ACCUMULATE, splits=self._splits(out_width, in_width, count),
-             bias_grad=self._grad(name + ".bias") if with_bias else None)
-
-    def _bias_sums(self, names: tuple[str, ...], split: int):
-        """Column-sum target of a RELU_GRAD product: the bias gradients of ``names``."""
-        offsets = [self.layout.offset(name + ".bias") for name in names]
-        return (self.bridge.grads_buffer, split, offsets[0], offsets[-1])
 
     def backward_device(self, coords: spy.Buffer, patches: spy.Buffer, count: int, grad_logits: spy.Buffer,
                         workspace: Workspace, input_grads: bool = False) -> None:
@@ -218,49 +178,18 @@ class INR:
             input_grads: also write dL/dcoords (count, 3) and dL/dpatches
                 (count, patch_dim) into ``workspace.grad_coords`` / ``grad_patches``.
 
-        Each step is one product: delta_below = (delta W) * [H > 0] also sums
-        delta_below's columns into the bias gradient of the layer below, and the
-        head's bias gradient rides on its weight-gradient product.
+        The products are the network's (:meth:`neumours.model.network.Network.backward`):
+        delta_below = (delta W) * [H > 0] also sums delta_below's columns into the
+        bias gradient of the layer below, and the head's bias gradient rides on its
+        weight-gradient product.
         """
-        cfg, dev, ws = self.config, self.device, workspace
-        if self.tensor_cores is not None:
-            if input_grads:
-                raise ValueError("input gradients are computed at precision fp32 only")
-            self.tensor_cores.backward(coords, patches, count, grad_logits, ws, self._bias_sums)
-            return
-        hid, S, C = cfg.hidden_width, cfg.spatial_width, cfg.num_classes
-        L = cfg.hidden_layers
-        self._weight_grads("head", Strided(grad_logits, 1, C), Strided(ws.hidden[-1], 1, hid), C, hid, count,
-                           with_bias=True)
-        below_names = [(f"mlp.{layer - 1}",) if layer > 0 else ("spatial", "modality") for layer in range(L + 1)]
-        delta = ws.delta[0]
-        gemm(dev, Strided(grad_logits, C, 1), self._weight_transposed("head.weight"), Strided(delta, hid, 1),
-             count, hid, C, epilogue=RELU_GRAD, mask=Strided(ws.hidden[-1], hid, 1),
-             column_sums=self._bias_sums(below_names[L], S if L == 0 else hid))
-        for layer in reversed(range(L)):
-            self._weight_grads(f"mlp.{layer}", Strided(delta, 1, hid), Strided(ws.hidden[layer], 1, hid),
-                               hid, hid, count)
-            below = ws.delta[1] if delta is ws.delta[0] else ws.delta[0]
-            gemm(dev, Strided(delta, hid, 1), self._weight_transposed(f"mlp.{layer}.weight"), Strided(below, hid, 1),
-                 count, hid, hid, epilogue=RELU_GRAD, mask=Strided(ws.hidden[layer], hid, 1),
-                 column_sums=self._bias_sums(below_names[layer], S if layer == 0 else hid))
-            delta = below
-        # delta is now dL/d(pre-activation) of H0 = [spatial, modality].
-        self._weight_grads("spatial", Strided(delta, 1, hid), Fourier(coords, cfg.num_freqs),
-                           S, cfg.fourier_dim, count)
-        self._weight_grads("modality", Strided(delta, 1, hid, S), Strided(patches, 1, cfg.patch_dim),
-                           cfg.modality_width, cfg.patch_dim, count)
+        if input_grads and not self.backend.input_grads:
+            raise ValueError(f"input gradients are computed at precision fp32 only, not {self.precision}")
+        tensors = self.tensors(workspace, gamma=coords, patches=patches, grad_logits=grad_logits)
+        self.backend.backward(tensors, count, input_grads)
         if input_grads:
-            self._input_grads(coords, count, delta, ws)
-
-    def _input_grads(self, coords: spy.Buffer, count: int, delta: spy.Buffer, ws: Workspace) -> None:
-        cfg, dev = self.config, self.device
-        hid, S, F = cfg.hidden_width, cfg.spatial_width, cfg.fourier_dim
-        gemm(dev, Strided(delta, hid, 1), self._weight_transposed("spatial.weight"), Strided(ws.grad_gamma, F, 1),
-             count, F, S)
-        gemm(dev, Strided(delta, hid, 1, S), self._weight_transposed("modality.weight"),
-             Strided(ws.grad_patches, cfg.patch_dim, 1), count, cfg.patch_dim, cfg.modality_width)
-        encode_backward(dev, coords, ws.grad_gamma, ws.grad_coords, count, cfg.num_freqs)
+            encode_backward(self.device, coords, workspace.grad_gamma, workspace.grad_coords, count,
+                            self.config.num_freqs)
 
     # ------------------------------------------------------------------ host API
     def _host_inputs(self, coords: np.ndarray, patches: np.ndarray):

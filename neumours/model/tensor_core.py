@@ -1,51 +1,50 @@
-"""The INR's bf16 tensor-core path (CUDA only): the one module of ours that owns it.
+"""The INR's bf16 tensor-core backend (CUDA only): the one module of ours that owns it.
 
 The fp32 master weights stay in the bridge's flat buffer, where the torch
-optimisers step them; :class:`TensorCorePath` keeps a bf16 copy of every weight
-matrix (rows padded to 8 values) in one device buffer, refreshed by one
-``pack_bf16`` dispatch whenever the bridge pushes new weights. Every dense layer
-is one :func:`neumours.kernels.tensor_gemm.tensor_gemm`: bf16 operands, fp32
-accumulation, the bias/ReLU, ReLU-mask and column-sum epilogues, the Fourier
+optimisers step them; :class:`TensorCoreBackend` keeps a bf16 copy of every
+weight matrix (rows padded to 8 values) in one device buffer, refreshed by one
+``pack_bf16`` dispatch whenever the bridge pushes new weights. Every product of
+the network (:mod:`neumours.model.network`) is one
+:func:`neumours.kernels.tensor_gemm.tensor_gemm`: bf16 operands, fp32
+accumulation, the epilogue of :mod:`neumours.model.backend`, the Fourier
 features made on load. Activations (H) and their gradients (delta) are stored in
-bf16, as torch's autocast keeps them; logits, gradients of the logits and weight
-gradients stay float32. Biases are read as float32 from the master buffer.
-
-Forward:  H0[:, :S] = relu(gamma(x) Ws^T + bs), H0[:, S:] = relu(P Wm^T + bm),
-          H{l+1} = relu(Hl Wl^T + bl), logits = HL Wh^T + bh.
-Backward: dWh, dbh += dz^T [HL, 1];  delta = (dz Wh) * [HL > 0] (its column sums: db of
-          the layer below); per hidden layer dWl += delta^T Hl, delta = (delta Wl) * [Hl > 0];
-          dWs += delta[:, :S]^T gamma(x), dWm += delta[:, S:]^T P.
+bf16, as torch's autocast keeps them; inputs, logits, gradients of the logits
+and weight gradients stay float32. Biases are read as float32 from the master buffer.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
-import slangpy as spy
 
 from neumours.device import empty_buffer
 from neumours.kernels.bf16 import pack_bf16, pack_table, padded
-from neumours.kernels.tensor_gemm import (ACCUMULATE, BF16, F32, FOURIER, K_CONTIGUOUS, RELU_GRAD, ROWS_CONTIGUOUS,
+from neumours.kernels.tensor_gemm import (_BLOCK, BF16, F32, FOURIER, K_CONTIGUOUS, ROWS_CONTIGUOUS, THREADS, WIDE,
                                           Operand, tensor_gemm)
-
-#: About this many groups fill an H100/H200 (132 multiprocessors, two 256-thread groups each).
-_TARGET_GROUPS = 264
-#: Fewest points a split-K group sums (fewer: more atomic adds than products).
-_MIN_POINTS_PER_SPLIT = 256
+from neumours.model import network as net
+from neumours.model.backend import LayerBackend, Tensors
 
 
-class TensorCorePath:
-    """The bf16 weight copy of one INR and its layer products.
+class TensorCoreBackend(LayerBackend):
+    """The bf16 weight copy of one INR and its products on the tensor cores.
 
     Args:
-        inr: the :class:`neumours.model.inr.INR` (its device must be CUDA).
+        inr: the :class:`neumours.model.inr.INR`. Its products run on CUDA only
+            (:func:`~neumours.kernels.tensor_gemm.tensor_gemm` refuses other devices);
+            the weight copy is made on any device.
+
+    Weight-gradient sums split to about two 256-thread groups per multiprocessor,
+    each group summing at least 256 points (fewer: more atomic adds than products).
     """
 
+    precision = "bf16"
+    input_grads = False
+    RESIDENT_THREADS = 2 * THREADS
+    MIN_POINTS_PER_SPLIT = 256
+
     def __init__(self, inr):
-        if inr.device.info.type != spy.DeviceType.cuda:
-            raise ValueError("precision bf16 needs a CUDA device (the tensor cores); use fp32 elsewhere")
-        self.inr = inr
         layout = inr.layout
         self.weight_names = [n for n in layout.names if n.endswith(".weight")]
         entries, self.offsets, self.row_lengths, offset = [], {}, {}, 0
@@ -57,6 +56,7 @@ class TensorCorePath:
             offset += rows * padded(cols)
         self.table, self.pairs = pack_table(inr.device, entries)
         self.weights = empty_buffer(inr.device, self.pairs, np.uint32)
+        super().__init__(inr)   # prepares the products, which read the bf16 copy
         self.refresh()
 
     def refresh(self) -> None:
@@ -64,72 +64,37 @@ class TensorCorePath:
         pack_bf16(self.inr.device, self.inr.bridge.params_buffer, self.table, len(self.weight_names), self.weights,
                   self.pairs)
 
-    # ---------------------------------------------------------------- operands
-    def _weight(self, name: str, layout: int = K_CONTIGUOUS) -> Operand:
-        """W (out, in) as B(n = out, k = in) (K_CONTIGUOUS) or B(n = in, k = out) (ROWS_CONTIGUOUS)."""
-        return Operand(self.weights, BF16, layout, ld=self.row_lengths[name], offset=self.offsets[name])
+    def split_blocks(self, m: int, n: int) -> tuple[int, int]:
+        """WIDE blocks over m x (n + 1): the estimate counts the ones column of a bias gradient on every product."""
+        block_m, block_n = _BLOCK[WIDE]
+        return -(-m // block_m) * -(-(n + 1) // block_n), THREADS
 
-    def _bias(self, name: str) -> tuple[spy.Buffer, int]:
-        return self.inr.bridge.params_buffer, self.inr.layout.offset(name)
+    def _operand(self, view: net.View) -> Callable[[Tensors], Operand]:
+        """The kernel operand of ``view``: fixed for weights (the bf16 copy), bound per call otherwise."""
+        layout, name = (ROWS_CONTIGUOUS if view.transposed else K_CONTIGUOUS), view.tensor
+        if view.kind == net.FOURIER:
+            return lambda tensors: Operand(tensors[name], FOURIER, layout)
+        if view.kind == net.WEIGHT:
+            fixed = Operand(self.weights, BF16, layout, ld=self.row_lengths[name],
+                            offset=self.offsets[name] + view.column)
+            return lambda tensors: fixed
+        source, ld, column = (BF16 if view.kind == net.ACTIVATION else F32), view.width, view.column
+        return lambda tensors: Operand(tensors[name], source, layout, ld=ld, offset=column)
 
-    def _splits(self, m: int, n: int, count: int) -> int:
-        blocks = -(-m // 128) * -(-(n + 1) // 128)
-        return int(max(1, min(-(-_TARGET_GROUPS // blocks), count // _MIN_POINTS_PER_SPLIT)))
+    def prepare(self, product: net.Product) -> Callable[[Tensors, int], None]:
+        a, b, out = self._operand(product.a), self._operand(product.b), product.out
+        epilogue, splits, shape, device = self.epilogue(product), self.splits(product), product.shape, self.inr.device
+        name, out_ld, out_bf16 = out.tensor, out.width, out.kind == net.ACTIVATION
+        if out.kind == net.GRADIENT:
+            grads, out_offset = self.inr.bridge.grads_buffer, self.inr.layout.offset(name) + out.column
+            target = lambda tensors: grads  # noqa: E731
+        else:
+            out_offset = out.column
+            target = lambda tensors: tensors[name]  # noqa: E731
 
-    # ---------------------------------------------------------------- passes
-    def forward(self, coords: spy.Buffer, patches: spy.Buffer, count: int, logits: spy.Buffer, ws) -> None:
-        """Logits (count, C) float32; the bf16 activations H_l stay in ``ws.hidden``."""
-        cfg, dev = self.inr.config, self.inr.device
-        hid, S, C = cfg.hidden_width, cfg.spatial_width, cfg.num_classes
-        h0 = ws.hidden[0]
-        tensor_gemm(dev, Operand(coords, FOURIER, K_CONTIGUOUS), self._weight("spatial.weight"), h0, count, S,
-                    cfg.fourier_dim, out_ld=hid, out_bf16=True, bias=self._bias("spatial.bias"), relu=True)
-        tensor_gemm(dev, Operand(patches, F32, K_CONTIGUOUS, ld=cfg.patch_dim), self._weight("modality.weight"), h0,
-                    count, cfg.modality_width, cfg.patch_dim, out_offset=S, out_ld=hid, out_bf16=True,
-                    bias=self._bias("modality.bias"), relu=True)
-        for layer in range(cfg.hidden_layers):
-            tensor_gemm(dev, Operand(ws.hidden[layer], BF16, K_CONTIGUOUS, ld=hid),
-                        self._weight(f"mlp.{layer}.weight"), ws.hidden[layer + 1], count, hid, hid, out_ld=hid,
-                        out_bf16=True, bias=self._bias(f"mlp.{layer}.bias"), relu=True)
-        tensor_gemm(dev, Operand(ws.hidden[-1], BF16, K_CONTIGUOUS, ld=hid), self._weight("head.weight"), logits,
-                    count, C, hid, out_ld=C, bias=self._bias("head.bias"))
+        def run(tensors: Tensors, count: int) -> None:
+            m, n, k = shape(count)
+            tensor_gemm(device, a(tensors), b(tensors), target(tensors), m, n, k, epilogue(tensors),
+                        out_offset=out_offset, out_ld=out_ld, out_bf16=out_bf16, splits=splits(count))
 
-    def _accumulate(self, name: str, delta: Operand, inputs: Operand, m: int, n: int, count: int,
-                    with_bias: bool = False) -> None:
-        """dW += delta^T inputs (and db += sum delta) into the gradient buffer."""
-        layout = self.inr.layout
-        tensor_gemm(self.inr.device, delta, inputs, self.inr.bridge.grads_buffer, m, n, count,
-                    out_offset=layout.offset(name + ".weight"), out_ld=n, epilogue=ACCUMULATE,
-                    bias_grad_offset=layout.offset(name + ".bias") if with_bias else None,
-                    splits=self._splits(m, n, count))
-
-    def backward(self, coords: spy.Buffer, patches: spy.Buffer, count: int, grad_logits: spy.Buffer, ws,
-                 bias_sums) -> None:
-        """Add dL/dparams into the gradient buffer, given dL/dlogits (count, C) float32.
-
-        ``bias_sums(names, split)`` gives the column-sum target of a ReLU-gradient
-        product (the INR's own helper, shared with the fp32 path).
-        """
-        cfg, dev = self.inr.config, self.inr.device
-        hid, S, C, L = cfg.hidden_width, cfg.spatial_width, cfg.num_classes, cfg.hidden_layers
-        below_names = [(f"mlp.{layer - 1}",) if layer > 0 else ("spatial", "modality") for layer in range(L + 1)]
-        self._accumulate("head", Operand(grad_logits, F32, ROWS_CONTIGUOUS, ld=C),
-                         Operand(ws.hidden[-1], BF16, ROWS_CONTIGUOUS, ld=hid), C, hid, count, with_bias=True)
-        delta = ws.delta[0]
-        tensor_gemm(dev, Operand(grad_logits, F32, K_CONTIGUOUS, ld=C), self._weight("head.weight", ROWS_CONTIGUOUS),
-                    delta, count, hid, C, out_ld=hid, out_bf16=True, epilogue=RELU_GRAD,
-                    mask=(ws.hidden[-1], 0, hid), column_sums=bias_sums(below_names[L], S if L == 0 else hid))
-        for layer in reversed(range(L)):
-            self._accumulate(f"mlp.{layer}", Operand(delta, BF16, ROWS_CONTIGUOUS, ld=hid),
-                             Operand(ws.hidden[layer], BF16, ROWS_CONTIGUOUS, ld=hid), hid, hid, count)
-            below = ws.delta[1] if delta is ws.delta[0] else ws.delta[0]
-            tensor_gemm(dev, Operand(delta, BF16, K_CONTIGUOUS, ld=hid),
-                        self._weight(f"mlp.{layer}.weight", ROWS_CONTIGUOUS), below, count, hid, hid, out_ld=hid,
-                        out_bf16=True, epilogue=RELU_GRAD, mask=(ws.hidden[layer], 0, hid),
-                        column_sums=bias_sums(below_names[layer], S if layer == 0 else hid))
-            delta = below
-        self._accumulate("spatial", Operand(delta, BF16, ROWS_CONTIGUOUS, ld=hid),
-                         Operand(coords, FOURIER, ROWS_CONTIGUOUS), S, cfg.fourier_dim, count)
-        self._accumulate("modality", Operand(delta, BF16, ROWS_CONTIGUOUS, ld=hid, offset=S),
-                         Operand(patches, F32, ROWS_CONTIGUOUS, ld=cfg.patch_dim), cfg.modality_width,
-                         cfg.patch_dim, count)
+        return run
