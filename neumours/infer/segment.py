@@ -9,6 +9,11 @@ grid of the same field of view). Denoising runs where the labels are on a GPU
 labels cross to the host) and with scipy on the host for the CPU device
 (:func:`~neumours.infer.denoise.denoise`); both give the same labels.
 
+The load and the upload overlap: given a case path, each modality goes to the device as soon
+as it is decoded while the later ones still decode (the "load" stage then holds most of the
+upload, and "upload" only what is left); the labels come down in Fortran order, a NIfTI
+file's, so writing them is a plain copy.
+
     seg = Segmenter("model.safetensors")
     result = seg("BraTS-GLI-00001-000", denoise=True)
     write_segmentation(result, "BraTS-GLI-00001-000.nii.gz")
