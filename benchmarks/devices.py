@@ -11,14 +11,21 @@ Rows, each the median of ``--repeats`` synchronised runs:
 - render: one raymarched frame of ``--size`` of a phantom case of ``--shape`` (four MRI
   modalities and labels, dt 0.02).
 
+The CPU device is far slower than a GPU (the tiny network took ~0.15 ms a point on a 2-core
+machine): ``--cpu-scale`` gives it a
+fraction of the points and pixels and scales its times back up (the cost per point and per
+pixel does not depend on their number, apart from fixed launch costs that this then
+overstates); its training step is not scaled, so run the paper network on it only with
+patience (minutes a step) and compare the three kinds with ``--config tiny``.
+
 Each cell is the seconds and the ratio to CUDA's (or to the first device's, without CUDA):
 how many times slower. ``--precision auto`` runs each device at its default (bf16 tensor
 cores on CUDA, whose kernels are CUDA C++; fp32 on Vulkan, Metal and the CPU); ``fp32``
 compares the same kernels everywhere. A device kind that cannot be created here gets its
 reason instead of numbers. Writes every timing to ``--json``.
 
-    python benchmarks/devices.py --devices cuda vulkan cpu --config paper --shape 240 240 155 \\
-        --cpu-scale 0.25 [--precision auto] [--json devices.json]
+    python benchmarks/devices.py --devices cuda vulkan --config paper [--precision fp32] [--json devices.json]
+    python benchmarks/devices.py --devices cuda vulkan cpu --config tiny --cpu-scale 0.005 --json devices_tiny.json
     python benchmarks/devices.py --devices cpu --config tiny --shape 16 16 16 --train-shape 16 16 16 \\
         --size 32x24 --steps 1 --repeats 1 --json /tmp/devices.json   # smoke test
 """
@@ -54,9 +61,9 @@ TASKS = ("inference", "training step", "render")
 SPACING = (1.0, 1.0, 1.0)
 
 
-def scaled_shape(shape, scale: float) -> tuple[int, int, int]:
-    """``shape`` with its voxel count times ``scale`` (each axis by the cube root), at least 16 a side (the phantom's least)."""
-    f = scale ** (1 / 3)
+def scaled_shape(shape, scale: float) -> tuple[int, ...]:
+    """``shape`` with its element count times ``scale`` (each axis by the same factor), at least 16 a side."""
+    f = scale ** (1 / len(shape))
     return tuple(max(16, round(n * f)) for n in shape)
 
 
@@ -69,19 +76,20 @@ def measure(kind: str, args, data: Path, work: Path) -> dict:
     sync = device_sync(device)
     train = preset(args.config)
     network = dataclasses.replace(train.network, precision=args.precision)
-    shape = tuple(args.shape)
-    if kind == "cpu" and args.cpu_scale != 1:  # the CPU takes minutes at GPU sizes: a smaller grid, scaled back
-        shape = scaled_shape(shape, args.cpu_scale)
-    scale = math.prod(args.shape) / math.prod(shape)
+    shape, size = tuple(args.shape), parse_size(args.size)
+    grid, pixels = shape, size
+    if kind == "cpu" and args.cpu_scale != 1:  # the CPU takes minutes at GPU sizes: fewer points and pixels
+        grid, pixels = scaled_shape(shape, args.cpu_scale), scaled_shape(size, args.cpu_scale)
+    grid_scale, pixel_scale = math.prod(shape) / math.prod(grid), math.prod(size) / math.prod(pixels)
     case = make_case(shape, seed=0)
     result = {"device": describe(device), "precision": resolve_precision(args.precision, device),
-              "grid": list(shape), "grid_scale": scale}
+              "grid": list(grid), "pixels": list(pixels), "scaled": grid != shape or pixels != size}
 
     inr = INR(network, device, seed=0)
-    volumes = CaseVolumes.upload(device, [case.images])
+    volumes = CaseVolumes.upload(device, [make_case(grid, seed=0).images if grid != shape else case.images])
     scratch = ScratchBuffers(device)
     t = time_it(lambda: VolumeCache(inr, volumes, scratch=scratch), sync, args.repeats, warmup=1)
-    result["inference"] = {**t, "points": math.prod(shape), "seconds": t["median_s"] * scale}
+    result["inference"] = {**t, "points": math.prod(grid), "seconds": t["median_s"] * grid_scale}
 
     config = dataclasses.replace(train, network=network)
     trainer = Trainer(data, work / f"run_{kind}", config, device, progress=False)
@@ -91,14 +99,14 @@ def measure(kind: str, args, data: Path, work: Path) -> dict:
         trainer.close()
     result["training step"] = {**t, "steps": args.steps, "seconds": t["median_s"] / args.steps}
 
-    width, height = parse_size(args.size)
+    width, height = pixels
     settings = RenderSettings(windows=auto_windows(case.images), step=0.02)
     camera = orbit(30.0, 20.0, fit_distance(volume_box(shape, SPACING), 30.0, width / height), width=width,
                    height=height)
     scene = Scene.upload(device, SPACING, volumes=case.images, labels=case.label)
     frame = Frame.allocate(device, width, height)
     t = time_it(lambda: render_device(scene, camera, settings, frame), sync, args.repeats, warmup=1)
-    result["render"] = {**t, "size": [width, height], "seconds": t["median_s"] * scale}
+    result["render"] = {**t, "size": [width, height], "seconds": t["median_s"] * pixel_scale}
     return result
 
 
@@ -116,7 +124,7 @@ def table(results: dict, kinds: list[str]) -> list[dict]:
                 continue
             seconds = r[task]["seconds"]
             ratio = seconds / results[reference][task]["seconds"]
-            scaled = " (scaled)" if r["grid_scale"] != 1 and task != "training step" else ""
+            scaled = " (scaled)" if r["scaled"] and task != "training step" else ""
             row[kind] = f"{seconds:.4g} s{scaled} ({ratio:.2f}x {reference})"
         rows.append(row)
     return rows
@@ -129,8 +137,8 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", choices=["auto", "fp32"], default="auto")
     parser.add_argument("--shape", type=int, nargs=3, default=[240, 240, 155], help="inference grid and render case")
     parser.add_argument("--cpu-scale", type=float, default=1.0,
-                        help="the CPU device's grid holds this fraction of the voxels; its inference and render "
-                             "times are scaled back up to --shape (marked 'scaled')")
+                        help="the CPU device infers this fraction of the grid's points and renders this fraction "
+                             "of the pixels; its times are scaled back up per point and per pixel ('scaled')")
     parser.add_argument("--train-shape", type=int, nargs=3, default=[96, 96, 64], help="training phantoms")
     parser.add_argument("--cases", type=int, default=2, help="training phantoms")
     parser.add_argument("--steps", type=int, default=5, help="training steps per timed repeat")
