@@ -150,16 +150,22 @@ def test_label_file_has_the_same_bytes_from_either_order_and_every_gzip_level(ca
         assert _inflated(path) == reference
 
 
-def test_streamed_upload_segments_like_a_whole_case_upload(case_dir, cpu_device, tmp_path):
+def test_streamed_upload_segments_like_a_whole_case_upload(case_dir, cpu_device, tmp_path, monkeypatch):
     """Segmenting a path (each modality uploaded as it is decoded) equals segmenting the loaded case,
     and the file written from the Fortran-ordered labels holds them."""
+    import neumours.infer.segment as segment
     from neumours.infer.segment import Segmenter, write_segmentation
 
     config = INRConfig.tiny()
     checkpoint = save_checkpoint(tmp_path / "tiny.safetensors", INR(config, cpu_device, seed=2).state_dict(), config)
     seg = Segmenter(checkpoint, cpu_device)
+    whole_uploads = []
+    upload_one = segment._upload_one
+    monkeypatch.setattr(segment, "_upload_one", lambda *a, **k: whole_uploads.append(1) or upload_one(*a, **k))
     streamed = seg(case_dir)
+    assert whole_uploads == []  # every modality went up while loading
     whole = seg(load_case(case_dir))
+    assert whole_uploads == [1]
     assert streamed.labels.flags.f_contiguous
     np.testing.assert_array_equal(streamed.labels, whole.labels)
     assert len(np.unique(streamed.labels)) > 1  # a real test of the labels' order
