@@ -103,15 +103,17 @@ def test_parallel_decoding_names_the_first_bad_file_in_modality_order(case_dir, 
     assert "t1c" in str(err.value)
 
 
-def test_upload_into_an_offset(cpu_device, rng):
-    buffer = upload(cpu_device, np.full(40, -1, np.float32))
-    block = np.asfortranarray(rng.normal(size=(3, 4, 2)).astype(np.float32))
+@pytest.mark.parametrize("shape", [(3, 4, 2), (64, 64, 65)], ids=["small", "1MB"])  # 1 MB and up: CUDA's torch path
+def test_upload_into_an_offset(cpu_device, rng, shape):
+    size = int(np.prod(shape))
+    buffer = upload(cpu_device, np.full(size + 20, -1, np.float32))
+    block = np.asfortranarray(rng.normal(size=shape).astype(np.float32))
     upload_into(cpu_device, buffer, block, offset=10)
-    got = download(buffer, (40,))
-    np.testing.assert_array_equal(got[10:34], block.reshape(-1))  # C order on the device, whatever the host order
-    assert (got[:10] == -1).all() and (got[34:] == -1).all()
+    got = download(buffer, (size + 20,))
+    np.testing.assert_array_equal(got[10:10 + size], block.reshape(-1))  # C order on the device, whatever the host's
+    assert (got[:10] == -1).all() and (got[10 + size:] == -1).all()
     with pytest.raises(ValueError, match="do not fit"):
-        upload_into(cpu_device, buffer, block, offset=17)
+        upload_into(cpu_device, buffer, block, offset=21)
 
 
 def test_labels_download_in_fortran_order(cpu_device, rng):
