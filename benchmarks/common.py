@@ -1,11 +1,14 @@
-"""Shared helpers of the benchmarks: timing with device synchronisation, tables, JSON."""
+"""Shared helpers of the benchmarks: the ``--device`` option, timing with device synchronisation, tables, JSON."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from pathlib import Path
 from typing import Callable
+
+from neumours.device import DEVICE_KINDS
 
 from neumours import strict_json
 from neumours.atomic import atomic_write_text
@@ -47,3 +50,25 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 def mean_sd(stats: dict) -> str:
     """``mean ± sd`` of one aggregated column (``RegionMetric.aggregate``), ``n/a`` without values."""
     return "n/a" if stats["n"] == 0 else f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "cuda", note: str = "") -> None:
+    """Every benchmark's ``--device``: the slangpy device kind its Slang side runs on (``NEUMOURS_DEVICE``,
+    when set, overrides it, as everywhere). ``note`` says what the script needs (e.g. its torch peers' CUDA)."""
+    help_text = f"slangpy device kind: {', '.join(DEVICE_KINDS)} or auto (default {default})"
+    parser.add_argument("--device", default=default, choices=(*DEVICE_KINDS, "auto"),
+                        help=f"{help_text}; {note}" if note else help_text)
+
+
+def device_sync(device) -> Callable[[], None]:
+    """Wait for ``device``, and for torch's CUDA work when torch has a GPU (the bridge's optimiser and the
+    torch peers run there), before a timer reads the clock."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+
+    def sync() -> None:
+        device.wait_for_idle()
+        if cuda:
+            torch.cuda.synchronize()
+    return sync

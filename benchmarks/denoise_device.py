@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, time_it, write_json  # noqa: E402
+from common import add_device_argument, print_table, time_it, write_json  # noqa: E402
 from denoise_defaults import LEVELS, corrupt  # noqa: E402
 
 from neumours.data.phantom import make_case  # noqa: E402
@@ -57,7 +57,7 @@ def tie_dependent(labels: np.ndarray, params: DenoiseParams, spacing) -> tuple[i
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda", help="device kind (cuda, vulkan, cpu, auto)")
+    add_device_argument(parser, default="cuda")
     parser.add_argument("--shape", type=int, nargs=3, default=[240, 240, 155], help="phantom shape")
     parser.add_argument("--cases", type=int, default=2, help="phantom cases (each at two noise levels)")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per measurement")

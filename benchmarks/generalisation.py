@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, mean_sd, write_json  # noqa: E402
+from common import add_device_argument, markdown_table, mean_sd, write_json  # noqa: E402
 
 from neumours.atomic import atomic_write_text  # noqa: E402
 from neumours.data import list_cases, load_case  # noqa: E402
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     parser.add_argument("--smooth-mm", type=float, default=1.0, help="sigma of the probability smoothing, mm")
     parser.add_argument("--val-every", type=int, default=1000, help="steps between validations")
     parser.add_argument("--preset", choices=("paper", "tiny"), default="paper", help="network and batch preset")
-    parser.add_argument("--device", default="cuda", help="cuda (default), cpu or auto")
+    add_device_argument(parser, default="cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, split, weights and sampling")
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1),
                         help="processes that write data and score cases (1: in this process)")

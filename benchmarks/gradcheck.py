@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, write_json  # noqa: E402
+from common import add_device_argument, print_table, write_json  # noqa: E402
 
 from neumours.device import describe, get_device  # noqa: E402
 from neumours.model.config import INRConfig  # noqa: E402
@@ -169,7 +169,7 @@ def check_raymarcher(device, rng) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="slangpy device (default cpu)")
+    add_device_argument(parser, default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="gradcheck.json")
     args = parser.parse_args(argv)

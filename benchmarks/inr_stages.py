@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, time_it, write_json  # noqa: E402
+from common import add_device_argument, print_table, time_it, write_json  # noqa: E402
 from inr_throughput import TILE_VARIANTS, make_volume  # noqa: E402
 
 from neumours.device import describe, empty_buffer, get_device, upload, zeros_buffer  # noqa: E402
@@ -36,8 +36,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="inr_stages.json")
     parser.add_argument("--single", default="", help="run one stage once (for ncu) and exit: hidden|spatial|gather")
     parser.add_argument("--tiles", nargs="*", default=list(TILE_VARIANTS), help="tile variants to time")
+    add_device_argument(parser, note="its torch peers need torch with CUDA")
     args = parser.parse_args(argv)
-    device = get_device("cuda")
+    device = get_device(args.device)
     cfg, n = INRConfig.paper(), args.points
     rng = np.random.default_rng(0)
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, time_it, write_json  # noqa: E402
+from common import add_device_argument, print_table, time_it, write_json  # noqa: E402
 
 from neumours.device import describe, empty_buffer, get_device, upload  # noqa: E402
 from neumours.kernels import gemm as gemm_module  # noqa: E402
@@ -146,9 +146,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="inr_throughput.json")
     parser.add_argument("--tiles", nargs="*", default=["128x128/8x8/k8"],
                         help=f"fp32 tile variants to time (any of {', '.join(TILE_VARIANTS)})")
+    add_device_argument(parser, note="its torch peers need torch with CUDA")
     args = parser.parse_args(argv)
 
-    device = get_device("cuda")
+    device = get_device(args.device)
     torch.manual_seed(0)
     cfg = INRConfig.paper()
     shape = tuple(args.shape)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_json  # noqa: E402
+from common import add_device_argument, write_json  # noqa: E402
 
 from neumours.data import normalise  # noqa: E402
 from neumours.data.phantom import make_case, write_dataset  # noqa: E402
@@ -151,8 +151,9 @@ def main(argv=None) -> int:
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--json", default="long_run.json")
+    add_device_argument(parser, note="it reads torch.cuda's memory figures")
     args = parser.parse_args(argv)
-    device = get_device("cuda")
+    device = get_device(args.device)
     work = Path(tempfile.mkdtemp())
     write_dataset(work / "data", args.cases, shape=tuple(args.shape), seed=0, progress=False)
     results = {"device": describe(device), "torch": torch.__version__, "args": vars(args)}

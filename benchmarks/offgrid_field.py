@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, write_json  # noqa: E402
+from common import add_device_argument, print_table, write_json  # noqa: E402
 
 from neumours.data import normalise  # noqa: E402
 from neumours.data.phantom import make_case  # noqa: E402
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=[240, 240, 155])
     parser.add_argument("--points", type=int, default=1 << 20)
     parser.add_argument("--json", default="offgrid_field.json")
-    parser.add_argument("--device", default="cuda")
+    add_device_argument(parser, default="cuda")
     args = parser.parse_args(argv)
 
     device = get_device(args.device)

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table as _markdown, mean_sd as _pm, print_table, write_json  # noqa: E402
+from common import add_device_argument, print_table, write_json  # noqa: E402
+from common import markdown_table as _markdown, mean_sd as _pm  # noqa: E402
 
 from neumours.atomic import atomic_write_text  # noqa: E402
 from neumours.conventions import CLASS_KEYS, NUM_CLASSES  # noqa: E402
@@ -128,11 +129,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, split, weights and sampling")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU device, tiny network, 24 x 24 x 20 cases, a few steps (a test of the script)")
+    add_device_argument(parser, note="--smoke runs on the CPU device")
     args = parser.parse_args(argv)
     if args.smoke:
         args.cases, args.post_cases, args.shape = min(args.cases, 5), min(args.post_cases, 2), [24, 24, 20]
         args.steps, args.train_eval_cases = min(args.steps, 4), min(args.train_eval_cases, 1)
-    device = get_device("cpu" if args.smoke else "cuda")
+    device = get_device("cpu" if args.smoke else args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     pre, post = make_data(args.out, args)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, write_json  # noqa: E402
+from common import add_device_argument, print_table, write_json  # noqa: E402
 
 from neumours.data import list_cases, load_case  # noqa: E402
 from neumours.data.phantom import write_dataset  # noqa: E402
@@ -35,8 +35,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=3)
     parser.add_argument("--shape", type=int, nargs=3, default=[240, 240, 155])
     parser.add_argument("--json", default="precision_agreement.json")
+    add_device_argument(parser, note="needs cuda: it compares bf16 (CUDA only) with fp32")
     args = parser.parse_args(argv)
-    device = get_device("cuda")
+    device = get_device(args.device)
     segmenters = {p: Segmenter(args.checkpoint, device, precision=p) for p in ("bf16", "fp32")}
     rows, results = [], {"device": describe(device), "checkpoint": args.checkpoint, "cases": []}
     data = Path(tempfile.mkdtemp()) / "data"

@@ -36,7 +36,7 @@ import torch
 from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, time_it, write_json  # noqa: E402
+from common import add_device_argument, print_table, time_it, write_json  # noqa: E402
 
 from neumours.data import normalise  # noqa: E402
 from neumours.data.phantom import make_case  # noqa: E402
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4, help="learning rate of that run")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch peer")
     parser.add_argument("--json", default="refine_step.json")
-    parser.add_argument("--device", default="cuda", help="slangpy device (cpu only to try the script at tiny sizes)")
+    add_device_argument(parser, default="cuda", note="cpu only to try the script at tiny sizes")
     args = parser.parse_args(argv)
 
     device = get_device(args.device)

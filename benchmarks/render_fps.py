@@ -30,7 +30,7 @@ import torch
 from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, time_it, write_json  # noqa: E402
+from common import add_device_argument, print_table, time_it, write_json  # noqa: E402
 
 from neumours.data.phantom import make_case  # noqa: E402
 from neumours.device import describe, get_device, upload  # noqa: E402
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="Slang repeats (torch: a quarter, at least 2)")
     parser.add_argument("--chunk", type=int, default=1 << 19, help="rays per torch backward chunk")
     parser.add_argument("--json", default="render_fps.json")
-    parser.add_argument("--device", default="cuda", help="slangpy device (cpu only to try the script at tiny sizes)")
+    add_device_argument(parser, default="cuda", note="cpu only to try the script at tiny sizes")
     args = parser.parse_args(argv)
 
     device = get_device(args.device)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, write_json  # noqa: E402
+from common import add_device_argument, print_table, write_json  # noqa: E402
 
 from neumours.data import MODALITIES, load_case, save_label  # noqa: E402
 from neumours.data.nifti import read_label_volume  # noqa: E402
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=3, default=[240, 240, 155])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda")
+    add_device_argument(parser, default="cuda")
     parser.add_argument("--config", choices=["paper", "tiny"], default="paper")
     parser.add_argument("--chunks", type=int, nargs="*", default=[1 << 20, 1 << 21, 1 << 22],
                         help="INR points per chunk to compare (Slang and torch)")

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, write_json  # noqa: E402
+from common import add_device_argument, print_table, write_json  # noqa: E402
 
 from neumours.data.phantom import write_dataset  # noqa: E402
 from neumours.device import describe, get_device  # noqa: E402
@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     ap.add_argument("--preset", choices=["paper", "tiny"], default="paper",
                     help="network (tiny with --device cpu: a smoke check of this script without a GPU)")
-    ap.add_argument("--device", default="cuda", help="device kind of the trials (the GPU numbers need cuda)")
+    add_device_argument(ap, default="cuda", note="the GPU numbers need cuda")
     args = ap.parse_args()
     if args.device == "cuda" and physical_gpus() < 1:
         raise SystemExit("sweep_throughput: needs an NVIDIA GPU (nvidia-smi finds none)")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, time_it, write_json  # noqa: E402
+from common import add_device_argument, print_table, time_it, write_json  # noqa: E402
 
 from neumours.data.phantom import write_dataset  # noqa: E402
 from neumours.device import describe, get_device  # noqa: E402
@@ -97,8 +97,9 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=[128, 128, 96])
     parser.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
     parser.add_argument("--json", default="train_step.json")
+    add_device_argument(parser, note="its torch peers need torch with CUDA")
     args = parser.parse_args(argv)
-    device = get_device("cuda")
+    device = get_device(args.device)
     work = Path(tempfile.mkdtemp())
     write_dataset(work / "data", args.cases, shape=tuple(args.shape), seed=0, progress=False)
     trainers = {}

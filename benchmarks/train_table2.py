@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, write_json  # noqa: E402
+from common import add_device_argument, print_table, write_json  # noqa: E402
 
 from neumours.data import list_cases, load_case, normalise, split_cases  # noqa: E402
 from neumours.data.phantom import write_dataset  # noqa: E402
@@ -57,8 +57,9 @@ def main(argv=None) -> int:
     parser.add_argument("--train-eval-cases", type=int, default=8, help="training cases scored at the end")
     parser.add_argument("--runs", nargs="+", default=["adamw:bf16", "muon:bf16"],
                         help="OPTIMIZER:PRECISION per run (adamw|muon : bf16|fp32)")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
-    device = get_device("cuda")
+    device = get_device(args.device)
     data = args.out / "data"
     if not data.exists():
         write_dataset(data, args.cases, shape=tuple(args.shape), seed=0, progress=False)

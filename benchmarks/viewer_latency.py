@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, time_it, write_json  # noqa: E402
+from common import add_device_argument, print_table, time_it, write_json  # noqa: E402
 
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=50, help="server renders timed (torch: a tenth, at least 2)")
     parser.add_argument("--small", action="store_true", help="tiny network and frames (to try the script on a CPU)")
     parser.add_argument("--json", default="viewer_latency.json")
-    parser.add_argument("--device", default="cuda", help="slangpy device")
+    add_device_argument(parser, default="cuda")
     args = parser.parse_args(argv)
     on_gpu = torch.cuda.is_available() and args.device != "cpu"
     free_before = torch.cuda.mem_get_info()[0] if on_gpu else None

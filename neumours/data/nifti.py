@@ -39,7 +39,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -437,18 +437,42 @@ class Volume:
     geometry: Geometry
 
 
-def _checked_image(path: Path, force_geometry: bool) -> tuple[nib.Nifti1Image, tuple[int, int, int], Geometry]:
+def _checked_image(path: Path, force_geometry: bool) -> tuple[bytes, nib.Nifti1Image, tuple[int, int, int], Geometry]:
     raw, facts = _read(path)
     img = _image(path, raw, facts)
     shape = volume_shape(path, img)
-    return img, shape, _geometry(path, facts, img.affine, force_geometry)
+    return raw, img, shape, _geometry(path, facts, img.affine, force_geometry)
 
 
-def _image_data(path: Path, img: nib.Nifti1Image, shape) -> np.ndarray:
+def _float32_voxels(raw: bytes, img: nib.Nifti1Image, shape, out: np.ndarray | None) -> np.ndarray:
+    """``img.get_fdata(dtype=float32)`` (the same values, Fortran order), written into ``out`` when given.
+
+    Unscaled data (nibabel's slope 1, intercept 0, the usual case) is cast straight
+    from the inflated bytes into ``out``: one pass, no intermediate copy, where
+    nibabel would copy the bytes, then cast, then (for :func:`neumours.data.load_case`)
+    the caller would copy again. The cast goes through the type nibabel promotes to
+    (``promote_types(stored, float32)``: float64 for 32/64-bit integers), so every
+    value rounds as nibabel's does. Scaled data goes through nibabel itself.
+    """
+    proxy = img.dataobj
+    if out is None:
+        out = np.empty(shape, np.float32, order="F")
+    direct = isinstance(proxy, nib.arrayproxy.ArrayProxy) and (proxy.slope, proxy.inter) == (1, 0)
+    if direct:
+        count = math.prod(proxy.shape)
+        stored = np.frombuffer(raw, dtype=proxy.dtype, count=count, offset=proxy.offset)
+        stored = stored.reshape(shape, order=proxy.order)
+        np.copyto(out, stored.astype(np.promote_types(stored.dtype, np.float32), copy=False), casting="unsafe")
+    else:
+        np.copyto(out, img.get_fdata(dtype=np.float32, caching="unchanged").reshape(shape), casting="unsafe")
+    return out
+
+
+def _image_data(path: Path, raw: bytes, img: nib.Nifti1Image, shape, out: np.ndarray | None = None) -> np.ndarray:
     try:
         # Overflow to Inf is reported below, in one line, instead of as numpy warnings.
         with np.errstate(over="ignore", invalid="ignore"):
-            data = img.get_fdata(dtype=np.float32, caching="unchanged").reshape(shape)
+            data = _float32_voxels(raw, img, shape, out)
     except Exception as exc:  # noqa: BLE001
         raise NeumoursDataError(path, f"cannot decode voxel data ({_first_line(exc)})") from None
     # Checked whatever the header's type: nibabel can scale integer data by a raw scl_slope that
@@ -484,7 +508,8 @@ def _label_data(path: Path, img: nib.Nifti1Image, shape) -> np.ndarray:
     return label
 
 
-def read_volume(path: str | os.PathLike, label: bool = False, force_geometry: bool = False) -> Volume:
+def read_volume(path: str | os.PathLike, label: bool = False, force_geometry: bool = False,
+                into: Callable[[tuple[int, int, int]], np.ndarray | None] | None = None) -> Volume:
     """Read one 3-D volume with its checked geometry.
 
     Args:
@@ -493,13 +518,20 @@ def read_volume(path: str | os.PathLike, label: bool = False, force_geometry: bo
             an MRI modality (:func:`read_image_volume`'s).
         force_geometry: accept a header whose geometry fails the checks of
             :mod:`neumours.data.geometry` (``Volume.geometry.problem`` says what is wrong).
+        into: modalities only: called with the volume's (X, Y, Z) shape once the header
+            is checked; it returns a float32 array of that shape to decode the voxels into
+            (``load_case`` hands out its slice of the case's array, saving a copy), or None
+            for a new one. ``Volume.data`` is then that array.
 
     Raises:
         NeumoursDataError: naming the file: anything the two readers refuse, or bad geometry.
     """
     path = Path(path)
-    img, shape, geometry = _checked_image(path, force_geometry)
-    data = _label_data(path, img, shape) if label else _image_data(path, img, shape)
+    raw, img, shape, geometry = _checked_image(path, force_geometry)
+    if label:
+        data = _label_data(path, img, shape)
+    else:
+        data = _image_data(path, raw, img, shape, into(shape) if into is not None else None)
     return Volume(data, img, geometry)
 
 
@@ -547,11 +579,18 @@ def read_label_volume(path: str | os.PathLike, force_geometry: bool = False) -> 
     return volume.data, volume.img
 
 
-def write_nifti(img: nib.Nifti1Image, path: str | os.PathLike) -> None:
+#: ISA-L's gzip level for written files: label volumes are mostly zeros, so this is both fast and
+#: small (``benchmarks/case_io.py`` times every level; zlib level 1 is the fallback without ISA-L).
+GZIP_LEVEL = 2
+
+
+def write_nifti(img: nib.Nifti1Image, path: str | os.PathLike, level: int = GZIP_LEVEL) -> None:
     """Write ``img`` atomically to ``path`` (``.nii`` raw, ``.nii.gz`` compressed).
 
-    Compression uses ISA-L (level 2) when available: label volumes are mostly
-    zeros, so this is both fast and small.
+    Compression uses ISA-L at ``level`` (0..3) when available, else zlib at level 1.
+    Data in Fortran order (a NIfTI file's order: what nibabel reads, and what
+    :func:`neumours.infer.cache.download_labels` gives with ``order="F"``) is written
+    with a plain copy; C-ordered data costs nibabel a transposing copy first.
 
     Raises:
         NeumoursDataError: the path does not end in ``.nii``/``.nii.gz``, or the
@@ -563,7 +602,7 @@ def write_nifti(img: nib.Nifti1Image, path: str | os.PathLike) -> None:
     try:
         blob = img.to_bytes()
         if path.name.lower().endswith(".gz"):
-            blob = _fast_gzip.compress(blob, 2) if _fast_gzip is not None else gzip.compress(blob, 1)
+            blob = _fast_gzip.compress(blob, level) if _fast_gzip is not None else gzip.compress(blob, 1)
     except (OSError, MemoryError) as exc:
         raise NeumoursDataError(path, f"cannot encode the image ({exc})") from None
     atomic_write_bytes(path, blob)  # write problems: one NeumoursError line naming the path

@@ -17,7 +17,7 @@ _SUPPORTED = (np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint32))
 _TORCH_UPLOAD_BYTES = 1 << 20
 
 
-def _upload_through_torch(buffer: spy.Buffer, array: np.ndarray) -> None:
+def _upload_through_torch(buffer: spy.Buffer, array: np.ndarray, offset: int = 0) -> None:
     """Copy ``array`` (its elements in C order) into a CUDA buffer through the buffer's zero-copy
     torch view, then wait for it.
 
@@ -32,7 +32,7 @@ def _upload_through_torch(buffer: spy.Buffer, array: np.ndarray) -> None:
     if array.dtype != np.float32:  # 32-bit integers travel as their int32 bit patterns
         array = array.view(np.int32)
     kind = spy.DataType.float32 if array.dtype == np.float32 else spy.DataType.int32
-    view = buffer.to_torch(kind, [array.size]).view(array.shape)
+    view = buffer.to_torch(kind, [offset + array.size])[offset:].view(array.shape)
     source = torch.from_numpy(array)
     if not array.flags.c_contiguous:
         source = source.to(view.device)  # keeps the memory order of a dense array: one plain copy
@@ -65,19 +65,22 @@ def upload(device: spy.Device, array: np.ndarray, dtype=np.float32) -> spy.Buffe
     return device.create_buffer(element_count=data.size, struct_size=dtype.itemsize, usage=_USAGE, data=data)
 
 
-def upload_into(device: spy.Device, buffer: spy.Buffer, array: np.ndarray, dtype=np.float32) -> spy.Buffer:
-    """Copy ``array`` into the first ``array.size`` elements of an existing ``buffer``; returns it."""
+def upload_into(device: spy.Device, buffer: spy.Buffer, array: np.ndarray, dtype=np.float32,
+                offset: int = 0) -> spy.Buffer:
+    """Copy ``array`` (its elements in C order) into elements ``offset .. offset + array.size`` of an existing
+    ``buffer``; returns it. An offset lets a case's modalities go up one by one as they are decoded."""
     dtype = _check_dtype(dtype)
     array = np.asarray(array).astype(dtype, order="K", copy=False)
-    if array.nbytes > buffer.size:
-        raise ValueError(f"{array.nbytes} bytes do not fit a {buffer.size}-byte buffer")
+    offset = int(offset)
+    if offset < 0 or (offset * dtype.itemsize + array.nbytes) > buffer.size:
+        raise ValueError(f"{array.nbytes} bytes at element {offset} do not fit a {buffer.size}-byte buffer")
     if array.size == 0:
         return buffer
     if _through_torch(device, array):
-        _upload_through_torch(buffer, array)
+        _upload_through_torch(buffer, array, offset)
     else:
         encoder = device.create_command_encoder()
-        encoder.upload_buffer_data(buffer, 0, np.ascontiguousarray(array).reshape(-1))
+        encoder.upload_buffer_data(buffer, offset * dtype.itemsize, np.ascontiguousarray(array).reshape(-1))
         device.submit_command_buffer(encoder.finish())
     return buffer
 

@@ -147,16 +147,27 @@ def forward_cost(inr: INR, volumes: CaseVolumes | None = None, case_index: int =
 
 
 def download_labels(device: spy.Device, labels: spy.Buffer, shape: Sequence[int],
-                    scratch: ScratchBuffers | None = None) -> np.ndarray:
+                    scratch: ScratchBuffers | None = None, order: str = "C") -> np.ndarray:
     """(X, Y, Z) uint8 copy of a uint32 label buffer (values < 256), packed four to a word on the
-    device first so a quarter of the bytes cross (9 MB instead of 36 MB for 240 x 240 x 155)."""
+    device first so a quarter of the bytes cross (9 MB instead of 36 MB for 240 x 240 x 155).
+
+    ``order="F"`` returns the same values in a Fortran-ordered array, reordered on the device
+    while packing: a NIfTI file stores voxels in that order, so writing such an array is a plain
+    copy where a C-ordered one costs a transposing copy on the host (~15 ms for 240 x 240 x 155).
+    """
     shape = tuple(int(s) for s in shape)
+    if order not in ("C", "F"):
+        raise ValueError(f"order must be 'C' or 'F', not {order!r}")
     total = int(np.prod(shape))
     words = -(-total // 4)
     packed = scratch.get("labels.packed", words, np.uint32) if scratch is not None else \
         empty_buffer(device, words, np.uint32)
-    pack_labels(device, labels, packed, total)
-    return download(packed, (words,), np.uint32).view(np.uint8)[:total].reshape(shape).copy()
+    fortran = order == "F" and len(shape) == 3 and total > 0
+    pack_labels(device, labels, packed, total, fortran_grid=shape if fortran else None)
+    flat = download(packed, (words,), np.uint32).view(np.uint8)[:total]
+    if fortran:
+        return flat.reshape(shape[::-1]).T.copy(order="F")
+    return flat.reshape(shape).copy()
 
 
 def forward_workspace(inr: INR, count: int, scratch: ScratchBuffers | None = None) -> Workspace:

@@ -9,6 +9,11 @@ grid of the same field of view). Denoising runs where the labels are on a GPU
 labels cross to the host) and with scipy on the host for the CPU device
 (:func:`~neumours.infer.denoise.denoise`); both give the same labels.
 
+The load and the upload overlap: given a case path, each modality goes to the device as soon
+as it is decoded while the later ones still decode (the "load" stage then holds most of the
+upload, and "upload" only what is left); the labels come down in Fortran order, a NIfTI
+file's, so writing them is a plain copy.
+
     seg = Segmenter("model.safetensors")
     result = seg("BraTS-GLI-00001-000", denoise=True)
     write_segmentation(result, "BraTS-GLI-00001-000.nii.gz")
@@ -39,7 +44,7 @@ from neumours.data import Case, check_cases, list_cases, load_case, normalise, s
 from neumours.data.layouts import case_files
 from neumours.data.geometry import voxel_spacing
 from neumours.data.nifti import is_nifti_name, read_header, write_nifti
-from neumours.device import ScratchBuffers, upload
+from neumours.device import ScratchBuffers, upload, upload_into
 from neumours.device.memory import device_available_bytes, host_available_bytes
 from neumours.errors import CasesFailedError, NeumoursDataError, NeumoursError
 from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, NonFiniteLogitsError, StageTimer, VolumeCache,
@@ -123,6 +128,13 @@ def output_like(case: Case, shape, affine: np.ndarray) -> Case:
                                spacing=spacing, header=header)
 
 
+def _case_volumes(device: spy.Device, volumes: spy.Buffer, shape) -> CaseVolumes:
+    """One case's :class:`CaseVolumes` over ``volumes``, its (modalities, X, Y, Z) voxels already uploaded."""
+    table = np.array([(0, *shape[1:])], np.uint32)
+    return CaseVolumes(device, volumes, upload(device, table, np.uint32), [tuple(int(s) for s in shape[1:])],
+                       int(shape[0]))
+
+
 def _upload_one(device: spy.Device, images: np.ndarray, scratch: ScratchBuffers | None = None) -> CaseVolumes:
     """:meth:`CaseVolumes.upload` for one case, without its concatenation copy (~140 MB for BraTS)
     or a host-side reordering of Fortran-ordered NIfTI data, into ``scratch``'s volume buffer when
@@ -130,10 +142,33 @@ def _upload_one(device: spy.Device, images: np.ndarray, scratch: ScratchBuffers 
     images = np.asarray(images, dtype=np.float32)  # any memory order: the upload reorders on the GPU
     if images.ndim != 4:
         raise ValueError(f"images must have shape (modalities, X, Y, Z), got {images.shape}")
-    table = np.array([(0, *images.shape[1:])], np.uint32)
     volumes = scratch.upload("segment.volumes", images) if scratch is not None else upload(device, images)
-    return CaseVolumes(device, volumes, upload(device, table, np.uint32),
-                         [tuple(int(s) for s in images.shape[1:])], images.shape[0])
+    return _case_volumes(device, volumes, images.shape)
+
+
+class _ModalityUpload:
+    """:func:`~neumours.data.load_case`'s ``on_modality`` for the segmenter: each modality goes up into the
+    volume buffer as soon as it is decoded, while the later files are still being decoded, so the upload
+    stage is mostly hidden behind the load (the voxels are the same; only the time they cross changes)."""
+
+    def __init__(self, device: spy.Device, scratch: ScratchBuffers):
+        self.device, self.scratch = device, scratch
+        self.buffer: spy.Buffer | None = None
+        self.shape: tuple[int, ...] | None = None
+        self.done: set[int] = set()
+
+    def __call__(self, index: int, voxels: np.ndarray) -> None:
+        if self.buffer is None:
+            self.shape = voxels.shape
+            self.buffer = self.scratch.get("segment.volumes", NUM_MODALITIES * voxels.size)
+        upload_into(self.device, self.buffer, voxels, offset=index * voxels.size)
+        self.done.add(index)
+
+    def volumes(self, images: np.ndarray) -> CaseVolumes | None:
+        """The case's volumes when every modality of ``images`` went up here, else None (upload them whole)."""
+        if self.done != set(range(images.shape[0])) or tuple(images.shape[1:]) != self.shape:
+            return None
+        return _case_volumes(self.device, self.buffer, images.shape)
 
 
 class Segmenter:
@@ -198,13 +233,15 @@ class Segmenter:
         check_fits_data(self.config, self.checkpoint, data, shape, modalities)
 
     def cache(self, images: np.ndarray, grid_shape=None, keep_probs: bool = False,
-              timer: StageTimer | None = None, raw: bool = True, source: str | os.PathLike = "the case") -> VolumeCache:
+              timer: StageTimer | None = None, raw: bool = True, source: str | os.PathLike = "the case",
+              uploaded: CaseVolumes | None = None) -> VolumeCache:
         """Run the INR over a (4, X, Y, Z) float32 volume; the result stays on the device.
 
         Args:
             images: raw intensities (``raw=True``: z-scored here, on the device) or
                 already normalised ones (``raw=False``).
             source: the case, named when the checkpoint does not fit it (:meth:`fits`).
+            uploaded: ``images`` already on the device (uploaded while the case was loading).
 
         Raises:
             NeumoursError: the checkpoint does not fit the images, or the probabilities
@@ -213,7 +250,7 @@ class Segmenter:
         images_shape = tuple(np.shape(images))
         self.fits(source, images_shape[1:], images_shape[0])
         t0 = time.perf_counter()
-        vols = _upload_one(self.device, images, self.scratch)
+        vols = uploaded if uploaded is not None else _upload_one(self.device, images, self.scratch)
         if timer is not None:
             t0 = timer.add("upload", t0)
         if raw:
@@ -253,8 +290,13 @@ class Segmenter:
         """
         timer = StageTimer(self.device if timings else None)
         t0 = time.perf_counter()
+        streamed = None
         if not isinstance(case, Case):
-            case = load_case(case, force_geometry=force_geometry)
+            # Each modality goes to the device while the later ones decode, when the device z-scores
+            # them and no host-side pass (flips, smoothing) needs the case first.
+            if self.device_normalise and not (self.tta_flips or self.smooth_mm):
+                streamed = _ModalityUpload(self.device, self.scratch)
+            case = load_case(case, force_geometry=force_geometry, on_modality=streamed)
             t0 = timer.add("load", t0)
         source = case.paths["t1n"].parent if "t1n" in case.paths else f"case {case.case_id}"
         try:
@@ -280,7 +322,9 @@ class Segmenter:
             return SegmentResult(case, labels_tta, mean if probs else None, affine, spacing, float(scale),
                                  timer.seconds, raw=raw_tta)
         if self.device_normalise:
-            cache = self.cache(case.images, grid, keep_probs=probs, timer=timer, raw=True, source=source)
+            uploaded = streamed.volumes(case.images) if streamed is not None else None
+            cache = self.cache(case.images, grid, keep_probs=probs, timer=timer, raw=True, source=source,
+                               uploaded=uploaded)
         else:
             self.fits(source, case.shape, case.images.shape[0])  # before the host-side normalisation
             normalised = normalise(case.images)
@@ -293,10 +337,10 @@ class Segmenter:
                                          scratch=self.scratch, to_host=False,
                                          out=self.scratch.get("segment.denoised", cache.total, np.uint32))
             t0 = timer.add("denoise", t0)
-            labels = download_labels(self.device, denoised, grid, self.scratch)
+            labels = download_labels(self.device, denoised, grid, self.scratch, order="F")  # NIfTI's order
             raw: np.ndarray | spy.Buffer = cache.labels_buffer
         else:
-            raw = labels = download_labels(self.device, cache.labels_buffer, grid, self.scratch)
+            raw = labels = download_labels(self.device, cache.labels_buffer, grid, self.scratch, order="F")
         probabilities = cache.probabilities() if probs else None
         t0 = timer.add("download", t0)
         if denoise and not on_device:

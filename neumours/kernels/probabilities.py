@@ -69,10 +69,21 @@ def gradient_blocks(device: spy.Device, grad_probs: spy.Buffer, flags: spy.Buffe
     return blocks
 
 
-def pack_labels(device: spy.Device, labels: spy.Buffer, packed: spy.Buffer, total: int) -> None:
-    """packed (ceil(total / 4),) uint32 = the ``total`` uint32 labels as bytes, four per word."""
+def pack_labels(device: spy.Device, labels: spy.Buffer, packed: spy.Buffer, total: int,
+                fortran_grid: tuple[int, int, int] | None = None) -> None:
+    """packed (ceil(total / 4),) uint32 = the ``total`` uint32 labels as bytes, four per word.
+
+    Args:
+        fortran_grid: (X, Y, Z) of the C-ordered labels: pack them in Fortran order (a NIfTI
+            file's order; X * Y * Z must be ``total``); None: keep their order.
+    """
     words = -(-int(total) // 4)
     require(labels, total, "labels")
     require(packed, words, "packed")
+    grid = (0, 0, 0)
+    if fortran_grid is not None:
+        grid = tuple(int(n) for n in fortran_grid)
+        if len(grid) != 3 or min(grid) < 1 or grid[0] * grid[1] * grid[2] != int(total):
+            raise ValueError(f"fortran_grid {fortran_grid} does not hold {total} labels")
     load_kernel(device, FILE, "pack_labels", _constants(NUM_CLASSES))(
-        words, params={"labels": labels, "packed": packed, "total": int(total)})
+        words, params={"labels": labels, "packed": packed, "total": int(total), "fortran_grid": spy.uint3(*grid)})

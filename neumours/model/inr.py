@@ -37,6 +37,10 @@ from neumours.model.params import ParamLayout, init_params
 def resolve_precision(precision: str, device: spy.Device) -> str:
     """"fp32" or "bf16" for an INRConfig.precision on ``device`` ("auto": bf16 on CUDA, else fp32).
 
+    The bf16 kernels drive the tensor cores through a CUDA C++ prelude (ldmatrix, ``mma.sync``)
+    that only the CUDA backend compiles: Vulkan (SPIR-V), Metal and the CPU target run the fp32
+    kernels, so "auto" is fp32 there, also on an NVIDIA card driven through Vulkan.
+
     Raises:
         NeumoursError: "bf16" on a device other than CUDA.
     """
@@ -45,7 +49,8 @@ def resolve_precision(precision: str, device: spy.Device) -> str:
         return "bf16" if is_cuda else "fp32"
     if precision == "bf16" and not is_cuda:
         kind = str(device.info.type).rsplit(".", 1)[-1]
-        raise NeumoursError(f"precision bf16 needs a CUDA device (tensor cores), not {kind}; use --precision fp32")
+        raise NeumoursError(f"precision bf16 needs a CUDA device (tensor cores), not {kind}: its kernels are CUDA "
+                            "C++, which other backends cannot run; use --precision fp32")
     return precision
 
 
