@@ -26,30 +26,39 @@ from neumours.data import load_case, normalise
 from neumours.data.nifti import read_header
 from neumours.device import upload
 from neumours.errors import NeumoursDataError
+from neumours.torch.boundary import signed_distance
 from neumours.train.augment import value_range
 
 
 @dataclass
 class HostCase:
     """What the sampler and the augmentation need of a case on the host: shape, flat labels,
-    tumour voxel indices, the range of each normalised modality."""
+    tumour voxel indices, the range of each normalised modality, and for the boundary loss
+    the signed distances (mm) of every voxel to each tumour class's boundary."""
 
     case_id: str
     shape: tuple[int, int, int]
     label: np.ndarray           # (X * Y * Z,) uint8
     tumour: np.ndarray          # flat indices of label > 0
     value_range: np.ndarray | None = None  # (C, 2) lowest, highest nonzero normalised value per modality
+    distances: np.ndarray | None = None    # (X * Y * Z, classes - 1) float32: signed_distance of classes 1..
 
 
-def load_training_case(ref, force_geometry: bool = False) -> tuple[np.ndarray, HostCase]:
-    """Load, check and normalise one case: ((4, X, Y, Z) float32, HostCase)."""
+def load_training_case(ref, force_geometry: bool = False, sdm_classes: int = 0) -> tuple[np.ndarray, HostCase]:
+    """Load, check and normalise one case: ((4, X, Y, Z) float32, HostCase); with ``sdm_classes``
+    (the class count) > 0 also the signed distances of the tumour classes (the boundary loss)."""
     case = load_case(ref, force_geometry=force_geometry)
     if case.label is None:
         raise NeumoursDataError(getattr(ref, "path", ref), "training case has no label volume")
     label = case.label.reshape(-1)
     images = normalise(case.images)
+    distances = None
+    if sdm_classes > 0:
+        phi = signed_distance(case.label, sdm_classes, spacing=tuple(float(s) for s in case.spacing),
+                              classes=range(1, sdm_classes))
+        distances = np.ascontiguousarray(phi[1:].reshape(sdm_classes - 1, -1).T)
     return images, HostCase(case.case_id, tuple(case.images.shape[1:]), label,
-                            np.flatnonzero(label).astype(np.int64), value_range(images))
+                            np.flatnonzero(label).astype(np.int64), value_range(images), distances)
 
 
 def _voxels(ref) -> int:
@@ -70,6 +79,8 @@ class CasePool:
         refreshes: start as the pool is after this many :meth:`refresh` calls
             (a resumed run: :meth:`state` of its checkpoint).
         force_geometry: see :func:`neumours.data.load_case`.
+        sdm_classes: with the boundary loss, the class count whose signed distance maps every
+            case keeps on the host (:attr:`HostCase.distances`); 0 (default): none.
 
     Attributes:
         volumes, case_table: device buffers read by ``gather_inputs`` (see
@@ -78,7 +89,7 @@ class CasePool:
     """
 
     def __init__(self, device: spy.Device, refs, num_modalities: int = 4, pool_bytes: int = 0, seed: int = 0,
-                 refreshes: int = 0, force_geometry: bool = False):
+                 refreshes: int = 0, force_geometry: bool = False, sdm_classes: int = 0):
         if not refs:
             raise NeumoursDataError("training split", "no training cases")
         self.device = device
@@ -91,6 +102,7 @@ class CasePool:
         capacity = len(self.refs) if pool_bytes <= 0 else int(min(len(self.refs), max(1, pool_bytes // slot_bytes)))
         self.capacity = capacity
         self.force_geometry = force_geometry
+        self.sdm_classes = int(sdm_classes)
         cycling = capacity < len(self.refs)
         self.refreshes = int(refreshes) if cycling else 0
         # Which case each slot holds after `refreshes` swaps: slot `oldest` takes order[next], in turn.
@@ -101,7 +113,7 @@ class CasePool:
         self.cases: list[HostCase] = []
         volumes = np.zeros(capacity * self.slot_floats, np.float32)
         for slot, index in enumerate(slots):
-            images, host = load_training_case(self._order[index], force_geometry)
+            images, host = load_training_case(self._order[index], force_geometry, self.sdm_classes)
             volumes[slot * self.slot_floats: slot * self.slot_floats + images.size] = images.reshape(-1)
             self.cases.append(host)
         self.volumes = upload(device, volumes)
@@ -127,7 +139,7 @@ class CasePool:
     def _prefetch(self) -> None:
         ref = self._order[self._next]
         self._next = (self._next + 1) % len(self.refs)
-        self._pending = self._executor.submit(load_training_case, ref, self.force_geometry)
+        self._pending = self._executor.submit(load_training_case, ref, self.force_geometry, self.sdm_classes)
 
     def state(self) -> dict:
         """What a checkpoint needs to rebuild this pool: ``{"refreshes": n}``."""

@@ -3,7 +3,9 @@
 Each micro-batch: a case per point, uniformly over the pool; a
 ``foreground_ratio`` share of the points at tumour voxels (label > 0) of their
 case, the rest uniformly over the whole volume. Seeded; the generator state is
-saved with checkpoints so a resumed run draws the same points.
+saved with checkpoints so a resumed run draws the same points. With the boundary
+loss (``[loss] boundary_weight``) the points' signed distances are gathered with
+their labels, from the same draws: the points are those of the run without it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,18 @@ class _Table:
         self.tumour = np.concatenate([c.tumour for c in cases]) if counts.sum() else np.zeros(1, np.int64)
 
 
+def _gather_distances(cases: list[HostCase], slots: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """(n, C) signed distances at flat voxel ``flat`` of case ``slots``: column 0 (background) 0, then
+    each case's (voxels, C - 1) map, read per case (not concatenated: 12 bytes a voxel)."""
+    if any(c.distances is None for c in cases):
+        raise ValueError("the boundary loss needs the signed distances of every case (CasePool sdm_classes)")
+    out = np.zeros((len(slots), cases[0].distances.shape[1] + 1), np.float32)
+    for slot in np.unique(slots):
+        pick = slots == slot
+        out[pick, 1:] = cases[slot].distances[flat[pick]]
+    return out
+
+
 class PointSampler:
     """Voxel positions, case slots and labels for micro-batches.
 
@@ -49,11 +63,13 @@ class PointSampler:
             table = self._table = _Table(list(cases))
         return table
 
-    def sample(self, cases: list[HostCase], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(self, cases: list[HostCase], n: int, distances: bool = False) -> tuple[np.ndarray, ...]:
         """Draw ``n`` points.
 
         Returns:
-            positions (n, 3) float32 voxel indices, slots (n,) uint32, labels (n,) uint32.
+            positions (n, 3) float32 voxel indices, slots (n,) uint32, labels (n,) uint32; with
+            ``distances`` also the points' signed distances (n, C) float32, background's 0
+            (every case needs :attr:`HostCase.distances`).
         """
         t = self._table_for(cases)
         slots = self.rng.integers(0, len(cases), n)
@@ -69,7 +85,9 @@ class PointSampler:
         positions = np.stack([flat // (shape[:, 1] * shape[:, 2]), (flat // shape[:, 2]) % shape[:, 1],
                               flat % shape[:, 2]], axis=1).astype(np.float32)
         labels = t.labels[t.label_offsets[slots] + flat].astype(np.uint32)
-        return positions, slots.astype(np.uint32), labels
+        if not distances:
+            return positions, slots.astype(np.uint32), labels
+        return positions, slots.astype(np.uint32), labels, _gather_distances(cases, slots, flat)
 
     def state(self) -> dict:
         return self.rng.bit_generator.state
