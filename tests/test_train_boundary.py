@@ -17,7 +17,7 @@ from neumours.torch.boundary import signed_distance
 from neumours.train import pool as pool_module
 from neumours.train.config import preset
 from neumours.train.loss import DeviceLoss, LossConfig
-from neumours.train.pool import load_training_case
+from neumours.train.pool import CasePool
 from neumours.train.reference import seg_loss_torch
 from neumours.train.sampler import PointSampler
 from neumours.train.trainer import Trainer
@@ -111,26 +111,42 @@ def test_off_keeps_the_plain_kernels_and_refuses_distances(cpu_device):
             buffers[0], buffers[1], 10, empty_buffer(cpu_device, 40), 0)
 
 
-def test_sampler_gathers_signed_distances_at_its_points(dataset):
+def test_sampler_gathers_signed_distances_at_its_points(cpu_device, dataset):
     refs = list_cases(dataset)[:2]
-    hosts = [load_training_case(r, sdm_classes=4)[1] for r in refs]
-    plain = [load_training_case(r)[1] for r in refs]
-    assert all(h.distances is None for h in plain)
-    drawn = PointSampler(0.3, seed=7).sample(hosts, 500, distances=True)
+    pool = CasePool(cpu_device, refs, sdm_classes=4)
+    assert CasePool(cpu_device, refs).distances is None
+    assert pool.distances.shape == (2, 24 * 24 * 20, 3)
+    # Each case's map is a view of its slot of the pool's array, not a second copy.
+    assert all(np.shares_memory(c.distances, pool.distances) for c in pool.cases)
+    drawn = PointSampler(0.3, seed=7).sample(pool.cases, 500, distances=pool.distances)
     positions, slots, labels, phi = drawn
     # The same draws as without distances: the points of the run without the boundary loss.
-    for a, b in zip(PointSampler(0.3, seed=7).sample(plain, 500), drawn[:3]):
+    for a, b in zip(PointSampler(0.3, seed=7).sample(pool.cases, 500), drawn[:3]):
         np.testing.assert_array_equal(a, b)
     assert phi.shape == (500, 4) and phi.dtype == np.float32 and not phi[:, 0].any()
-    maps = [signed_distance(case.label, 4, spacing=case.spacing) for case in (load_case(r) for r in refs)]
+    cases = {c.case_id: c for c in (load_case(r) for r in refs)}
+    maps = [signed_distance(cases[h.case_id].label, 4, spacing=cases[h.case_id].spacing) for h in pool.cases]
     x, y, z = positions.astype(np.int64).T
     for k in range(1, 4):
         expected = np.array([maps[s][k, i, j, m] for s, i, j, m in zip(slots, x, y, z)])
         np.testing.assert_array_equal(phi[:, k], expected)
     # Inside its class a point's distance is <= 0, outside > 0 (where the class exists in the case).
     for k in range(1, 4):
-        present = np.array([(hosts[s].label == k).any() for s in slots])
+        present = np.array([(pool.cases[s].label == k).any() for s in slots])
         assert (phi[(labels == k) & present, k] <= 0).all() and (phi[(labels != k) & present, k] > 0).all()
+    pool.close()
+
+    # A cycling pool (one slot): the case swapped in brings its own map into the slot.
+    cycling = CasePool(cpu_device, refs, pool_bytes=4 * 4 * 24 * 24 * 20, sdm_classes=4)
+    assert cycling.cycling and cycling.distances.shape[0] == 1
+    first = cycling.cases[0].case_id
+    cycling.refresh()
+    (host,) = cycling.cases
+    assert host.case_id != first
+    expected = maps[[h.case_id for h in pool.cases].index(host.case_id)][1:].reshape(3, -1).T
+    np.testing.assert_array_equal(cycling.distances[0], expected)
+    assert np.shares_memory(host.distances, cycling.distances)
+    cycling.close()
 
 
 def tiny(steps=6, boundary_weight=0.0, **schedule):

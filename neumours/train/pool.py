@@ -80,12 +80,15 @@ class CasePool:
             (a resumed run: :meth:`state` of its checkpoint).
         force_geometry: see :func:`neumours.data.load_case`.
         sdm_classes: with the boundary loss, the class count whose signed distance maps every
-            case keeps on the host (:attr:`HostCase.distances`); 0 (default): none.
+            case keeps on the host; 0 (default): none.
 
     Attributes:
         volumes, case_table: device buffers read by ``gather_inputs`` (see
             neumours.model.inputs.CaseVolumes).
         cases: the HostCase of every slot.
+        distances: with ``sdm_classes``, (slots, voxels, sdm_classes - 1) float32 on the host: the
+            signed distances of each slot's case (its :attr:`HostCase.distances` is a view of its
+            slot), so the sampler gathers a micro-batch's in one indexing; else None.
     """
 
     def __init__(self, device: spy.Device, refs, num_modalities: int = 4, pool_bytes: int = 0, seed: int = 0,
@@ -111,11 +114,13 @@ class CasePool:
             slots[self._oldest] = self._next
             self._next, self._oldest = (self._next + 1) % len(self.refs), (self._oldest + 1) % capacity
         self.cases: list[HostCase] = []
+        self.distances = None if not self.sdm_classes else np.zeros(
+            (capacity, self.slot_floats // num_modalities, self.sdm_classes - 1), np.float32)
         volumes = np.zeros(capacity * self.slot_floats, np.float32)
         for slot, index in enumerate(slots):
             images, host = load_training_case(self._order[index], force_geometry, self.sdm_classes)
             volumes[slot * self.slot_floats: slot * self.slot_floats + images.size] = images.reshape(-1)
-            self.cases.append(host)
+            self.cases.append(self._keep_distances(slot, host))
         self.volumes = upload(device, volumes)
         self.case_table = upload(device, self._table(), np.uint32)
         self._executor = None
@@ -132,6 +137,13 @@ class CasePool:
     def cycling(self) -> bool:
         """True when the dataset does not fit and cases are swapped in during training."""
         return self._executor is not None
+
+    def _keep_distances(self, slot: int, host: HostCase) -> HostCase:
+        """Move a loaded case's signed distances into its slot of :attr:`distances` (no second copy)."""
+        if self.distances is not None:
+            self.distances[slot, :len(host.distances)] = host.distances
+            host.distances = self.distances[slot, :len(host.distances)]
+        return host
 
     def _table(self) -> np.ndarray:
         return np.array([(slot * self.slot_floats, *c.shape) for slot, c in enumerate(self.cases)], np.uint32)
@@ -161,7 +173,7 @@ class CasePool:
         encoder = self.device.create_command_encoder()
         encoder.upload_buffer_data(self.volumes, 4 * slot * self.slot_floats, images.reshape(-1))
         self.device.submit_command_buffer(encoder.finish())
-        self.cases[slot] = host
+        self.cases[slot] = self._keep_distances(slot, host)
         self.case_table.copy_from_numpy(self._table())
         self._oldest = (self._oldest + 1) % self.capacity
         self.refreshes += 1

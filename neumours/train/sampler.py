@@ -30,18 +30,6 @@ class _Table:
         self.tumour = np.concatenate([c.tumour for c in cases]) if counts.sum() else np.zeros(1, np.int64)
 
 
-def _gather_distances(cases: list[HostCase], slots: np.ndarray, flat: np.ndarray) -> np.ndarray:
-    """(n, C) signed distances at flat voxel ``flat`` of case ``slots``: column 0 (background) 0, then
-    each case's (voxels, C - 1) map, read per case (not concatenated: 12 bytes a voxel)."""
-    if any(c.distances is None for c in cases):
-        raise ValueError("the boundary loss needs the signed distances of every case (CasePool sdm_classes)")
-    out = np.zeros((len(slots), cases[0].distances.shape[1] + 1), np.float32)
-    for slot in np.unique(slots):
-        pick = slots == slot
-        out[pick, 1:] = cases[slot].distances[flat[pick]]
-    return out
-
-
 class PointSampler:
     """Voxel positions, case slots and labels for micro-batches.
 
@@ -63,13 +51,16 @@ class PointSampler:
             table = self._table = _Table(list(cases))
         return table
 
-    def sample(self, cases: list[HostCase], n: int, distances: bool = False) -> tuple[np.ndarray, ...]:
+    def sample(self, cases: list[HostCase], n: int, distances: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """Draw ``n`` points.
+
+        Args:
+            distances: the signed distances of the cases' slots, (slots, voxels, C - 1) float32
+                (:attr:`CasePool.distances`), for the boundary loss.
 
         Returns:
             positions (n, 3) float32 voxel indices, slots (n,) uint32, labels (n,) uint32; with
-            ``distances`` also the points' signed distances (n, C) float32, background's 0
-            (every case needs :attr:`HostCase.distances`).
+            ``distances`` also the points' signed distances (n, C) float32, background's 0.
         """
         t = self._table_for(cases)
         slots = self.rng.integers(0, len(cases), n)
@@ -85,9 +76,11 @@ class PointSampler:
         positions = np.stack([flat // (shape[:, 1] * shape[:, 2]), (flat // shape[:, 2]) % shape[:, 1],
                               flat % shape[:, 2]], axis=1).astype(np.float32)
         labels = t.labels[t.label_offsets[slots] + flat].astype(np.uint32)
-        if not distances:
+        if distances is None:
             return positions, slots.astype(np.uint32), labels
-        return positions, slots.astype(np.uint32), labels, _gather_distances(cases, slots, flat)
+        phi = np.zeros((n, distances.shape[2] + 1), np.float32)
+        phi[:, 1:] = distances[slots, flat]
+        return positions, slots.astype(np.uint32), labels, phi
 
     def state(self) -> dict:
         return self.rng.bit_generator.state

@@ -172,7 +172,7 @@ class Trainer:
         self.loss.reset()
         for mb in range(m):  # each micro-batch's points in its own buffers, all uploaded first
             positions, case_ids, labels = self._inputs[mb]
-            p, c, y, *phi = self.sampler.sample(self.pool.cases, n, distances=self.boundary)
+            p, c, y, *phi = self.sampler.sample(self.pool.cases, n, distances=self.pool.distances)
             positions.copy_from_numpy(p)
             case_ids.copy_from_numpy(c)
             labels.copy_from_numpy(y)
