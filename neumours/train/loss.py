@@ -39,10 +39,10 @@ class LossConfig:
         boundary_weight: w of the boundary term (Kervadec et al.'s boundary loss: mean over the
             points and tumour classes of the class probability times the point's signed distance,
             in mm, to that class's ground-truth boundary; negative inside, positive outside). 0
-            (the default) leaves it out, and the run is the one without it, bit for bit; 0.01 to 0.1
-            is gentle to comparable with CE. Each training case's distance maps are computed once
-            when it is loaded (scipy, about a second per 10^6 voxels) and held on the host
-            (12 bytes per voxel). docs/method.md "Training".
+            (the default) leaves it out, and the run is the one without it, bit for bit;
+            `benchmarks/boundary_loss.py` compares 0.01 and 0.1 with 0. Each training case's distance
+            maps are computed once when it is loaded (scipy, about a second per 10^6 voxels) and
+            held on the host (12 bytes per voxel). docs/method.md "Loss".
     """
 
     dice_weight: float = setting(0.5, Number(ge=0, le=1))
