@@ -23,8 +23,8 @@ from neumours.conventions import NUM_CLASSES
 FOREGROUND = tuple(range(1, NUM_CLASSES))
 
 
-def signed_distance(labels: np.ndarray, num_classes: int = NUM_CLASSES, spacing: Sequence[float] = (1.0, 1.0, 1.0)
-                    ) -> np.ndarray:
+def signed_distance(labels: np.ndarray, num_classes: int = NUM_CLASSES, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                    classes: Sequence[int] | None = None) -> np.ndarray:
     """phi_k per class of a label volume, as Kervadec et al.'s reference code makes it.
 
     Outside class k: the distance to its nearest voxel; inside: minus (the distance to the
@@ -33,6 +33,8 @@ def signed_distance(labels: np.ndarray, num_classes: int = NUM_CLASSES, spacing:
 
     Args:
         labels: (X, Y, Z) integers 0 .. num_classes - 1. spacing: voxel size (mm).
+        classes: the classes to compute (default all); the others' maps stay 0 (training computes
+            only the tumour classes :func:`boundary_loss` sums over).
 
     Returns:
         (num_classes, X, Y, Z) float32.
@@ -41,7 +43,7 @@ def signed_distance(labels: np.ndarray, num_classes: int = NUM_CLASSES, spacing:
 
     labels = np.asarray(labels)
     out = np.zeros((num_classes, *labels.shape), np.float32)
-    for k in range(num_classes):
+    for k in range(num_classes) if classes is None else classes:
         inside = labels == k
         if inside.any() and not inside.all():
             outside = ~inside

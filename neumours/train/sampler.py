@@ -3,7 +3,9 @@
 Each micro-batch: a case per point, uniformly over the pool; a
 ``foreground_ratio`` share of the points at tumour voxels (label > 0) of their
 case, the rest uniformly over the whole volume. Seeded; the generator state is
-saved with checkpoints so a resumed run draws the same points.
+saved with checkpoints so a resumed run draws the same points. With the boundary
+loss (``[loss] boundary_weight``) the points' signed distances are gathered with
+their labels, from the same draws: the points are those of the run without it.
 """
 
 from __future__ import annotations
@@ -49,11 +51,16 @@ class PointSampler:
             table = self._table = _Table(list(cases))
         return table
 
-    def sample(self, cases: list[HostCase], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(self, cases: list[HostCase], n: int, distances: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """Draw ``n`` points.
 
+        Args:
+            distances: the signed distances of the cases' slots, (slots, voxels, C - 1) float32
+                (:attr:`CasePool.distances`), for the boundary loss.
+
         Returns:
-            positions (n, 3) float32 voxel indices, slots (n,) uint32, labels (n,) uint32.
+            positions (n, 3) float32 voxel indices, slots (n,) uint32, labels (n,) uint32; with
+            ``distances`` also the points' signed distances (n, C) float32, background's 0.
         """
         t = self._table_for(cases)
         slots = self.rng.integers(0, len(cases), n)
@@ -69,7 +76,11 @@ class PointSampler:
         positions = np.stack([flat // (shape[:, 1] * shape[:, 2]), (flat // shape[:, 2]) % shape[:, 1],
                               flat % shape[:, 2]], axis=1).astype(np.float32)
         labels = t.labels[t.label_offsets[slots] + flat].astype(np.uint32)
-        return positions, slots.astype(np.uint32), labels
+        if distances is None:
+            return positions, slots.astype(np.uint32), labels
+        phi = np.zeros((n, distances.shape[2] + 1), np.float32)
+        phi[:, 1:] = distances[slots, flat]
+        return positions, slots.astype(np.uint32), labels, phi
 
     def state(self) -> dict:
         return self.rng.bit_generator.state

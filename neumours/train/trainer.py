@@ -117,8 +117,11 @@ class Trainer:
         net = config.network
         self.inr = INR(net, self.device, seed=config.schedule.seed)
         refreshes = resumed.state.get("pool", {}).get("refreshes", 0) if resumed is not None else 0
+        # The boundary loss (off by default) needs each case's signed distances, gathered with the labels.
+        self.boundary = config.loss.boundary_weight > 0
         self.pool = CasePool(self.device, train_refs, net.num_modalities, config.sampler.pool_bytes,
-                             config.schedule.seed, refreshes=refreshes, force_geometry=force_geometry)
+                             config.schedule.seed, refreshes=refreshes, force_geometry=force_geometry,
+                             sdm_classes=net.num_classes if self.boundary else 0)
         self.pool_volumes = CaseVolumes(self.device, self.pool.volumes, self.pool.case_table, [], net.num_modalities)
         val_cases = [load_case(r, force_geometry=force_geometry) for r in val_refs]
         # On the CPU device validation is sized for the run (validate.py); elsewhere every voxel counts.
@@ -135,6 +138,7 @@ class Trainer:
         self._coords, self._patches = empty_buffer(dev, n * 3), empty_buffer(dev, n * net.patch_dim)
         self._logits, self._grad_logits = empty_buffer(dev, n * net.num_classes), empty_buffer(dev, n * net.num_classes)
         self._workspace = self.inr.workspace(n)
+        self._phi = [empty_buffer(dev, n * net.num_classes) for _ in range(m)] if self.boundary else None
         # Augmentation (off by default): its own generator, tables and output buffers; with
         # it off nothing here is drawn or dispatched, so the run is the one without it.
         self.augmenter = Augmenter(config.augment, net.num_modalities, config.schedule.seed) \
@@ -168,10 +172,12 @@ class Trainer:
         self.loss.reset()
         for mb in range(m):  # each micro-batch's points in its own buffers, all uploaded first
             positions, case_ids, labels = self._inputs[mb]
-            p, c, y = self.sampler.sample(self.pool.cases, n)
+            p, c, y, *phi = self.sampler.sample(self.pool.cases, n, distances=self.pool.distances)
             positions.copy_from_numpy(p)
             case_ids.copy_from_numpy(c)
             labels.copy_from_numpy(y)
+            if self.boundary:
+                self._phi[mb].copy_from_numpy(phi[0])
             if self.augmenter is not None:
                 upload_into(self.device, self._tables[mb],
                             self.augmenter.table([c.value_range for c in self.pool.cases]))
@@ -187,7 +193,8 @@ class Trainer:
                                    self.step * m + mb + (cfg.schedule.seed << 20), cfg.network.num_modalities,
                                    cfg.network.patch_size)
                 self.inr.forward_device(coords, patches, n, self._logits, self._workspace)
-                self.loss.backward(self._logits, labels, n, self._grad_logits, mb, scale=1.0 / m)
+                self.loss.backward(self._logits, labels, n, self._grad_logits, mb, scale=1.0 / m,
+                                   phi=self._phi[mb] if self.boundary else None)
                 self.inr.backward_device(coords, patches, n, self._grad_logits, self._workspace)
         values = self.loss.values()
         if not np.isfinite(values["loss"]):  # a diverged run: stop before the optimiser spreads NaN into the weights
