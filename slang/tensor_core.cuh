@@ -509,21 +509,29 @@ enum
 };
 
 // Compile-time switches packed in `flags` (a literal in the generated code, so
-// nvcc keeps one path): bit 0 tiles, 1-2 A source, 3 A layout, 4-5 B source,
-// 6 B layout, 7-8 epilogue, 9 ReLU, 10 bias, 11 bf16 output, 12 column sums.
+// nvcc keeps one path): the first bit of each field, as FLAGS of tensor_core_kernels.slang
+// packs them (2 bits for sources and the epilogue, 1 for the rest).
+enum
+{
+    FLAG_TILES = 0, FLAG_A_SOURCE = 1, FLAG_A_LAYOUT = 3, FLAG_B_SOURCE = 4, FLAG_B_LAYOUT = 6, FLAG_EPILOGUE = 7,
+    FLAG_RELU = 9, FLAG_HAS_BIAS = 10, FLAG_C_BF16 = 11, FLAG_HAS_COLSUM = 12
+};
+
 template<typename Group, typename Scalars>
 __device__ __forceinline__ void run_kernel(unsigned flags, const Group& group, unsigned thread, const void* a,
                                            const void* b, const float* bias, const void* mask, void* c,
                                            float* colsum, const Scalars& s)
 {
-    Operand oa = {a, (flags >> 1) & 3u, s[S_A_OFFSET], s[S_A_LD], 0u, 0u};
-    Operand ob = {b, (flags >> 4) & 3u, s[S_B_OFFSET], s[S_B_LD], 0u, 0u};
-    Epilogue e = {(flags >> 7) & 3u, (flags >> 9) & 1u, ((flags >> 10) & 1u) ? bias : nullptr, s[S_BIAS_OFFSET],
+    Operand oa = {a, (flags >> FLAG_A_SOURCE) & 3u, s[S_A_OFFSET], s[S_A_LD], 0u, 0u};
+    Operand ob = {b, (flags >> FLAG_B_SOURCE) & 3u, s[S_B_OFFSET], s[S_B_LD], 0u, 0u};
+    Epilogue e = {(flags >> FLAG_EPILOGUE) & 3u, (flags >> FLAG_RELU) & 1u,
+                  ((flags >> FLAG_HAS_BIAS) & 1u) ? bias : nullptr, s[S_BIAS_OFFSET],
                   (const unsigned short*)mask, s[S_MASK_OFFSET], s[S_MASK_LD], c, s[S_C_OFFSET], s[S_C_LD],
-                  (flags >> 11) & 1u, s[S_ONES_COLUMN], s[S_BIAS_OUT_OFFSET], ((flags >> 12) & 1u) ? colsum : nullptr,
-                  s[S_COLSUM_SPLIT], s[S_COLSUM_OFFSET], s[S_COLSUM_OFFSET_HI]};
-    unsigned a_layout = (flags >> 3) & 1u, b_layout = (flags >> 6) & 1u;
-    if ((flags & 1u) == TILES_WIDE)
+                  (flags >> FLAG_C_BF16) & 1u, s[S_ONES_COLUMN], s[S_BIAS_OUT_OFFSET],
+                  ((flags >> FLAG_HAS_COLSUM) & 1u) ? colsum : nullptr, s[S_COLSUM_SPLIT], s[S_COLSUM_OFFSET],
+                  s[S_COLSUM_OFFSET_HI]};
+    unsigned a_layout = (flags >> FLAG_A_LAYOUT) & 1u, b_layout = (flags >> FLAG_B_LAYOUT) & 1u;
+    if (((flags >> FLAG_TILES) & 1u) == TILES_WIDE)
         gemm<WIDE_BM, WIDE_BN, 64, 32>(group.y, group.x, group.z, thread, oa, a_layout, ob, b_layout, e,
                                        s[S_SIZE_M], s[S_SIZE_N], s[S_SIZE_K], s[S_K_CHUNK]);
     else
