@@ -24,22 +24,23 @@ FOURIER_FN float fourier_reduce(float x, float k)
     return FOURIER_FMOD(k * hi, 2.0f) + k * (x - hi);
 }
 
-// Feature j >= 3 of gamma(p) is sin(pi k p[axis]) (slot < 3) or cos(pi k p[axis]) (slot >= 3),
-// with slot = (j - 3) mod 6, axis = slot mod 3 and k = (j - 3) / 6 + 1. Features 0..2 are p.
+// Feature j >= 3 of gamma(p) is sin(pi k p[axis]) (slot < 3) or cos(pi k p[axis]) (slot >= 3)
+// of frequency k = block + 1, with block = (j - 3) / 6, slot = (j - 3) mod 6 and
+// axis = slot mod 3. Features 0..2 are p itself.
+FOURIER_FN FOURIER_UINT fourier_block(FOURIER_UINT j)
+{
+    return (j - 3u) / 6u;
+}
+
 FOURIER_FN FOURIER_UINT fourier_slot(FOURIER_UINT j)
 {
-    return (j - 3u) % 6u;
+    return (j - 3u) - 6u * fourier_block(j);
 }
 
 FOURIER_FN FOURIER_UINT fourier_axis(FOURIER_UINT j)
 {
     FOURIER_UINT slot = fourier_slot(j);
     return slot < 3u ? slot : slot - 3u;
-}
-
-FOURIER_FN FOURIER_UINT fourier_frequency(FOURIER_UINT j)
-{
-    return (j - 3u) / 6u + 1u;
 }
 
 #endif

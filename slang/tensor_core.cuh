@@ -101,7 +101,7 @@ __device__ __forceinline__ float fourier_value(const float* coords, unsigned poi
     if (j < 3)
         return coords[3 * point + j];
     float s, c;
-    sincospif(fourier_reduce(coords[3 * point + fourier_axis(j)], float(fourier_frequency(j))), &s, &c);
+    sincospif(fourier_reduce(coords[3 * point + fourier_axis(j)], float(fourier_block(j) + 1)), &s, &c);
     return fourier_slot(j) < 3 ? s : c;
 }
 
