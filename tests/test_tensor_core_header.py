@@ -9,9 +9,10 @@ the contract against ``neumours.kernels.tensor_gemm`` (operand sources, layouts,
 epilogues, block shapes, k slice, threads per group, the order of the scalar table)
 and the flag bits against the kernel's ``FLAGS`` in ``tensor_core_kernels.slang``.
 
-With ``nvcc`` (no GPU needed) the unit is compiled to sm_90 PTX and the PTX must hold
-the tensor-core instructions; without it, ``g++ -fsyntax-only`` checks the C++ and the
-asserts, with the CUDA built-ins declared by a stub; with neither the test skips.
+The unit is C++14, as Slang asks NVRTC for. With ``nvcc`` (no GPU needed) it is compiled
+to sm_90 PTX, which must hold the tensor-core instructions; without it, ``g++
+-fsyntax-only`` checks the C++ and the asserts, with the CUDA built-ins declared by a
+stub; with neither the test skips.
 """
 
 from __future__ import annotations
@@ -99,10 +100,10 @@ def _compile(tmp_path, compiler: str) -> str:
     source = tmp_path / "probe.cu"
     source.write_text((_HOST_STUB if compiler == "g++" else "") + _PROBE + contract_asserts())
     if compiler == "nvcc":
-        command = ["nvcc", "-arch=sm_90", "-ptx", "-std=c++17", "-I", str(slang_dir()), str(source),
+        command = ["nvcc", "-arch=sm_90", "-ptx", "-std=c++14", "-I", str(slang_dir()), str(source),
                    "-o", str(tmp_path / "probe.ptx")]
     else:
-        command = ["g++", "-std=c++17", "-fsyntax-only", "-x", "c++", "-I", str(slang_dir()), str(source)]
+        command = ["g++", "-std=c++14", "-fsyntax-only", "-x", "c++", "-I", str(slang_dir()), str(source)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return (tmp_path / "probe.ptx").read_text() if compiler == "nvcc" else ""
@@ -128,6 +129,6 @@ def test_header_breaks_on_a_contract_change(tmp_path, monkeypatch):
     monkeypatch.setattr(tg, "SCALARS", tuple(order))
     source = tmp_path / "probe.cu"
     source.write_text(_HOST_STUB + _PROBE + contract_asserts())
-    result = subprocess.run(["g++", "-std=c++17", "-fsyntax-only", "-x", "c++", "-I", str(slang_dir()), str(source)],
+    result = subprocess.run(["g++", "-std=c++14", "-fsyntax-only", "-x", "c++", "-I", str(slang_dir()), str(source)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "S_A_LD differs from Python" in result.stderr
