@@ -25,21 +25,20 @@ FOURIER_FN float fourier_reduce(float x, float k)
 }
 
 // Feature j >= 3 of gamma(p) is sin(pi k p[axis]) (slot < 3) or cos(pi k p[axis]) (slot >= 3)
-// of frequency k = block + 1, with block = (j - 3) / 6, slot = (j - 3) mod 6 and
+// of frequency k = block + 1, with block = (j - 3) / 6, slot = (j - 3) - 6 block and
 // axis = slot mod 3. Features 0..2 are p itself.
 FOURIER_FN FOURIER_UINT fourier_block(FOURIER_UINT j)
 {
     return (j - 3u) / 6u;
 }
 
-FOURIER_FN FOURIER_UINT fourier_slot(FOURIER_UINT j)
+FOURIER_FN FOURIER_UINT fourier_slot(FOURIER_UINT j, FOURIER_UINT block)
 {
-    return (j - 3u) - 6u * fourier_block(j);
+    return (j - 3u) - 6u * block;
 }
 
-FOURIER_FN FOURIER_UINT fourier_axis(FOURIER_UINT j)
+FOURIER_FN FOURIER_UINT fourier_axis(FOURIER_UINT slot)
 {
-    FOURIER_UINT slot = fourier_slot(j);
     return slot < 3u ? slot : slot - 3u;
 }
 

@@ -100,9 +100,11 @@ __device__ __forceinline__ float fourier_value(const float* coords, unsigned poi
 {
     if (j < 3)
         return coords[3 * point + j];
+    unsigned block = fourier_block(j);
+    unsigned slot = fourier_slot(j, block);
     float s, c;
-    sincospif(fourier_reduce(coords[3 * point + fourier_axis(j)], float(fourier_block(j) + 1)), &s, &c);
-    return fourier_slot(j) < 3 ? s : c;
+    sincospif(fourier_reduce(coords[3 * point + fourier_axis(slot)], float(block + 1)), &s, &c);
+    return slot < 3 ? s : c;
 }
 
 // One operand of the product, as its chunks are read: a chunk is 8 values
