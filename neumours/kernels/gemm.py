@@ -17,7 +17,7 @@ import slangpy as spy
 
 from neumours.device import load_kernel
 from neumours.kernels.checks import uses_groupshared
-from neumours.kernels.epilogue import ColumnSums, Epilogue
+from neumours.kernels.epilogue import ACCUMULATE, RELU_GRAD, STORE, ColumnSums, Epilogue
 
 FILE = "gemm_kernels.slang"
 
@@ -82,18 +82,24 @@ def tiles_for(m: int, n: int) -> Tiles:
     return SHORT if m <= 8 else WIDE
 
 
-def _operand(view, prefix: str, params: dict) -> int:
+def _operand(view, prefix: str, params: dict) -> str:
+    """Fill the operand's parameters; return its type in gemm_kernels.slang (``StridedA``, ``FourierB``, ...)."""
+    side = prefix.upper()
     if isinstance(view, Fourier):
         params[prefix] = view.coords
         params[f"{prefix}_offset"] = 0
         params[f"{prefix}_stride_{'m' if prefix == 'a' else 'n'}"] = 0
         params[f"{prefix}_stride_k"] = 0
-        return 1
+        return f"Fourier{side}"
     params[prefix] = view.buffer
     params[f"{prefix}_offset"] = int(view.offset)
     params[f"{prefix}_stride_{'m' if prefix == 'a' else 'n'}"] = int(view.stride_row)
     params[f"{prefix}_stride_k"] = int(view.stride_k)
-    return 0
+    return f"Strided{side}"
+
+
+#: The epilogue types of gemm_kernels.slang.
+_EPILOGUES = {STORE: "Store", RELU_GRAD: "ReluGradient", ACCUMULATE: "Accumulate"}
 
 
 def gemm(
@@ -128,8 +134,10 @@ def gemm(
     tiles = tiles or tiles_for(m, n)
     params: dict = {}
     num_freqs = 0
-    a_source = _operand(a, "a", params)
-    b_source = _operand(b, "b", params)
+    a_operand = _operand(a, "a", params)
+    b_operand = _operand(b, "b", params)
+    if bias_grad is not None:
+        b_operand = f"WithOnesColumn<{b_operand}>"
     for view in (a, b):
         if isinstance(view, Fourier):
             num_freqs = view.num_freqs
@@ -157,9 +165,9 @@ def gemm(
         "TILE_K": tiles.tile_k,
         "THREAD_M": tiles.thread_m,
         "THREAD_N": tiles.thread_n,
-        "A_SOURCE": a_source,
-        "B_SOURCE": b_source,
-        "EPILOGUE": epilogue.op,
+        "A_OPERAND": a_operand,
+        "B_OPERAND": b_operand,
+        "EPILOGUE": _EPILOGUES[epilogue.op],
         "HAS_BIAS": bias is not None,
         "RELU": epilogue.relu,
         "NUM_FREQS": num_freqs,
