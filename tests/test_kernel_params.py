@@ -28,8 +28,10 @@ from neumours.device import empty_buffer, slang_dir
 from neumours.device.kernels import _define_value
 from neumours.kernels import (accumulate, augment, bf16, denoise, encoding, gemm, loss, normalise, patch,
                               probabilities, ray_samples, raymarch, tensor_gemm)
+from neumours.kernels.epilogue import ACCUMULATE, RELU_GRAD, STORE, Bias, ColumnSums, Epilogue, Mask
 
 _Kind = spy.TypeReflection.Kind
+_SLANG_VECTORS = tuple(getattr(spy, f"{t}{n}") for t in ("int", "uint", "float", "bool") for n in (2, 3, 4))
 _SHAPE = (6, 5, 4)
 _BIG = 1 << 18   # values in the stand-in buffers: more than any wrapper below asks for
 
@@ -114,20 +116,20 @@ def _call_every_wrapper(dev):
 def _gemm_variants(dev, f32):
     view = gemm.Strided(f32, 16, 1)
     fourier = gemm.Fourier(f32, 2)
-    gemm.gemm(dev, fourier, view, view, 8, 8, 15, bias=view, relu=True)
-    gemm.gemm(dev, view, view, view, 8, 4, 8, epilogue=gemm.RELU_GRAD, mask=view, column_sums=(f32, 2, 0, 8))
-    gemm.gemm(dev, view, fourier, view, 8, 15, 8, epilogue=gemm.ACCUMULATE, bias_grad=view, splits=2)
+    gemm.gemm(dev, fourier, view, view, 8, 8, 15, Epilogue(STORE, bias=Bias(f32), relu=True))
+    gemm.gemm(dev, view, view, view, 8, 4, 8, Epilogue(RELU_GRAD, mask=Mask(f32, 16), column_sums=ColumnSums(f32, 2, 0, 8)))
+    gemm.gemm(dev, view, fourier, view, 8, 15, 8, Epilogue(ACCUMULATE, bias_grad=0), splits=2)
 
 
 def _tensor_gemm_variants(f32, u32):
     cuda = SimpleNamespace(info=SimpleNamespace(type=spy.DeviceType.cuda))   # the wrapper refuses other devices
     bf = tensor_gemm.Operand(u32, tensor_gemm.BF16, tensor_gemm.K_CONTIGUOUS, ld=16)
     tensor_gemm.tensor_gemm(cuda, tensor_gemm.Operand(f32, tensor_gemm.FOURIER, tensor_gemm.K_CONTIGUOUS), bf, u32,
-                            8, 16, 15, out_ld=16, out_bf16=True, bias=(f32, 0), relu=True)
-    tensor_gemm.tensor_gemm(cuda, bf, bf, u32, 8, 16, 16, out_ld=16, out_bf16=True, epilogue=tensor_gemm.RELU_GRAD,
-                            mask=(u32, 0, 16), column_sums=(f32, 8, 0, 16))
-    tensor_gemm.tensor_gemm(cuda, bf, bf, f32, 8, 16, 16, out_ld=16, epilogue=tensor_gemm.ACCUMULATE,
-                            bias_grad_offset=0, splits=2)
+                            8, 16, 15, Epilogue(STORE, bias=Bias(f32), relu=True), out_ld=16, out_bf16=True)
+    tensor_gemm.tensor_gemm(cuda, bf, bf, u32, 8, 16, 16,
+                            Epilogue(RELU_GRAD, mask=Mask(u32, 16), column_sums=ColumnSums(f32, 8, 0, 16)),
+                            out_ld=16, out_bf16=True)
+    tensor_gemm.tensor_gemm(cuda, bf, bf, f32, 8, 16, 16, Epilogue(ACCUMULATE, bias_grad=0), out_ld=16, splits=2)
 
 
 def _render_variants(dev, f32):
@@ -201,7 +203,13 @@ def mismatches(struct, values: dict, where: str = "params") -> list[str]:
                 problems.append(f"{here}: a uint, got {value!r}")
         elif kind in (_Kind.vector, _Kind.array):
             count = layout.type.col_count if kind == _Kind.vector else layout.type.element_count
-            if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != count:
+            if isinstance(value, _SLANG_VECTORS):  # slangpy's own vectors (spy.uint3, ...): their length is in the name
+                length = int(type(value).__name__[-1])
+            elif isinstance(value, (list, tuple, np.ndarray)):
+                length = len(value)
+            else:
+                length = None
+            if length != count:
                 problems.append(f"{here}: a sequence of {count} expected, got {value!r}")
         elif kind == _Kind.struct:
             if not isinstance(value, dict):
