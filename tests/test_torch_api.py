@@ -113,7 +113,8 @@ def test_inr_gradient_matches_finite_differences(net, rng):
     params = list(net.parameters())
     # Half along the gradient, half random, unit norm: a directional derivative of the gradient's size.
     scale = float(torch.sqrt(sum((p.grad ** 2).sum() for p in params)))
-    direction = [p.grad / scale + torch.randn_like(p) / np.sqrt(sum(q.numel() for q in params)) for p in params]
+    direction = [p.grad / scale + torch.tensor(rng.normal(size=tuple(p.shape)), dtype=p.dtype) / np.sqrt(sum(q.numel() for q in params))
+                 for p in params]  # from the test's seeded rng, not torch's global generator
     norm = float(torch.sqrt(sum((d ** 2).sum() for d in direction)))
     direction = [d / norm for d in direction]
     analytic = sum(float((p.grad * d).sum()) for p, d in zip(params, direction))
