@@ -39,7 +39,7 @@ from neumours.data import Case, check_cases, list_cases, load_case, normalise, s
 from neumours.data.layouts import case_files
 from neumours.data.geometry import voxel_spacing
 from neumours.data.nifti import is_nifti_name, read_header, write_nifti
-from neumours.device import ScratchBuffers, upload
+from neumours.device import ScratchBuffers
 from neumours.device.memory import device_available_bytes, host_available_bytes
 from neumours.errors import CasesFailedError, NeumoursDataError, NeumoursError
 from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, NonFiniteLogitsError, StageTimer, VolumeCache,
@@ -123,19 +123,6 @@ def output_like(case: Case, shape, affine: np.ndarray) -> Case:
                                spacing=spacing, header=header)
 
 
-def _upload_one(device: spy.Device, images: np.ndarray, scratch: ScratchBuffers | None = None) -> CaseVolumes:
-    """:meth:`CaseVolumes.upload` for one case, without its concatenation copy (~140 MB for BraTS)
-    or a host-side reordering of Fortran-ordered NIfTI data, into ``scratch``'s volume buffer when
-    given (no new allocation from the second case on)."""
-    images = np.asarray(images, dtype=np.float32)  # any memory order: the upload reorders on the GPU
-    if images.ndim != 4:
-        raise ValueError(f"images must have shape (modalities, X, Y, Z), got {images.shape}")
-    table = np.array([(0, *images.shape[1:])], np.uint32)
-    volumes = scratch.upload("segment.volumes", images) if scratch is not None else upload(device, images)
-    return CaseVolumes(device, volumes, upload(device, table, np.uint32),
-                         [tuple(int(s) for s in images.shape[1:])], images.shape[0])
-
-
 class Segmenter:
     """A loaded checkpoint on a device, ready to segment cases one after another.
 
@@ -213,7 +200,7 @@ class Segmenter:
         images_shape = tuple(np.shape(images))
         self.fits(source, images_shape[1:], images_shape[0])
         t0 = time.perf_counter()
-        vols = _upload_one(self.device, images, self.scratch)
+        vols = CaseVolumes.upload(self.device, [images], self.scratch, "segment.volumes")
         if timer is not None:
             t0 = timer.add("upload", t0)
         if raw:
