@@ -39,7 +39,7 @@ from neumours.data import Case, check_cases, list_cases, load_case, normalise, s
 from neumours.data.layouts import case_files
 from neumours.data.geometry import voxel_spacing
 from neumours.data.nifti import is_nifti_name, read_header, write_nifti
-from neumours.device import ScratchBuffers
+from neumours.device import ScratchBuffers, upload
 from neumours.device.memory import device_available_bytes, host_available_bytes
 from neumours.errors import CasesFailedError, NeumoursDataError, NeumoursError
 from neumours.infer.cache import (DEFAULT_CHUNK_POINTS, NonFiniteLogitsError, StageTimer, VolumeCache,
@@ -211,11 +211,30 @@ class Segmenter:
             if timer is not None:
                 timer.add("normalise", t0)
         try:
-            return VolumeCache(self.inr, vols, grid_shape=grid_shape, keep_probs=keep_probs,
-                               chunk_points=self.chunk_points, timer=timer, scratch=self.scratch)
+            return self.cache_volumes(vols, grid_shape, keep_probs, timer)
         except NonFiniteLogitsError as exc:
             raise NeumoursError(f"{self.checkpoint}: cannot segment {source}: {exc}; the checkpoint's weights "
                                 "are finite but unusable") from None
+
+    def cache_volumes(self, vols: CaseVolumes, grid_shape=None, keep_probs: bool = False,
+                      timer: StageTimer | None = None) -> VolumeCache:
+        """The INR over normalised volumes already on the device, with this Segmenter's chunk size and
+        working buffers (e.g. a re-cache after the weights changed)."""
+        return VolumeCache(self.inr, vols, grid_shape=grid_shape, keep_probs=keep_probs,
+                           chunk_points=self.chunk_points, timer=timer, scratch=self.scratch)
+
+    def labels_on_device(self, case: Case, denoise: bool = False) -> spy.Buffer:
+        """The INR's labels of ``case`` as a (X * Y * Z,) uint32 device buffer, C-order (for a renderer).
+
+        Denoised where the INR wrote them when ``device_denoise``; otherwise (the CPU device
+        denoises with scipy) segmented and denoised on the host, then uploaded once.
+        """
+        if denoise and not self.device_denoise:
+            return upload(self.device, self(case, denoise=True).labels, np.uint32)
+        raw = self.cache(case.images).labels_buffer
+        if denoise:
+            return denoise_on_device(self.device, raw, case.shape, spacing=case.spacing, to_host=False)
+        return raw
 
     def __call__(self, case: Case | str | os.PathLike, scale: float = 1, denoise: bool = False,
                  probs: bool = False, denoise_params: DenoiseParams | None = None, timings: bool = False,
@@ -291,14 +310,6 @@ class Segmenter:
             timer.add("denoise", t0)
         return SegmentResult(case, labels, probabilities, affine, spacing, float(scale), timer.seconds,
                              cache if keep_cache else None, raw=raw)
-
-
-def segment_case(case: Case | str | os.PathLike, checkpoint: str | os.PathLike, scale: float = 1,
-                 denoise: bool = False, probs: bool = False, device: spy.Device | None = None,
-                 timings: bool = False, precision: str = "auto") -> SegmentResult:
-    """One-shot :class:`Segmenter` call (loads the checkpoint each time; reuse a Segmenter for many cases)."""
-    return Segmenter(checkpoint, device, precision=precision)(case, scale=scale, denoise=denoise, probs=probs,
-                                                              timings=timings)
 
 
 def write_segmentation(result: SegmentResult, path: str | os.PathLike, labels: np.ndarray | None = None) -> Path:

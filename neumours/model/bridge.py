@@ -169,6 +169,18 @@ class TorchBridge:
         """name -> clone of the current weights (docs/method.md names and shapes, :attr:`params`'s device)."""
         return {name: view.detach().clone() for name, view in self.named_parameters().items()}
 
+    def snapshot(self) -> torch.Tensor:
+        """(total,) float32 copy of the current weights, on :attr:`params`'s device (to take a change back
+        bit for bit with :meth:`restore`, or to save)."""
+        return self.params.detach().clone()
+
+    def restore(self, flat: torch.Tensor) -> None:
+        """Write a :meth:`snapshot` back into :attr:`params` in place (Parameters and optimisers keep
+        pointing at it) and make it the kernels' weights."""
+        with torch.no_grad():
+            self.params.copy_(flat)
+        self.push_params()
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace all weights (torch tensors or numpy arrays, docs/method.md names and shapes).
 
