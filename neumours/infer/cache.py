@@ -4,7 +4,8 @@ docs/method.md "Inference and caching": the grid is cut into chunks of whole axi
 slabs (contiguous in C-order), and every chunk runs three kernels on the device,
 ``grid_inputs`` (coordinates + patches), the INR forward (``INR.forward_device``)
 and ``argmax_labels`` (``slang/probability_kernels.slang``), which writes the chunk's
-labels (and optionally softmax probabilities) into whole-volume buffers. Nothing
+labels (and optionally softmax probabilities) into whole-volume buffers
+(:func:`neumours.infer.points.classify_points`, shared with the ray-sample field). Nothing
 comes back to the host until :meth:`VolumeCache.labels` or
 :meth:`VolumeCache.probabilities` is called; the renderer samples
 :attr:`VolumeCache.labels_buffer` directly.

@@ -10,7 +10,8 @@ needed.
 On CUDA the torch tensors are the device buffers themselves (``Buffer.to_torch``,
 zero-copy). Elsewhere (the CPU device of tests and CI, Vulkan, Metal) they are
 host tensors and :meth:`TorchBridge.push_params` / :meth:`TorchBridge.pull_grads`
-copy explicitly. Typical step::
+copy explicitly. Typical step (the last three lines are
+:func:`neumours.train.optim.apply_gradients`, which training and refinement call)::
 
     bridge.zero_grads()
     ...run the Slang forward/backward kernels (accumulate into bridge.grads_buffer)...
