@@ -48,6 +48,7 @@ from neumours.render.raymarch import ChannelVolume, Frame, Gradients, Scene, ren
 from neumours.render.reference import TorchScene, render_reference  # noqa: E402
 from neumours.render.views import orbit_cameras, render_label_views  # noqa: E402
 from neumours.torch import INRModule, cache, render  # noqa: E402
+from neumours.train.optim import apply_gradients  # noqa: E402
 
 SPACING = (1.0, 1.0, 1.0)
 
@@ -76,11 +77,7 @@ def host_loss_step(net: INRModule, vols, cameras, settings, targets, optimizer) 
 
     backprop_probabilities(inr, grads.probabilities.buffer, vc.total, fill)
     anchor_gradients(None)
-    inr.bridge.pull_grads()
-    params = inr.bridge.torch_parameters()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    inr.bridge.push_params()
+    apply_gradients(inr.bridge, [optimizer], 1.0)
     return loss
 
 

@@ -225,6 +225,45 @@ def _section_prefix(section: str) -> str:
     return f"[{section}] " if section else ""
 
 
+def _is_section(f: dataclasses.Field) -> bool:
+    """Whether field ``f`` holds a table of its own (``[optimizer]``), not a value."""
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return dataclasses.is_dataclass(default) and f.metadata.get("check") is None
+
+
+def check_table(cls, data: Any, source: str = "settings", section: str = "") -> None:
+    """``data`` must be a table whose keys are fields of the settings dataclass ``cls``.
+
+    The one unknown-key check of every TOML (or JSON) table read into settings: training
+    configs, search spaces (whose values are search specs, not settings), phantom ranges,
+    the INR's sizes.
+
+    Args:
+        source: the file (or what the table is), first in the message.
+        section: the table's name (``optimizer``), or "" for the file's top level.
+
+    Raises:
+        SettingError: not a table, or unknown keys: one line naming ``source``, the keys
+            and the known ones.
+    """
+    where = f"[{section}]" if section else "the file"
+    if not isinstance(data, Mapping):
+        raise SettingError(f"{source}: {where} must be a table of keys, got {_show(data)}")
+    fields = dataclasses.fields(cls)
+    known = [f.name for f in fields]
+    unknown = sorted(str(k) for k in data if k not in known)
+    if not unknown:
+        return
+    names = ", ".join(unknown)
+    if section:
+        detail = ", ".join(f"unknown key {k!r} in [{section}]" for k in unknown)
+        raise SettingError(f"{source}: {detail} (known: {', '.join(known)})")
+    if any(_is_section(f) for f in fields):
+        sections = ", ".join(f"unknown section [{k}]" for k in unknown)
+        raise SettingError(f"{source}: unknown field(s) {names}: {sections} (known: {', '.join(known)})")
+    raise SettingError(f"{source}: unknown field(s) {names} (known: {', '.join(known)})")
+
+
 def from_mapping(cls, data: Any, base=None, source: str = "settings", section: str = ""):
     """``base`` (default: ``cls()``) with the keys of ``data`` replaced, every value checked.
 
@@ -236,14 +275,8 @@ def from_mapping(cls, data: Any, base=None, source: str = "settings", section: s
         SettingError: one line ``SOURCE: [section] key must be ..., got ...``.
     """
     base = cls() if base is None else base
-    where = f"[{section}]" if section else "the file"
-    if not isinstance(data, Mapping):
-        raise SettingError(f"{source}: {where} must be a table of keys, got {_show(data)}")
+    check_table(cls, data, source, section)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [str(k) for k in data if k not in fields]
-    if unknown:
-        raise SettingError(f"{source}: {_section_prefix(section)}unknown field(s) {', '.join(sorted(unknown))} "
-                           f"(known: {', '.join(fields)})")
     values = {}
     for key, value in data.items():
         current = getattr(base, key)

@@ -162,8 +162,8 @@ def test_streamed_upload_segments_like_a_whole_case_upload(case_dir, cpu_device,
     checkpoint = save_checkpoint(tmp_path / "tiny.safetensors", INR(config, cpu_device, seed=2).state_dict(), config)
     seg = Segmenter(checkpoint, cpu_device)
     whole_uploads = []
-    upload_one = segment._upload_one
-    monkeypatch.setattr(segment, "_upload_one", lambda *a, **k: whole_uploads.append(1) or upload_one(*a, **k))
+    upload = segment.CaseVolumes.upload
+    monkeypatch.setattr(segment.CaseVolumes, "upload", lambda *a, **k: whole_uploads.append(1) or upload(*a, **k))
     streamed = seg(case_dir)
     assert whole_uploads == []  # every modality went up while loading
     whole = seg(load_case(case_dir))

@@ -61,3 +61,19 @@ def test_grid_inputs_cover_the_volume_and_super_resolution(cpu_device, rng):
         np.testing.assert_allclose(download(patches, (count, 4, 3, 3, 3)), patches_np(image, positions),
                                    rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(download(coords, (count, 3)), coords_of(positions, shape), atol=1e-6)
+
+
+def test_one_case_uploads_as_it_is_into_scratch(cpu_device, rng):
+    """One case goes up without a concatenation copy, in any memory order, into a reused scratch buffer;
+    several cases one after another with their table."""
+    from neumours.device import ScratchBuffers
+
+    images = rng.normal(size=(4, 6, 5, 7)).astype(np.float32)
+    scratch = ScratchBuffers(cpu_device)
+    one = CaseVolumes.upload(cpu_device, [np.asfortranarray(images)], scratch, "volumes")
+    assert one.volumes is scratch.get("volumes", images.size) and one.shapes == [(6, 5, 7)]
+    np.testing.assert_array_equal(download(one.volumes, images.shape), images)
+    both = CaseVolumes.upload(cpu_device, [images, np.asfortranarray(images[:, :3])])
+    np.testing.assert_array_equal(download(both.volumes, (images.size + images[:, :3].size,)),
+                                  np.concatenate([images.ravel(), images[:, :3].ravel()]))
+    np.testing.assert_array_equal(download(both.case_table, (2, 4), np.uint32), [[0, 6, 5, 7], [images.size, 3, 5, 7]])

@@ -397,3 +397,33 @@ def test_bridge_cuda_is_zero_copy(cuda_device, rng):
     assert not np.array_equal(device_params(bridge), init_params(TINY, seed=2))
     bridge.zero_grads()
     assert not download(bridge.grads_buffer).any()
+
+
+def test_apply_gradients_pulls_clips_steps_and_pushes(bridge):
+    """The one optimiser step of training and refinement: the kernels' gradient buffer clipped to the norm,
+    stepped, and the weights back in the kernels' buffer; the norm before clipping returned."""
+    from neumours.train.optim import apply_gradients
+
+    grads = np.random.default_rng(3).normal(size=bridge.layout.total).astype(np.float32)
+    bridge.grads_buffer.copy_from_numpy(grads)  # as the Slang backward leaves them
+    params = bridge.torch_parameters()
+    before = bridge.params.clone()
+    norm = apply_gradients(bridge, [torch.optim.SGD(params, lr=0.5)], clip_norm=1.0)
+    assert float(norm) == pytest.approx(float(np.linalg.norm(grads.astype(np.float64))), rel=1e-5)
+    np.testing.assert_allclose((before - bridge.params).numpy(), 0.5 * grads / np.linalg.norm(grads),
+                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(device_params(bridge), bridge.params.numpy())
+
+
+def test_snapshot_and_restore_bit_for_bit(bridge):
+    """The viewer's undo: a snapshot written back in place (Parameters keep aliasing it) and pushed."""
+    before = bridge.snapshot()
+    params = bridge.torch_parameters()
+    set_random_grads(bridge)
+    torch.optim.AdamW(params, lr=1e-2).step()
+    bridge.push_params()
+    assert not torch.equal(bridge.params, before)
+    bridge.restore(before)
+    assert torch.equal(bridge.params, before) and before.data_ptr() != bridge.params.data_ptr()
+    np.testing.assert_array_equal(device_params(bridge), before.numpy())
+    assert params[0].untyped_storage().data_ptr() == bridge.params.untyped_storage().data_ptr()

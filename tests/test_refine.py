@@ -191,6 +191,35 @@ def test_refine_cli_writes_checkpoint_and_report(tmp_path, capsys):
     assert not out2.exists()
 
 
+def test_refine_checkpoint_is_the_command_as_a_call(tmp_path, cpu_device):
+    """The library call behind ``neumours refine``: a report in memory, nothing on disk until write(),
+    then the checkpoint and its report together, the report naming the checkpoint's hash."""
+    import hashlib
+    import json
+
+    from neumours.data.phantom import write_dataset
+    from neumours.model.checkpoint import load_checkpoint, save_checkpoint
+    from neumours.refine.checkpoint import refine_checkpoint, report_path
+
+    write_dataset(tmp_path / "data", 1, shape=(16, 16, 16), seed=4, progress=False)
+    case = tmp_path / "data" / "Phantom-00000-000"
+    checkpoint = save_checkpoint(tmp_path / "model.safetensors", INR(CONFIG, cpu_device).state_dict(), CONFIG)
+    report = refine_checkpoint(checkpoint, case, from_labels=case / "Phantom-00000-000-seg.nii.gz", masks=True,
+                               views=1, size=(12, 12), steps=2, lr=3e-2, path="direct", device=cpu_device,
+                               announce=False)
+    assert [row["step"] for row in report.steps] == [0, 1] and report.targets == "masks" and report.views == 1
+    assert "dice_WT" in report.dice_before and "dice_WT" in report.dice_after
+    assert report.metadata["refined_on"] == "Phantom-00000-000" and report.metadata["refine_steps"] == "2"
+    assert list(tmp_path.glob("*.json")) == []
+    out = report.write(tmp_path / "refined.safetensors")
+    state, _, _ = load_checkpoint(out, expected_config=CONFIG)
+    for name, value in report.state.items():
+        np.testing.assert_array_equal(state[name], value.numpy())
+    written = json.loads(report_path(out).read_text())
+    assert written["checkpoint_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert written["steps"] == report.steps and written["targets"] == "masks"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("path", ["cache", "direct"])
 def test_gpu_path_gradients_paper_network(cuda_device, path):

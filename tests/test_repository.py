@@ -136,3 +136,40 @@ def test_no_import_from_a_lower_layer_up():
 def test_renderer_imports_neither_inference_nor_refinement():
     imported = set().union(*(_imported_packages(p) for p in (ROOT / "neumours" / "render").rglob("*.py")))
     assert not imported & {"infer", "refine", "train", "model"}
+
+
+def test_no_import_cycle_between_modules():
+    """No two modules of ``neumours`` import each other, directly or through others (also inside functions)."""
+    package = ROOT / "neumours"
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                candidates = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                candidates = [a.name for a in node.names]
+            else:
+                continue
+            # a module's own packages (their __init__) are not a cycle: Python imports them first anyway
+            deps |= {c for c in candidates if c in modules and c != name and not name.startswith(c + ".")}
+        graph[name] = deps
+    cycles, state = [], {}
+
+    def visit(node, trail):
+        state[node] = "open"
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                cycles.append(" -> ".join(trail[trail.index(dep):] + [dep]))
+            elif dep not in state:
+                visit(dep, trail + [dep])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "\n".join(cycles)

@@ -181,6 +181,19 @@ def test_scaled_outputs_keep_qform_and_sform(phantom, cpu_device):
         np.testing.assert_allclose(img.header.get_sform(), img.affine, atol=1e-5)
 
 
+def test_labels_on_device_are_the_segmenters(phantom, cpu_device):
+    """What ``render --checkpoint`` draws: the cache's labels left on the device, or the denoised ones."""
+    from neumours.infer.segment import Segmenter
+
+    _, cases, ckpt = phantom
+    segmenter = Segmenter(ckpt, cpu_device)
+    case = load_case(cases[0])
+    raw = download(segmenter.labels_on_device(case), case.shape, np.uint32)
+    np.testing.assert_array_equal(raw, segmenter.cache(case.images).labels())
+    denoised = download(segmenter.labels_on_device(case, denoise=True), case.shape, np.uint32)
+    np.testing.assert_array_equal(denoised, segmenter(case, denoise=True).labels)
+
+
 def test_cli_segment_errors_leave_no_output(phantom, tmp_path, capsys):
     root, cases, ckpt = phantom
     bad = tmp_path / "bad.safetensors"

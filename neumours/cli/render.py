@@ -140,10 +140,8 @@ def render_command(args) -> None:
     """Run ``neumours render`` with parsed arguments (see :func:`add_parsers`)."""
     (width, height), modalities = _check_args(args)
 
-    import numpy as np
-
     from neumours.data import load_case
-    from neumours.device import get_device, upload
+    from neumours.device import get_device
     from neumours.render import Frame, RenderSettings, Scene, auto_windows, orbit, render_device
     from neumours.render.framing import framed_orbit
     from neumours.render.skipping import occupied_box
@@ -166,15 +164,7 @@ def render_command(args) -> None:
 
         segmenter = Segmenter(args.checkpoint, device, precision=args.precision)
         segmenter.fits(args.case, case.shape, case.images.shape[0])
-        if args.denoise and segmenter.device_denoise:  # denoised where the INR wrote the labels
-            from neumours.infer.denoise_device import denoise_on_device
-
-            raw = segmenter.cache(case.images).labels_buffer
-            scene.labels = denoise_on_device(device, raw, case.shape, spacing=case.spacing, to_host=False)
-        elif args.denoise:  # the CPU device denoises with scipy: its labels go up once
-            scene.labels = upload(device, segmenter(case, denoise=True).labels, np.uint32)
-        else:  # the cache's labels stay on the device, where the INR wrote them
-            scene.labels = segmenter.cache(case.images).labels_buffer
+        scene.labels = segmenter.labels_on_device(case, denoise=args.denoise)
     frame = Frame.allocate(device, width, height)
     if scene.label_mode != 0:  # a thinner brain, so the labels inside it show
         settings = labels_visible(settings)

@@ -73,11 +73,7 @@ def start_viewer(source, checkpoint, out=None, device: str = "auto", precision: 
 
 def view_command(args) -> None:
     """Run ``neumours view`` with parsed arguments (see :func:`add_parsers`)."""
-    _require_extra()
-    if not 0 <= args.port <= 65535:
-        raise NeumoursError(f"--port must be 0..65535, got {args.port}")
-    if args.max_upload_mb <= 0:
-        raise NeumoursError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    _require_extra()  # --port and --max-upload-mb are checked by their parser types
     import asyncio
     import socket
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from neumours.conventions import NUM_MODALITIES
 from neumours.data.phantom_acquire import draw_acquisition, render
-from neumours.data.phantom_anatomy import BrainParams, mni_brain, procedural_brain
+from neumours.data.phantom_anatomy import Brain, BrainParams, mni_brain, procedural_brain
 from neumours.data.phantom_lesions import (LesionMaps, LesionShape, add_treatment_change, add_vessels, add_wm_lesions,
                                            grow_lesion, place, resect)
 from neumours.data.phantom_ranges import KINDS, PhantomRanges
@@ -65,35 +65,46 @@ def _shapes(rng: np.random.Generator, r: PhantomRanges, brain_voxels: int) -> li
     return out
 
 
+def healthy_brain(shape, rng: np.random.Generator, ranges: PhantomRanges, anatomy: str = "procedural"):
+    """A case's brain before its lesions: procedural (its parameters drawn from ``ranges``) or the MNI template.
+
+    Returns:
+        (brain, its parameters or None for MNI, tissue and mask inside the brain's bounding box,
+        healthy :class:`LesionMaps` of that box).
+    """
+    if anatomy == "procedural":
+        params = _anatomy(rng, ranges)
+        brain = procedural_brain(shape, rng, params)
+    elif anatomy == "mni":
+        params = None
+        brain = mni_brain(shape)
+    else:
+        raise ValueError(f"anatomy must be 'procedural' or 'mni', got {anatomy!r}")
+    tissue, mask = brain.tissue[brain.bbox], brain.mask[brain.bbox]
+    return brain, params, tissue, mask, LesionMaps.healthy(tissue)
+
+
+def whole_volume(brain: Brain, crop: np.ndarray, dtype) -> np.ndarray:
+    """A volume of the brain's grid holding ``crop`` in its bounding box, zero elsewhere."""
+    out = np.zeros(brain.mask.shape, dtype)
+    out[brain.bbox] = crop
+    return out
+
+
 def make_family_case(shape, seed: int, index: int, kind: str, ranges: PhantomRanges,
                      anatomy: str = "procedural") -> FamilyCase:
     """Generate one case of the family (see the module docstring and docs/phantom.md)."""
     rng_anatomy, rng_lesion, rng_acq = _streams(seed, index, kind)
-    if anatomy == "procedural":
-        brain_params = _anatomy(rng_anatomy, ranges)
-        brain = procedural_brain(shape, rng_anatomy, brain_params)
-    elif anatomy == "mni":
-        brain_params = None
-        brain = mni_brain(shape)
-    else:
-        raise ValueError(f"anatomy must be 'procedural' or 'mni', got {anatomy!r}")
+    brain, brain_params, tissue, mask, maps = healthy_brain(shape, rng_anatomy, ranges, anatomy)
     bb = brain.bbox
-    tissue, mask = brain.tissue[bb], brain.mask[bb]
-    maps = LesionMaps.healthy(tissue)
     shapes = _shapes(rng_lesion, ranges, int(mask.sum()))
     drawn = _lesions(rng_lesion, ranges, kind, tissue, mask, shapes, maps)
     look = _look_alikes(rng_lesion, ranges, kind, tissue, mask, maps)
     acq = draw_acquisition(rng_acq, ranges, float(rng_acq.uniform(*ranges.cavity_flair)))
     images = np.zeros((NUM_MODALITIES,) + brain.mask.shape, np.float32)
     images[(slice(None),) + bb] = render(rng_acq, acq, tissue, mask, maps.code, maps.weight, maps.texture)
-    label = np.zeros(brain.mask.shape, np.uint8)
-    label[bb] = maps.label
-    appearance = np.zeros(brain.mask.shape, np.uint8)
-    appearance[bb] = maps.code
-    cavity = None
-    if kind == "post":
-        cavity = np.zeros(brain.mask.shape, bool)
-        cavity[bb] = maps.cavity
+    label, appearance = whole_volume(brain, maps.label, np.uint8), whole_volume(brain, maps.code, np.uint8)
+    cavity = whole_volume(brain, maps.cavity, bool) if kind == "post" else None
     params = {"kind": kind, "lesions": len(shapes), "lesion_details": drawn, "look_alikes": look,
               "anatomy": None if brain_params is None else vars(brain_params), "acquisition": acq.summary()}
     return FamilyCase(images, label, brain.tissue, cavity, appearance, len(shapes), params)

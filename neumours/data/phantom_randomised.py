@@ -23,8 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from neumours.conventions import NUM_MODALITIES
-from neumours.data.phantom_anatomy import procedural_brain, mni_brain
-from neumours.data.phantom_family import FamilyCase, _anatomy, _lesions, _look_alikes, _shapes
+from neumours.data.phantom_family import FamilyCase, _lesions, _look_alikes, _shapes, healthy_brain, whole_volume
 from neumours.data.phantom_lesions import LesionMaps, LesionShape, grow_lesion
 from neumours.data.phantom_randomised_acquire import draw_appearance, render_randomised
 from neumours.data.phantom_randomised_ranges import FACTOR_FIELDS, FACTORS, FIXED, RandomisedRanges
@@ -82,17 +81,8 @@ def make_randomised_case(shape, seed: int, index: int, kind: str, ranges: Random
     """Generate one case of the randomised family (module docstring; docs/phantom.md)."""
     rng_anatomy, rng_lesion, rng_post, rng_contrast, rng_acq = _streams(seed, index, kind)
     family = lesion_ranges(ranges)
-    if anatomy == "procedural":
-        brain_params = _anatomy(rng_anatomy, family)
-        brain = procedural_brain(shape, rng_anatomy, brain_params)
-    elif anatomy == "mni":
-        brain_params = None
-        brain = mni_brain(shape)
-    else:
-        raise ValueError(f"anatomy must be 'procedural' or 'mni', got {anatomy!r}")
+    brain, brain_params, tissue, mask, maps = healthy_brain(shape, rng_anatomy, family, anatomy)
     bb = brain.bbox
-    tissue, mask = brain.tissue[bb], brain.mask[bb]
-    maps = LesionMaps.healthy(tissue)
     shapes = _shapes(rng_lesion, family, int(mask.sum()))
     treated = bool(rng_post.random() < ranges.treatment_edema_share)
     reach = float(rng_post.uniform(*ranges.treatment_edema_reach))
@@ -108,14 +98,8 @@ def make_randomised_case(shape, seed: int, index: int, kind: str, ranges: Random
     images = np.zeros((NUM_MODALITIES,) + brain.mask.shape, np.float32)
     images[(slice(None),) + bb] = render_randomised(rng_acq, appearance, tissue, mask, maps.code, maps.weight,
                                                     maps.texture)
-    label = np.zeros(brain.mask.shape, np.uint8)
-    label[bb] = maps.label
-    codes = np.zeros(brain.mask.shape, np.uint8)
-    codes[bb] = maps.code
-    cavity = None
-    if post:
-        cavity = np.zeros(brain.mask.shape, bool)
-        cavity[bb] = maps.cavity
+    label, codes = whole_volume(brain, maps.label, np.uint8), whole_volume(brain, maps.code, np.uint8)
+    cavity = whole_volume(brain, maps.cavity, bool) if post else None
     params = {"kind": kind, "fixed": fixed_factors(ranges), "lesions": len(shapes), "lesion_details": drawn,
               "shapes": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in vars(s).items()}
                          for s in shapes],

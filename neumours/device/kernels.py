@@ -20,10 +20,6 @@ from typing import Mapping
 
 import slangpy as spy
 
-#: Threads per group of every 1-D Neumours kernel unless the kernel says otherwise.
-DEFAULT_GROUP_SIZE = 64
-
-
 @cache
 def slang_dir() -> Path:
     """Folder holding the project's ``.slang`` modules.

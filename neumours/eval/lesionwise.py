@@ -25,7 +25,7 @@ region mask (e.g. WT = labels {1, 2, 3}) of a prediction P and ground truth G:
    found (both counts zero): Dice 1, HD95 0.
 
 Differences from the challenge's code, said plainly: HD95 per lesion is
-:func:`neumours.eval.metrics.hd95` (percentile over surface voxels, MONAI's
+:func:`neumours.eval.overlap.hd95` (percentile over surface voxels, MONAI's
 definition), whereas the challenge uses DeepMind's ``surface_distance``
 (surface elements weighted by area); the two agree to about a voxel. Volumes
 are voxel counts times the voxel volume from ``spacing``, as the challenge does
@@ -41,7 +41,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from neumours.eval.metrics import dice, hd95
+from neumours.eval.overlap import dice, hd95
 from neumours.regions import REGIONS
 
 #: 26-connectivity for components, the 18-neighbour structure for dilation (as the challenge).

@@ -4,7 +4,8 @@ docs/method.md "Inference and caching": the grid is cut into chunks of whole axi
 slabs (contiguous in C-order), and every chunk runs three kernels on the device,
 ``grid_inputs`` (coordinates + patches), the INR forward (``INR.forward_device``)
 and ``argmax_labels`` (``slang/probability_kernels.slang``), which writes the chunk's
-labels (and optionally softmax probabilities) into whole-volume buffers. Nothing
+labels (and optionally softmax probabilities) into whole-volume buffers
+(:func:`neumours.infer.points.classify_points`, shared with the ray-sample field). Nothing
 comes back to the host until :meth:`VolumeCache.labels` or
 :meth:`VolumeCache.probabilities` is called; the renderer samples
 :attr:`VolumeCache.labels_buffer` directly.
@@ -26,9 +27,10 @@ import slangpy as spy
 
 from neumours.device import ScratchBuffers, download, empty_buffer, upload
 from neumours.errors import NeumoursError
-from neumours.kernels.probabilities import argmax_labels, pack_labels
+from neumours.infer.points import classify_points
+from neumours.kernels.probabilities import pack_labels
 from neumours.model.inputs import CaseVolumes, grid_inputs
-from neumours.model.inr import INR, Workspace
+from neumours.model.inr import INR
 
 #: Default most points per chunk: 2^20 keeps the forward-only workspace near 2.5 GB
 #: for the paper's network (two (N, 256) activations, inputs and logits, ~2.5 kB a point).
@@ -170,23 +172,6 @@ def download_labels(device: spy.Device, labels: spy.Buffer, shape: Sequence[int]
     return flat.reshape(shape).copy()
 
 
-def forward_workspace(inr: INR, count: int, scratch: ScratchBuffers | None = None) -> Workspace:
-    """Forward-only workspace: the hidden activations ping-pong between two buffers.
-
-    ``forward_device`` reads H_l and writes H_{l+1}, so two (count, hidden)
-    buffers suffice when no backward pass needs every H_l (half the memory of
-    :meth:`INR.workspace` for the paper's network, and no gradient buffers).
-    Taken from ``scratch`` when given (reused between calls).
-    """
-    width = inr.config.hidden_width
-    if scratch is not None:
-        pair = [scratch.get(f"forward.hidden{i}", count * width) for i in range(2)]
-    else:
-        pair = [empty_buffer(inr.device, count * width) for _ in range(2)]
-    hidden = [pair[layer % 2] for layer in range(inr.config.hidden_layers + 1)]
-    return Workspace(count, hidden, [])
-
-
 @dataclass
 class StageTimer:
     """Wall time per named stage, with the device synchronised at each boundary.
@@ -282,28 +267,15 @@ class VolumeCache:
 
     def _run(self, timer: StageTimer | None, scratch: ScratchBuffers | None) -> None:
         cfg, dev = self.inr.config, self.device
-
-        def buffer(name: str, count: int):
-            return scratch.get(name, count) if scratch is not None else empty_buffer(dev, count)
-
-        coords = buffer("cache.coords", self.chunk * 3)
-        patches = buffer("cache.patches", self.chunk * cfg.patch_dim)
-        logits = buffer("cache.logits", self.chunk * cfg.num_classes)
-        ws = forward_workspace(self.inr, self.chunk, scratch)
         nonfinite = upload(dev, np.zeros(1, np.uint32), np.uint32)
         if timer is not None:
             timer.sync()
-        for start in range(0, self.total, self.chunk):
-            count = min(self.chunk, self.total - start)
-            t0 = time.perf_counter()
+
+        def fill(start, count, coords, patches):
             grid_inputs(cfg, self.volumes, self.case_index, self.shape, start, count, coords, patches)
-            self.inr.forward_device(coords, patches, count, logits, ws)
-            if timer is not None:
-                t0 = timer.add("inference", t0)
-            argmax_labels(dev, logits, self.labels_buffer, start, count, self.total, cfg.num_classes,
-                          probs=self.probs_buffer, nonfinite=nonfinite)
-            if timer is not None:
-                timer.add("argmax", t0)
+
+        classify_points(self.inr, self.total, fill, self.chunk, self.labels_buffer, self.probs_buffer, nonfinite,
+                        scratch, timer)
         if download(nonfinite, (1,), np.uint32)[0]:
             raise NonFiniteLogitsError(f"the network's logits are NaN or Inf on the {'x'.join(map(str, self.shape))} "
                                        "grid (weights whose products overflow float32)")

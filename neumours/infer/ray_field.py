@@ -29,9 +29,9 @@ import slangpy as spy
 
 from neumours.device import copy_elements, download, empty_buffer, upload
 from neumours.infer.backprop import backprop_probabilities
-from neumours.infer.cache import MAX_BUFFER_BYTES, forward_workspace
+from neumours.infer.cache import MAX_BUFFER_BYTES
+from neumours.infer.points import classify_points
 from neumours.kernels import ray_samples
-from neumours.kernels.probabilities import argmax_labels
 from neumours.model.inputs import CaseVolumes, gather_inputs
 from neumours.model.inr import INR
 from neumours.render.camera import Camera
@@ -117,16 +117,8 @@ class DirectRenderer:
         """softmax(INR) at every sample: (num_classes, S) float32 on the device."""
         cfg, dev, total = self.config, self.device, samples.total
         probs = empty_buffer(dev, cfg.num_classes * total)
-        chunk = min(self.chunk, total)
-        coords, patches = empty_buffer(dev, chunk * 3), empty_buffer(dev, chunk * cfg.patch_dim)
-        logits, labels = empty_buffer(dev, chunk * cfg.num_classes), empty_buffer(dev, total, np.uint32)
-        ws = forward_workspace(self.inr, chunk)
-        fill = self._fill(samples)
-        for start in range(0, total, chunk):
-            count = min(chunk, total - start)
-            fill(start, count, coords, patches)
-            self.inr.forward_device(coords, patches, count, logits, ws)
-            argmax_labels(dev, logits, labels, start, count, total, cfg.num_classes, probs=probs)
+        labels = empty_buffer(dev, total, np.uint32)
+        classify_points(self.inr, total, self._fill(samples), min(self.chunk, total), labels, probs)
         return probs
 
     def render(self, camera: Camera, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -135,17 +135,6 @@ def _case_volumes(device: spy.Device, volumes: spy.Buffer, shape) -> CaseVolumes
                        int(shape[0]))
 
 
-def _upload_one(device: spy.Device, images: np.ndarray, scratch: ScratchBuffers | None = None) -> CaseVolumes:
-    """:meth:`CaseVolumes.upload` for one case, without its concatenation copy (~140 MB for BraTS)
-    or a host-side reordering of Fortran-ordered NIfTI data, into ``scratch``'s volume buffer when
-    given (no new allocation from the second case on)."""
-    images = np.asarray(images, dtype=np.float32)  # any memory order: the upload reorders on the GPU
-    if images.ndim != 4:
-        raise ValueError(f"images must have shape (modalities, X, Y, Z), got {images.shape}")
-    volumes = scratch.upload("segment.volumes", images) if scratch is not None else upload(device, images)
-    return _case_volumes(device, volumes, images.shape)
-
-
 class _ModalityUpload:
     """:func:`~neumours.data.load_case`'s ``on_modality`` for the segmenter: each modality goes up into the
     volume buffer as soon as it is decoded, while the later files are still being decoded, so the upload
@@ -250,7 +239,8 @@ class Segmenter:
         images_shape = tuple(np.shape(images))
         self.fits(source, images_shape[1:], images_shape[0])
         t0 = time.perf_counter()
-        vols = uploaded if uploaded is not None else _upload_one(self.device, images, self.scratch)
+        vols = uploaded if uploaded is not None else CaseVolumes.upload(self.device, [images], self.scratch,
+                                                                        "segment.volumes")
         if timer is not None:
             t0 = timer.add("upload", t0)
         if raw:
@@ -261,11 +251,30 @@ class Segmenter:
             if timer is not None:
                 timer.add("normalise", t0)
         try:
-            return VolumeCache(self.inr, vols, grid_shape=grid_shape, keep_probs=keep_probs,
-                               chunk_points=self.chunk_points, timer=timer, scratch=self.scratch)
+            return self.cache_volumes(vols, grid_shape, keep_probs, timer)
         except NonFiniteLogitsError as exc:
             raise NeumoursError(f"{self.checkpoint}: cannot segment {source}: {exc}; the checkpoint's weights "
                                 "are finite but unusable") from None
+
+    def cache_volumes(self, vols: CaseVolumes, grid_shape=None, keep_probs: bool = False,
+                      timer: StageTimer | None = None) -> VolumeCache:
+        """The INR over normalised volumes already on the device, with this Segmenter's chunk size and
+        working buffers (e.g. a re-cache after the weights changed)."""
+        return VolumeCache(self.inr, vols, grid_shape=grid_shape, keep_probs=keep_probs,
+                           chunk_points=self.chunk_points, timer=timer, scratch=self.scratch)
+
+    def labels_on_device(self, case: Case, denoise: bool = False) -> spy.Buffer:
+        """The INR's labels of ``case`` as a (X * Y * Z,) uint32 device buffer, C-order (for a renderer).
+
+        Denoised where the INR wrote them when ``device_denoise``; otherwise (the CPU device
+        denoises with scipy) segmented and denoised on the host, then uploaded once.
+        """
+        if denoise and not self.device_denoise:
+            return upload(self.device, self(case, denoise=True).labels, np.uint32)
+        raw = self.cache(case.images).labels_buffer
+        if denoise:
+            return denoise_on_device(self.device, raw, case.shape, spacing=case.spacing, to_host=False)
+        return raw
 
     def __call__(self, case: Case | str | os.PathLike, scale: float = 1, denoise: bool = False,
                  probs: bool = False, denoise_params: DenoiseParams | None = None, timings: bool = False,
@@ -348,14 +357,6 @@ class Segmenter:
             timer.add("denoise", t0)
         return SegmentResult(case, labels, probabilities, affine, spacing, float(scale), timer.seconds,
                              cache if keep_cache else None, raw=raw)
-
-
-def segment_case(case: Case | str | os.PathLike, checkpoint: str | os.PathLike, scale: float = 1,
-                 denoise: bool = False, probs: bool = False, device: spy.Device | None = None,
-                 timings: bool = False, precision: str = "auto") -> SegmentResult:
-    """One-shot :class:`Segmenter` call (loads the checkpoint each time; reuse a Segmenter for many cases)."""
-    return Segmenter(checkpoint, device, precision=precision)(case, scale=scale, denoise=denoise, probs=probs,
-                                                              timings=timings)
 
 
 def write_segmentation(result: SegmentResult, path: str | os.PathLike, labels: np.ndarray | None = None) -> Path:

@@ -10,7 +10,8 @@ needed.
 On CUDA the torch tensors are the device buffers themselves (``Buffer.to_torch``,
 zero-copy). Elsewhere (the CPU device of tests and CI, Vulkan, Metal) they are
 host tensors and :meth:`TorchBridge.push_params` / :meth:`TorchBridge.pull_grads`
-copy explicitly. Typical step::
+copy explicitly. Typical step (the last three lines are
+:func:`neumours.train.optim.apply_gradients`, which training and refinement call)::
 
     bridge.zero_grads()
     ...run the Slang forward/backward kernels (accumulate into bridge.grads_buffer)...
@@ -168,6 +169,18 @@ class TorchBridge:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """name -> clone of the current weights (docs/method.md names and shapes, :attr:`params`'s device)."""
         return {name: view.detach().clone() for name, view in self.named_parameters().items()}
+
+    def snapshot(self) -> torch.Tensor:
+        """(total,) float32 copy of the current weights, on :attr:`params`'s device (to take a change back
+        bit for bit with :meth:`restore`, or to save)."""
+        return self.params.detach().clone()
+
+    def restore(self, flat: torch.Tensor) -> None:
+        """Write a :meth:`snapshot` back into :attr:`params` in place (Parameters and optimisers keep
+        pointing at it) and make it the kernels' weights."""
+        with torch.no_grad():
+            self.params.copy_(flat)
+        self.push_params()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace all weights (torch tensors or numpy arrays, docs/method.md names and shapes).

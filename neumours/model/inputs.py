@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import slangpy as spy
 
-from neumours.device import upload
+from neumours.device import ScratchBuffers, upload
 from neumours.kernels import patch
 from neumours.model.config import INRConfig
 
@@ -36,21 +36,28 @@ class CaseVolumes:
     num_modalities: int
 
     @classmethod
-    def upload(cls, device: spy.Device, images: Sequence[np.ndarray]) -> "CaseVolumes":
-        """Copy normalised volumes, each (modalities, X, Y, Z) float32, to the device."""
-        images = [np.ascontiguousarray(im, dtype=np.float32) for im in images]
+    def upload(cls, device: spy.Device, images: Sequence[np.ndarray], scratch: ScratchBuffers | None = None,
+               name: str = "case.volumes") -> "CaseVolumes":
+        """Copy normalised volumes, each (modalities, X, Y, Z) float32, to the device.
+
+        One case goes up as it is: no concatenation copy (~140 MB for BraTS) and no host-side
+        reordering of Fortran-ordered NIfTI data (the upload reorders, on CUDA on the GPU).
+        With ``scratch``, into its buffer ``name`` (no new allocation from the second case on).
+        """
+        images = [np.asarray(im, dtype=np.float32) for im in images]
         if not images or any(im.ndim != 4 or im.shape[0] != images[0].shape[0] for im in images):
-            raise ValueError("volumes must be a non-empty list of (modalities, X, Y, Z) arrays")
+            raise ValueError("volumes must be a non-empty list of (modalities, X, Y, Z) arrays, got shapes "
+                             f"{[im.shape for im in images]}")
         table, offset = [], 0
         for im in images:
             table.append((offset, *im.shape[1:]))
             offset += im.size
         if offset >= 2**32:
             raise ValueError("volumes exceed 2^32 floats; use fewer cases per pool")
-        flat = np.concatenate([im.reshape(-1) for im in images])
-        return cls(device, upload(device, flat), upload(device, np.array(table, np.uint32), np.uint32),
+        flat = images[0] if len(images) == 1 else np.concatenate([im.reshape(-1) for im in images])
+        volumes = scratch.upload(name, flat) if scratch is not None else upload(device, flat)
+        return cls(device, volumes, upload(device, np.array(table, np.uint32), np.uint32),
                    [tuple(int(s) for s in im.shape[1:]) for im in images], images[0].shape[0])
-
 
 def gather_inputs(config: INRConfig, vols: CaseVolumes, positions: spy.Buffer, case_ids: spy.Buffer,
                   count: int, coords: spy.Buffer, patches: spy.Buffer) -> None:

@@ -8,5 +8,6 @@ through the volume cache), ``direct_path`` (path (b), the INR at the ray
 samples), ``masks`` (2-D tumour / not tumour / don't care targets),
 ``image_loss`` (MSE with don't-care pixels, in torch), ``voxel_loss`` (painted
 slice corrections), ``reference`` (both paths in float64 torch: tests and
-benchmark peer).
+benchmark peer), ``checkpoint`` (:func:`refine_checkpoint`: the ``refine``
+command as one call, returning a report), ``targets`` (reading ``targets.npz``).
 """

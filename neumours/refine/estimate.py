@@ -21,11 +21,14 @@ view, and the 96 x 96 x 64 case with four 256 x 256 views, whose steps took
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 import numpy as np
+import slangpy as spy
 
-from neumours.render.box import intersect_box
+from neumours.estimates import long_work_note
+from neumours.render.box import intersect_box, volume_box
 from neumours.render.camera import Camera
 
 #: Path (a): the volume's share of a step, in forward passes of the INR over the case.
@@ -54,3 +57,25 @@ def refine_step_seconds(path: str, forward_s: float, voxels: int, cameras: Seque
     if path == "cache":
         return CACHE_STEP_PASSES * forward_s + CACHE_SAMPLE_PASSES * per_voxel * samples
     return DIRECT_SAMPLE_PASSES * per_voxel * samples
+
+
+def announce_refinement(device, path: str, steps: int, forward_s: float, shape: Sequence[int], spacing,
+                        cameras: Sequence[Camera], step: float) -> None:
+    """Before the first step: one line on stderr when the refinement will take more than a few minutes.
+
+    Args:
+        forward_s: one timed pass of the INR over the case (``shape``, ``spacing``).
+        step: the renderer's step (``RenderSettings.step``).
+    """
+    step_s = refine_step_seconds(path, forward_s, int(np.prod(shape)), cameras, volume_box(shape, spacing), step)
+    cpu = device.info.type == spy.DeviceType.cpu
+    small = (path == "direct" and len(cameras) <= 2 and steps <= 2
+             and all(c.width * c.height <= 32 * 32 for c in cameras))
+    suggestion = "fewer --steps or --views, or a smaller --size, shorten it"
+    if cpu and not small:
+        suggestion = "for a CPU-sized run: --views 2 --size 32x32 --steps 2 --path direct"
+    line = long_work_note(f"refinement ({steps} steps, {len(cameras)} views, path {path})",
+                          step_s * steps, f"about {step_s:.0f} s a step, scaled from a measured "
+                          f"{forward_s:.1f} s pass of the INR over the case", suggestion)
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)

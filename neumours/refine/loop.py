@@ -31,6 +31,7 @@ from neumours.refine.direct_path import direct_path_gradients, direct_path_loss
 from neumours.render.camera import Camera
 from neumours.render.transfer import RenderSettings
 from neumours.torch import INRModule
+from neumours.train.optim import apply_gradients
 
 #: The gradient paths by name, in their device-buffer form (add into the INR's gradient buffer).
 PATHS = {"cache": cache_path_gradients, "direct": direct_path_gradients}
@@ -221,9 +222,7 @@ def refine(inr: INR, vols: CaseVolumes, spacing, cameras: Sequence[Camera], sett
         loss, _ = LOSSES[path](net, vols, spacing, cameras, settings, ts, ws, **extra)
         loss.backward()
         penalty = add_terms(net, anchor)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        inr.bridge.push_params()
+        apply_gradients(inr.bridge, [optimizer], 1.0, params, pull=False)
         rows.append({"step": step, "image_loss": float(loss.detach()), "anchor": penalty,
                      "seconds": time.perf_counter() - start})
         if on_step is not None:

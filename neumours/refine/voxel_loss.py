@@ -29,6 +29,7 @@ from neumours.model.inputs import CaseVolumes, gather_inputs
 from neumours.model.inr import INR, Workspace
 from neumours.refine.loop import Anchor, anchor_gradients
 from neumours.train.loss import DeviceLoss, LossConfig
+from neumours.train.optim import apply_gradients
 
 __all__ = ["PaintedVoxels", "VoxelLoss", "refine_voxels", "voxel_loss_gradients"]
 
@@ -152,10 +153,7 @@ def refine_voxels(inr: INR, points: PaintedVoxels, steps: int = 20, lr: float = 
         inr.zero_grad()
         value = loss.gradients()
         penalty = anchor_gradients(anchor)
-        inr.bridge.pull_grads()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        inr.bridge.push_params()
+        apply_gradients(inr.bridge, [optimizer], 1.0, params)
         row = {"step": step, "voxel_loss": value, "anchor": penalty, "seconds": time.perf_counter() - start}
         rows.append(row)
         if on_step is not None:

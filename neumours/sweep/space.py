@@ -21,7 +21,6 @@ sweeping the learning rate keeps the schedule's shape and never makes it rise.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import numpy as np
 
 from neumours import strict_json
 from neumours.errors import NeumoursError
-from neumours.schema import SettingError, check_of
+from neumours.schema import SettingError, check_of, check_table
 from neumours.toml_files import read_toml
 from neumours.train.config import TrainConfig
 
@@ -234,18 +233,13 @@ def parse_space(data: dict, source: str = "space", base: TrainConfig | None = No
     every value one its key allows, and (with ``base``, the configuration the trials start from)
     every grid combination and range corner a valid configuration."""
     defaults = TrainConfig()
-    sections = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(TrainConfig)}
+    check_table(TrainConfig, data, source)
     dimensions = []
     for section, entries in data.items():
-        if section not in sections:
-            raise NeumoursError(f"{source}: unknown section [{section}] (sections: {', '.join(sections)})")
-        if not isinstance(entries, dict):
-            raise NeumoursError(f"{source}: [{section}] must be a table")
-        known = {f.name: getattr(sections[section], f.name) for f in dataclasses.fields(sections[section])}
+        owner = getattr(defaults, section)
+        check_table(type(owner), entries, source, section)
         for key, spec in entries.items():
-            if key not in known:
-                raise NeumoursError(f"{source}: unknown key {key!r} in [{section}] (keys: {', '.join(known)})")
-            dimensions.append(_entry(section, key, spec, known[key], source, type(sections[section])))
+            dimensions.append(_entry(section, key, spec, getattr(owner, key), source, type(owner)))
     if not dimensions:
         raise NeumoursError(f"{source}: no swept keys (e.g. [optimizer] lr = {{ grid = [1e-3, 3e-3] }})")
     if base is not None:

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import slangpy as spy
-import torch
 from tqdm import tqdm
 
 from neumours.atomic import make_folder
@@ -46,7 +45,7 @@ from neumours.kernels.augment import augment_inputs, slot_stride
 from neumours.train.augment import Augmenter
 from neumours.train.config import TrainConfig, load_toml, save_toml
 from neumours.train.loss import DeviceLoss
-from neumours.train.optim import build_optimizers, learning_rate, set_learning_rate
+from neumours.train.optim import apply_gradients, build_optimizers, learning_rate, set_learning_rate
 from neumours.train.pool import CasePool
 from neumours.train.sampler import PointSampler
 from neumours.train.estimate import announce_estimate
@@ -200,12 +199,7 @@ class Trainer:
         if not np.isfinite(values["loss"]):  # a diverged run: stop before the optimiser spreads NaN into the weights
             raise NeumoursError(f"{self.run_dir}: step {self.step + 1}: the loss is not finite ({values['loss']}); "
                                 "the run diverged (try a lower [optimizer] lr)")
-        self.inr.bridge.pull_grads()
-        params = self.inr.bridge.torch_parameters()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.clip_norm))
-        for optimizer in self.optimizers:
-            optimizer.step()
-        self.inr.bridge.push_params()
+        grad_norm = float(apply_gradients(self.inr.bridge, self.optimizers, cfg.optimizer.clip_norm))
         self.step += 1
         if self.pool.cycling and self.step % cfg.sampler.refresh_every == 0:
             self.pool.refresh()

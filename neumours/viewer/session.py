@@ -36,7 +36,6 @@ from neumours import strict_json
 from neumours.conventions import MODALITIES, NUM_CLASSES
 from neumours.data import CaseRef, load_case, normalise, save_label
 from neumours.errors import NeumoursError
-from neumours.infer.cache import VolumeCache
 from neumours.infer.segment import Segmenter
 from neumours.model.checkpoint import save_checkpoint
 from neumours.model.inputs import CaseVolumes
@@ -221,7 +220,7 @@ class ViewerSession:
             st.paint[:] = PAINT_NONE
         box = tuple(slice(o, o + s) for o, s in zip(origin, values.shape))
         st.paint[box] = values
-        return int((st.paint != PAINT_NONE).sum())
+        return self.painted_count()
 
     def set_mask(self, view: View, origin: Sequence[int], values: np.ndarray) -> None:
         """A 3-D-view mask for ``view``'s camera: ``values`` at (x0, y0) = ``origin``, don't care elsewhere."""
@@ -307,7 +306,7 @@ class ViewerSession:
         if keep > 0:
             corrected = painted | self._masked_voxels()
             anchor.append(Anchor.keep_rest(self.inr, st.vols, st.labels, corrected, points=KEEP_POINTS, weight=keep))
-        before = self.inr.bridge.params.detach().clone()
+        before = self.inr.bridge.snapshot()
         rows = []
 
         def report(kind):
@@ -343,7 +342,7 @@ class ViewerSession:
                        steps=steps, lr=lr, anchor=terms, weights=weights, path="cache",
                        on_step=report("render + voxel" if voxel_loss is not None else "render"))
         except BaseException:
-            self._set_weights(before)  # cancelled or failed: nothing of the partial refinement stays
+            self.inr.bridge.restore(before)  # cancelled or failed: nothing of the partial refinement stays
             raise
         finally:
             self.cancel_event.clear()
@@ -354,13 +353,6 @@ class ViewerSession:
         changed = self._recache()
         return {"rows": rows, "labels": changed, "seconds": time.perf_counter() - start}
 
-    def _set_weights(self, weights) -> None:
-        import torch
-
-        with torch.no_grad():
-            self.inr.bridge.params.copy_(weights)
-        self.inr.bridge.push_params()
-
     def undo(self) -> dict:
         """Take back the last refinement: its weights bit for bit, its corrections pending again; re-cache.
 
@@ -370,7 +362,7 @@ class ViewerSession:
             entry = self.history.pop()
         except IndexError:
             raise SessionError("nothing to undo") from None
-        self._set_weights(entry.weights)
+        self.inr.bridge.restore(entry.weights)
         target = self.pending.setdefault(entry.case, Corrections.empty(entry.corrections.paint.shape))
         target.restore(entry.corrections)
         return {"labels": self._recache(), "case": entry.case, "restored_here": entry.case == st.case.case_id}
@@ -379,8 +371,7 @@ class ViewerSession:
         """A new cache of the open case; the changed crop of the INR labels (or None)."""
         st = self._open()
         before = st.labels
-        st.cache = VolumeCache(self.inr, st.vols, keep_probs=True, chunk_points=self.segmenter.chunk_points,
-                               scratch=self.segmenter.scratch)
+        st.cache = self.segmenter.cache_volumes(st.vols, keep_probs=True)
         st.labels = st.cache.labels()
         st.derived.clear()
         return changed_crop(before, st.labels)
@@ -394,7 +385,7 @@ class ViewerSession:
             raise SessionError("saving needs an output folder: start the viewer with --out DIR")
         check_output_folder(self.out, "--out folder")
         cid = st.case.case_id
-        weights = self.inr.bridge.params.detach().cpu().numpy()
+        weights = self.inr.bridge.snapshot().cpu().numpy()
         ckpt = save_checkpoint(self.out / f"{cid}_refined.safetensors", weights, self.inr.config,
                                metadata={"refined_from": self.checkpoint.name, "case": cid,
                                          "refinements": str(len(self.history)),
@@ -403,4 +394,5 @@ class ViewerSession:
         return {"checkpoint": str(ckpt), "segmentation": str(seg), "refinements": len(self.history)}
 
     def painted_count(self) -> int:
-        return int((self._open().paint != PAINT_NONE).sum())
+        """How many voxels of the open case are painted (pending)."""
+        return int(self._open().pending.painted().sum())
