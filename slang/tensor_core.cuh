@@ -1,7 +1,8 @@
 // bf16 tensor-core GEMM of Neumours (CUDA C++): C[m, n] = sum_k A(m, k) B(n, k), fp32 accumulation.
 //
-// Included by slang/tensor_core_kernels.slang through __requirePrelude (Slang passes its
-// include path, slang/, to NVRTC), and compiled on its own by tests/test_tensor_core_header.py.
+// The prelude of slang/tensor_core_kernels.slang: copied, with fourier.h inlined, into the generated
+// slang/tensor_core_prelude.slang (neumours/kernels/tensor_core_prelude.py; NVRTC gets no include
+// path from slangpy), and compiled on its own by tests/test_tensor_core_header.py.
 // The contract with Python (operand sources, layouts, epilogues, block shapes, k slice,
 // threads per group, the order of the scalar table) is neumours/kernels/tensor_gemm.py's;
 // that test checks every value below against it. The Fourier feature is slang/fourier.h's,

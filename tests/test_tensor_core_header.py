@@ -1,7 +1,8 @@
 """slang/tensor_core.cuh on its own: it compiles, and its contract is the Python one.
 
 The bf16 tensor-core product's CUDA C++ lives in ``slang/tensor_core.cuh`` (the Slang
-kernel only includes it), so it can be compiled without Slang or a GPU. The test
+kernel's prelude is generated from it: ``slang/tensor_core_prelude.slang``, checked here to
+be up to date), so it can be compiled without Slang or a GPU. The test
 writes a small translation unit that includes the header, instantiates its whole
 kernel body (``run_kernel`` with the flags as a run-time value, so every operand,
 layout, epilogue and block shape is compiled) and ``static_assert``s every value of
@@ -132,3 +133,16 @@ def test_header_breaks_on_a_contract_change(tmp_path, monkeypatch):
     result = subprocess.run(["g++", "-std=c++14", "-fsyntax-only", "-x", "c++", "-I", str(slang_dir()), str(source)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "S_A_LD differs from Python" in result.stderr
+
+
+def test_generated_prelude_is_the_header():
+    """slang/tensor_core_prelude.slang is what neumours.kernels.tensor_core_prelude makes of the header
+    today (NVRTC gets no include path from slangpy, so the kernel carries the header's text)."""
+    from neumours.kernels import tensor_core_prelude
+
+    generated = (slang_dir() / tensor_core_prelude.GENERATED).read_text()
+    assert generated == tensor_core_prelude.render(), (
+        "slang/tensor_core_prelude.slang is out of date: run python -m neumours.kernels.tensor_core_prelude")
+    assert '#include "' not in tensor_core_prelude.inlined_header()  # nothing left for NVRTC to look up
+    kernel = (slang_dir() / "tensor_core_kernels.slang").read_text()
+    assert '#include "tensor_core_prelude.slang"' in kernel and "tensor_core.cuh\")" not in kernel
