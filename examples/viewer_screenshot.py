@@ -51,10 +51,12 @@ def screenshot(url: str, out: Path, size: tuple[int, int], scale: float, overlay
         page.wait_for_function(f"{FRAMES} >= 1", timeout=timeout_s * 1000)
         if modality != "t1c":
             page.select_option("#modality", modality)
-            page.wait_for_function(f"window.neumoursViewer.nv.volumes[0].name.startsWith({modality!r})",
+            page.wait_for_function(f"String(window.neumoursViewer.nv.volumes[0]?.name).startsWith({modality!r})",
                                    timeout=timeout_s * 1000)
         if overlay != "inr":
             page.select_option("#overlay", overlay)
+            page.wait_for_function(f"(() => {{ const v = window.neumoursViewer.nv.volumes; return v.length === 2"
+                                   f" && !!v[1] && String(v[1].name).startsWith({overlay!r}); }})()", timeout=timeout_s * 1000)
         if page.evaluate("window.neumoursViewer.focusTumour()") is None:
             print("viewer_screenshot: the overlay shows no tumour; the crosshair stays at the centre", file=sys.stderr)
         # A still frame at the page's chosen size (the first one may be a small, fast one), and the readouts.

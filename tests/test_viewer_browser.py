@@ -303,7 +303,7 @@ class Controls:
     def shows(self, modality):
         """Wait until the slice views show ``modality`` under the overlay."""
         self.page.wait_for_function(f"(() => {{ const v = {VIEWER}.nv.volumes; return v.length === 2"
-                                    f" && v[0].name.startsWith({modality!r}); }})()", timeout=60_000)
+                                    f" && !!v[0] && String(v[0].name).startsWith({modality!r}); }})()", timeout=60_000)
 
     def opacity(self, value):
         self.page.evaluate(f"() => {{ const v = {VIEWER}.nv; v.setOpacity(1, {value}); v.drawScene(); }}")

@@ -164,7 +164,7 @@ async function loadSlices() {
   const vols = [{ url: `/api/volume/${info.case}/${modality}`, name: `${modality}.nii.gz` }];
   if (overlayKind !== "none") {
     vols.push({ url: `/api/volume/${info.case}/${overlayKind}`, name: `${overlayKind}.nii.gz`,
-                opacity: Number($("opacity").value), colormap: overlayKind === "probabilities" ? "warm" : "gray" });
+                opacity: Number($("opacity").value), colormap: overlayKind === "probabilities" ? "violet" : "gray" });
   }
   if (overlayKind === "none" && nv.volumes.length > 1) {
     // NiiVue's 3-D tile keeps the last overlay's texture when no overlay is loaded: blank it first.
@@ -569,9 +569,10 @@ document.addEventListener("keydown", (e) => {
 function focusTumour() {
   if (nv.volumes.length < 2) return null;
   const img = nv.volumes[1].img, [, nx, ny, nz] = nv.volumes[0].dimsRAS;
+  const cut = overlayKind === "probabilities" ? Number($("threshold").value) : 0.5;  // labels 1..3, or p >= threshold
   const count = new Float64Array(nz), sx = new Float64Array(nz), sy = new Float64Array(nz);
   forEachVoxel((ras, i) => {
-    if (!(img[i] > 0)) return;
+    if (!(img[i] >= cut)) return;
     const z = Math.floor(ras / (nx * ny));
     count[z]++; sx[z] += ras % nx; sy[z] += Math.floor(ras / nx) % ny;
   });
