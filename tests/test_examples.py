@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,3 +64,26 @@ def test_custom_refinement_loss(tmp_path, capsys):
     assert len(result["losses"]) == 3 and result["losses"][-1] < result["losses"][0]
     assert set(result["after"]) == {"NCR", "ED", "ET", "TC", "WT"}
     assert "Dice after" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_viewer_screenshot(tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("needs the system Chromium")
+    pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("aiohttp")
+    from neumours.data.phantom import make_case, write_case
+    from neumours.device import get_device
+    from neumours.model.checkpoint import save_checkpoint
+    from neumours.model.config import INRConfig
+    from neumours.model.inr import INR
+
+    case = write_case(make_case((32, 32, 24), seed=1), tmp_path)
+    config = INRConfig.tiny()
+    checkpoint = save_checkpoint(tmp_path / "tiny.safetensors", INR(config, get_device("cpu")).state_dict(), config)
+    out = load_example("viewer_screenshot").main(
+        [str(case), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "shot" / "viewer.png"),
+         "--size", "900x560", "--scale", "0.25", "--device", "cpu", "--modality", "t2f"])
+    image = np.asarray(Image.open(out).convert("RGB"))
+    assert image.shape == (560, 900, 3) and image.std() > 10.0

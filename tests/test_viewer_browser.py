@@ -19,7 +19,8 @@ import pytest
 pytest.importorskip("aiohttp")
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs the system Chromium (apt-get install chromium)")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="needs the system Chromium (apt-get install chromium)"),
+              pytest.mark.integration]
 
 from PIL import Image  # noqa: E402
 
@@ -264,3 +265,261 @@ def test_page_editing_model(tmp_path, cpu_device):
             browser.close()
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The controls, on one page of one server shared by the tests below (each leaves the page as it found
+# it: pen off, nothing painted, overlay INR, T1c with the automatic window, camera at home).
+
+VIEWER = "window.neumoursViewer"
+COUNTS = f"{VIEWER}.paintCounts()"
+
+
+class Controls:
+    def __init__(self, server, page, case_dir, errors):
+        self.server, self.page, self.case_dir, self.errors = server, page, case_dir, errors
+        self.session = server.worker.session
+
+    def axial_tile(self):
+        """(rows, cols) of the screen in NiiVue's axial tile (bottom left of the multiplanar layout)."""
+        gl = self.page.locator("#gl").bounding_box()
+        return (slice(int(gl["y"] + gl["height"] / 2), int(gl["y"] + gl["height"])),
+                slice(int(gl["x"]), int(gl["x"] + gl["width"] / 2)))
+
+    def keys(self, *keys):
+        self.page.evaluate("() => document.activeElement && document.activeElement.blur()")
+        for key in keys:
+            self.page.keyboard.press(key)
+
+    def frames(self):
+        return self.page.evaluate(FRAMES)
+
+    def no_page_errors(self):
+        """No script errors on the page since the last check (they are forgotten: one test's stay its own)."""
+        errors = list(self.errors)
+        self.errors.clear()
+        assert not errors, errors
+
+    def shows(self, modality):
+        """Wait until the slice views show ``modality`` under the overlay."""
+        self.page.wait_for_function(f"(() => {{ const v = {VIEWER}.nv.volumes; return v.length === 2"
+                                    f" && !!v[0] && String(v[0].name).startsWith({modality!r}); }})()", timeout=60_000)
+
+    def opacity(self, value):
+        self.page.evaluate(f"() => {{ const v = {VIEWER}.nv; v.setOpacity(1, {value}); v.drawScene(); }}")
+        self.page.wait_for_timeout(300)
+
+
+@pytest.fixture(scope="module")
+def controls(tmp_path_factory, cpu_device):
+    root = tmp_path_factory.mktemp("controls")
+    data = root / "data"
+    data.mkdir()
+    cases = write_phantoms(data, count=1)
+    checkpoint = fitted_checkpoint(cases[0], root / "tiny.safetensors", cpu_device, steps=60)
+    server = start_server(data, checkpoint, root / "out")
+    p = playwright.sync_playwright().start()
+    browser = _launch(p)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{server.url}/?token={server.token}&scale=0.25")
+        page.wait_for_function(f"{FRAMES} >= 1", timeout=120_000)
+        _wait_text(page, "#role", "editing")
+        yield Controls(server, page, cases[0], errors)
+    finally:
+        browser.close()
+        p.stop()
+        server.stop()
+
+
+def test_slice_modality_and_window_presets(controls, tmp_path):
+    import nibabel as nib
+
+    page = controls.page
+    assert page.evaluate(f"{VIEWER}.nv.volumes[0].name").startswith("t1c")
+    page.select_option("#modality", "t2f")  # FLAIR, for oedema
+    controls.shows("t2f")
+    flair = np.asarray(nib.load(next(controls.case_dir.glob("*t2f.nii*"))).dataobj, np.float64)
+    assert page.evaluate(f"{VIEWER}.nv.volumes[0].global_max") == pytest.approx(flair.max(), rel=1e-5)
+
+    window = f"(() => {{ const v = {VIEWER}.nv.volumes[0]; return [v.cal_min, v.cal_max, v.global_min, v.global_max]; }})()"
+    shown = {}
+    for preset in ("brain", "full", "auto"):
+        page.select_option("#window", preset)
+        page.wait_for_timeout(300)
+        shown[preset] = page.evaluate(window)
+        tile = controls.axial_tile()
+        shown[preset + "_pixels"] = _pixels(page, tmp_path / f"{preset}.png")[tile]
+    lo, hi = controls.session.state.windows()["t2f"]  # 0.5 and 99.5 % of the brain's FLAIR intensities
+    assert shown["brain"][:2] == pytest.approx([lo, hi], rel=1e-5)
+    assert shown["full"][:2] == pytest.approx([flair.min(), flair.max()], rel=1e-5)
+    assert shown["brain"][:2] != pytest.approx(shown["full"][:2])
+    assert np.abs(shown["brain_pixels"] - shown["full_pixels"]).mean() > 1.0, "the window did not change the slices"
+
+    page.select_option("#modality", "t1c")
+    controls.shows("t1c")
+    controls.no_page_errors()
+
+
+def test_legend_hides_and_shows_a_label_in_both_views(controls, tmp_path):
+    page = controls.page
+    controls.opacity(1)
+    box3d = page.locator("#view3d").bounding_box()
+    clip3d = {k: box3d[k] for k in ("x", "y", "width", "height")}
+
+    def shot(name):
+        pixels = _pixels(page, tmp_path / f"{name}.png")[controls.axial_tile()]
+        return _near(pixels, CLASS_RGB[3]).sum(), _near(pixels, CLASS_RGB[2]).sum()
+
+    def frame_after(action):
+        frames = controls.frames()
+        action()
+        page.wait_for_function(f"{FRAMES} >= {frames + 1}", timeout=120_000)
+        page.wait_for_timeout(300)
+        return _pixels(page, tmp_path / "frame.png", clip3d)
+
+    et, ed = shot("all")
+    assert et > 20 and ed > 20, "the axial slice shows no ET or ED to hide"
+    def changed(a, b):
+        return (np.abs(a - b).max(axis=-1) > 30).mean()
+
+    shown3d = frame_after(lambda: controls.keys("r"))  # a frame of the home camera
+    hidden3d = frame_after(lambda: page.uncheck("#legend input[data-label='3']"))
+    et_hidden, ed_hidden = shot("no_et")
+    assert et_hidden < 0.05 * et and ed_hidden > 0.8 * ed, (et, et_hidden, ed, ed_hidden)
+    assert changed(hidden3d, shown3d) > 0.002, "hiding ET did not change the 3-D view"
+    back3d = frame_after(lambda: page.check("#legend input[data-label='3']"))
+    assert shot("again")[0] > 0.8 * et
+    assert changed(back3d, shown3d) < changed(hidden3d, shown3d)
+    controls.opacity(0.6)
+    controls.no_page_errors()
+
+
+def test_keyboard_shortcuts(controls):
+    page, sess = controls.page, controls.session
+    pen_on = "document.querySelector('button.pen.on').dataset.pen"
+    for key, pen in (("1", 1), ("2", 2), ("3", 3), ("4", 4), ("0", 0)):
+        controls.keys(key)
+        assert page.evaluate(pen_on) == str(pen) and page.evaluate(f"{VIEWER}.nv.opts.penValue") == pen, key
+    controls.keys("Escape")
+    assert page.evaluate(pen_on) == "-1" and not page.evaluate(f"{VIEWER}.nv.opts.drawingEnabled")
+
+    # z takes back the last stroke, and past the first stroke takes back nothing (no wrap-round).
+    rows, cols = controls.axial_tile()
+    cx, cy = (cols.start + cols.stop) / 2, (rows.start + rows.stop) / 2
+    controls.keys("3")
+    page.mouse.click(cx, cy)
+    page.mouse.click(cx + 20, cy)
+    assert page.evaluate(COUNTS) == [0, 0, 0, 2, 0]
+    controls.keys("z")
+    assert page.evaluate(COUNTS) == [0, 0, 0, 1, 0]
+    controls.keys("z", "z", "z")
+    assert page.evaluate(COUNTS) == [0, 0, 0, 0, 0]
+
+    # Ctrl+Z takes back a refinement and gives its paint back.
+    page.mouse.click(cx, cy)
+    controls.keys("Escape")
+    page.fill("#steps", "2")
+    page.click("#refine")
+    _wait_text(page, "#progress", "refined")
+    assert page.evaluate(COUNTS) == [0, 0, 0, 0, 0]
+    controls.keys("Control+z")
+    _wait_text(page, "#progress", "undone")
+    page.wait_for_function(f"{COUNTS}[3] === 1", timeout=60_000)
+    page.click("#clear")
+    page.wait_for_function(f"{COUNTS}[3] === 0", timeout=10_000)
+    assert controls.server.worker.submit(lambda s: s.painted_count()).result(60) == 0
+
+    # Arrow up / down: the axial slice one voxel up and back.
+    where = f"Array.from({VIEWER}.nv.frac2vox({VIEWER}.nv.scene.crosshairPos))"
+    start = page.evaluate(where)
+    controls.keys("ArrowUp")
+    assert page.evaluate(where) == [start[0], start[1], start[2] + 1]
+    controls.keys("ArrowDown", "ArrowDown")
+    assert page.evaluate(where) == [start[0], start[1], start[2] - 1]
+    controls.keys("ArrowUp")
+
+    # r and the button: the camera back home, and a frame of it.
+    camera = f"(() => {{ const c = {VIEWER}.cam; return [c.azimuth, c.elevation, c.zoom, ...c.target]; }})()"
+    home = page.evaluate(camera)
+    for reset in (lambda: controls.keys("r"), lambda: page.click("#reset-camera")):
+        page.evaluate(f"() => Object.assign({VIEWER}.cam, {{azimuth: 123, elevation: -40, zoom: 2.5, target: [0.1, 0, 0]}})")
+        frames = controls.frames()
+        reset()
+        assert page.evaluate(camera) == home
+        page.wait_for_function(f"{FRAMES} > {frames}", timeout=120_000)
+    assert sess.history.undoable() == 0
+    controls.no_page_errors()
+
+
+def test_cursor_readout_and_tumour_volumes(controls):
+    from neumours.data import load_case
+
+    page = controls.page
+    case = load_case(controls.case_dir)
+    labels = controls.server.worker.submit(lambda s: s.state.labels.copy()).result(60)
+    names = ("background", "NCR", "ED", "ET")
+    x, y, z = (int(v) for v in np.argwhere(labels == 3)[0])
+    page.evaluate(f"() => {{ const v = {VIEWER}.nv; v.scene.crosshairPos = v.vox2frac([{x}, {y}, {z}]);"
+                  " v.drawScene(); v.createOnLocationChange(); }")
+    _wait_text(page, "#cursor", f"voxel {x}, {y}, {z}", timeout=30_000)
+    import re
+
+    text = page.locator("#cursor").text_content()
+    for m, name in enumerate(("T1", "T1c", "T2", "FLAIR")):
+        shown = re.search(rf"· {name} (-?[0-9.]+)", text)
+        assert shown and abs(float(shown.group(1)) - case.images[m][x, y, z]) <= 0.051, (name, text)
+    assert f"INR {names[labels[x, y, z]]}" in text and f"truth {names[case.label[x, y, z]]}" in text
+
+    voxel_ml = float(np.prod(case.spacing)) / 1000.0
+    counts = np.bincount(labels.reshape(-1), minlength=4)
+    for k in (1, 2, 3):
+        assert page.locator(f"#legend [data-ml='{names[k]}']").text_content() == f"{counts[k] * voxel_ml:.2f} mL"
+    controls.no_page_errors()
+
+
+def test_errors_are_a_banner_over_the_page(controls):
+    page = controls.page
+    page.click("#refine")  # nothing painted: an error, shown where the user looks
+    page.wait_for_function("!document.getElementById('error').hidden", timeout=120_000)
+    banner = page.locator("#error")
+    assert "nothing to apply" in banner.text_content()
+    style = page.evaluate("(() => { const s = getComputedStyle(document.getElementById('error'));"
+                          " return [s.backgroundColor, s.color, s.fontWeight, s.fontSize]; })()")
+    assert style[0] == "rgb(170, 34, 34)" and style[1] == "rgb(255, 255, 255)" and int(style[2]) >= 600, style
+    box = banner.bounding_box()
+    assert box["width"] > 1200 and box["height"] >= 20 and box["y"] < 100, box
+    banner.locator("button").click()
+    assert banner.is_hidden()
+    controls.no_page_errors()
+
+
+def test_reconnects_after_the_server_drops_the_socket(controls):
+    page, server = controls.page, controls.server
+    rows, cols = controls.axial_tile()
+    controls.keys("2")
+    page.mouse.click((cols.start + cols.stop) / 2, (rows.start + rows.stop) / 2)
+    controls.keys("Escape")
+    assert page.evaluate(COUNTS) == [0, 0, 1, 0, 0]
+    frames = controls.frames()
+    # Every banner shown, recorded as it appears (the page may reconnect within a second).
+    page.evaluate("""() => { const e = document.getElementById('error'); window.banners = [];
+        new MutationObserver(() => { if (!e.hidden) window.banners.push([e.className, e.textContent]); })
+          .observe(e, { attributes: true, childList: true, subtree: true, characterData: true }); }""")
+    server.drop_sockets()
+    page.wait_for_function("window.banners.some(([kind, text]) => kind === 'warning'"
+                           " && text.includes('disconnected from the server'))", timeout=30_000)
+    # Back by itself: editing again, the banner gone, frames flowing, the unsent paint kept (and sent).
+    page.wait_for_function("document.getElementById('error').hidden", timeout=60_000)
+    _wait_text(page, "#role", "editing", timeout=60_000)
+    page.evaluate(f"() => {VIEWER}.cam.azimuth += 10")
+    page.keyboard.press("r")
+    page.wait_for_function(f"{FRAMES} > {frames}", timeout=120_000)
+    page.wait_for_function(f"{COUNTS}[2] === 1", timeout=60_000)
+    assert server.worker.submit(lambda s: s.painted_count()).result(60) == 1
+    assert all(kind == "warning" for kind, _ in page.evaluate("window.banners")), page.evaluate("window.banners")
+    page.click("#clear")
+    page.wait_for_function(f"{COUNTS}[2] === 0", timeout=10_000)
+    controls.no_page_errors()

@@ -575,3 +575,60 @@ def test_large_renders_are_downscaled_to_the_time_budget(served):
     assert header["downscaled"] and header["requested"] == [2048, 1024]
     assert 16 < header["width"] < 2048 and abs(header["width"] / header["height"] - 2.0) < 0.2
     assert Image.open(io.BytesIO(jpeg)).size == (header["width"], header["height"])
+
+
+def test_tumour_above_keeps_tumour_and_makes_the_rest_background():
+    from neumours.viewer.renderer import tumour_above
+
+    probs = np.zeros((4, 2, 1, 1), np.float32)
+    probs[:, 0, 0, 0] = [0.9, 0.04, 0.03, 0.03]  # air: a little of every tumour class
+    probs[:, 1, 0, 0] = [0.2, 0.1, 0.6, 0.1]  # tumour (0.8)
+    out = tumour_above(probs, 0.5)
+    np.testing.assert_array_equal(out[:, 0, 0, 0], [1.0, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(out[:, 1], probs[:, 1])
+    assert probs[0, 0, 0, 0] == np.float32(0.9)  # the input is left as it was
+
+
+def test_probability_view_shows_tumour_not_the_whole_field(served):
+    """The 3-D probability overlay, thresholded, leaves every ray that meets no tumour as the MRI alone
+    (the overlay "none"); a threshold out of range is refused."""
+    server = served["server"]
+
+    async def body(c):
+        frames = {}
+        for name, settings in (("none", {"overlay": "none"}), ("inr", {"overlay": "inr"}),
+                               ("probs", {"overlay": "probabilities", "threshold": 0.5})):
+            await c.send({"type": "settings", "quality": 100, **settings})
+            await c.reply("settings")
+            await c.send(render_message(64, 48))
+            header, jpeg = await c.reply("frame")
+            assert not header["downscaled"]
+            frames[name] = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(np.int32)
+        await c.send({"type": "settings", "threshold": 1.5})
+        frames["error"] = await c.reply("error")
+        await c.send({"type": "settings", "overlay": "inr", "threshold": 0.5})
+        await c.reply("settings")
+        return frames
+
+    frames = run(session(server, body, editor=False))
+    assert "threshold must be in [0.05, 0.95]" in frames["error"]["message"]
+    # The same view without a threshold (every voxel's softmax share of tumour rendered), as it was before.
+    from neumours.viewer.session import ViewSettings
+
+    view = protocol.parse_view(render_message(64, 48))
+    jpeg, _ = server.worker.submit(lambda s: s.render(view, ViewSettings(overlay="probabilities", threshold=0.0,
+                                                                         quality=100))).result(300)
+    unthresholded = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(np.int32)
+    tumour = np.abs(frames["inr"] - frames["none"]).max(axis=-1) > 30  # rays that meet the INR's tumour
+    assert 0.01 < tumour.mean() < 0.6, tumour.mean()
+    away = ~_grown(tumour, 3)
+    tint = np.percentile(np.abs(frames["probs"] - frames["none"]).max(axis=-1)[away], 99)
+    tint_before = np.percentile(np.abs(unthresholded - frames["none"]).max(axis=-1)[away], 99)
+    assert tint <= 4 and tint < tint_before, (tint, tint_before)  # no tint away from the tumour (JPEG noise only)
+    assert (np.abs(frames["probs"] - frames["none"]).max(axis=-1)[tumour] > 30).mean() > 0.5  # tumour shown
+
+
+def _grown(mask, radius):
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=radius)

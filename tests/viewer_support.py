@@ -66,6 +66,15 @@ class RunningServer:
     thread: threading.Thread
     loop: asyncio.AbstractEventLoop
     stop_event: asyncio.Event | None = None
+    app: object = None
+
+    def drop_sockets(self) -> None:
+        """Close every page's WebSocket from the server's side (as a restart or a network drop would)."""
+        async def drop():
+            for client in list(self.app["state"].clients):
+                await client.ws.close(code=1012, message=b"server restart")
+
+        asyncio.run_coroutine_threadsafe(drop(), self.loop).result(30)
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.stop_event.set)
@@ -109,4 +118,4 @@ def start_server(source: Path, checkpoint: Path, out: Path | None = None, max_up
     thread.start()
     if not ready.wait(60):
         raise RuntimeError("viewer server did not start")
-    return RunningServer(f"http://127.0.0.1:{box['port']}", token, worker, thread, box["loop"], box["stop"])
+    return RunningServer(f"http://127.0.0.1:{box['port']}", token, worker, thread, box["loop"], box["stop"], app)

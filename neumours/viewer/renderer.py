@@ -45,6 +45,8 @@ class ViewSettings:
         overlay: one of :data:`~neumours.viewer.protocol.OVERLAYS`.
         quality: JPEG quality.
         hidden_labels: classes (1..3) the legend hides.
+        threshold: the ``probabilities`` overlay shows tumour where its probability
+            (1 - p_background) is at least this (:func:`tumour_above`).
     """
 
     modalities: dict = field(default_factory=lambda: {m: (True, 1.0 / len(MODALITIES)) for m in MODALITIES})
@@ -55,6 +57,19 @@ class ViewSettings:
     overlay: str = "inr"
     quality: int = 85
     hidden_labels: tuple[int, ...] = ()
+    threshold: float = 0.5
+
+
+def tumour_above(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """(K, X, Y, Z) class probabilities with every voxel whose tumour probability 1 - p_0 is below
+    ``threshold`` set to pure background (p_0 = 1): the 3-D probability view shows tumour, not the
+    softmax's small tumour share of every voxel of the field (air included), which integrated along
+    a ray tints the whole frame. Voxels at or above keep their probabilities (colour by class)."""
+    out = np.array(probabilities, np.float32, copy=True)
+    below = (1.0 - out[0]) < np.float32(threshold)
+    out[1:, below] = 0.0
+    out[0, below] = 1.0
+    return out
 
 
 def render_settings(percentiles: np.ndarray, settings: ViewSettings) -> RenderSettings:

@@ -211,7 +211,8 @@ def _settings_from(message: dict, current: ViewSettings) -> ViewSettings:
                         protocol.number(message, "step", 0.002, 0.2, current.step),
                         protocol.number(message, "label_opacity", 0.0, 10.0, current.label_opacity),
                         overlay, protocol.integer(message, "quality", 10, 100, current.quality),
-                        tuple(sorted(set(hidden))))
+                        tuple(sorted(set(hidden))),
+                        protocol.number(message, "threshold", 0.05, 0.95, current.threshold))
 
 
 def _pending_messages(session: ViewerSession) -> list[bytes]:

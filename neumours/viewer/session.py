@@ -51,7 +51,7 @@ from neumours.render.skipping import nonzero_box, occupied_box, union_box
 from neumours.viewer.case_store import OpenCase, SessionError
 from neumours.viewer.corrections import MAX_UNDO, Corrections, History, Refinement, mask_image
 from neumours.viewer.protocol import OVERLAYS, PAINT_BACKGROUND, PAINT_NONE, View, changed_crop
-from neumours.viewer.renderer import PROBE_SIZE, FrameRenderer, ViewSettings, camera_for, render_settings
+from neumours.viewer.renderer import PROBE_SIZE, FrameRenderer, ViewSettings, camera_for, render_settings, tumour_above
 
 __all__ = ["MAX_UNDO", "RefineCancelled", "SessionError", "ViewSettings", "ViewerSession"]
 
@@ -179,8 +179,9 @@ class ViewerSession:
     def render_settings(self, settings: ViewSettings) -> RenderSettings:
         return render_settings(self._open().percentiles, settings)
 
-    def scene(self, overlay: str) -> Scene:
-        """The device scene of the open case with ``overlay`` (skipping empty space)."""
+    def scene(self, overlay: str, threshold: float = ViewSettings.threshold) -> Scene:
+        """The device scene of the open case with ``overlay`` (skipping empty space; ``probabilities``:
+        tumour from ``threshold`` up, :func:`~neumours.viewer.renderer.tumour_above`)."""
         st = self._open()
         shape, spacing = st.case.shape, st.case.spacing
         if overlay not in OVERLAYS:
@@ -188,12 +189,14 @@ class ViewerSession:
         if overlay == "none":
             return Scene(self.device, shape, spacing, mri=st.mri, occupied=st.mri_box)
         if overlay == "probabilities":
-            probs = ChannelVolume(st.cache.probs_buffer, NUM_CLASSES, shape, channels_last=False)
-            # Softmax outputs are never exactly 0, so this box is the whole volume unless the INR says otherwise.
-            if "probabilities" not in st.derived:
-                st.derived["probabilities"] = union_box(st.mri_box, occupied_box(probabilities=st.cache.probabilities()))
-            return Scene(self.device, shape, spacing, mri=st.mri, probabilities=probs,
-                         occupied=st.derived["probabilities"])
+            key = f"probabilities:{threshold:.4f}"
+            if key not in st.derived:
+                st.derived = {k: v for k, v in st.derived.items() if not k.startswith("probabilities:")}
+                probs = tumour_above(st.cache.probabilities(), threshold)
+                st.derived[key] = (ChannelVolume.upload(self.device, probs),
+                                   union_box(st.mri_box, occupied_box(probabilities=probs)))
+            probs, box = st.derived[key]
+            return Scene(self.device, shape, spacing, mri=st.mri, probabilities=probs, occupied=box)
         key = f"scene:{overlay}"
         if key not in st.derived:
             labels = self.overlay_labels(overlay)
@@ -207,7 +210,7 @@ class ViewerSession:
     def render(self, view: View, settings: ViewSettings) -> tuple[bytes, dict]:
         """One JPEG frame of the 3-D view and its meta (size, timings, camera; downscaled to the render budget)."""
         kind = "none" if settings.overlay == "none" else "probabilities" if settings.overlay == "probabilities" else "labels"
-        return self.renderer.render(self.scene(settings.overlay), self.camera, view,
+        return self.renderer.render(self.scene(settings.overlay, settings.threshold), self.camera, view,
                                     self.render_settings(settings), settings.quality, kind=kind)
 
     # ------------------------------------------------------------------ corrections

@@ -28,10 +28,11 @@ await nv.attachTo("gl");
 nv.setSliceType(nv.sliceTypeMultiplanar);
 nv.drawOpacity = 1.0;  // painted voxels show the pen's colour itself, the overlay's colour of that label
 
-function colormap(indices) {
+// The legend's hidden labels are left out of the overlay, not of the pens (a stroke stays visible).
+function colormap(indices, pens = false) {
   const c = (i, k) => (i === 0 ? 0 : COLOURS[i][k]);
   return { R: indices.map((i) => c(i, 0)), G: indices.map((i) => c(i, 1)), B: indices.map((i) => c(i, 2)),
-           A: indices.map((i) => (i === 0 || hidden.has(i) ? 0 : 255)), I: indices,
+           A: indices.map((i) => (i === 0 || (!pens && hidden.has(i)) ? 0 : 255)), I: indices,
            labels: indices.map((i) => (i === 0 ? "" : i === PAINT_BACKGROUND ? "background" : LABELS[i])) };
 }
 
@@ -45,17 +46,33 @@ function showError(text, kind = "error") {
 function hideError() { $("error").hidden = true; }
 $("error").querySelector("button").onclick = hideError;
 
-function send(message) {
-  if (!ws || ws.readyState !== 1) { showError("not connected to the server: the request was not sent (reconnecting…)"); return false; }
+// ``quiet``: a message the page makes by itself (a frame request, the cursor probe, view settings), which
+// the page sends again once reconnected; a user's request says on the page that it was not sent.
+function send(message, quiet = false) {
+  if (!ws || ws.readyState !== 1) {
+    if (!quiet) showError("not connected to the server: the request was not sent (reconnecting…)");
+    return false;
+  }
   ws.send(typeof message === "string" || message instanceof Uint8Array ? message : JSON.stringify(message));
   return true;
+}
+
+// The 3-D view's settings this page chose (a new socket starts from the server's defaults).
+function viewSettings() {
+  return { type: "settings", overlay: overlayKind, hidden_labels: [...hidden], threshold: Number($("threshold").value) };
 }
 
 let retry = 1000, queue = Promise.resolve();
 function connect() {
   ws = new WebSocket(`${location.origin.replace("http", "ws")}/ws${location.search}`);
   ws.binaryType = "arraybuffer";
-  ws.onopen = () => { retry = 1000; hideError(); send({ type: "hello" }); };
+  ws.onopen = () => {
+    retry = 1000; hideError();
+    send(viewSettings(), true);
+    // A reconnect: the paint not yet sent goes to the server first (it comes back as the case's pending paint).
+    if (editor && info && paintCounts().some((n, i) => i > 0 && n > 0)) send(strokesMessage());
+    send({ type: "hello" });
+  };
   ws.onclose = (event) => {
     const why = event.code === 1009 ? "a message was larger than the server accepts (--max-upload-mb)"
       : event.code === 1006 || event.code === 1000 ? "the connection closed" : `closed (${event.code})`;
@@ -147,7 +164,7 @@ async function loadSlices() {
   const vols = [{ url: `/api/volume/${info.case}/${modality}`, name: `${modality}.nii.gz` }];
   if (overlayKind !== "none") {
     vols.push({ url: `/api/volume/${info.case}/${overlayKind}`, name: `${overlayKind}.nii.gz`,
-                opacity: Number($("opacity").value), colormap: overlayKind === "probabilities" ? "warm" : "gray" });
+                opacity: Number($("opacity").value), colormap: overlayKind === "probabilities" ? "violet" : "gray" });
   }
   if (overlayKind === "none" && nv.volumes.length > 1) {
     // NiiVue's 3-D tile keeps the last overlay's texture when no overlay is loaded: blank it first.
@@ -164,7 +181,7 @@ async function loadSlices() {
       nv.volumes[1].setColormapLabel(colormap([0, 1, 2, 3]));
     }
   }
-  nv.setDrawColormap(colormap([0, 1, 2, 3, PAINT_BACKGROUND]));  // pens in the overlay's label colours
+  nv.setDrawColormap(colormap([0, 1, 2, 3, PAINT_BACKGROUND], true));  // pens in the overlay's label colours
   nv.updateGLVolume();
   nv.createEmptyDrawing();
   strokes = 0;
@@ -295,7 +312,7 @@ function requestRender() {
   const id = nextId++;
   sent.set(id, performance.now());
   lastRequest = { width, still: !dragging };
-  send({ type: "render", id, camera: cam, width, height });
+  send({ type: "render", id, camera: cam, width, height }, true);
 }
 
 async function showFrame(header, payload) {
@@ -469,7 +486,7 @@ for (const box of document.querySelectorAll("#legend input[type=checkbox]")) {
     const label = Number(box.dataset.label);
     if (box.checked) hidden.delete(label); else hidden.add(label);
     if (nv.volumes.length > 1 && overlayKind !== "probabilities") { nv.volumes[1].setColormapLabel(colormap([0, 1, 2, 3])); nv.updateGLVolume(); }
-    send({ type: "settings", hidden_labels: [...hidden] });
+    send(viewSettings(), true);
     requestRender();
   };
 }
@@ -492,13 +509,15 @@ $("clear").onclick = () => { nv.createEmptyDrawing(); strokes = 0; mask3d.clear(
 $("overlay").onchange = async (e) => {
   overlayKind = e.target.value;
   $("threshold-box").hidden = overlayKind !== "probabilities";
-  send({ type: "settings", overlay: overlayKind });
+  send(viewSettings(), true);
   await reloadKeepingView();
   requestRender();
 };
 $("threshold").oninput = (e) => {
   $("threshold-value").textContent = Number(e.target.value).toFixed(2);
   if (overlayKind === "probabilities" && nv.volumes.length > 1) { nv.volumes[1].cal_min = Number(e.target.value); nv.updateGLVolume(); }
+  send(viewSettings(), true);
+  if (overlayKind === "probabilities") requestRender();
 };
 $("opacity").oninput = (e) => { if (nv.volumes.length > 1) nv.setOpacity(1, Number(e.target.value)); };
 $("modality").onchange = () => reloadKeepingView();
@@ -526,7 +545,7 @@ nv.onLocationChange = (data) => {
   const vox = data.values && data.values[0] && data.values[0].vox;
   if (!vox || !info) return;
   clearTimeout(probeTimer);
-  probeTimer = setTimeout(() => send({ type: "probe", voxel: Array.from(vox, (v) => Math.round(v)) }), 60);
+  probeTimer = setTimeout(() => send({ type: "probe", voxel: Array.from(vox, (v) => Math.round(v)) }, true), 60);
 };
 
 // Keyboard shortcuts (docs/viewer.md): 1-4 pens, 0 eraser, Escape pen off, z undo stroke,
@@ -545,7 +564,29 @@ document.addEventListener("keydown", (e) => {
   e.preventDefault();
 });
 
+// The crosshair to the overlay's tumour: the axial slice with most of it, at its centre there (RAS voxels).
+// Returns that voxel, or null when the overlay shows no tumour.
+function focusTumour() {
+  if (nv.volumes.length < 2) return null;
+  const img = nv.volumes[1].img, [, nx, ny, nz] = nv.volumes[0].dimsRAS;
+  const cut = overlayKind === "probabilities" ? Number($("threshold").value) : 0.5;  // labels 1..3, or p >= threshold
+  const count = new Float64Array(nz), sx = new Float64Array(nz), sy = new Float64Array(nz);
+  forEachVoxel((ras, i) => {
+    if (!(img[i] >= cut)) return;
+    const z = Math.floor(ras / (nx * ny));
+    count[z]++; sx[z] += ras % nx; sy[z] += Math.floor(ras / nx) % ny;
+  });
+  let best = 0;
+  for (let z = 1; z < nz; z++) if (count[z] > count[best]) best = z;
+  if (!count[best]) return null;
+  const vox = [Math.round(sx[best] / count[best]), Math.round(sy[best] / count[best]), best];
+  nv.scene.crosshairPos = nv.vox2frac(vox);
+  nv.drawScene();
+  nv.createOnLocationChange();
+  return vox;
+}
+
 // For scripts and the browser test: the NiiVue instance, the 3-D camera and strokes, the pending counts.
-window.neumoursViewer = { nv, cam, mask3d, paintCounts, COLOURS, caseId: () => info && info.case,
+window.neumoursViewer = { nv, cam, mask3d, paintCounts, focusTumour, COLOURS, caseId: () => info && info.case,
                           state: () => ({ editor, refining, strokes }) };
 connect();
