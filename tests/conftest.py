@@ -1,9 +1,62 @@
-"""Shared fixtures: the CPU device for kernel tests, a CUDA device for `gpu` tests."""
+"""Shared fixtures and settings of the suite.
+
+- ``cpu_device`` / ``cuda_device``: the devices kernel tests run on.
+- ``rng``: a random generator with a fixed seed, so a run repeats the last one;
+  ``NEUMOURS_TEST_SEED=random`` draws a new seed per test, ``NEUMOURS_TEST_SEED=N`` uses N.
+  The seed is printed with every failure.
+- ``phantom_world``: a phantom dataset and a tiny trained run, made once per session
+  (once per xdist worker) and shared read-only; a test that changes them copies them first
+  (``copy_world``).
+- ``integration`` marker: the modules and tests listed in INTEGRATION (real Ray clusters, the
+  browser, kill -9 of real processes, full and read-only file systems, the README walkthrough,
+  the examples); ``pytest -m "not integration"`` is the inner loop.
+- ``NEUMOURS_SHADER_CACHE``: set to ``.pytest_cache/neumours-shaders`` unless already set, so
+  that subprocesses and later runs reuse compiled shaders where the device caches them.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The seed of ``rng`` unless NEUMOURS_TEST_SEED says otherwise.
+DEFAULT_SEED = 20231207
+
+#: Test modules (file names) whose every test is an integration test, and why.
+INTEGRATION_MODULES = {
+    "test_crash_safety.py": "kill -9 of real training processes",
+    "test_readme_walkthrough.py": "README's commands run as written",
+    "test_sweep.py": "real Ray Tune sweeps",
+    "test_viewer_browser.py": "Chromium driven by Playwright",
+    "test_full_and_readonly_disks.py": "full and read-only file systems (tmpfs)",
+    "test_examples.py": "the example scripts run end to end",
+    "test_generalisation_benchmark.py": "a benchmark script run end to end",
+}
+#: Single tests (module file name, test function name) that are integration tests in otherwise quick modules.
+INTEGRATION_TESTS = {
+    ("test_locks.py", "test_two_trains_started_together_leave_one_consistent_run"): "two real train processes",
+    ("test_locks.py", "test_two_synths_started_together_leave_one_consistent_dataset"): "two real synth processes",
+    ("test_output_safety.py", "test_kill_during_export_leaves_a_partial_folder_the_next_export_removes"): "kill -9",
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "integration: " + "; ".join(sorted(set(INTEGRATION_MODULES.values()))))
+    # Before any test imports neumours.device, so that every device of this process and of its children uses it.
+    os.environ.setdefault("NEUMOURS_SHADER_CACHE", str(ROOT / ".pytest_cache" / "neumours-shaders"))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        if name in INTEGRATION_MODULES or (name, item.originalname) in INTEGRATION_TESTS:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -26,10 +79,90 @@ def cuda_device():
         pytest.skip(f"no CUDA device: {exc}")
 
 
+def seed_from_env() -> int | None:
+    """The seed NEUMOURS_TEST_SEED asks for: an integer, DEFAULT_SEED when unset, None for ``random``."""
+    text = os.environ.get("NEUMOURS_TEST_SEED", "").strip().lower()
+    if not text:
+        return DEFAULT_SEED
+    if text == "random":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise pytest.UsageError(f"NEUMOURS_TEST_SEED={text!r}: an integer or 'random'") from None
+
+
+
 @pytest.fixture
 def rng(request):
-    """A fresh random generator per test; the seed is printed on failure."""
-    seed = int(np.random.SeedSequence().entropy % (2**32))
+    """A random generator per test, fixed-seeded by default; the seed is printed on failure."""
+    seed = seed_from_env()
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**32))
     request.node.user_properties.append(("seed", seed))
-    print(f"random seed: {seed}")
+    print(f"random seed: {seed} (NEUMOURS_TEST_SEED={seed} repeats it)")
     return np.random.default_rng(seed)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    seeds = [value for key, value in item.user_properties if key == "seed"]
+    if report.failed and seeds:
+        report.sections.append(("seed", f"rng seed {seeds[0]}: NEUMOURS_TEST_SEED={seeds[0]} repeats this run"))
+    return report
+
+
+#: The shared phantom dataset: 3 cases of this shape and seed (a tiny run is trained on it once).
+WORLD_SHAPE = (24, 24, 16)
+WORLD_SEED = 11
+
+
+@pytest.fixture(scope="session")
+def phantom_dataset(tmp_path_factory):
+    """3 phantom cases (WORLD_SHAPE, seed WORLD_SEED), written once per session (per xdist worker).
+
+    Read-only: a module that may change it takes :func:`module_dataset` or :func:`module_world`.
+    Returns {"root", "data", "cases"}.
+    """
+    from neumours.data.phantom import write_dataset
+
+    root = tmp_path_factory.mktemp("phantom_dataset")
+    cases = write_dataset(root / "data", 3, shape=WORLD_SHAPE, seed=WORLD_SEED, progress=False)
+    return {"root": root, "data": root / "data", "cases": cases}
+
+
+@pytest.fixture(scope="session")
+def phantom_world(phantom_dataset, tmp_path_factory):
+    """The phantom dataset and a run of the tiny preset trained 2 steps on it (validation at step 2).
+
+    Made once per session (per xdist worker); read-only, like :func:`phantom_dataset`.
+    Returns {"root", "data", "run", "cases"}.
+    """
+    from neumours.cli.main import main
+
+    run = tmp_path_factory.mktemp("phantom_run") / "run"
+    assert main(["train", "--data", str(phantom_dataset["data"]), "--out", str(run), "--preset", "tiny",
+                 "--steps", "2", "--val-every", "2", "--device", "cpu"]) == 0
+    return {**phantom_dataset, "run": run}
+
+
+def _copy_cases(dataset: dict, dest: Path) -> dict:
+    shutil.copytree(dataset["data"], dest / "data")
+    return {"root": dest, "data": dest / "data", "cases": [dest / "data" / case.name for case in dataset["cases"]]}
+
+
+@pytest.fixture(scope="module")
+def module_dataset(phantom_dataset, tmp_path_factory):
+    """A copy of the phantom dataset for one module ({"root", "data", "cases"}), free to change."""
+    return _copy_cases(phantom_dataset, tmp_path_factory.mktemp("dataset"))
+
+
+@pytest.fixture(scope="module")
+def module_world(phantom_world, tmp_path_factory):
+    """A copy of the phantom dataset and run for one module ({"root", "data", "run", "cases"}), free to
+    change. The run's record of its data names the shared dataset; resuming checks case ids and
+    headers, which the copy keeps."""
+    world = _copy_cases(phantom_world, tmp_path_factory.mktemp("world"))
+    shutil.copytree(phantom_world["run"], world["root"] / "run")
+    return {**world, "run": world["root"] / "run"}

@@ -22,10 +22,9 @@ from refusals import expect_refusal
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("values") / "data"
-    write_dataset(root, 3, shape=(24, 24, 16), progress=False)
-    return root
+def dataset(module_dataset):
+    """3 phantom cases of 24x24x16 (conftest's, copied for this module)."""
+    return module_dataset["data"]
 
 
 def tree(root: Path) -> dict:

@@ -116,7 +116,9 @@ def _session(device: spy.Device, defines: tuple[tuple[str, str], ...]) -> spy.Sl
             Path(dump).mkdir(parents=True, exist_ok=True)
             options["dump_intermediates"] = True
             options["dump_intermediates_prefix"] = str(Path(dump) / ("_".join(f"{k}{v}" for k, v in defines) + "_"))
-        per_device[defines] = device.create_slang_session(spy.SlangCompilerOptions(options))
+        cache = os.environ.get("NEUMOURS_SHADER_CACHE", "").strip()
+        kwargs = {"cache_path": str(Path(cache) / "sessions")} if cache else {}
+        per_device[defines] = device.create_slang_session(spy.SlangCompilerOptions(options), **kwargs)
     return per_device[defines]
 
 
