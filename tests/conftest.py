@@ -10,8 +10,9 @@
 - ``integration`` marker: the modules and tests listed in INTEGRATION (real Ray clusters, the
   browser, kill -9 of real processes, full and read-only file systems, the README walkthrough,
   the examples); ``pytest -m "not integration"`` is the inner loop.
-- ``NEUMOURS_SHADER_CACHE``: set to ``.pytest_cache/neumours-shaders`` unless already set, so
-  that subprocesses and later runs reuse compiled shaders where the device caches them.
+- ``NEUMOURS_SHADER_CACHE``: set to ``.pytest_cache/neumours-shaders/<xdist worker>`` unless
+  already set, so that subprocesses and later runs reuse compiled shaders where the device caches
+  them (CUDA; slangpy's CPU device compiles its host code again in every process regardless).
 """
 
 from __future__ import annotations
@@ -43,13 +44,19 @@ INTEGRATION_TESTS = {
     ("test_locks.py", "test_two_trains_started_together_leave_one_consistent_run"): "two real train processes",
     ("test_locks.py", "test_two_synths_started_together_leave_one_consistent_dataset"): "two real synth processes",
     ("test_output_safety.py", "test_kill_during_export_leaves_a_partial_folder_the_next_export_removes"): "kill -9",
+    ("test_untrusted_files.py", "test_a_fifo_given_as_an_input_is_refused_not_waited_on"): "three CLI child processes",
 }
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: " + "; ".join(sorted(set(INTEGRATION_MODULES.values()))))
     # Before any test imports neumours.device, so that every device of this process and of its children uses it.
-    os.environ.setdefault("NEUMOURS_SHADER_CACHE", str(ROOT / ".pytest_cache" / "neumours-shaders"))
+    # One folder per xdist worker (two processes never write one cache file at the same time); a folder the
+    # user set is kept. Workers inherit the controller's environment, hence the flag saying it is ours.
+    if "NEUMOURS_SHADER_CACHE" not in os.environ or os.environ.get("NEUMOURS_SHADER_CACHE_BY_CONFTEST"):
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        os.environ["NEUMOURS_SHADER_CACHE"] = str(ROOT / ".pytest_cache" / "neumours-shaders" / worker)
+        os.environ["NEUMOURS_SHADER_CACHE_BY_CONFTEST"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from pathlib import Path
 from typing import Iterator
 
 import slangpy as spy
@@ -53,26 +52,16 @@ def _quiet_native_output() -> Iterator[None]:
         os.close(devnull)
 
 
-#: Environment variable naming a folder where slangpy keeps compiled modules and shaders across
-#: processes (the test suite sets it so that subprocesses and later runs do not recompile).
-SHADER_CACHE_ENV = "NEUMOURS_SHADER_CACHE"
-
-
 def _create(kind: str) -> spy.Device:
-    from neumours.device.kernels import slang_dir
+    from neumours.device.kernels import shader_cache_dir, slang_dir
 
     dtype = getattr(spy.DeviceType, kind)
-    cache = os.environ.get(SHADER_CACHE_ENV, "").strip()
-    if not cache:
+    cache = shader_cache_dir(kind)
+    if cache is None:
         return spy.create_device(type=dtype, include_paths=[str(slang_dir())], enable_print=False)
-    # create_device takes no cache paths: the Device it builds, with the caches added.
-    return spy.Device(
-        type=dtype,
-        compiler_options={"include_paths": [spy.SHADER_PATH, str(slang_dir())]},
-        enable_print=False,
-        module_cache_path=str(Path(cache) / kind / "modules"),
-        shader_cache_path=str(Path(cache) / kind / "shaders"),
-    )
+    # What create_device builds, with the device's shader cache added (create_device takes no cache path).
+    return spy.Device(type=dtype, compiler_options={"include_paths": [spy.SHADER_PATH, str(slang_dir())]},
+                      enable_print=False, shader_cache_path=str(cache / "shaders"))
 
 
 def describe(device: spy.Device) -> str:
