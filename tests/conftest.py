@@ -49,7 +49,6 @@ INTEGRATION_TESTS = {
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "integration: " + "; ".join(sorted(set(INTEGRATION_MODULES.values()))))
     # Before any test imports neumours.device, so that every device of this process and of its children uses it.
     # One folder per xdist worker (two processes never write one cache file at the same time); a folder the
     # user set is kept. Workers inherit the controller's environment, hence the flag saying it is ours.
