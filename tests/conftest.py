@@ -4,9 +4,10 @@
 - ``rng``: a random generator with a fixed seed, so a run repeats the last one;
   ``NEUMOURS_TEST_SEED=random`` draws a new seed per test, ``NEUMOURS_TEST_SEED=N`` uses N.
   The seed is printed with every failure.
-- ``phantom_world``: a phantom dataset and a tiny trained run, made once per session
-  (once per xdist worker) and shared read-only; a test that changes them copies them first
-  (``copy_world``).
+- ``phantom_dataset``, ``phantom_world``, ``viewer_fit``: a phantom dataset, a tiny run trained on
+  it, and the viewer tests' phantoms with a fitted tiny checkpoint, each made once per run (xdist
+  workers share them through a file lock) and read-only; ``module_dataset`` and ``module_world``
+  are per-module copies that tests may change.
 - ``integration`` marker: the modules and tests listed in INTEGRATION (real Ray clusters, the
   browser, kill -9 of real processes, full and read-only file systems, the README walkthrough,
   the examples); ``pytest -m "not integration"`` is the inner loop.
@@ -49,6 +50,7 @@ INTEGRATION_TESTS = {
 
 
 def pytest_configure(config):
+    seed_from_env()  # a bad NEUMOURS_TEST_SEED is one usage error, before any test
     # Before any test imports neumours.device, so that every device of this process and of its children uses it.
     # One folder per xdist worker (two processes never write one cache file at the same time); a folder the
     # user set is kept. Workers inherit the controller's environment, hence the flag saying it is ours.
@@ -124,33 +126,71 @@ WORLD_SHAPE = (24, 24, 16)
 WORLD_SEED = 11
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """The folder ``name``, filled by ``make(folder)`` once for the whole run: under xdist the workers share
+    the parent of their temporary folders, and a file lock lets the first one make it while the others wait."""
+    from filelock import FileLock  # a dependency of torch
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = base / name
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".complete").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            (folder / ".complete").write_text("")
+    return folder
+
+
+def _case_folders(data: Path) -> list[Path]:
+    return sorted(p for p in data.iterdir() if p.is_dir())
+
+
 @pytest.fixture(scope="session")
 def phantom_dataset(tmp_path_factory):
-    """3 phantom cases (WORLD_SHAPE, seed WORLD_SEED), written once per session (per xdist worker).
+    """3 phantom cases (WORLD_SHAPE, seed WORLD_SEED), written once per run (shared by xdist workers).
 
     Read-only: a module that may change it takes :func:`module_dataset` or :func:`module_world`.
     Returns {"root", "data", "cases"}.
     """
     from neumours.data.phantom import write_dataset
 
-    root = tmp_path_factory.mktemp("phantom_dataset")
-    cases = write_dataset(root / "data", 3, shape=WORLD_SHAPE, seed=WORLD_SEED, progress=False)
-    return {"root": root, "data": root / "data", "cases": cases}
+    root = made_once(tmp_path_factory, "phantom_dataset", lambda folder: write_dataset(
+        folder / "data", 3, shape=WORLD_SHAPE, seed=WORLD_SEED, progress=False))
+    return {"root": root, "data": root / "data", "cases": _case_folders(root / "data")}
 
 
 @pytest.fixture(scope="session")
 def phantom_world(phantom_dataset, tmp_path_factory):
     """The phantom dataset and a run of the tiny preset trained 2 steps on it (validation at step 2).
 
-    Made once per session (per xdist worker); read-only, like :func:`phantom_dataset`.
+    Made once per run (shared by xdist workers); read-only, like :func:`phantom_dataset`.
     Returns {"root", "data", "run", "cases"}.
     """
     from neumours.cli.main import main
 
-    run = tmp_path_factory.mktemp("phantom_run") / "run"
-    assert main(["train", "--data", str(phantom_dataset["data"]), "--out", str(run), "--preset", "tiny",
-                 "--steps", "2", "--val-every", "2", "--device", "cpu"]) == 0
-    return {**phantom_dataset, "run": run}
+    def train(folder: Path) -> None:
+        assert main(["train", "--data", str(phantom_dataset["data"]), "--out", str(folder / "run"), "--preset",
+                     "tiny", "--steps", "2", "--val-every", "2", "--device", "cpu"]) == 0
+
+    return {**phantom_dataset, "run": made_once(tmp_path_factory, "phantom_run", train) / "run"}
+
+
+@pytest.fixture(scope="session")
+def viewer_fit(tmp_path_factory, cpu_device):
+    """tests/viewer_support.py's two phantoms and a tiny INR fitted 60 steps to the first, made once per run
+    (shared by xdist workers); read-only. Returns {"data", "cases", "checkpoint"}."""
+    from viewer_support import fitted_checkpoint, write_phantoms
+
+    def make(folder: Path) -> None:
+        (folder / "data").mkdir()
+        cases = write_phantoms(folder / "data")
+        fitted_checkpoint(cases[0], folder / "tiny.safetensors", cpu_device, steps=60)
+
+    root = made_once(tmp_path_factory, "viewer_fit", make)
+    return {"data": root / "data", "cases": _case_folders(root / "data"), "checkpoint": root / "tiny.safetensors"}
 
 
 def _copy_cases(dataset: dict, dest: Path) -> dict:
