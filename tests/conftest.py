@@ -36,6 +36,7 @@ INTEGRATION_MODULES = {
     "test_readme_walkthrough.py": "README's commands run as written",
     "test_sweep.py": "real Ray Tune sweeps",
     "test_viewer_browser.py": "Chromium driven by Playwright",
+    "test_viewer_server.py": "the viewer's real HTTP and WebSocket server, refining a fitted INR",
     "test_full_and_readonly_disks.py": "full and read-only file systems (tmpfs)",
     "test_examples.py": "the example scripts run end to end",
     "test_generalisation_benchmark.py": "a benchmark script run end to end",
