@@ -56,13 +56,13 @@ def zero_spacing(case: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Good data, a checkpoint, a finished run; bad cases beside them."""
-    root = tmp_path_factory.mktemp("world")
-    cases = write_dataset(root / "data", 3, shape=SHAPE, seed=11, progress=False)
+def world(module_world):
+    """Good data, a checkpoint, a finished run; bad cases beside them.
+
+    The data (3 cases of SHAPE, seed 11) and the two-step tiny run are conftest's phantom world,
+    copied for this module."""
+    root, cases = module_world["root"], module_world["cases"]
     ckpt = save_checkpoint(root / "tiny.safetensors", TorchINR(CONFIG).state_dict(), CONFIG)
-    assert main(["train", "--data", str(root / "data"), "--out", str(root / "run"), "--preset", "tiny",
-                 "--steps", "2", "--val-every", "2", "--device", "cpu"]) == 0
     for name, damage in (("zero-affine", zero_affine), ("zero-spacing", zero_spacing)):
         bad = root / name
         write_dataset(bad, 2, shape=SHAPE, seed=11, progress=False)

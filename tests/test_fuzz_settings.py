@@ -34,7 +34,6 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from neumours.cli.main import build_parser, main  # noqa: E402
-from neumours.data.phantom import write_dataset  # noqa: E402
 from neumours.schema import Choice, Number, Numbers, SettingError  # noqa: E402
 from neumours.sweep.space import parse_space  # noqa: E402
 from neumours.errors import NeumoursError  # noqa: E402
@@ -138,10 +137,9 @@ bad_setting = st.sampled_from(KEYS).flatmap(lambda k: st.tuples(st.just(k[0]), s
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzz-settings") / "data"
-    write_dataset(root, 3, shape=(24, 24, 16), progress=False)
-    return root
+def dataset(module_dataset):
+    """3 phantom cases of 24x24x16 (conftest's, copied for this module)."""
+    return module_dataset["data"]
 
 
 def _tree(root: Path) -> set[str]:

@@ -30,12 +30,10 @@ SHAPE = (24, 24, 16)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Three phantom cases, a finished two-step tiny run on them, a tiny checkpoint."""
-    root = tmp_path_factory.mktemp("untrusted")
-    cases = write_dataset(root / "data", 3, shape=SHAPE, seed=11, progress=False)
-    assert main(["train", "--data", str(root / "data"), "--out", str(root / "run"), "--preset", "tiny",
-                 "--steps", "2", "--val-every", "2", "--device", "cpu"]) == 0
+def world(module_world):
+    """Three phantom cases (SHAPE, seed 11), a finished two-step tiny run on them (conftest's
+    phantom world, copied for this module), a tiny checkpoint."""
+    root, cases = module_world["root"], module_world["cases"]
     ckpt = save_checkpoint(root / "tiny.safetensors", TorchINR(CONFIG).state_dict(), CONFIG)
     return {"root": root, "data": root / "data", "run": root / "run", "case": cases[0], "ckpt": ckpt}
 

@@ -5,7 +5,6 @@ or flag and what is allowed, exit status 2, no traceback, and nothing written.""
 from __future__ import annotations
 
 import dataclasses
-import os
 import zipfile
 from pathlib import Path
 
@@ -22,10 +21,9 @@ from refusals import expect_refusal
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("values") / "data"
-    write_dataset(root, 3, shape=(24, 24, 16), progress=False)
-    return root
+def dataset(module_dataset):
+    """3 phantom cases of 24x24x16 (conftest's, copied for this module)."""
+    return module_dataset["data"]
 
 
 def tree(root: Path) -> dict:
@@ -295,7 +293,7 @@ def test_bad_targets_file_is_one_line(refine_inputs, tmp_path, capsys, kind, mes
 # --- plot ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("content, message", [
-    (os.urandom(64) + b"\xff\xfe\x00", "not a metrics file"),
+    (np.random.default_rng(64).bytes(64) + b"\xff\xfe\x00", "not a metrics file"),  # seeded: xdist workers must collect alike
     (b"step,loss,ce\n10,0.5,nanx\n", "line 2, column ce: 'nanx' is not a number"),
     (b"step,loss\n10,inf\n", "line 2, column loss: inf is not a finite number"),
     (b"Hello, this is a text file\nnot metrics at all\n", "no metric rows"),

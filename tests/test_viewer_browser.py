@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,13 +65,15 @@ def _crosshair(pixels, tile):
 
 
 @pytest.mark.parametrize("storage", ["ras", "lps"])
-def test_page_paint_refine_updates_the_overlay(tmp_path, cpu_device, storage):
+def test_page_paint_refine_updates_the_overlay(tmp_path, cpu_device, viewer_fit, storage):
     data = tmp_path / "data"
     data.mkdir()
     cases = write_phantoms(data, count=1)
     if storage == "lps":  # NiiVue shows (and draws) in RAS: the page must map strokes back to the file's order
         store_as_lps(cases[0])
-    checkpoint = fitted_checkpoint(cases[0], tmp_path / "tiny.safetensors", cpu_device, steps=60)
+        checkpoint = fitted_checkpoint(cases[0], tmp_path / "tiny.safetensors", cpu_device, steps=60)
+    else:  # the same fit as conftest's viewer_fit (same phantom, seed and steps): made once per run
+        checkpoint = Path(shutil.copy2(viewer_fit["checkpoint"], tmp_path / "tiny.safetensors"))
     server = start_server(data, checkpoint, tmp_path / "out")
     try:
         with playwright.sync_playwright() as p:
@@ -173,13 +176,12 @@ def _wait_text(page, selector, text, timeout=300_000):
         raise AssertionError(f"waited for {text!r} in {selector}; the page shows {shown}") from None
 
 
-def test_page_editing_model(tmp_path, cpu_device):
+def test_page_editing_model(tmp_path, viewer_fit):
     """Brush size, pen colour, Refine consuming the paint, Undo giving it back, a case switch keeping the
     history, Cancel restoring the weights bit for bit, and a second page that views only."""
     data = tmp_path / "data"
-    data.mkdir()
-    cases = write_phantoms(data, count=2)
-    checkpoint = fitted_checkpoint(cases[0], tmp_path / "tiny.safetensors", cpu_device, steps=60)
+    shutil.copytree(viewer_fit["data"], data)  # two phantoms and a fit to the first, made once per run
+    checkpoint = Path(shutil.copy2(viewer_fit["checkpoint"], tmp_path / "tiny.safetensors"))
     server = start_server(data, checkpoint, tmp_path / "out")
     sess = server.worker.session
     first = sess.state.case.case_id

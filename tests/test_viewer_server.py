@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,18 +22,19 @@ from PIL import Image  # noqa: E402
 from neumours.data import load_case  # noqa: E402
 from neumours.viewer import protocol  # noqa: E402
 from neumours.viewer.protocol import SERVER_BINARY_TYPES, View  # noqa: E402
-from viewer_support import fitted_checkpoint, start_server, write_phantoms  # noqa: E402
+from viewer_support import start_server  # noqa: E402
 
 MAX_UPLOAD = 64 * 1024
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, cpu_device):
+def served(tmp_path_factory, viewer_fit):
+    """Two phantoms and a tiny INR fitted 60 steps to the first (conftest's viewer_fit, copied here)."""
     root = tmp_path_factory.mktemp("viewer")
     data = root / "data"
-    data.mkdir()
-    cases = write_phantoms(data)
-    checkpoint = fitted_checkpoint(cases[0], root / "tiny.safetensors", cpu_device, steps=60)
+    shutil.copytree(viewer_fit["data"], data)
+    cases = [data / case.name for case in viewer_fit["cases"]]
+    checkpoint = Path(shutil.copy2(viewer_fit["checkpoint"], root / "tiny.safetensors"))
     out = root / "out"
     server = start_server(data, checkpoint, out, max_upload=MAX_UPLOAD)
     yield {"server": server, "cases": cases, "checkpoint": checkpoint, "out": out}

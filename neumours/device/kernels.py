@@ -34,6 +34,21 @@ def slang_dir() -> Path:
     raise FileNotFoundError(f"Slang sources not found next to {package}")
 
 
+#: Environment variable naming a folder where compiled Slang modules and shaders are kept across
+#: processes (the test suite sets it, so that its subprocesses and later runs do not recompile).
+SHADER_CACHE_ENV = "NEUMOURS_SHADER_CACHE"
+
+
+def shader_cache_dir(kind: str) -> Path | None:
+    """``$NEUMOURS_SHADER_CACHE/<kind>`` (kind: ``cpu``, ``cuda``, ...), or None when the variable is unset.
+
+    slangpy keeps the Slang modules of every session there, and the device's compiled shaders
+    where its backend caches them (CUDA does; the CPU device builds its host code in every process).
+    """
+    root = os.environ.get(SHADER_CACHE_ENV, "").strip()
+    return Path(root) / kind if root else None
+
+
 def _define_value(value: object) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
@@ -112,7 +127,9 @@ def _session(device: spy.Device, defines: tuple[tuple[str, str], ...]) -> spy.Sl
             Path(dump).mkdir(parents=True, exist_ok=True)
             options["dump_intermediates"] = True
             options["dump_intermediates_prefix"] = str(Path(dump) / ("_".join(f"{k}{v}" for k, v in defines) + "_"))
-        per_device[defines] = device.create_slang_session(spy.SlangCompilerOptions(options))
+        cache = shader_cache_dir(str(device.info.type).rsplit(".", 1)[-1])
+        kwargs = {"cache_path": str(cache / "modules")} if cache else {}
+        per_device[defines] = device.create_slang_session(spy.SlangCompilerOptions(options), **kwargs)
     return per_device[defines]
 
 

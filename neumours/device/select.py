@@ -53,10 +53,15 @@ def _quiet_native_output() -> Iterator[None]:
 
 
 def _create(kind: str) -> spy.Device:
-    from neumours.device.kernels import slang_dir
+    from neumours.device.kernels import shader_cache_dir, slang_dir
 
     dtype = getattr(spy.DeviceType, kind)
-    return spy.create_device(type=dtype, include_paths=[str(slang_dir())], enable_print=False)
+    cache = shader_cache_dir(kind)
+    if cache is None:
+        return spy.create_device(type=dtype, include_paths=[str(slang_dir())], enable_print=False)
+    # What create_device builds, with the device's shader cache added (create_device takes no cache path).
+    return spy.Device(type=dtype, compiler_options={"include_paths": [spy.SHADER_PATH, str(slang_dir())]},
+                      enable_print=False, shader_cache_path=str(cache / "shaders"))
 
 
 def describe(device: spy.Device) -> str:
