@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from scripts import load_script
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "generalisation.py"
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    import sys
-
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("_generalisation", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+def bench():
+    return load_script(SCRIPT, "_generalisation")
 
 
 @pytest.mark.slow
