@@ -36,10 +36,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import markdown_table, mean_sd, write_json  # noqa: E402
+from common import markdown_table, mean_sd, write_tables  # noqa: E402
 from generalisation import write_one as write_randomised  # noqa: E402
 
-from neumours.atomic import atomic_write_text  # noqa: E402
 from neumours.data import list_cases, load_case  # noqa: E402
 from neumours.data.phantom import synth_record, write_dataset  # noqa: E402
 from neumours.device import describe, get_device  # noqa: E402
@@ -203,9 +202,7 @@ def _run(args, shape, pool, argv) -> int:
              "", "train s: the training loop (the first run's includes compiling the kernels); with loading: "
              "the whole `train` call, loading the cases and, with a boundary weight, their signed distance maps.",
              ""]
-    atomic_write_text(args.out / "tables.md", "\n".join(text))
-    write_json(args.out / "results.json", results)
-    print("\n".join(text))
+    write_tables(args.out, text, results)
     return 0
 
 

@@ -40,6 +40,13 @@ def write_json(path: str | Path, payload: dict) -> None:
     atomic_write_text(path, strict_json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def write_tables(out: Path, lines: list[str], results: dict) -> None:
+    """A run folder's ``tables.md`` (the markdown ``lines``, also printed) and ``results.json``."""
+    atomic_write_text(out / "tables.md", "\n".join(lines))
+    write_json(out / "results.json", results)
+    print("\n".join(lines))
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     """A GitHub markdown table of ``rows`` (dicts) with ``columns`` in order."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -44,9 +44,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_device_argument, markdown_table, mean_sd, write_json  # noqa: E402
+from common import add_device_argument, markdown_table, mean_sd, write_tables  # noqa: E402
 
-from neumours.atomic import atomic_write_text  # noqa: E402
 from neumours.data import list_cases, load_case  # noqa: E402
 from neumours.data.phantom import synth_record, write_dataset  # noqa: E402
 from neumours.data.phantom_randomised_ranges import FACTORS, randomised_ranges  # noqa: E402
@@ -250,9 +249,7 @@ def _run(args, shape, pool, argv) -> int:
                "s/case TTA+smooth": f"{r['seconds_per_case']['tta+smooth']:.3f}"}
               for run, r in results["runs"].items()]
     text += ["## Training and inference", "", markdown_table(timing, list(timing[0])), ""]
-    atomic_write_text(args.out / "tables.md", "\n".join(text))
-    write_json(args.out / "results.json", results)
-    print("\n".join(text))
+    write_tables(args.out, text, results)
     return 0
 
 

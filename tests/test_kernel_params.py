@@ -203,13 +203,8 @@ def mismatches(struct, values: dict, where: str = "params") -> list[str]:
                 problems.append(f"{here}: a uint, got {value!r}")
         elif kind in (_Kind.vector, _Kind.array):
             count = layout.type.col_count if kind == _Kind.vector else layout.type.element_count
-            if isinstance(value, _SLANG_VECTORS):  # slangpy's own vectors (spy.uint3, ...): their length is in the name
-                length = int(type(value).__name__[-1])
-            elif isinstance(value, (list, tuple, np.ndarray)):
-                length = len(value)
-            else:
-                length = None
-            if length != count:
+            # Sequences, or slangpy's own vectors (spy.uint3, ...).
+            if not isinstance(value, (list, tuple, np.ndarray, *_SLANG_VECTORS)) or len(value) != count:
                 problems.append(f"{here}: a sequence of {count} expected, got {value!r}")
         elif kind == _Kind.struct:
             if not isinstance(value, dict):

@@ -32,6 +32,16 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 MIN_LEGEND_HEIGHT = 96
 
 
+def _default_font(size: int):
+    """Pillow's default font at ``size`` pixels (Pillow < 10.1 has one fixed-size default font)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
 def stamp_label_legend(image: np.ndarray, colours, names) -> np.ndarray:
     """A copy of ``image`` (H, W, 3) uint8 with a colour key (swatch + name per class) in its lower left corner.
 
@@ -40,17 +50,14 @@ def stamp_label_legend(image: np.ndarray, colours, names) -> np.ndarray:
 
     Images under :data:`MIN_LEGEND_HEIGHT` pixels are returned unchanged.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     image = np.asarray(image, np.uint8)
     height = image.shape[0]
     if height < MIN_LEGEND_HEIGHT:
         return image.copy()
     size = max(10, height // 40)
-    try:
-        font = ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one fixed-size default font
-        font = ImageFont.load_default()
+    font = _default_font(size)
     pil = Image.fromarray(image)
     draw = ImageDraw.Draw(pil)
     x, y = size // 2, height - size // 2 - len(names) * (size + size // 3)
@@ -65,17 +72,14 @@ def stamp_label_legend(image: np.ndarray, colours, names) -> np.ndarray:
 def stamp_title(image: np.ndarray, text: str) -> np.ndarray:
     """A copy of ``image`` (H, W, 3) uint8 with ``text`` centred in white along its top edge (the panel's
     column title; the image keeps its size). Images under :data:`MIN_LEGEND_HEIGHT` pixels are returned unchanged."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     image = np.asarray(image, np.uint8)
     height, width = image.shape[:2]
     if height < MIN_LEGEND_HEIGHT:
         return image.copy()
     size = max(12, height // 25)
-    try:
-        font = ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one fixed-size default font
-        font = ImageFont.load_default()
+    font = _default_font(size)
     pil = Image.fromarray(image)
     ImageDraw.Draw(pil).text((width // 2, size // 2), text, fill=(255, 255, 255), font=font, anchor="mt")
     return np.asarray(pil)
