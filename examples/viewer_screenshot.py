@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from neumours.cli.render import parse_size
+from neumours.cli.options import finite_float
+from neumours.cli.render import image_size
 
 FRAMES = "Number(document.getElementById('view3d').dataset.frames || 0)"
 
@@ -78,17 +80,20 @@ def main(argv=None) -> Path:
     parser.add_argument("source", type=Path, help="a case folder or a dataset folder")
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("viewer.png"))
-    parser.add_argument("--size", default="1600x900", help="browser window, WIDTHxHEIGHT")
-    parser.add_argument("--scale", type=float, default=1.0, help="cap of the 3-D view's size (1: the canvas)")
+    parser.add_argument("--size", type=image_size, default="1600x900", help="browser window, WIDTHxHEIGHT")
+    parser.add_argument("--scale", type=finite_float(gt=0, max=1), default=1.0,
+                        help="cap of the 3-D view's size, in (0, 1] (1: the canvas)")
     parser.add_argument("--overlay", default="inr", choices=("inr", "denoised", "ground_truth", "probabilities"))
     parser.add_argument("--modality", default="t1c", choices=("t1c", "t2f", "t1n", "t2w"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--browser", default=shutil.which("chromium") or shutil.which("chromium-browser"),
                         help="Chromium to drive (default: the system's; none: Playwright's own)")
     args = parser.parse_args(argv)
+    # A SIGTERM (e.g. from `timeout`) unwinds through the finally below, so the viewer child stops too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     proc, url = start_viewer(args.source, args.checkpoint, args.device)
     try:
-        out = screenshot(url, args.out, parse_size(args.size), args.scale, args.overlay, args.modality,
+        out = screenshot(url, args.out, args.size, args.scale, args.overlay, args.modality,
                          args.browser)
     finally:
         proc.terminate()
