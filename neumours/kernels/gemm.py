@@ -75,8 +75,18 @@ NARROW = Tiles(128, 4, 16, 4, 4)
 SHORT = Tiles(4, 128, 8, 4, 4)
 
 
-def tiles_for(m: int, n: int) -> Tiles:
-    """The work split ``gemm`` uses for an m x n product."""
+#: The CPU target runs a dispatch's threads one after another and each thread sums every k of
+#: its block, inside C or not: small blocks there, so a 16-wide layer does not compute a
+#: 128 x 128 tile (the tiny network's step ran 3-4x slower with the GPU tiles).
+SERIAL = Tiles(16, 16, 8, 4, 4)
+SERIAL_NARROW = Tiles(16, 4, 16, 4, 4)
+
+
+def tiles_for(m: int, n: int, serial: bool = False) -> Tiles:
+    """The work split ``gemm`` uses for an m x n product (``serial``: on a device that runs
+    threads in turn, the CPU target)."""
+    if serial:
+        return SERIAL_NARROW if n <= 4 else SERIAL
     if n <= 8:
         return NARROW
     return SHORT if m <= 8 else WIDE
@@ -131,7 +141,7 @@ def gemm(
     """
     epilogue.check(splits)
     bias, mask, bias_grad, column_sums = epilogue.bias, epilogue.mask, epilogue.bias_grad, epilogue.column_sums
-    tiles = tiles or tiles_for(m, n)
+    tiles = tiles or tiles_for(m, n, serial=not uses_groupshared(device))
     params: dict = {}
     num_freqs = 0
     a_operand = _operand(a, "a", params)
