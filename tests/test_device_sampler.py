@@ -172,10 +172,10 @@ def test_the_first_round_ratio_n_points_are_tumour_voxels_where_the_slot_has_tum
     has_tumour = np.array([c.tumour.size > 0 for c in cases])[slots]
     assert (labels[foreground & has_tumour] > 0).all()
     assert (labels[foreground & ~has_tumour] == 0).all()
-    # Per micro-batch exactly n_fg tumour draws where the slot has tumour: the rest hit tumour only by chance.
-    per_batch = (foreground & has_tumour).reshape(-1, n).sum(axis=1)
-    assert (per_batch == has_tumour.reshape(-1, n)[:, :n_fg].sum(axis=1)).all()
+    # Exactly the first n_fg: point n_fg hits tumour only as often as the volume holds it (a few %).
     tumour_share = np.mean([c.tumour.size / c.label.size for c in cases])
+    after = (index == n_fg) & has_tumour
+    assert after.sum() > 20 and (labels[after] > 0).mean() < 0.5 and tumour_share < 0.05
     assert abs((labels[~foreground] > 0).mean() - tumour_share) < 0.01
 
 
