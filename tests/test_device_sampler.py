@@ -117,7 +117,8 @@ def test_uniform_below_is_the_floor_of_the_64_bit_fraction_times_n():
 
 # ---------------------------------------------------------------- the kernel against its reference
 
-@pytest.mark.parametrize("step, micro_batch, n, micro_batches", [(0, 0, 777, 3), (41, 5, 64, 1), (2**32 - 1, 9, 300, 2)])
+@pytest.mark.parametrize("step, micro_batch, n, micro_batches",
+                         [(0, 0, 777, 3), (41, 5, 64, 1), (2**32 - 1, 9, 300, 2)])
 def test_device_draws_equal_the_numpy_reference_bit_for_bit(sampler, pool, step, micro_batch, n, micro_batches):
     got = _draw(sampler, step, micro_batch, n, micro_batches, phi=True)
     expected = reference_points(pool[0], 0.1, SEED, step, micro_batch, n, pool[1], micro_batches)

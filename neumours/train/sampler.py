@@ -34,7 +34,8 @@ class CaseTable:
         self.tumour_offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
         self.tumour = np.concatenate([c.tumour for c in cases]) if counts.sum() else np.zeros(1, np.int64)
 
-    def points(self, slots: np.ndarray, flat: np.ndarray, distances: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    def points(self, slots: np.ndarray, flat: np.ndarray,
+               distances: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """What a sampler returns for the voxels ``flat`` (C-order indices) of the slots ``slots`` (see
         :meth:`PointSampler.sample`): positions (n, 3) float32 X, Y, Z, slots and labels (n,) uint32, with
         ``distances`` also the signed distances (n, C) float32, background's 0."""
