@@ -27,7 +27,7 @@ import neumours.kernels as kernels_package
 from neumours.device import empty_buffer, slang_dir
 from neumours.device.kernels import _define_value
 from neumours.kernels import (accumulate, augment, bf16, denoise, encoding, gemm, loss, normalise, patch,
-                              probabilities, ray_samples, raymarch, tensor_gemm)
+                              probabilities, ray_samples, raymarch, sampler, tensor_gemm)
 from neumours.kernels.epilogue import ACCUMULATE, RELU_GRAD, STORE, Bias, ColumnSums, Epilogue, Mask
 
 _Kind = spy.TypeReflection.Kind
@@ -62,7 +62,7 @@ def recorded(cpu_device):
     """Call every wrapper once per variant it builds a different dict for; return the recorded dispatches."""
     recorder = Recorder()
     modules = (accumulate, augment, bf16, denoise, encoding, gemm, loss, normalise, patch, probabilities,
-               ray_samples, raymarch, tensor_gemm)
+               ray_samples, raymarch, sampler, tensor_gemm)
     saved = {module: module.load_kernel for module in modules}
     for module in modules:
         module.load_kernel = recorder
@@ -108,6 +108,10 @@ def _call_every_wrapper(dev):
     denoise.edt_init(dev, u32, u32, u32, _SHAPE)
     denoise.edt_pass(dev, u32, u32, u32, u32, _SHAPE, 0)
     denoise.fill_targets(dev, u32, u32, u32, _SHAPE)
+    table = sampler.PointTable(u32, u32, u32, 2, distances=f32, distance_columns=3, distance_stride=40)
+    sampler.sample_points(dev, table, 7, 3, 0, 8, 2, 1, f32, u32, u32)
+    sampler.sample_points(dev, table, 7, 3, 0, 8, 2, 1, f32, u32, u32, phi=f32)
+    sampler.random_words(dev, 7, (0, 1, 2, 3), 8, u32)
     _gemm_variants(dev, f32)
     _tensor_gemm_variants(f32, u32)
     _render_variants(dev, f32)
@@ -243,7 +247,7 @@ def test_a_wrong_key_or_kind_is_found(recorded, cpu_device):
 def test_the_wrappers_are_all_covered():
     """A new wrapper module of neumours.kernels must be added to the recorder above."""
     covered = {"accumulate", "augment", "bf16", "denoise", "encoding", "gemm", "loss", "normalise", "patch",
-               "probabilities", "ray_samples", "raymarch", "tensor_gemm"}
+               "probabilities", "ray_samples", "raymarch", "sampler", "tensor_gemm"}
     folder = Path(kernels_package.__file__).parent
     modules = {p.stem for p in folder.glob("*.py")
                if re.search(r"^from neumours\.device import .*\bload_kernel\b", p.read_text(), re.M)}
