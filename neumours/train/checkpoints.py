@@ -184,7 +184,9 @@ def _state_problem(state) -> str | None:
         return f"holds a {type(state).__name__}, expected a mapping"
     checks = {"step": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
               "best": number,
-              "sampler": lambda v: isinstance(v, dict),
+              # the device sampler's generator (a run of a version that drew points with numpy has none)
+              "sampler": lambda v: isinstance(v, dict) and v.get("generator") == "philox4x32-10"
+              and isinstance(v.get("seed"), int) and not isinstance(v.get("seed"), bool),
               "optimizers": lambda v: isinstance(v, list) and all(isinstance(o, dict) for o in v),
               "rows": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v)}
     for key, ok in checks.items():

@@ -47,7 +47,7 @@ from neumours.train.config import TrainConfig, load_toml, save_toml
 from neumours.train.loss import DeviceLoss
 from neumours.train.optim import apply_gradients, build_optimizers, learning_rate, set_learning_rate
 from neumours.train.pool import CasePool
-from neumours.train.sampler import PointSampler
+from neumours.train.device_sampler import DeviceSampler
 from neumours.train.estimate import announce_estimate
 from neumours.train.validate import CPU_VOXEL_BUDGET, Validator
 
@@ -127,7 +127,10 @@ class Trainer:
         budget = CPU_VOXEL_BUDGET if self.device.info.type == spy.DeviceType.cpu else None
         self.validator = Validator(self.inr, [normalise(c.images) for c in val_cases],
                                    [c.label for c in val_cases], max_voxels=budget)
-        self.sampler = PointSampler(config.sampler.foreground_ratio, config.schedule.seed)
+        # Points are drawn on the device from (seed, step, micro-batch): no generator state to save.
+        self.sampler = DeviceSampler(self.device, config.sampler.foreground_ratio, config.schedule.seed,
+                                     slot_voxels=self.pool.slot_floats // net.num_modalities)
+        self._update_sampler()
         self.loss = DeviceLoss(self.device, config.loss, config.sampler.micro_batches)
         self.optimizers = build_optimizers(self.inr.bridge, config.optimizer)
         n, m = config.sampler.micro_batch, config.sampler.micro_batches
@@ -169,20 +172,15 @@ class Trainer:
         set_learning_rate(self.optimizers, lr)
         self.inr.bridge.zero_grads()
         self.loss.reset()
-        for mb in range(m):  # each micro-batch's points in its own buffers, all uploaded first
-            positions, case_ids, labels = self._inputs[mb]
-            p, c, y, *phi = self.sampler.sample(self.pool.cases, n, distances=self.pool.distances)
-            positions.copy_from_numpy(p)
-            case_ids.copy_from_numpy(c)
-            labels.copy_from_numpy(y)
-            if self.boundary:
-                self._phi[mb].copy_from_numpy(phi[0])
-            if self.augmenter is not None:
+        if self.augmenter is not None:  # the augmentation's draws, uploaded before the step is recorded
+            for mb in range(m):
                 upload_into(self.device, self._tables[mb],
                             self.augmenter.table([c.value_range for c in self.pool.cases]))
         with recording(self.device):  # the step's ~80 kernels in one submission
             for mb in range(m):
                 positions, case_ids, labels = self._inputs[mb]
+                self.sampler.sample(self.step, mb, n, positions, case_ids, labels,
+                                    phi=self._phi[mb] if self.boundary else None)
                 gather_inputs(cfg.network, self.pool_volumes, positions, case_ids, n, self._coords, self._patches)
                 coords, patches = self._coords, self._patches
                 if self.augmenter is not None:
@@ -201,12 +199,16 @@ class Trainer:
                                 "the run diverged (try a lower [optimizer] lr)")
         grad_norm = float(apply_gradients(self.inr.bridge, self.optimizers, cfg.optimizer.clip_norm))
         self.step += 1
-        if self.pool.cycling and self.step % cfg.sampler.refresh_every == 0:
-            self.pool.refresh()
+        if self.pool.cycling and self.step % cfg.sampler.refresh_every == 0 and self.pool.refresh():
+            self._update_sampler()
         row = {"step": self.step, "loss": values["loss"], "ce": values["ce"], "dice_mean": values["dice_mean"],
                "lr": lr, "grad_norm": grad_norm}
         row.update({f"dice_{k}": d for k, d in zip(CLASS_KEYS, values["dice"])})
         return row
+
+    def _update_sampler(self) -> None:
+        """Give the device sampler the pool's cases (at the start and after a case was swapped in)."""
+        self.sampler.update(self.pool.cases, self.pool.distances if self.boundary else None)
 
     # ------------------------------------------------------------------ run
     def run(self, stop_after: int | None = None) -> dict:
@@ -285,7 +287,8 @@ class Trainer:
             return
         best_here = self.best_step == self.step
         metadata = self._metadata(self.best if best_here else None)
-        state = {"step": self.step, "best": self.best, "best_step": self.best_step, "sampler": self.sampler.state(),
+        state = {"step": self.step, "best": self.best, "best_step": self.best_step,
+                 "sampler": {"generator": "philox4x32-10", "seed": self.sampler.seed},
                  "pool": self.pool.state(),
                  "augment": None if self.augmenter is None else self.augmenter.state(),
                  "optimizers": [o.state_dict() for o in self.optimizers],
@@ -323,12 +326,12 @@ class Trainer:
         if self.new_data:  # validation Dice on other data does not compare with the run's best so far
             self.best, self.best_step = -1.0, None
         self.committed_step = self.step if checkpoint.manifest is not None else None
-        try:  # numpy checks a generator state (a foreign or edited one: one line, not a traceback)
-            self.sampler.set_state(progress["sampler"])
+        # The device sampler has no state: the points of a step follow from (seed, step, micro-batch).
+        try:  # numpy checks the augmentation's generator state (a foreign or edited one: one line)
             if self.augmenter is not None and progress.get("augment") is not None:
                 self.augmenter.set_state(progress["augment"])
         except (ValueError, TypeError, KeyError) as exc:
-            raise NeumoursError(f"{self.run_dir}: cannot resume, the sampler state does not fit ({exc})") from None
+            raise NeumoursError(f"{self.run_dir}: cannot resume, the augmentation state does not fit ({exc})") from None
         self.inr.bridge.named_torch_parameters()  # re-attach .grad views after load_state_dict
 
     def close(self) -> None:
