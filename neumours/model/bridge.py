@@ -155,6 +155,18 @@ class TorchBridge:
             self.grads.copy_(torch.from_numpy(download(self.grads_buffer, (self.layout.total,))))
         self._attach_grads()
 
+    def pull_params(self) -> None:
+        """Make weights the Slang kernels changed (an optimiser step on the device) visible to torch.
+
+        Non-CUDA devices: copy :attr:`params_buffer` into :attr:`params` in place (Parameters and
+        optimisers keep pointing at it). CUDA: nothing to copy; wait for the device's submitted work.
+        """
+        if self.zero_copy:
+            self.device.wait_for_idle()
+        else:
+            with torch.no_grad():
+                self.params.copy_(torch.from_numpy(download(self.params_buffer, (self.layout.total,))))
+
     def zero_grads(self) -> None:
         """Zero the device gradient buffer and :attr:`grads` (before a step's backward)."""
         self.grads.zero_()
