@@ -16,7 +16,8 @@ volumes), ``normalise`` (brain z-score), ``loss`` (training loss),
 forward/backward), ``ray_samples`` (the INR evaluated along rays), ``denoise``
 (connected components, class islands, holes and the nearest-voxel transform of
 denoising on the device), ``tensor_gemm`` and ``bf16`` (the tensor-core product and
-its bf16 weight copies), ``augment`` (training-time augmentation of the INR's inputs);
+its bf16 weight copies), ``augment`` (training-time augmentation of the INR's inputs), ``optim``
+(gradient norm, clipping, non-finite guard and AdamW on the device);
 ``checks`` (buffer-size and device-feature checks shared by the wrappers), ``epilogue``
 (what ``gemm`` and ``tensor_gemm`` do with their sums: one type, one check).
 """
