@@ -309,3 +309,13 @@ def test_paper_network_on_cuda_matches_torch_adamw(cuda_device, rng):
     np.testing.assert_allclose(report.norms, norms, rtol=1e-5)
     opt.bridge.pull_params()
     np.testing.assert_allclose(opt.bridge.params.cpu().numpy(), ref.params.cpu().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_step_runs_the_bridges_push_hooks(cpu_device, rng):
+    """Copies of the weights kept by a backend (the tensor cores' bf16 weights) are refreshed after a device step."""
+    opt = DeviceAdamW(bridge(cpu_device), config())
+    calls = []
+    opt.bridge.add_push_hook(lambda: calls.append(download(opt.bridge.params_buffer, (opt.count,))))
+    before = download(opt.bridge.params_buffer, (opt.count,))
+    device_step(opt, gradients(rng, opt.count), 1e-3, 0)
+    assert len(calls) == 1 and not np.array_equal(calls[0], before)

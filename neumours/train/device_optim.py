@@ -111,6 +111,7 @@ class DeviceAdamW:
         kernels.adamw_step(self.device, self.bridge.params_buffer, self.bridge.grads_buffer, self.exp_avg,
                            self.exp_avg_sq, self.state, self.count, decay=1 - lr * self.config.weight_decay,
                            weight1=1 - beta1, beta2=beta2, weight2=1 - beta2, eps=EPS)
+        self.bridge.weights_changed()   # e.g. the tensor-core backend's bf16 copy of the weights
 
     # -- between blocks ----------------------------------------------------------------------
 
