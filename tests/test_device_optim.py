@@ -248,6 +248,27 @@ def test_state_dict_round_trips_with_torch_adamw(cpu_device, rng):
     assert_bitwise(resumed, back)
 
 
+def test_state_dict_survives_the_checkpoint_format(cpu_device, rng):
+    """The run's state files (JSON + safetensors, neumours.train.state_files) hold DeviceAdamW's state as torch's."""
+    import json
+
+    from safetensors.torch import load as load_tensors, save as save_tensors
+
+    from neumours.train.state_files import decode, encode
+
+    cfg = config()
+    opt = DeviceAdamW(bridge(cpu_device), cfg)
+    for k in range(2):
+        device_step(opt, gradients(rng, opt.count), 1e-3, k)
+    data, tensors = encode(opt.state_dict())
+    restored = decode(json.loads(json.dumps(data)), load_tensors(save_tensors(tensors)))
+    again = DeviceAdamW(bridge(cpu_device), cfg)
+    again.load_state_dict(restored)
+    for a, b in zip(device_arrays(opt)[1:], device_arrays(again)[1:]):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+    assert again.read().steps == 2
+
+
 def test_state_dict_before_any_step_is_empty_and_loads(cpu_device):
     opt = DeviceAdamW(bridge(cpu_device), config())
     saved = opt.state_dict()
@@ -261,6 +282,13 @@ def test_a_foreign_state_dict_is_refused(cpu_device):
     p = torch.nn.Parameter(torch.zeros(3))
     with pytest.raises(NeumoursError, match="optimizer state"):
         opt.load_state_dict(torch.optim.AdamW([p]).state_dict())
+
+
+def test_a_state_dict_of_other_settings_is_refused(cpu_device):
+    ref = Reference(cpu_device, config(betas=(0.8, 0.999)))
+    opt = DeviceAdamW(bridge(cpu_device), config())
+    with pytest.raises(NeumoursError, match=r"betas \(0.8, 0.999\) \(here \(0.9, 0.999\)\)"):
+        opt.load_state_dict(ref.optimizer.state_dict())
 
 
 def test_muon_is_refused(cpu_device):

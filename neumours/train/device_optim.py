@@ -160,14 +160,21 @@ class DeviceAdamW:
         """Take a ``torch.optim.AdamW.state_dict()`` (of build_optimizers over this bridge) onto the device.
 
         Raises:
-            NeumoursError: the state is not AdamW's over these parameters (torch's own check), or its
-                tensors disagree in step count.
+            NeumoursError: the state is not AdamW's over these parameters (torch's own check), was saved
+                with other betas, weight decay, eps (or amsgrad, maximize), or its tensors disagree in step count.
         """
         optimizer, parameters = self._torch_optimizer()
         try:
             optimizer.load_state_dict(state_dict)
         except (ValueError, KeyError, RuntimeError) as error:
             raise NeumoursError(f"optimizer state does not fit this network: {error}") from None
+        group = optimizer.param_groups[0]
+        wanted = {"betas": self.betas, "weight_decay": float(self.config.weight_decay), "eps": EPS,
+                  "amsgrad": False, "maximize": False}
+        differ = [f"{key} {group.get(key)!r} (here {value!r})" for key, value in wanted.items()
+                  if (tuple(group.get(key)) if key == "betas" else group.get(key)) != value]
+        if differ:
+            raise NeumoursError(f"optimizer state: saved with other settings: {', '.join(differ)}")
         states = [optimizer.state.get(p) for p in parameters]
         layout = self.bridge.layout
         m = np.zeros(self.count, np.float32)
