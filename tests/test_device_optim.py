@@ -209,7 +209,8 @@ def test_a_non_finite_step_is_a_reported_no_op(cpu_device, rng, bad, where):
     device_step(opt, grads, 1e-3, 3, loss_stats=(stats, 4, 4))
     ref.step(grads, 1e-3)   # torch's run without the skipped step
     assert_bitwise(opt, ref)
-    assert opt.read().steps == 3
+    report = opt.read()
+    assert (report.steps, report.skipped, report.total_skipped) == (3, 0, 1)
 
 
 def test_loss_values_outside_the_given_range_are_not_checked(cpu_device, rng):

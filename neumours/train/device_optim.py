@@ -26,6 +26,7 @@ from neumours.device import download, empty_buffer, upload, upload_into
 from neumours.errors import NeumoursError
 from neumours.kernels import optim as kernels
 from neumours.model.bridge import TorchBridge
+from neumours.train.optim import build_optimizers
 
 #: torch.optim.AdamW's default eps (build_optimizers does not set one).
 EPS = 1e-8
@@ -40,6 +41,7 @@ class StepReport:
         skipped: steps skipped (non-finite gradient norm or loss) since the previous read.
         first_skipped, last_skipped: training-step indices of the first and last of them (None: none).
         steps: Adam's step count (steps taken, skipped ones not counted).
+        total_skipped: steps skipped since this optimiser was made or loaded.
     """
 
     norms: np.ndarray
@@ -47,6 +49,7 @@ class StepReport:
     first_skipped: int | None
     last_skipped: int | None
     steps: int
+    total_skipped: int
 
 
 class DeviceAdamW:
@@ -129,10 +132,10 @@ class DeviceAdamW:
         if skipped:
             kernels.clear_skips(self.device, self.state)
         return StepReport(norms=norms, skipped=skipped, first_skipped=first if skipped else None,
-                          last_skipped=last if skipped else None, steps=int(words[kernels.S_STEP]))
+                          last_skipped=last if skipped else None, steps=int(words[kernels.S_STEP]),
+                          total_skipped=int(words[kernels.S_TOTAL_SKIPPED]))
 
     def _torch_optimizer(self) -> tuple[torch.optim.AdamW, list[torch.nn.Parameter]]:
-        from neumours.train.optim import build_optimizers
         (optimizer,) = build_optimizers(self.bridge, self.config)
         return optimizer, optimizer.param_groups[0]["params"]
 
