@@ -26,7 +26,7 @@ import slangpy as spy
 import neumours.kernels as kernels_package
 from neumours.device import empty_buffer, slang_dir
 from neumours.device.kernels import _define_value
-from neumours.kernels import (accumulate, augment, bf16, denoise, encoding, gemm, loss, normalise, patch,
+from neumours.kernels import (accumulate, augment, bf16, denoise, encoding, gemm, loss, normalise, optim, patch,
                               probabilities, ray_samples, raymarch, sampler, tensor_gemm)
 from neumours.kernels.epilogue import ACCUMULATE, RELU_GRAD, STORE, Bias, ColumnSums, Epilogue, Mask
 
@@ -61,7 +61,7 @@ class Recorder:
 def recorded(cpu_device):
     """Call every wrapper once per variant it builds a different dict for; return the recorded dispatches."""
     recorder = Recorder()
-    modules = (accumulate, augment, bf16, denoise, encoding, gemm, loss, normalise, patch, probabilities,
+    modules = (accumulate, augment, bf16, denoise, encoding, gemm, loss, normalise, optim, patch, probabilities,
                ray_samples, raymarch, sampler, tensor_gemm)
     saved = {module: module.load_kernel for module in modules}
     for module in modules:
@@ -112,6 +112,12 @@ def _call_every_wrapper(dev):
     sampler.sample_points(dev, table, 7, 3, 0, 8, 2, 1, f32, u32, u32)
     sampler.sample_points(dev, table, 7, 3, 0, 8, 2, 1, f32, u32, u32, phi=f32)
     sampler.random_words(dev, 7, (0, 1, 2, 3), 8, u32)
+    optim.grad_partials(dev, f32, 8, f32)
+    optim.finish_step(dev, f32, u32, 0, 3, 1.0, 1e-3, (0.9, 0.999))
+    optim.finish_step(dev, f32, u32, 1, 3, 1.0, 1e-3, (0.9, 0.999), stats=f32, stats_offset=4, stats_count=4)
+    optim.adamw_step(dev, f32, f32, f32, f32, u32, 8, 0.99, 0.1, 0.999, 0.001, 1e-8)
+    optim.clear_skips(dev, u32)
+    optim.fill(dev, f32, 8, 0.0)
     _gemm_variants(dev, f32)
     _tensor_gemm_variants(f32, u32)
     _render_variants(dev, f32)
@@ -246,7 +252,7 @@ def test_a_wrong_key_or_kind_is_found(recorded, cpu_device):
 
 def test_the_wrappers_are_all_covered():
     """A new wrapper module of neumours.kernels must be added to the recorder above."""
-    covered = {"accumulate", "augment", "bf16", "denoise", "encoding", "gemm", "loss", "normalise", "patch",
+    covered = {"accumulate", "augment", "bf16", "denoise", "encoding", "gemm", "loss", "normalise", "optim", "patch",
                "probabilities", "ray_samples", "raymarch", "sampler", "tensor_gemm"}
     folder = Path(kernels_package.__file__).parent
     modules = {p.stem for p in folder.glob("*.py")

@@ -17,7 +17,8 @@ forward/backward), ``ray_samples`` (the INR evaluated along rays), ``denoise``
 (connected components, class islands, holes and the nearest-voxel transform of
 denoising on the device), ``tensor_gemm`` and ``bf16`` (the tensor-core product and
 its bf16 weight copies), ``augment`` (training-time augmentation of the INR's inputs),
-``sampler`` (training points drawn with the Philox4x32-10 generator, and its raw words);
+``sampler`` (training points drawn with the Philox4x32-10 generator, and its raw words), ``optim``
+(gradient norm, clipping, non-finite guard and AdamW on the device);
 ``checks`` (buffer-size and device-feature checks shared by the wrappers), ``epilogue``
 (what ``gemm`` and ``tensor_gemm`` do with their sums: one type, one check).
 """

@@ -70,7 +70,8 @@ class TorchBridge:
         self._push_hooks: list = []
 
     def add_push_hook(self, hook) -> None:
-        """Call ``hook()`` after every :meth:`push_params` (e.g. to refresh a bf16 copy of the weights)."""
+        """Call ``hook()`` after every :meth:`push_params` and :meth:`weights_changed` (e.g. to refresh a bf16
+        copy of the weights by a kernel; a hook dispatches kernels only, no host transfer)."""
         self._push_hooks.append(hook)
 
     # -- per-tensor views -------------------------------------------------------------
@@ -138,6 +139,11 @@ class TorchBridge:
             torch.cuda.current_stream(self.params.device).synchronize()
         else:
             self.params_buffer.copy_from_numpy(self.params.numpy())
+        self.weights_changed()
+
+    def weights_changed(self) -> None:
+        """Run the push hooks: :attr:`params_buffer` holds new weights (after :meth:`push_params`, or a
+        kernel that stepped them on the device). The hooks only dispatch kernels, so this may be recorded."""
         for hook in self._push_hooks:
             hook()
 
@@ -154,6 +160,18 @@ class TorchBridge:
         else:
             self.grads.copy_(torch.from_numpy(download(self.grads_buffer, (self.layout.total,))))
         self._attach_grads()
+
+    def pull_params(self) -> None:
+        """Make weights the Slang kernels changed (an optimiser step on the device) visible to torch.
+
+        Non-CUDA devices: copy :attr:`params_buffer` into :attr:`params` in place (Parameters and
+        optimisers keep pointing at it). CUDA: nothing to copy; wait for the device's submitted work.
+        """
+        if self.zero_copy:
+            self.device.wait_for_idle()
+        else:
+            with torch.no_grad():
+                self.params.copy_(torch.from_numpy(download(self.params_buffer, (self.layout.total,))))
 
     def zero_grads(self) -> None:
         """Zero the device gradient buffer and :attr:`grads` (before a step's backward)."""
