@@ -4,7 +4,8 @@ Usage: ``python tests/crashing_train.py MOMENT STEP -- TRAIN ARGS...``
 
 MOMENT, with STEP the training step it refers to:
 
-* ``step``: at the start of step STEP (before its optimiser update);
+* ``step``: at the start of step STEP (before its optimiser update; with steps run in blocks, at
+  the start of the block that holds step STEP);
 * ``before:NAME`` / ``after:NAME``: just before / just after the rename (``os.replace``)
   whose target is named NAME, during the checkpoint commit of step STEP (NAME is a
   file such as ``state.json`` or ``checkpoint.json``, or a step folder ``step-00000004``).
@@ -35,7 +36,7 @@ def main() -> int:
         os.kill(os.getpid(), signal.SIGKILL)
 
     committing: list[int] = []
-    real_commit, real_replace, real_step = checkpoints.commit, os.replace, Trainer.train_step
+    real_commit, real_replace, real_steps = checkpoints.commit, os.replace, Trainer.train_steps
 
     def commit(run_dir, at, *rest, **kwargs):
         committing.append(at)
@@ -52,12 +53,12 @@ def main() -> int:
         if hit and when == "after":
             die()
 
-    def train_step(self):
-        if when == "step" and self.step + 1 == step:
+    def train_steps(self, count):
+        if when == "step" and self.step < step <= self.step + count:
             die()
-        return real_step(self)
+        return real_steps(self, count)
 
-    checkpoints.commit, os.replace, Trainer.train_step = commit, replace, train_step
+    checkpoints.commit, os.replace, Trainer.train_steps = commit, replace, train_steps
     return neumours_main(args)
 
 

@@ -98,10 +98,12 @@ class DeviceLoss:
         loss_grad(self.device, logits, labels, self.class_weights, self.stats, offset, grad_logits, count,
                   cfg.dice_weight, cfg.dice_smooth, scale, self.num_classes, phi, mu)
 
-    def values(self, slots: int | None = None) -> dict[str, float | list[float]]:
-        """Loss, CE, soft Dice per class and their mean, averaged over the step's micro-batches."""
-        slots = self.slots if slots is None else slots
-        stats = download(self.stats, (self.slots, self.stride))[:slots].astype(np.float64)
+    def values(self, slots: int | None = None, first: int = 0) -> dict[str, float | list[float]]:
+        """Loss, CE, soft Dice per class and their mean, averaged over micro-batch slots
+        ``first .. first + slots - 1`` (default: every slot; a block of steps keeps each step's
+        micro-batches in consecutive slots)."""
+        slots = self.slots - first if slots is None else slots
+        stats = download(self.stats, (self.slots, self.stride))[first:first + slots].astype(np.float64)
         return values_from_stats(stats, self.config)
 
 

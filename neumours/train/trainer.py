@@ -1,9 +1,12 @@
-"""The training loop: Slang forward/backward and loss, torch optimisers through the bridge.
+"""The training loop: sampling, forward/backward, loss and the optimiser step as device kernels.
 
-A step draws ``micro_batches`` x ``micro_batch`` points, gathers their inputs on
-the device, runs forward, loss and backward per micro-batch (gradients
-accumulate in the device buffer), then clips and steps the torch optimisers,
-which update the flat parameter buffer in place.
+A step draws ``micro_batches`` x ``micro_batch`` points on the device
+(:class:`DeviceSampler`), gathers their inputs, runs forward, loss and backward
+per micro-batch (gradients accumulate in the device buffer), then clips and
+steps AdamW on the device (:class:`DeviceAdamW`). Steps run in blocks recorded
+into one command buffer, up to the next log, validation or pool-refresh step:
+the host reads the loss and gradient norm once per block. Muon steps through
+torch's optimisers (the bridge), one step per submission.
 
 A run folder holds ``config.toml`` (resolved configuration), ``metrics.csv``,
 ``last.safetensors`` and ``best.safetensors`` (INR checkpoints), ``curves.png``,
@@ -23,6 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -47,6 +51,7 @@ from neumours.train.config import TrainConfig, load_toml, save_toml
 from neumours.train.loss import DeviceLoss
 from neumours.train.optim import apply_gradients, build_optimizers, learning_rate, set_learning_rate
 from neumours.train.pool import CasePool
+from neumours.train.device_optim import DeviceAdamW
 from neumours.train.device_sampler import DeviceSampler
 from neumours.train.estimate import announce_estimate
 from neumours.train.validate import CPU_VOXEL_BUDGET, Validator
@@ -54,6 +59,9 @@ from neumours.train.validate import CPU_VOXEL_BUDGET, Validator
 METRIC_COLUMNS = (["step", "loss", "ce"] + [f"dice_{k}" for k in CLASS_KEYS] + ["dice_mean", "lr", "grad_norm", "time_s"]
                   + [f"val_dice_{k}" for k in CLASS_KEYS] + ["val_dice_mean", "val_cases"])
 CHECKPOINT_BEST = checkpoints.BEST
+#: Most optimiser steps recorded into one command buffer (a block also ends at every log,
+#: validation and pool-refresh step, where the host reads or changes something).
+MAX_BLOCK_STEPS = 64
 CHECKPOINT_LAST = checkpoints.LAST
 
 
@@ -131,8 +139,13 @@ class Trainer:
         self.sampler = DeviceSampler(self.device, config.sampler.foreground_ratio, config.schedule.seed,
                                      slot_voxels=self.pool.slot_floats // net.num_modalities)
         self._update_sampler()
-        self.loss = DeviceLoss(self.device, config.loss, config.sampler.micro_batches)
-        self.optimizers = build_optimizers(self.inr.bridge, config.optimizer)
+        # AdamW steps on the device, so blocks of steps run without the host; Muon steps in torch.
+        self.device_optimizer = DeviceAdamW(self.inr.bridge, config.optimizer, MAX_BLOCK_STEPS) \
+            if config.optimizer.name == "adamw" else None
+        self.optimizers = [] if self.device_optimizer is not None else build_optimizers(self.inr.bridge,
+                                                                                           config.optimizer)
+        block = MAX_BLOCK_STEPS if self.device_optimizer is not None else 1
+        self.loss = DeviceLoss(self.device, config.loss, block * config.sampler.micro_batches)
         n, m = config.sampler.micro_batch, config.sampler.micro_batches
         dev = self.device
         self._inputs = [(empty_buffer(dev, n * 3), empty_buffer(dev, n, np.uint32), empty_buffer(dev, n, np.uint32))
@@ -147,7 +160,7 @@ class Trainer:
             if config.augment.flags else None
         if self.augmenter is not None:
             rows = self.pool.capacity * slot_stride(net.num_modalities)
-            self._tables = [empty_buffer(dev, rows) for _ in range(m)]
+            self._tables = [empty_buffer(dev, rows) for _ in range(block * m)]
             self._aug_coords, self._aug_patches = empty_buffer(dev, n * 3), empty_buffer(dev, n * net.patch_dim)
         self.step = 0
         self.best = -1.0
@@ -163,44 +176,116 @@ class Trainer:
             make_folder(self.run_dir)
             save_toml(config, self.run_dir / "config.toml")
 
-    # ------------------------------------------------------------------ one step
+    # ------------------------------------------------------------------ steps
     def train_step(self) -> dict:
         """One optimiser step; returns the row of metrics for it."""
+        return self.train_steps(1)
+
+    def train_steps(self, count: int) -> dict:
+        """``count`` optimiser steps; returns the row of metrics of the last one.
+
+        With the device optimiser (``adamw``) the steps are recorded into one command buffer and
+        nothing is read back until they have all run: sampling, forward, loss, backward, clipping
+        and the AdamW update of every step are kernels (:class:`DeviceAdamW`, :class:`DeviceSampler`).
+        A step whose loss or gradient is not finite changes nothing and is reported here; when the
+        block's last step is still not finite the run stops (it diverged), as it did before. Muon steps in torch, one step
+        per submission.
+        """
+        if self.device_optimizer is None:
+            row = {}
+            for _ in range(count):
+                row = self._torch_step()
+            return row
         cfg = self.config
-        n, m = cfg.sampler.micro_batch, cfg.sampler.micro_batches
+        count = max(1, min(int(count), MAX_BLOCK_STEPS))
+        m, first = cfg.sampler.micro_batches, self.step
+        lrs = [learning_rate(first + i, cfg.schedule.steps, cfg.optimizer) for i in range(count)]
+        optimizer, stride = self.device_optimizer, self.loss.stride
+        self.loss.reset()
+        self._upload_augment_tables(count)
+        with recording(self.device):  # every step of the block in one submission
+            for i in range(count):
+                optimizer.zero_grads()
+                self._record_step(first + i, i)
+                optimizer.step(lrs[i], first + i, loss_stats=(self.loss.stats, i * m * stride, m * stride), log_slot=i)
+        report = optimizer.read(range(count))
+        values = self.loss.values(m, first=(count - 1) * m)
+        self.inr.bridge.pull_params()  # torch's view of the weights (checkpoints, callers) follows the device
+        self.step += count
+        if report.skipped:
+            self._report_skipped(report, values)
+        self._refresh_pool(first)
+        return self._row(values, lrs[-1], float(report.norms[-1]))
+
+    def _torch_step(self) -> dict:
+        """One step with torch's optimisers (Muon): the kernels, then pull, clip, step, push."""
+        cfg = self.config
         lr = learning_rate(self.step, cfg.schedule.steps, cfg.optimizer)
         set_learning_rate(self.optimizers, lr)
         self.inr.bridge.zero_grads()
         self.loss.reset()
-        if self.augmenter is not None:  # the augmentation's draws, uploaded before the step is recorded
-            for mb in range(m):
-                upload_into(self.device, self._tables[mb],
-                            self.augmenter.table([c.value_range for c in self.pool.cases]))
+        self._upload_augment_tables(1)
         with recording(self.device):  # the step's ~80 kernels in one submission
-            for mb in range(m):
-                positions, case_ids, labels = self._inputs[mb]
-                self.sampler.sample(self.step, mb, n, positions, case_ids, labels,
-                                    phi=self._phi[mb] if self.boundary else None)
-                gather_inputs(cfg.network, self.pool_volumes, positions, case_ids, n, self._coords, self._patches)
-                coords, patches = self._coords, self._patches
-                if self.augmenter is not None:
-                    coords, patches = self._aug_coords, self._aug_patches
-                    augment_inputs(self.device, self._coords, self._patches, case_ids, self._tables[mb],
-                                   self.pool.size, coords, patches, n, self.augmenter.flags,
-                                   self.step * m + mb + (cfg.schedule.seed << 20), cfg.network.num_modalities,
-                                   cfg.network.patch_size)
-                self.inr.forward_device(coords, patches, n, self._logits, self._workspace)
-                self.loss.backward(self._logits, labels, n, self._grad_logits, mb, scale=1.0 / m,
-                                   phi=self._phi[mb] if self.boundary else None)
-                self.inr.backward_device(coords, patches, n, self._grad_logits, self._workspace)
-        values = self.loss.values()
+            self._record_step(self.step, 0)
+        values = self.loss.values(cfg.sampler.micro_batches)
         if not np.isfinite(values["loss"]):  # a diverged run: stop before the optimiser spreads NaN into the weights
             raise NeumoursError(f"{self.run_dir}: step {self.step + 1}: the loss is not finite ({values['loss']}); "
                                 "the run diverged (try a lower [optimizer] lr)")
         grad_norm = float(apply_gradients(self.inr.bridge, self.optimizers, cfg.optimizer.clip_norm))
+        first = self.step
         self.step += 1
-        if self.pool.cycling and self.step % cfg.sampler.refresh_every == 0 and self.pool.refresh():
+        self._refresh_pool(first)
+        return self._row(values, lr, grad_norm)
+
+    def _upload_augment_tables(self, steps: int) -> None:
+        """The augmentation's draws of ``steps`` steps, uploaded before they are recorded (augmentation on)."""
+        if self.augmenter is None:
+            return
+        ranges = [c.value_range for c in self.pool.cases]
+        for table in self._tables[:steps * self.config.sampler.micro_batches]:
+            upload_into(self.device, table, self.augmenter.table(ranges))
+
+    def _record_step(self, step: int, index: int) -> None:
+        """Dispatch step ``step``'s micro-batches (the ``index``-th step of its block): draw, gather,
+        (augment), forward, loss into the block's slots, backward (gradients accumulate)."""
+        cfg = self.config
+        n, m = cfg.sampler.micro_batch, cfg.sampler.micro_batches
+        for mb in range(m):
+            positions, case_ids, labels = self._inputs[mb]
+            phi = self._phi[mb] if self.boundary else None
+            self.sampler.sample(step, mb, n, positions, case_ids, labels, phi=phi)
+            gather_inputs(cfg.network, self.pool_volumes, positions, case_ids, n, self._coords, self._patches)
+            coords, patches = self._coords, self._patches
+            if self.augmenter is not None:
+                coords, patches = self._aug_coords, self._aug_patches
+                augment_inputs(self.device, self._coords, self._patches, case_ids, self._tables[index * m + mb],
+                               self.pool.size, coords, patches, n, self.augmenter.flags,
+                               step * m + mb + (cfg.schedule.seed << 20), cfg.network.num_modalities,
+                               cfg.network.patch_size)
+            self.inr.forward_device(coords, patches, n, self._logits, self._workspace)
+            self.loss.backward(self._logits, labels, n, self._grad_logits, index * m + mb, scale=1.0 / m, phi=phi)
+            self.inr.backward_device(coords, patches, n, self._grad_logits, self._workspace)
+
+    def _report_skipped(self, report, values: dict) -> None:
+        """Steps the device optimiser skipped (non-finite loss or gradient): a warning when the run
+        recovered, the divergence error when the block's last step was still not finite."""
+        first, last = report.first_skipped + 1, report.last_skipped + 1
+        steps = f"step {first}" if report.skipped == 1 else f"{report.skipped} steps from {first} to {last}"
+        if last == self.step:
+            what = f"the loss is not finite ({values['loss']})" if not np.isfinite(values["loss"]) \
+                else "the loss's gradient is not finite"
+            raise NeumoursError(f"{self.run_dir}: step {last}: {what}; the run diverged (try a lower [optimizer] lr; "
+                                f"{steps} skipped, weights unchanged by them)")
+        print(f"neumours: warning: {self.run_dir}: {steps}: the loss or its gradient was not finite; "
+              "the weights were left as they were", file=sys.stderr)
+
+    def _refresh_pool(self, first: int) -> None:
+        """Swap a case into the pool at every ``refresh_every``-th step passed since step ``first``."""
+        every = self.config.sampler.refresh_every
+        if self.pool.cycling and self.step // every > first // every and self.pool.refresh():
             self._update_sampler()
+
+    def _row(self, values: dict, lr: float, grad_norm: float) -> dict:
         row = {"step": self.step, "loss": values["loss"], "ce": values["ce"], "dice_mean": values["dice_mean"],
                "lr": lr, "grad_norm": grad_norm}
         row.update({f"dice_{k}": d for k, d in zip(CLASS_KEYS, values["dice"])})
@@ -221,14 +306,15 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress,
                    dynamic_ncols=True)
         previous_handler = self._defer_sigint()
-        first_step = self.step
         try:
+            blocks = 0
             while self.step < end and not self._stop_requested:
-                step_start = time.perf_counter()
-                row = self.train_step()
+                block_start, block = time.perf_counter(), self._block_length(end)
+                row = self.train_steps(block)
                 row["time_s"] = time.perf_counter() - start_time
-                if self.step == first_step + 2 and self.progress:  # the first step compiles the kernels: time the second
-                    announce_estimate(self, end - self.step, time.perf_counter() - step_start, bar)
+                blocks += 1
+                if blocks == 2 and self.progress:  # the first block compiles the kernels: time the second
+                    announce_estimate(self, end - self.step, (time.perf_counter() - block_start) / block, bar)
                 validated = self.step % cfg.val_every == 0 or self.step == cfg.steps
                 if validated:
                     bar.set_description("validating")
@@ -239,7 +325,7 @@ class Trainer:
                     self.rows.append(row)
                 if validated:  # the validation row is part of the checkpoint of its step
                     self._save_last()
-                bar.update(1)
+                bar.update(block)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", dice=f"{row['dice_mean']:.3f}",
                                 best=f"{max(self.best, 0):.3f}")
             self._save_last()
@@ -252,6 +338,15 @@ class Trainer:
             raise KeyboardInterrupt
         return {"steps": self.step, "best_val_dice_mean": self.best, "run_dir": str(self.run_dir),
                 "time_s": time.perf_counter() - start_time, "validation": self.validator.describe()}
+
+    def _block_length(self, end: int) -> int:
+        """Steps to run in one submission: up to the next log, validation or pool-refresh step (the
+        host reads or changes something there), ``end``, or :data:`MAX_BLOCK_STEPS`."""
+        cfg = self.config
+        every = [cfg.schedule.log_every, cfg.schedule.val_every] + ([cfg.sampler.refresh_every] if self.pool.cycling
+                                                                      else [])
+        stop = min([end, cfg.schedule.steps, self.step + MAX_BLOCK_STEPS] + [(self.step // e + 1) * e for e in every])
+        return max(1, stop - self.step)
 
     def _defer_sigint(self):
         """Make Ctrl-C end the loop at a step boundary (the optimiser state is never half-updated)."""
@@ -291,13 +386,18 @@ class Trainer:
                  "sampler": {"generator": "philox4x32-10", "seed": self.sampler.seed},
                  "pool": self.pool.state(),
                  "augment": None if self.augmenter is None else self.augmenter.state(),
-                 "optimizers": [o.state_dict() for o in self.optimizers],
+                 "optimizers": [o.state_dict() for o in self._optimizers()],
                  "rows": self.rows, "data": self.data_record}
         best = {"step": self.best_step, "val_dice_mean": self.best} if self.best_step is not None else None
         checkpoints.commit(self.run_dir, self.step,
                            lambda path: save_checkpoint(path, self.inr.state_dict(), self.config.network, metadata),
                            state, self._metrics_csv(), best)
         self.committed_step = self.step
+
+    def _optimizers(self) -> list:
+        """What steps the weights: the device AdamW, or torch's optimisers (Muon and AdamW); each has
+        torch's ``state_dict`` / ``load_state_dict``, so checkpoints hold torch optimiser states."""
+        return [self.device_optimizer] if self.device_optimizer is not None else self.optimizers
 
     def _metrics_csv(self) -> str:
         text = io.StringIO()
@@ -317,7 +417,7 @@ class Trainer:
         self.inr.load_state_dict(state)
         progress = checkpoint.state
         try:
-            for optimizer, saved_state in zip(self.optimizers, progress["optimizers"], strict=True):
+            for optimizer, saved_state in zip(self._optimizers(), progress["optimizers"], strict=True):
                 optimizer.load_state_dict(saved_state)
         except Exception as exc:  # a foreign state file
             raise NeumoursError(f"{self.run_dir}: cannot resume, the optimiser state does not fit ({exc})") from None
