@@ -150,3 +150,51 @@ def test_pool_cycles_cases_that_do_not_fit(cpu_device, dataset, tmp_path):
         np.testing.assert_array_equal(volumes[: expected.size], expected)
     finally:
         pool.close()
+
+
+# --- device-resident steps -------------------------------------------------------------------------------
+
+def _poison_gradient_at(trainer, bad_step: int) -> None:
+    """Make step ``bad_step``'s gradient NaN on the device (as an overflow leaves it), inside the recording."""
+    from neumours.kernels.optim import fill
+
+    record = trainer._record_step
+
+    def poisoned(step, index):
+        record(step, index)
+        if step == bad_step:
+            fill(trainer.device, trainer.inr.bridge.grads_buffer, 1, float("nan"))
+
+    trainer._record_step = poisoned
+
+
+def test_a_block_of_steps_equals_steps_one_by_one(cpu_device, dataset, tmp_path):
+    """Recording 6 steps into one submission changes nothing in what they compute."""
+    a = Trainer(dataset, tmp_path / "a", tiny(steps=40), cpu_device, progress=False)
+    b = Trainer(dataset, tmp_path / "b", tiny(steps=40), cpu_device, progress=False)
+    row = a.train_steps(6)
+    for _ in range(6):
+        last = b.train_step()
+    assert a.step == b.step == 6 and row == last
+    assert torch.equal(a.inr.bridge.snapshot(), b.inr.bridge.snapshot())
+    a.close()
+    b.close()
+
+
+def test_a_non_finite_step_is_a_no_op_and_reported(cpu_device, dataset, tmp_path, capsys):
+    """NaN in step 4's gradient: that step leaves weights and moments alone (Adam does not count it), the
+    next step runs as it would have, a warning names step 4; still NaN at a block's end: the run stops."""
+    a = Trainer(dataset, tmp_path / "a", tiny(steps=40), cpu_device, progress=False)
+    b = Trainer(dataset, tmp_path / "b", tiny(steps=40), cpu_device, progress=False)
+    a.train_steps(3)
+    b.train_steps(3)
+    _poison_gradient_at(a, 3)
+    a.train_steps(2)                      # steps 4 (poisoned: skipped) and 5
+    assert "step 4: the loss or its gradient was not finite" in capsys.readouterr().err
+    b.step = 4                            # the reference: step 5's points on the weights after step 3
+    b.train_steps(1)
+    assert torch.equal(a.inr.bridge.snapshot(), b.inr.bridge.snapshot())
+    assert a.device_optimizer.read().steps == b.device_optimizer.read().steps == 4
+    _poison_gradient_at(a, 6)
+    with pytest.raises(NeumoursError, match="step 7: the loss's gradient is not finite; the run diverged"):
+        a.train_steps(2)                  # steps 6 and 7: the block ends on the poisoned step
