@@ -16,7 +16,8 @@ Loops timed (the CUDA-only ones are listed as not run elsewhere, with the reason
   pool; the first round(ratio x n) points at tumour voxels of their slot, the rest uniform over
   the volume), patches gathered from padded volumes, ``seg_loss_torch``, autograd,
   ``clip_grad_norm_``, fused AdamW. Torch runs where the Slang loops run: on the CPU device
-  torch on the CPU, on a GPU torch on CUDA.
+  torch on the CPU (with 1 intra-op thread or torch's default, whichever a 10-step probe finds
+  faster: on a shared machine two threads can spin-wait a hundred times slower), on a GPU on CUDA.
 - ``torch bf16 cuda graph`` (CUDA only): that bf16 step, optimiser included (AdamW fused and
   capturable), captured once in a CUDA graph and replayed: the strongest torch peer. If the
   capture fails the reason is printed and written to the JSON.
@@ -40,6 +41,7 @@ import dataclasses
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +175,7 @@ class TorchLoop:
         self.optimizer.step()
 
     def _graph_step(self):
-        """Warm up on a side stream (lazy initialisation, the optimiser's state), capture one step, return its replay."""
+        """Warm up on a side stream (lazy initialisation, optimiser state), capture one step, return its replay."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -202,6 +204,21 @@ def cuda_only(torch_device: str | None, what: str) -> str:
     return f"{what} (torch device here: {torch_device or 'none'})"
 
 
+def fastest_threads(step, steps: int = 10) -> dict[int, float]:
+    """Set torch's intra-op threads to whichever of 1 and torch's default runs ``step`` faster (``steps``-step
+    probe each; on a shared CPU two threads can spin-wait a hundred times slower); returns threads -> ms/step."""
+    probe = {}
+    for threads in sorted({1, torch.get_num_threads()}):
+        torch.set_num_threads(threads)
+        step()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        probe[threads] = (time.perf_counter() - start) / steps * 1e3
+    torch.set_num_threads(min(probe, key=probe.get))
+    return probe
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=("paper", "tiny"), default="paper",
@@ -225,6 +242,7 @@ def main(argv=None) -> int:
                "cases": args.cases, "shape": args.shape, "steps_per_repeat": args.steps, "block": args.block,
                "repeats": args.repeats, "loops": {}}
     loops = results["loops"]
+    threads = torch.get_num_threads()
 
     def timed(name: str, step_many) -> None:
         """Time ``step_many()`` (``--steps`` steps) and record the loop's figures."""
@@ -269,8 +287,12 @@ def main(argv=None) -> int:
                     what = " ".join(str(exc).split())[:600]
                     loops[name] = {"run": False, "reason": f"the capture failed: {type(exc).__name__}: {what}"}
                     continue
+                if torch_device == "cpu":
+                    results["torch_thread_probe_ms"] = fastest_threads(loop.step)
+                    results["torch_threads"] = torch.get_num_threads()
                 timed(name, lambda step=loop.step: [step() for _ in range(args.steps)])
         finally:
+            torch.set_num_threads(threads)
             for trainer in trainers.values():
                 trainer.close()
     ratios(loops)
@@ -310,6 +332,13 @@ def targets(loops: dict, args, device: spy.Device) -> list[dict]:
     return out
 
 
+def probe_text(results: dict) -> str:
+    probe = results.get("torch_thread_probe_ms")
+    if not probe:
+        return ""
+    return ", the faster of " + " and ".join(f"{k}: {v:.1f} ms/step" for k, v in probe.items())
+
+
 def report(results: dict, args) -> None:
     loops = results["loops"]
     peers = [p for p in TORCH_PEERS if loops.get(p, {}).get("run")]
@@ -321,9 +350,9 @@ def report(results: dict, args) -> None:
         row.update({f"vs {p}": f"{loop['vs'][p]:.2f}x" for p in peers})
         rows.append(row)
     print(f"device: {results['device']}; torch {results['torch']} on {results['torch_device']} "
-          f"({results['torch_threads']} threads); preset {results['preset']}, step = {results['points']} points, "
-          f"AdamW; {args.cases} phantoms of {' x '.join(map(str, args.shape))}; median of {args.repeats} x "
-          f"{args.steps} steps")
+          f"({results['torch_threads']} threads{probe_text(results)}); preset {results['preset']}, "
+          f"step = {results['points']} points, AdamW; {args.cases} phantoms of {' x '.join(map(str, args.shape))}; "
+          f"median of {args.repeats} x {args.steps} steps")
     print_table(rows, ["loop", "ms/step", "steps/s", *[f"vs {p}" for p in peers]])
     for name, loop in loops.items():
         if not loop["run"]:

@@ -60,10 +60,15 @@ CUDA_ONLY_LOOPS = ("slang bf16 block 1", "slang bf16 block 2", "torch bf16", "to
 def test_train_step_benchmark_runs_on_the_cpu_and_reports_the_cuda_loops_as_not_run(tmp_path, monkeypatch, capsys):
     """benchmarks/train_step.py on the CPU device: the Slang fp32 loops (block 1 and a block) and torch fp32 timed,
     each against torch fp32; the CUDA-only loops present in the JSON as not run, with their reason."""
+    import torch
+
     out = tmp_path / "train_step.json"
+    threads = torch.get_num_threads()
     _run_script("train_step", ["--device", "cpu", *TRAIN_STEP_TINY, "--json", str(out)], monkeypatch)
+    assert torch.get_num_threads() == threads  # the thread probe leaves torch as it found it
     result = json.loads(out.read_text())
     assert result["torch_device"] == "cpu" and result["points"] == "2 x 256"
+    assert "1" in result["torch_thread_probe_ms"] and result["torch_threads"] in (1, threads)
     loops = result["loops"]
     assert set(loops) == {"slang fp32 block 1", "slang fp32 block 2", "torch fp32", *CUDA_ONLY_LOOPS}
     for name in ("slang fp32 block 1", "slang fp32 block 2", "torch fp32"):
