@@ -349,8 +349,9 @@ def report(results: dict, args) -> None:
         row = {"loop": name, "ms/step": f"{loop['ms_per_step']:.2f}", "steps/s": f"{loop['steps_per_s']:.1f}"}
         row.update({f"vs {p}": f"{loop['vs'][p]:.2f}x" for p in peers})
         rows.append(row)
+    threads = results["torch_threads"]
     print(f"device: {results['device']}; torch {results['torch']} on {results['torch_device']} "
-          f"({results['torch_threads']} threads{probe_text(results)}); preset {results['preset']}, "
+          f"({threads} thread{'' if threads == 1 else 's'}{probe_text(results)}); preset {results['preset']}, "
           f"step = {results['points']} points, AdamW; {args.cases} phantoms of {' x '.join(map(str, args.shape))}; "
           f"median of {args.repeats} x {args.steps} steps")
     print_table(rows, ["loop", "ms/step", "steps/s", *[f"vs {p}" for p in peers]])
