@@ -184,20 +184,26 @@ class Trainer:
     def train_steps(self, count: int) -> dict:
         """``count`` optimiser steps; returns the row of metrics of the last one.
 
-        With the device optimiser (``adamw``) the steps are recorded into one command buffer and
-        nothing is read back until they have all run: sampling, forward, loss, backward, clipping
-        and the AdamW update of every step are kernels (:class:`DeviceAdamW`, :class:`DeviceSampler`).
+        With the device optimiser (``adamw``) the steps are recorded into command buffers of up
+        to :data:`MAX_BLOCK_STEPS` steps each, and nothing is read back until a block has run:
+        sampling, forward, loss, backward, clipping and the AdamW update of every step are kernels
+        (:class:`DeviceAdamW`, :class:`DeviceSampler`).
         A step whose loss or gradient is not finite changes nothing and is reported here; when the
-        block's last step is still not finite the run stops (it diverged), as it did before. Muon steps in torch, one step
-        per submission.
+        block's last step is still not finite the run stops (it diverged), as it did before. Blocks
+        also end at pool refreshes. Muon steps in torch, one step per submission.
         """
-        if self.device_optimizer is None:
-            row = {}
-            for _ in range(count):
-                row = self._torch_step()
-            return row
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        row: dict = {}
+        end = self.step + int(count)
+        while self.step < end:
+            row = self._torch_step() if self.device_optimizer is None \
+                else self._device_block(self._block_length(end, reads=False))
+        return row
+
+    def _device_block(self, count: int) -> dict:
+        """``count`` (<= MAX_BLOCK_STEPS) steps recorded into one submission; the row of the last."""
         cfg = self.config
-        count = max(1, min(int(count), MAX_BLOCK_STEPS))
         m, first = cfg.sampler.micro_batches, self.step
         lrs = [learning_rate(first + i, cfg.schedule.steps, cfg.optimizer) for i in range(count)]
         optimizer, stride = self.device_optimizer, self.loss.stride
@@ -339,13 +345,14 @@ class Trainer:
         return {"steps": self.step, "best_val_dice_mean": self.best, "run_dir": str(self.run_dir),
                 "time_s": time.perf_counter() - start_time, "validation": self.validator.describe()}
 
-    def _block_length(self, end: int) -> int:
-        """Steps to run in one submission: up to the next log, validation or pool-refresh step (the
-        host reads or changes something there), ``end``, or :data:`MAX_BLOCK_STEPS`."""
+    def _block_length(self, end: int, reads: bool = True) -> int:
+        """Steps to run in one submission: up to the next pool-refresh step (a case is swapped in
+        there), ``end`` or :data:`MAX_BLOCK_STEPS`, and with ``reads`` the next log or validation
+        step (the run reads something there)."""
         cfg = self.config
-        every = [cfg.schedule.log_every, cfg.schedule.val_every] + ([cfg.sampler.refresh_every] if self.pool.cycling
-                                                                      else [])
-        stop = min([end, cfg.schedule.steps, self.step + MAX_BLOCK_STEPS] + [(self.step // e + 1) * e for e in every])
+        every = ([cfg.schedule.log_every, cfg.schedule.val_every] if reads else []) \
+            + ([cfg.sampler.refresh_every] if self.pool.cycling else [])
+        stop = min([end, self.step + MAX_BLOCK_STEPS] + [(self.step // e + 1) * e for e in every])
         return max(1, stop - self.step)
 
     def _defer_sigint(self):
