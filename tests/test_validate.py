@@ -88,17 +88,18 @@ def test_one_case_or_fold_prints_no_zero_spread():
 
 
 def test_segment_of_a_big_case_warns_before_work(cpu_device, capsys, tmp_path):
-    """A BraTS-sized case (240 x 240 x 155) on the CPU device: minutes even for the tiny network."""
+    """Ten BraTS-sized cases (240 x 240 x 155) on the CPU device: minutes even for the tiny network (one
+    case is about a minute on 2 cores, below the note's 3 minutes)."""
     from neumours.infer.segment import Segmenter, announce_segmentation
     from neumours.model.checkpoint import save_checkpoint
 
     config = INRConfig.tiny()
     checkpoint = save_checkpoint(tmp_path / "tiny.safetensors", INR(config, cpu_device).state_dict(), config)
     segmenter = Segmenter(checkpoint, cpu_device)
-    line = announce_segmentation(segmenter, [(240, 240, 155)])
+    line = announce_segmentation(segmenter, [(240, 240, 155)] * 10)
     err = capsys.readouterr().err.strip().splitlines()
     assert line is not None and err == [line]
-    assert line.startswith("neumours: note: segmenting 1 case (8,928,000 voxels) will take about ")
+    assert line.startswith("neumours: note: segmenting 10 cases (89,280,000 voxels) will take about ")
     assert "--device cuda" in line
     assert announce_segmentation(segmenter, [(16, 16, 16)]) is None and capsys.readouterr().err == ""
 
