@@ -46,7 +46,7 @@ def warn_if_slow(config, device) -> None:
     from neumours.model.config import INRConfig
 
     if device.info.type == spy.DeviceType.cpu and config.network.architecture() == INRConfig.paper():
-        print("neumours: note: the paper network on the CPU device takes minutes per step; "
+        print("neumours: note: the paper network on the CPU device takes about 15 s a step (2 cores); "
               "add --preset tiny for a CPU-sized run", file=sys.stderr)
 
 
@@ -130,8 +130,8 @@ def add_parsers(sub) -> None:
                    help="with --resume: continue on other data than the run's (its best is forgotten: validation "
                         "Dice on other cases does not compare)")
     p.add_argument("--preset", choices=["paper", "tiny"], default="paper",
-                   help="paper: Table I (a GPU network: minutes per step on the CPU device); tiny: a small "
-                        "network and batch for the CPU device (150 steps of 64x64x48 phantoms take a few minutes "
+                   help="paper: Table I (a GPU network: about 15 s a step on 2 CPU cores); tiny: a small "
+                        "network and batch for the CPU device (150 steps of 64x64x48 phantoms take about 15 s "
                         "on 2 cores, validation included)")
     p.add_argument("--optimizer", choices=["adamw", "muon"], help="override [optimizer] name")
     p.add_argument("--steps", type=positive_int, help="override [schedule] steps")

@@ -1,6 +1,6 @@
 """How long the rest of a training run will take, from its measured second step (:mod:`neumours.estimates`).
 
-The paper's network on the CPU device takes minutes per step, and validating
+The paper's network on the CPU device takes about 15 s a step, and validating
 every voxel of big cases can take most of a tiny run: the trainer says so before
 it goes on, with the setting that makes the run CPU-sized.
 """
