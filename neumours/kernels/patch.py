@@ -11,13 +11,17 @@ from typing import Sequence
 import slangpy as spy
 
 from neumours.device import load_kernel
-from neumours.kernels.checks import require
+from neumours.kernels.checks import require, uses_groupshared
 
 FILE = "patch_kernels.slang"
 
 
-def _constants(num_modalities: int, patch_size: int) -> dict:
-    return {"NUM_MODALITIES": int(num_modalities), "PATCH_SIZE": int(patch_size)}
+def _constants(device: spy.Device, num_modalities: int, patch_size: int) -> dict:
+    """The kernel's sizes, and the values each thread writes: one on a GPU (neighbouring threads write
+    neighbouring floats), a whole point's on the CPU target (threads run one after another there)."""
+    patch_dim = num_modalities * patch_size**3
+    return {"NUM_MODALITIES": int(num_modalities), "PATCH_SIZE": int(patch_size),
+            "VALUES_PER_THREAD": 1 if uses_groupshared(device) else patch_dim}
 
 
 def gather_inputs(device: spy.Device, volumes: spy.Buffer, case_table: spy.Buffer, positions: spy.Buffer,
@@ -34,8 +38,9 @@ def gather_inputs(device: spy.Device, volumes: spy.Buffer, case_table: spy.Buffe
     require(case_ids, count, "case_ids")
     require(coords, 3 * count, "coords")
     require(patches, patch_dim * count, "patches")
-    load_kernel(device, FILE, "gather_inputs", _constants(num_modalities, patch_size))(
-        count * patch_dim, params={"volumes": volumes, "case_table": case_table, "positions": positions,
+    constants = _constants(device, num_modalities, patch_size)
+    load_kernel(device, FILE, "gather_inputs", constants)(
+        count * patch_dim // constants["VALUES_PER_THREAD"], params={"volumes": volumes, "case_table": case_table, "positions": positions,
                                    "case_ids": case_ids, "coords": coords, "patches": patches, "count": int(count)})
 
 
@@ -51,7 +56,8 @@ def grid_inputs(device: spy.Device, volumes: spy.Buffer, case_table: spy.Buffer,
     patch_dim = num_modalities * patch_size**3
     require(coords, 3 * count, "coords")
     require(patches, patch_dim * count, "patches")
-    load_kernel(device, FILE, "grid_inputs", _constants(num_modalities, patch_size))(
-        count * patch_dim, params={"volumes": volumes, "case_table": case_table, "coords": coords,
+    constants = _constants(device, num_modalities, patch_size)
+    load_kernel(device, FILE, "grid_inputs", constants)(
+        count * patch_dim // constants["VALUES_PER_THREAD"], params={"volumes": volumes, "case_table": case_table, "coords": coords,
                                    "patches": patches, "case_id": int(case_id), "grid": [int(g) for g in grid],
                                    "step": [float(s) for s in step], "start": int(start), "count": int(count)})
