@@ -70,8 +70,10 @@ class RunningServer:
 
     def drop_sockets(self) -> None:
         """Close every page's WebSocket from the server's side (as a restart or a network drop would)."""
+        from neumours.viewer.server import STATE
+
         async def drop():
-            for client in list(self.app["state"].clients):
+            for client in list(self.app[STATE].clients):
                 await client.ws.close(code=1012, message=b"server restart")
 
         asyncio.run_coroutine_threadsafe(drop(), self.loop).result(30)

@@ -78,7 +78,7 @@ log = logging.getLogger("neumours.viewer")
 @web.middleware
 async def _security(request: web.Request, handler):
     """Token on every request; security headers on every response."""
-    expected = request.app["token"]
+    expected = request.app[TOKEN]
     given = (request.query.get("token") or request.headers.get("X-Neumours-Token")
              or request.cookies.get(TOKEN_COOKIE))
     if not given:
@@ -94,7 +94,7 @@ async def _security(request: web.Request, handler):
 
 async def _index(request: web.Request) -> web.Response:
     response = web.FileResponse(STATIC / "index.html", headers={"Content-Type": "text/html"})
-    response.set_cookie(TOKEN_COOKIE, request.app["token"], httponly=True, samesite="Strict", path="/")
+    response.set_cookie(TOKEN_COOKIE, request.app[TOKEN], httponly=True, samesite="Strict", path="/")
     return response
 
 
@@ -108,7 +108,7 @@ async def _static(request: web.Request) -> web.StreamResponse:
 async def _run(request_or_app, job):
     """Run ``job(session)`` on the device worker and await it."""
     app = request_or_app if isinstance(request_or_app, web.Application) else request_or_app.app
-    return await asyncio.wrap_future(app["worker"].submit(job))
+    return await asyncio.wrap_future(app[WORKER].submit(job))
 
 
 async def _favicon(request: web.Request) -> web.Response:
@@ -117,7 +117,7 @@ async def _favicon(request: web.Request) -> web.Response:
 
 async def _volume(request: web.Request) -> web.Response:
     case, kind = request.match_info["case"], request.match_info["kind"]
-    session: ViewerSession = request.app["session"]
+    session: ViewerSession = request.app[SESSION]
     if case not in session.refs or kind not in MODALITIES + _OVERLAY_VOLUMES:
         raise web.HTTPNotFound()
     try:
@@ -140,6 +140,14 @@ class _State:
     refining: bool = False
 
 
+# The application's shared objects (typed keys: aiohttp warns about plain strings).
+WORKER = web.AppKey("worker", DeviceWorker)
+SESSION = web.AppKey("session", ViewerSession)
+TOKEN = web.AppKey("token", str)
+MAX_UPLOAD = web.AppKey("max_upload", int)
+STATE = web.AppKey("state", _State)
+
+
 class _Client:
     """One WebSocket connection: its socket and its view settings."""
 
@@ -152,15 +160,15 @@ class _Client:
 
 
 def _role_message(app: web.Application, client: _Client) -> dict:
-    editor = app["state"].editor
-    return {"type": "role", "editor": editor is client, "clients": len(app["state"].clients)}
+    editor = app[STATE].editor
+    return {"type": "role", "editor": editor is client, "clients": len(app[STATE].clients)}
 
 
 async def _assign_editor(app: web.Application) -> None:
     """Make the longest-connected page the editor if none is; tell every page its role."""
-    clients = sorted(app["state"].clients, key=lambda c: c.id)
-    if app["state"].editor not in app["state"].clients:
-        app["state"].editor = clients[0] if clients else None
+    clients = sorted(app[STATE].clients, key=lambda c: c.id)
+    if app[STATE].editor not in app[STATE].clients:
+        app[STATE].editor = clients[0] if clients else None
     for client in clients:
         await _send(client, _role_message(app, client))
 
@@ -178,7 +186,7 @@ async def _send(client: _Client, message: dict | bytes) -> None:
 
 
 async def _broadcast(app: web.Application, message: dict | bytes) -> None:
-    for client in list(app["state"].clients):
+    for client in list(app[STATE].clients):
         await _send(client, message)
 
 
@@ -243,9 +251,9 @@ def _status(session: ViewerSession) -> dict:
 
 async def _handle_text(app: web.Application, client: _Client, message: dict) -> None:
     kind = message["type"]
-    worker: DeviceWorker = app["worker"]
-    session: ViewerSession = app["session"]
-    if kind in EDIT_TYPES and app["state"].editor is not client:
+    worker: DeviceWorker = app[WORKER]
+    session: ViewerSession = app[SESSION]
+    if kind in EDIT_TYPES and app[STATE].editor is not client:
         raise ProtocolError(f"{kind}: this page is read-only (another page is editing; it views only)")
     if kind == "ping":
         await _send(client, {"type": "pong", "id": message.get("id"), "dropped": worker.dropped,
@@ -255,7 +263,7 @@ async def _handle_text(app: web.Application, client: _Client, message: dict) -> 
             return s.info(), _pending_messages(s)
 
         # While a refinement holds the device thread, a new page is answered from host state at once.
-        info, pending = hello(session) if app["state"].refining else await _run(app, hello)
+        info, pending = hello(session) if app[STATE].refining else await _run(app, hello)
         await _send(client, _role_message(app, client))
         await _send(client, info)
         for m in pending:
@@ -264,7 +272,7 @@ async def _handle_text(app: web.Application, client: _Client, message: dict) -> 
         case = message.get("case")
         if not isinstance(case, str):
             raise ProtocolError("open needs a case id")
-        if app["state"].refining:
+        if app[STATE].refining:
             raise ProtocolError("open: a refinement is running (Cancel it or wait)")
         info, pending = await _run(app, lambda s: (s.open_case(case), _pending_messages(s)))
         await _broadcast(app, info)
@@ -299,7 +307,7 @@ async def _handle_text(app: web.Application, client: _Client, message: dict) -> 
         await _send(client, {"type": "cleared", "what": what})
         await _broadcast(app, status)
     elif kind == "cancel":
-        if not app["state"].refining:
+        if not app[STATE].refining:
             raise ProtocolError("cancel: no refinement is running")
         session.cancel()
         await _send(client, {"type": "cancelling"})
@@ -308,7 +316,7 @@ async def _handle_text(app: web.Application, client: _Client, message: dict) -> 
         lr = protocol.number(message, "lr", 1e-6, 1e-1, 1e-3)
         anchored = bool(message.get("anchor", False))
         keep = protocol.number(message, "keep", 0.0, 100.0, KEEP_WEIGHT)
-        if app["state"].refining:
+        if app[STATE].refining:
             raise ProtocolError("refine: a refinement is already running")
         loop = asyncio.get_running_loop()
         settings = client.settings
@@ -323,7 +331,7 @@ async def _handle_text(app: web.Application, client: _Client, message: dict) -> 
             asyncio.run_coroutine_threadsafe(_send(client, update), loop)
             worker.serve_renders()  # frames keep flowing to every page while the refinement runs
 
-        app["state"].refining = True
+        app[STATE].refining = True
         await _broadcast(app, {"type": "busy", "refining": True})
         try:
             result = await _run(app, lambda s: s.refine(steps, lr, anchored, settings, progress, keep=keep))
@@ -331,11 +339,11 @@ async def _handle_text(app: web.Application, client: _Client, message: dict) -> 
             await _broadcast(app, {"type": "cancelled", "message": str(exc)})
             return
         finally:
-            app["state"].refining = False
+            app[STATE].refining = False
             await _broadcast(app, {"type": "busy", "refining": False})
         await _finish_change(app, "refined", result)
     elif kind == "undo":
-        if app["state"].refining:
+        if app[STATE].refining:
             raise ProtocolError("undo: a refinement is running (Cancel restores the weights)")
         result = await _run(app, lambda s: s.undo())
         await _finish_change(app, "undone", result)
@@ -365,7 +373,7 @@ async def _finish_change(app: web.Application, kind: str, result: dict) -> None:
 async def _handle_binary(app: web.Application, client: _Client, data: bytes) -> None:
     header, payload = protocol.unpack(data)
     kind = header["type"]
-    if kind in EDIT_TYPES and app["state"].editor is not client:
+    if kind in EDIT_TYPES and app[STATE].editor is not client:
         raise ProtocolError(f"{kind}: this page is read-only (another page is editing; it views only)")
     if kind == "strokes":
         replace = header.get("replace", False)
@@ -405,13 +413,13 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     if not _same_origin(request):
         raise web.HTTPForbidden(text="WebSocket from another origin: open the viewer's own URL")
-    limit = app["max_upload"]
+    limit = app[MAX_UPLOAD]
     # aiohttp closes a socket on messages beyond max_msg_size; up to OVERSIZE_REPLY_FACTOR times the
     # protocol's limit the server reads the message and answers with an error instead.
     ws = web.WebSocketResponse(max_msg_size=limit * OVERSIZE_REPLY_FACTOR + (1 << 20), heartbeat=HEARTBEAT_S)
     await ws.prepare(request)
     client = _Client(ws)
-    app["state"].clients.add(client)
+    app[STATE].clients.add(client)
     await _assign_editor(app)
     tasks: set[asyncio.Task] = set()
 
@@ -448,10 +456,10 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
-        app["state"].clients.discard(client)
-        app["worker"].forget(client.id)
-        if app["state"].editor is client:
-            app["state"].editor = None
+        app[STATE].clients.discard(client)
+        app[WORKER].forget(client.id)
+        if app[STATE].editor is client:
+            app[STATE].editor = None
         await _assign_editor(app)
     return ws
 
@@ -460,11 +468,11 @@ def create_app(worker: DeviceWorker, token: str, max_upload: int = DEFAULT_MAX_U
     """The aiohttp application of a started :class:`DeviceWorker` (whose session is ready)."""
     app = web.Application(middlewares=[_security], client_max_size=MAX_HTTP_BODY,
                           handler_args={"max_line_size": 256 * 1024, "max_field_size": 256 * 1024})
-    app["worker"] = worker
-    app["session"] = worker.wait_ready()
-    app["token"] = token
-    app["max_upload"] = int(max_upload)
-    app["state"] = _State()
+    app[WORKER] = worker
+    app[SESSION] = worker.wait_ready()
+    app[TOKEN] = token
+    app[MAX_UPLOAD] = int(max_upload)
+    app[STATE] = _State()
     app.router.add_get("/", _index)
     app.router.add_get("/favicon.ico", _favicon)
     app.router.add_get("/static/{name}", _static)
