@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,15 @@ def _wait_text(page, selector, text, timeout=300_000):
     except playwright.TimeoutError:
         shown = {s: page.locator(s).text_content() for s in (selector, "#progress", "#error", "#stats")}
         raise AssertionError(f"waited for {text!r} in {selector}; the page shows {shown}") from None
+
+
+def _wait_painted(server, count, timeout=60.0):
+    """Wait until the server's session holds ``count`` painted voxels: the page updates its own counts at
+    once, the server when its message has been handled."""
+    deadline = time.monotonic() + timeout
+    while (held := server.worker.submit(lambda s: s.painted_count()).result(60)) != count:
+        assert time.monotonic() < deadline, f"the server holds {held} painted voxels, not {count}"
+        time.sleep(0.05)
 
 
 def test_page_editing_model(tmp_path, viewer_fit):
@@ -432,7 +442,7 @@ def test_keyboard_shortcuts(controls):
     page.wait_for_function(f"{COUNTS}[3] === 1", timeout=60_000)
     page.click("#clear")
     page.wait_for_function(f"{COUNTS}[3] === 0", timeout=10_000)
-    assert controls.server.worker.submit(lambda s: s.painted_count()).result(60) == 0
+    _wait_painted(controls.server, 0)
 
     # Arrow up / down: the axial slice one voxel up and back.
     where = f"Array.from({VIEWER}.nv.frac2vox({VIEWER}.nv.scene.crosshairPos))"
@@ -520,7 +530,7 @@ def test_reconnects_after_the_server_drops_the_socket(controls):
     page.keyboard.press("r")
     page.wait_for_function(f"{FRAMES} > {frames}", timeout=120_000)
     page.wait_for_function(f"{COUNTS}[2] === 1", timeout=60_000)
-    assert server.worker.submit(lambda s: s.painted_count()).result(60) == 1
+    _wait_painted(server, 1)
     assert all(kind == "warning" for kind, _ in page.evaluate("window.banners")), page.evaluate("window.banners")
     page.click("#clear")
     page.wait_for_function(f"{COUNTS}[2] === 0", timeout=10_000)
