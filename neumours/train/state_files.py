@@ -1,7 +1,7 @@
 """A training run's progress state as safetensors (tensors) + JSON (everything else): no pickle.
 
 ``--resume`` needs the torch optimisers' state dicts (tensors under integer
-keys, tuples such as AdamW's ``betas``), the samplers' numpy generator states
+keys, tuples such as AdamW's ``betas``), the augmentation's numpy generator state
 (128-bit integers), the best score and the metric rows. :func:`encode` splits
 such a tree into plain JSON and a name -> tensor dict; :func:`decode` rebuilds
 it exactly (same key types, tuples, dtypes and bits). Decoding creates only
