@@ -16,16 +16,21 @@ from neumours.kernels.checks import require
 FILE = "optim_kernels.slang"
 #: Partial sums of the gradient norm: a fixed count, so the summation order is the same on every device.
 PARTIALS = 1024
-#: Words of the state record (indices as in the Slang file); the log slots follow.
+#: The words of the state record, in order (what each holds: the Slang file's header); the log slots follow.
+STATE_RECORD = ("S_NORM", "S_COEF", "S_SKIP", "S_STEP", "S_SKIPPED", "S_FIRST_SKIPPED", "S_LAST_SKIPPED",
+                "S_NEG_STEP_SIZE", "S_BC2_SQRT", "S_TOTAL_SKIPPED")
 S_NORM, S_COEF, S_SKIP, S_STEP, S_SKIPPED, S_FIRST_SKIPPED, S_LAST_SKIPPED, S_NEG_STEP_SIZE, S_BC2_SQRT, \
-    S_TOTAL_SKIPPED = range(10)
-STATE_WORDS = 10
+    S_TOTAL_SKIPPED = range(len(STATE_RECORD))
+STATE_WORDS = len(STATE_RECORD)
 #: S_FIRST_SKIPPED / S_LAST_SKIPPED when no step was skipped.
 NONE = 0xFFFFFFFF
+#: What the kernels are compiled with: these sizes and indices are defined here only.
+_CONSTANTS = {"PARTIALS": PARTIALS, "STATE_WORDS": STATE_WORDS, "NONE": f"{NONE:#x}u",
+              **{name: index for index, name in enumerate(STATE_RECORD)}}
 
 
 def _run(device: spy.Device, entry: str, threads: int, **fields) -> None:
-    load_kernel(device, FILE, entry, {"PARTIALS": PARTIALS})(threads, params=fields)
+    load_kernel(device, FILE, entry, _CONSTANTS)(threads, params=fields)
 
 
 def grad_partials(device: spy.Device, grads: spy.Buffer, count: int, partials: spy.Buffer) -> None:
