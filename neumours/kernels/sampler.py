@@ -17,7 +17,13 @@ from neumours.kernels.checks import require
 FILE = "sampler_kernels.slang"
 #: uint32 values per slot in :attr:`PointTable.table`: X, Y, Z, label byte offset, tumour offset, tumour count.
 TABLE_WIDTH = 6
+#: Counter word 3 of the training points' draws (other draws would take other streams).
+STREAM_POINTS = 0
 _WORD = 1 << 32
+
+
+def _constants(distance_columns: int) -> dict:
+    return {"DISTANCE_COLUMNS": int(distance_columns), "STREAM_POINTS": STREAM_POINTS, "TABLE_WIDTH": TABLE_WIDTH}
 
 
 @dataclass
@@ -87,7 +93,7 @@ def sample_points(device: spy.Device, pool: PointTable, seed: int, step: int, fi
         columns = int(pool.distance_columns)
         require(phi, (columns + 1) * total, "phi")
         params.update(distances=pool.distances, phi=phi, distance_stride=int(pool.distance_stride))
-    load_kernel(device, FILE, "sample_points", {"DISTANCE_COLUMNS": columns})(total, params=params)
+    load_kernel(device, FILE, "sample_points", _constants(columns))(total, params=params)
 
 
 def random_words(device: spy.Device, seed: int, counter: Sequence[int], count: int, words: spy.Buffer) -> None:
@@ -97,5 +103,5 @@ def random_words(device: spy.Device, seed: int, counter: Sequence[int], count: i
         raise ValueError(f"counter must have 4 words, got {len(c)}")
     _word(c[2] + max(int(count) - 1, 0), "counter word 2 + count - 1")
     require(words, 4 * count, "words")
-    load_kernel(device, FILE, "random_words", {"DISTANCE_COLUMNS": 0})(
+    load_kernel(device, FILE, "random_words", _constants(0))(
         count, params={"words": words, "counter": c, **_key(seed), "total": int(count)})

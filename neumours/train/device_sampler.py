@@ -19,12 +19,11 @@ import slangpy as spy
 
 from neumours.device import ScratchBuffers, upload_into
 from neumours.kernels import sampler as kernels
+from neumours.kernels.sampler import STREAM_POINTS
 from neumours.train.philox import philox4x32, seed_key, uniform_below
 from neumours.train.pool import HostCase
 from neumours.train.sampler import CaseTable, foreground_count
 
-#: Counter word 3 of the training points (slang/sampler_kernels.slang STREAM_POINTS).
-STREAM_POINTS = 0
 _LIMIT = 1 << 32
 
 
