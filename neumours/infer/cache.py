@@ -2,7 +2,8 @@
 
 docs/method.md "Inference and caching": the grid is cut into chunks of whole axis-0
 slabs (contiguous in C-order), and every chunk runs three kernels on the device,
-``grid_inputs`` (coordinates + patches), the INR forward (``INR.forward_device``)
+``grid_inputs`` (coordinates + patches), the INR's inference (``INR.infer_device``: the
+fused kernel at precision bf16, the forward products elsewhere)
 and ``argmax_labels`` (``slang/probability_kernels.slang``), which writes the chunk's
 labels (and optionally softmax probabilities) into whole-volume buffers
 (:func:`neumours.infer.points.classify_points`, shared with the ray-sample field). Nothing

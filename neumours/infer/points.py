@@ -3,8 +3,8 @@
 The one forward evaluator of the volume cache (grid points,
 :class:`neumours.infer.cache.VolumeCache`) and of the ray-sample field
 (:class:`neumours.infer.ray_field.DirectRenderer`): per chunk, the caller's
-input filler writes coordinates and patches, the INR forward runs with a
-ping-pong workspace, and ``argmax_labels`` writes the chunk's labels (and
+input filler writes coordinates and patches, the INR's inference runs (the fused
+kernel, or the forward products with a ping-pong workspace), and ``argmax_labels`` writes the chunk's labels (and
 probabilities) at its offset. :func:`neumours.infer.backprop.backprop_probabilities`
 is its backward.
 """
@@ -60,12 +60,12 @@ def classify_points(inr: INR, total: int, fill_inputs: InputFiller, chunk: int, 
     coords = buffer("coords", chunk * 3)
     patches = buffer("patches", chunk * cfg.patch_dim)
     logits = buffer("logits", chunk * cfg.num_classes)
-    ws = forward_workspace(inr, chunk, scratch)
+    ws = None if inr.fused is not None else forward_workspace(inr, chunk, scratch)
     for start in range(0, total, chunk):
         count = min(chunk, total - start)
         t0 = time.perf_counter()
         fill_inputs(start, count, coords, patches)
-        inr.forward_device(coords, patches, count, logits, ws)
+        inr.infer_device(coords, patches, count, logits, ws)
         if timer is not None:
             t0 = timer.add("inference", t0)
         argmax_labels(dev, logits, labels, start, count, total, cfg.num_classes, probs=probs, nonfinite=nonfinite)

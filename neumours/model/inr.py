@@ -13,7 +13,9 @@ These layers and the products of both passes are described once
 (:mod:`neumours.model.network`) and run by a backend (:mod:`neumours.model.backend`):
 fp32 FMA products on every device (:mod:`neumours.model.fma`) or, with
 ``precision="bf16"`` on CUDA, tensor-core products (:mod:`neumours.model.tensor_core`),
-on the same weights.
+on the same weights. Inference (:meth:`INR.infer_device`: logits only) runs the whole
+forward as one fused kernel (:mod:`neumours.model.fused`) where the network allows it at
+precision bf16, and the forward products elsewhere.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ class INR:
     ``self.bridge.grads_buffer``; ``self.bridge`` exposes them to torch optimisers.
     ``self.precision`` is the resolved precision, "fp32" or "bf16"; ``self.network``
     the layers and products (:class:`~neumours.model.network.Network`) that
-    ``self.backend`` runs.
+    ``self.backend`` runs; ``self.fused`` the fused inference kernel's weights
+    (:class:`~neumours.model.fused.FusedInference`) at precision bf16 where the network
+    fits it, else None.
 
     Raises:
         NeumoursError: precision bf16 on a device without tensor cores (not CUDA).
@@ -99,10 +103,15 @@ class INR:
         self._workspace: Workspace | None = None
         self.network = Network(self.config)
         self.backend: Backend
+        self.fused = None
         if self.precision == "bf16":
+            from neumours.model.fused import FusedInference, fused_problem
             from neumours.model.tensor_core import TensorCoreBackend
 
             self.backend = TensorCoreBackend(self)
+            if fused_problem(self.config) is None:
+                self.fused = FusedInference(self)
+                self.bridge.add_push_hook(self.fused.refresh)
         else:
             self.backend = FMABackend(self)
         self.bridge.add_push_hook(self.backend.refresh)
@@ -171,6 +180,16 @@ class INR:
         ws = workspace or self.workspace(count)
         self.backend.forward(self.tensors(ws, gamma=coords, patches=patches, logits=logits), count)
         return ws
+
+    def infer_device(self, coords: spy.Buffer, patches: spy.Buffer, count: int, logits: spy.Buffer,
+                     workspace: Workspace | None = None) -> None:
+        """Logits for ``count`` points when no backward follows: the fused kernel where there is one
+        (``self.fused``; no workspace needed), else :meth:`forward_device` with ``workspace``
+        (a forward-only one is enough: :func:`neumours.infer.points.forward_workspace`)."""
+        if self.fused is not None:
+            self.fused.forward(coords, patches, count, logits)
+        else:
+            self.forward_device(coords, patches, count, logits, workspace)
 
     def backward_device(self, coords: spy.Buffer, patches: spy.Buffer, count: int, grad_logits: spy.Buffer,
                         workspace: Workspace, input_grads: bool = False) -> None:

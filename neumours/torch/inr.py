@@ -231,14 +231,15 @@ class INRModule(torch.nn.Module):
         return self._forward_only(coords, patches)
 
     def _forward_only(self, coords: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """Logits with the shared workspace and no state kept for a backward."""
+        """Logits with no state kept for a backward (the fused kernel where the INR has one, else the
+        shared workspace)."""
         inr, dev, n = self.inr, self.inr.device, coords.shape[0]
         self.push()
         c, p = exchange.to_buffer(dev, coords), exchange.to_buffer(dev, patches)
         exchange.before_kernels(dev)
         logits = empty_buffer(dev, n * self.config.num_classes)
         if n:
-            inr.forward_device(c, p, n, logits, inr.workspace(n))
+            inr.infer_device(c, p, n, logits)
         return exchange.from_buffer(dev, logits, (n, self.config.num_classes))
 
     def at_voxels(self, volumes: CaseVolumes, positions: torch.Tensor | np.ndarray, case_index: int = 0) -> torch.Tensor:
