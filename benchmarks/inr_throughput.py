@@ -2,7 +2,9 @@
 (fp32, bf16 autocast), same GPU, same run.
 
 1. Inference over a full 240 x 240 x 155 grid (8.93 M points), patch gather included,
-   in chunks along axis 0.
+   in chunks along axis 0: the bf16 layer-by-layer products and the fused kernel (one launch
+   for the whole network per chunk), against torch fp32, bf16 autocast and bf16 under
+   ``torch.compile`` (the strongest torch peer; said if it cannot compile).
 2. A training step's forward + backward on 16,384 points.
 3. One hidden layer's product (points x 256 x 256) alone: the tensor-core kernel against
    cuBLAS bf16 (torch.matmul) on the same shape, in TFLOP/s.
@@ -53,19 +55,25 @@ def make_volume(shape, seed=0) -> np.ndarray:
     return (vol * inside).astype(np.float32)
 
 
-def slang_inference(inr: INR, vols: CaseVolumes, shape, chunk: int):
+def slang_inference(inr: INR, vols: CaseVolumes, shape, chunk: int, fused: bool = False):
+    """The grid's logits chunk by chunk: the forward products (``fused`` False) or the fused kernel."""
     total = int(np.prod(shape))
     cfg = inr.config
     coords = empty_buffer(inr.device, chunk * 3)
     patches = empty_buffer(inr.device, chunk * cfg.patch_dim)
     logits = empty_buffer(inr.device, chunk * cfg.num_classes)
-    ws = inr.workspace(chunk)
+    if fused and inr.fused is None:
+        raise ValueError("this INR has no fused kernel (precision bf16 on CUDA, a network it holds)")
+    ws = None if fused else inr.workspace(chunk)
 
     def run():
         for start in range(0, total, chunk):
             count = min(chunk, total - start)
             grid_inputs(cfg, vols, 0, shape, start, count, coords, patches)
-            inr.forward_device(coords, patches, count, logits, ws)
+            if fused:
+                inr.fused.forward(coords, patches, count, logits)
+            else:
+                inr.forward_device(coords, patches, count, logits, ws)
 
     return run
 
@@ -173,10 +181,19 @@ def main(argv=None) -> int:
     t_fp32 = time_it(torch_inference(model, torch.from_numpy(volume).cuda(), shape, slabs, False), sync, args.repeats)
     t_bf16 = time_it(torch_inference(model, torch.from_numpy(volume).cuda(), shape, slabs, True), sync, args.repeats)
     inference = {"torch_fp32": t_fp32, "torch_bf16": t_bf16}
+    try:
+        compiled = torch.compile(model)
+        inference["torch_bf16_compile"] = time_it(
+            torch_inference(compiled, torch.from_numpy(volume).cuda(), shape, slabs, True), sync, args.repeats)
+    except Exception as error:  # noqa: BLE001 (the peer is reported missing, with why)
+        results["torch_compile_failed"] = f"{type(error).__name__}: {str(error)[:300]}"
+        print(f"torch.compile peer skipped: {results['torch_compile_failed']}")
     for name in args.tiles:
         gemm_module.WIDE = TILE_VARIANTS[name]
         inference[f"slang {name}"] = time_it(slang_inference(inr, vols, shape, args.chunk), sync, args.repeats)
     inference["slang bf16"] = time_it(slang_inference(inr_bf16, vols, shape, args.chunk), sync, args.repeats)
+    inference["slang bf16 fused"] = time_it(slang_inference(inr_bf16, vols, shape, args.chunk, fused=True), sync,
+                                            args.repeats)
     for name, t in inference.items():
         mps = total / t["median_s"] / 1e6
         rows.append({"task": "inference 8.93M", "impl": name, "ms": f"{t['median_s'] * 1e3:.1f}", "Mpts/s": f"{mps:.1f}",
@@ -226,8 +243,11 @@ def main(argv=None) -> int:
     results["train_step"] = step
     results["train_step_kernels_us"] = kernel_breakdown(slang_step_for(inr_bf16), sync)
     one_chunk = (min(args.chunk, total) // (shape[1] * shape[2])) * shape[1] * shape[2]
-    results["inference_chunk_kernels_us"] = kernel_breakdown(
-        slang_inference(inr_bf16, vols, (one_chunk // (shape[1] * shape[2]), shape[1], shape[2]), one_chunk), sync)
+    chunk_shape = (one_chunk // (shape[1] * shape[2]), shape[1], shape[2])
+    results["inference_chunk_kernels_us"] = kernel_breakdown(slang_inference(inr_bf16, vols, chunk_shape, one_chunk),
+                                                             sync)
+    results["fused_inference_chunk_kernels_us"] = kernel_breakdown(
+        slang_inference(inr_bf16, vols, chunk_shape, one_chunk, fused=True), sync)
 
     # 3. One hidden layer's product alone, bf16: our kernel vs cuBLAS, same shape and data.
     rows.extend(layer_product(device, sync, args.chunk, results))

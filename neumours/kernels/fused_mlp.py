@@ -59,6 +59,13 @@ class FusedShape:
         )
         return next((why for ok, why in checks if not ok), None)
 
+    def packed(self) -> tuple[int, int, int]:
+        """The sizes as the kernel takes them (Slang passes ten arguments at most; fused_mlp.cuh's
+        run_packed unpacks them): fourier | patch << 16, spatial | modality << 16,
+        hidden | layers << 16 | classes << 24."""
+        return (self.fourier | self.patch << 16, self.spatial | self.modality << 16,
+                self.hidden | self.layers << 16 | self.classes << 24)
+
 
 def kernel_table(offsets: Sequence[tuple[int, int]], count: int) -> list[int]:
     """The forward kernel's table (:data:`TABLE` entries) for ``count`` points and each layer's
@@ -99,9 +106,8 @@ def fused_forward(device: spy.Device, shape: FusedShape, offsets: Sequence[tuple
     if count <= 0:
         return
     groups = -(-int(count) // POINTS)
-    constants = {"FOURIER_DIM": shape.fourier, "PATCH_DIM": shape.patch, "SPATIAL_WIDTH": shape.spatial,
-                 "MODALITY_WIDTH": shape.modality, "HIDDEN_WIDTH": shape.hidden, "HIDDEN_LAYERS": shape.layers,
-                 "NUM_CLASSES": shape.classes, "THREADS": THREADS, "TABLE": TABLE}
+    shape0, shape1, shape2 = shape.packed()
+    constants = {"SHAPE0": shape0, "SHAPE1": shape1, "SHAPE2": shape2, "THREADS": THREADS, "TABLE": TABLE}
     load_kernel(device, FILE, "fused_mlp", constants)(
         groups * THREADS, params={"coords": coords, "patches": patches, "weights": weights, "biases": biases,
                                   "logits": logits, "table": kernel_table(offsets, count)})
