@@ -49,6 +49,8 @@ def emulated(tmp_path_factory):
     lib.emulated_tensor_gemm.restype = None
     lib.emulated_fault.argtypes = [ctypes.c_int]
     lib.emulated_shuffles.argtypes = [ctypes.c_int, ctypes.c_int, _PTR]
+    lib.emulated_pack_bf16.argtypes = [_PTR, _PTR, _PTR, ctypes.c_int]
+    lib.emulated_sincospif.argtypes = [_PTR, _PTR, _PTR, ctypes.c_int]
     return lib, library
 
 
@@ -231,6 +233,34 @@ def test_a_wrong_fragment_layout_fails_the_check(emulated, fault, case):
     finally:
         lib.emulated_fault(0)
     assert _mismatches(checks)
+
+
+def test_pack_bf16_rounds_to_nearest_even_low_half_first(emulated):
+    """cvt.rn.bf16x2.f32: torch's rounding (ties to even, infinities kept), lo in the low 16 bits, NaN stays NaN."""
+    lib, _ = emulated
+    rng = np.random.default_rng(1)
+    lo = (rng.normal(size=64) * 10.0 ** rng.integers(-30, 30, size=64)).astype(np.float32)
+    lo[:6] = [np.inf, -np.inf, 0.0, -0.0, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8]   # the last two: ties
+    lo[6] = np.float32(3.0e38)   # rounds up to infinity
+    hi = rng.normal(size=64).astype(np.float32)
+    out = np.zeros(64, np.uint32)
+    lib.emulated_pack_bf16(lo.ctypes.data, hi.ctypes.data, out.ctypes.data, 64)
+    np.testing.assert_array_equal(out & 0xFFFF, bf16_bits_reference(lo))
+    np.testing.assert_array_equal(out >> 16, bf16_bits_reference(hi))
+    nan = np.full(2, np.nan, np.float32)
+    lib.emulated_pack_bf16(nan.ctypes.data, nan.ctypes.data, out.ctypes.data, 1)
+    assert np.isnan(_bf16_values(np.array([out[0] & 0xFFFF, out[0] >> 16]))).all()
+
+
+def test_sincospif_is_sin_and_cos_of_pi_x(emulated):
+    lib, _ = emulated
+    x = np.concatenate([np.arange(-8, 9) * 0.5, np.random.default_rng(2).uniform(-3, 3, 200)]).astype(np.float32)
+    s, c = np.zeros_like(x), np.zeros_like(x)
+    lib.emulated_sincospif(x.ctypes.data, s.ctypes.data, c.ctypes.data, x.size)
+    np.testing.assert_allclose(s, np.sin(np.pi * x.astype(np.float64)), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(c, np.cos(np.pi * x.astype(np.float64)), rtol=0, atol=1e-7)
+    halves = x[:17]
+    assert (s[:17][halves == np.round(halves)] == 0).all() and (c[:17][halves != np.round(halves)] == 0).all()
 
 
 def test_shuffles_exchange_between_lanes(emulated):

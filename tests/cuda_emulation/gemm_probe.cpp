@@ -51,3 +51,17 @@ extern "C" void emulated_divergent_shuffle()
         (void)__shfl_xor_sync(0xFFFFFFFFu, 1.0f, 1);
     });
 }
+
+// neumours_tc::pack_bf16 (cvt.rn.bf16x2.f32) of value pairs (lo[i], hi[i]) into out[i].
+extern "C" void emulated_pack_bf16(const float* lo, const float* hi, unsigned* out, int count)
+{
+    for (int i = 0; i < count; i++)
+        out[i] = neumours_tc::pack_bf16(lo[i], hi[i]);
+}
+
+// sincospif of x[i] into s[i], c[i].
+extern "C" void emulated_sincospif(const float* x, float* s, float* c, int count)
+{
+    for (int i = 0; i < count; i++)
+        sincospif(x[i], &s[i], &c[i]);
+}
