@@ -22,6 +22,7 @@
 #include <condition_variable>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -178,6 +179,8 @@ inline unsigned bf16_pair(unsigned short lo, unsigned short hi) { return lo | ((
 // 2 (L % 4), + 1), or with .trans (rows 2 (L % 4), + 1, column L / 4): low half first.
 inline void ldmatrix_x4(const void* row, unsigned* r, bool trans)
 {
+    if ((std::uintptr_t)row % 16 != 0)
+        fail("ldmatrix: a row address that is not 16-byte aligned");
     Slot mine{};
     mine.address = (const unsigned short*)row;
     const Slot* slots = exchange(trans ? K_LDMATRIX_TRANS : K_LDMATRIX, mine, "ldmatrix");
@@ -262,7 +265,12 @@ inline unsigned short float_to_bf16(float f)
 inline unsigned pack_bf16(float lo, float hi) { return bf16_pair(float_to_bf16(lo), float_to_bf16(hi)); }
 
 // cp.async of 16 bytes: copied at once (its wait is then nothing to do).
-inline void cp_async16(void* shared, const void* global) { std::memcpy(shared, global, 16); }
+inline void cp_async16(void* shared, const void* global)
+{
+    if ((std::uintptr_t)shared % 16 != 0 || (std::uintptr_t)global % 16 != 0)
+        fail("cp.async of 16 bytes: an address that is not 16-byte aligned");
+    std::memcpy(shared, global, 16);
+}
 inline void cp_async_wait() {}
 
 inline unsigned shuffle(unsigned value, unsigned mask, unsigned source_lane)
@@ -384,7 +392,10 @@ inline float atomicAdd(float* address, float value)
             return neumours_emu::from_word<float>(old);
     }
 }
-inline unsigned atomicAdd(unsigned* address, unsigned value) { return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST); }
+inline unsigned atomicAdd(unsigned* address, unsigned value)
+{
+    return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST);
+}
 inline int atomicAdd(int* address, int value) { return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST); }
 
 inline float __uint_as_float(unsigned u) { return neumours_emu::from_word<float>(u); }

@@ -9,7 +9,8 @@ gives for every operand source, layout, epilogue and block shape at small ragged
 compare with float64 products of the same bf16-rounded operands; element by element, within
 fp32 accumulation error (and bf16 rounding where C is bf16). Deliberate faults of the
 emulator (a swapped fragment register, a missing transpose) must fail the same check, and a
-warp collective that not all lanes reach must abort. It checks results, not speed.
+warp collective that not all lanes reach, or a misaligned ldmatrix row, must abort.
+It checks results, not speed.
 """
 
 from __future__ import annotations
@@ -272,10 +273,13 @@ def test_shuffles_exchange_between_lanes(emulated):
     np.testing.assert_array_equal(out[32:], np.full(32, 107.0))
 
 
-def test_a_divergent_warp_collective_aborts(emulated):
-    """Odd lanes skip a shuffle the even lanes call: the emulator aborts and says why (no hang)."""
+@pytest.mark.parametrize("probe, message", [("emulated_divergent_shuffle", "lanes"),
+                                            ("emulated_misaligned_ldmatrix", "not 16-byte aligned")])
+def test_broken_warp_code_aborts(emulated, probe, message):
+    """Odd lanes skip a shuffle the even lanes call, or a lane gives ldmatrix a misaligned row:
+    the emulator aborts and says why (where a GPU would hang or fault)."""
     _, library = emulated
-    code = f"import ctypes; ctypes.CDLL({str(library)!r}).emulated_divergent_shuffle()"
+    code = f"import ctypes; ctypes.CDLL({str(library)!r}).{probe}()"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "neumours_emu:" in result.stderr and "lanes" in result.stderr, result.stderr
+    assert "neumours_emu:" in result.stderr and message in result.stderr, result.stderr

@@ -65,3 +65,13 @@ extern "C" void emulated_sincospif(const float* x, float* s, float* c, int count
     for (int i = 0; i < count; i++)
         sincospif(x[i], &s[i], &c[i]);
 }
+
+// Lane 5 gives ldmatrix a row address 2 bytes off 16-byte alignment: the emulator must abort.
+extern "C" void emulated_misaligned_ldmatrix()
+{
+    neumours_emu::launch(dim3(1), dim3(32), [] {
+        __shared__ __align__(16) unsigned short tile[32 * 8 + 8];
+        unsigned r[4];
+        neumours_tc::ldmatrix_x4(tile + threadIdx.x * 8 + (threadIdx.x == 5 ? 1 : 0), r);
+    });
+}
