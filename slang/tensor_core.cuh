@@ -46,21 +46,56 @@ struct alignas(16) U4 { unsigned x, y, z, w; };
 struct alignas(16) F4 { float x, y, z, w; };
 __device__ __forceinline__ U4 zero_u4() { U4 r = {0u, 0u, 0u, 0u}; return r; }
 
+// The PTX primitives. Shared memory is passed as pointers (their 32-bit shared addresses are
+// taken inside the asm branch). With NEUMOURS_CUDA_EMULATION (a host test build that includes
+// slang/cuda_emulation.h first) the same functions run on the CPU instead.
+#ifdef NEUMOURS_CUDA_EMULATION
+__device__ __forceinline__ void ldmatrix_x4(const unsigned short* row, unsigned* r)
+{
+    neumours_emu::ldmatrix_x4(row, r, false);
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(const unsigned short* row, unsigned* r)
+{
+    neumours_emu::ldmatrix_x4(row, r, true);
+}
+
+__device__ __forceinline__ void cp_async16(void* shared, const void* global)
+{
+    neumours_emu::cp_async16(shared, global);
+}
+
+__device__ __forceinline__ void cp_async_wait()
+{
+    neumours_emu::cp_async_wait();
+}
+
+__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1)
+{
+    neumours_emu::mma_bf16(c, a, b0, b1);
+}
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
+{
+    return neumours_emu::pack_bf16(lo, hi);
+}
+#else
 __device__ __forceinline__ unsigned smem_address(const void* p)
 {
     return (unsigned)__cvta_generic_to_shared(p);
 }
 
-__device__ __forceinline__ void ldmatrix_x4(unsigned address, unsigned* r)
+// Lane i gives the address of row i % 8 of matrix i / 8 (in shared memory).
+__device__ __forceinline__ void ldmatrix_x4(const unsigned short* row, unsigned* r)
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(address));
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(row)));
 }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned address, unsigned* r)
+__device__ __forceinline__ void ldmatrix_x4_trans(const unsigned short* row, unsigned* r)
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(address));
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_address(row)));
 }
 
 // 16 bytes global -> shared without passing through registers (sm_80), completing at cp_async_wait.
@@ -89,6 +124,7 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(d) : "f"(hi), "f"(lo));
     return d;
 }
+#endif
 
 __device__ __forceinline__ float bf16_to_float(unsigned short h)
 {
@@ -246,12 +282,11 @@ __device__ __forceinline__ void load_a_fragment(const unsigned short* tile, unsi
                                                 unsigned lane, unsigned* r)
 {
     if (layout == LAYOUT_K)
-        ldmatrix_x4(smem_address(tile + (row + (lane % 16)) * Tile<ROWS>::K_STRIDE + k + (lane / 16) * 8), r);
+        ldmatrix_x4(tile + (row + (lane % 16)) * Tile<ROWS>::K_STRIDE + k + (lane / 16) * 8, r);
     else
     {
         unsigned j = lane / 8;
-        ldmatrix_x4_trans(smem_address(tile + (k + (lane % 8) + (j / 2) * 8) * Tile<ROWS>::ROW_STRIDE + row
-                                       + (j % 2) * 8), r);
+        ldmatrix_x4_trans(tile + (k + (lane % 8) + (j / 2) * 8) * Tile<ROWS>::ROW_STRIDE + row + (j % 2) * 8, r);
     }
 }
 
@@ -262,10 +297,9 @@ __device__ __forceinline__ void load_b_fragment(const unsigned short* tile, unsi
 {
     unsigned j = lane / 8, i = lane % 8;
     if (layout == LAYOUT_K)
-        ldmatrix_x4(smem_address(tile + (row + i + (j / 2) * 8) * Tile<ROWS>::K_STRIDE + k + (j % 2) * 8), r);
+        ldmatrix_x4(tile + (row + i + (j / 2) * 8) * Tile<ROWS>::K_STRIDE + k + (j % 2) * 8, r);
     else
-        ldmatrix_x4_trans(smem_address(tile + (k + i + (j % 2) * 8) * Tile<ROWS>::ROW_STRIDE + row + (j / 2) * 8),
-                          r);
+        ldmatrix_x4_trans(tile + (k + i + (j % 2) * 8) * Tile<ROWS>::ROW_STRIDE + row + (j / 2) * 8, r);
 }
 
 __device__ __forceinline__ void store_pair(const Epilogue& e, unsigned m, unsigned n, float v0, float v1,

@@ -93,13 +93,47 @@ def tensor_gemm(device: spy.Device, a: Operand, b: Operand, out: spy.Buffer, m: 
     if device.info.type != spy.DeviceType.cuda:
         raise ValueError("the tensor-core product runs on CUDA devices only (use precision fp32)")
     epilogue.check(splits)
-    bias, mask, bias_grad_offset, column_sums = epilogue.bias, epilogue.mask, epilogue.bias_grad, epilogue.column_sums
+    bias, mask, column_sums = epilogue.bias, epilogue.mask, epilogue.column_sums
     out_bf16 = bool(out_bf16) and epilogue.op != ACCUMULATE
     if out_bf16 and (out_offset % 2 or out_ld % 2):
         raise ValueError("a bf16 output needs an even offset and row stride")
     _check_operand(a, m, k, "A")
     _check_operand(b, n, k, "B")
     require(out, out_offset + (m - 1) * out_ld + n if m and n else 0, "C", element_bytes=2 if out_bf16 else 4)
+    plan = launch_plan(a, b, m, n, k, epilogue, out_offset=out_offset, out_ld=out_ld, out_bf16=out_bf16,
+                       splits=splits)
+    params = {"a": a.buffer, "b": b.buffer, "c": out, "scalars": plan.scalars}
+    if bias is not None:
+        params["bias"] = bias.buffer
+    if mask is not None:
+        params["mask"] = mask.buffer
+    if column_sums is not None:
+        params["colsum"] = column_sums.buffer
+    load_kernel(device, FILE, "tensor_gemm", plan.constants)((plan.groups[0] * THREADS, *plan.groups[1:]),
+                                                             params=params)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What one product's dispatch is made of, buffers aside.
+
+    Attributes:
+        constants: the kernel's compile-time constants (``TILES``, ``A_SOURCE``, ...).
+        scalars: the kernel's scalar table, in the order of :data:`SCALARS`.
+        groups: groups along (n blocks, m blocks, k splits): grid x varies fastest.
+    """
+
+    constants: dict[str, int]
+    scalars: list[int]
+    groups: tuple[int, int, int]
+
+
+def launch_plan(a: Operand, b: Operand, m: int, n: int, k: int, epilogue: Epilogue, *, out_offset: int = 0,
+                out_ld: int = 0, out_bf16: bool = False, splits: int = 1) -> LaunchPlan:
+    """The constants, scalar table and groups of :func:`tensor_gemm`'s dispatch (its arguments, checked
+    there; a host emulation of the kernel body runs the same plan: tests/test_cuda_emulation.py)."""
+    bias, mask, bias_grad_offset, column_sums = epilogue.bias, epilogue.mask, epilogue.bias_grad, epilogue.column_sums
+    out_bf16 = bool(out_bf16) and epilogue.op != ACCUMULATE
     size_n = n + (1 if bias_grad_offset is not None else 0)
     tiles = NARROW if size_n <= _BLOCK[NARROW][1] else WIDE
     block_m, block_n = _BLOCK[tiles]
@@ -109,18 +143,13 @@ def tensor_gemm(device: spy.Device, a: Operand, b: Operand, out: spy.Buffer, m: 
     scalars.update(a_offset=a.offset, a_ld=a.ld, b_offset=b.offset, b_ld=b.ld, c_offset=out_offset, c_ld=out_ld,
                    ones_column=NO_ONES if bias_grad_offset is None else n,
                    bias_out_offset=bias_grad_offset or 0, size_m=m, size_n=size_n, size_k=k, k_chunk=k_chunk)
-    params = {"a": a.buffer, "b": b.buffer, "c": out}
     if bias is not None:
-        params["bias"] = bias.buffer
         scalars["bias_offset"] = bias.offset
     if mask is not None:
-        params["mask"] = mask.buffer
         scalars.update(mask_offset=mask.offset, mask_ld=mask.ld)
     if column_sums is not None:
-        params["colsum"] = column_sums.buffer
         scalars.update(colsum_split=column_sums.split, colsum_offset=column_sums.offset,
                        colsum_offset_hi=column_sums.offset_hi)
-    params["scalars"] = [int(scalars[name]) for name in SCALARS]
     constants = {"TILES": tiles, "A_SOURCE": a.source, "A_LAYOUT": a.layout, "B_SOURCE": b.source,
                  "B_LAYOUT": b.layout, "EPILOGUE": epilogue.op, "RELU": bool(epilogue.relu),
                  "HAS_BIAS": bias is not None, "C_BF16": out_bf16, "HAS_COLSUM": column_sums is not None}
@@ -129,4 +158,4 @@ def tensor_gemm(device: spy.Device, a: Operand, b: Operand, out: spy.Buffer, m: 
     m_blocks, n_blocks, k_groups = -(-m // block_m), -(-size_n // block_n), -(-k // k_chunk) if k else 1
     if m_blocks > 65535:
         raise ValueError(f"{m} rows need {m_blocks} row blocks, more than one dispatch holds (65,535)")
-    load_kernel(device, FILE, "tensor_gemm", constants)((n_blocks * THREADS, m_blocks, k_groups), params=params)
+    return LaunchPlan(constants, [int(scalars[name]) for name in SCALARS], (n_blocks, m_blocks, k_groups))
