@@ -26,8 +26,8 @@ import slangpy as spy
 import neumours.kernels as kernels_package
 from neumours.device import empty_buffer, slang_dir
 from neumours.device.kernels import _define_value
-from neumours.kernels import (accumulate, augment, bf16, denoise, encoding, gemm, loss, normalise, optim, patch,
-                              probabilities, ray_samples, raymarch, sampler, tensor_gemm)
+from neumours.kernels import (accumulate, augment, bf16, denoise, encoding, fused_mlp, gemm, loss, normalise, optim,
+                              patch, probabilities, ray_samples, raymarch, sampler, tensor_gemm)
 from neumours.kernels.epilogue import ACCUMULATE, RELU_GRAD, STORE, Bias, ColumnSums, Epilogue, Mask
 
 _Kind = spy.TypeReflection.Kind
@@ -61,8 +61,8 @@ class Recorder:
 def recorded(cpu_device):
     """Call every wrapper once per variant it builds a different dict for; return the recorded dispatches."""
     recorder = Recorder()
-    modules = (accumulate, augment, bf16, denoise, encoding, gemm, loss, normalise, optim, patch, probabilities,
-               ray_samples, raymarch, sampler, tensor_gemm)
+    modules = (accumulate, augment, bf16, denoise, encoding, fused_mlp, gemm, loss, normalise, optim, patch,
+               probabilities, ray_samples, raymarch, sampler, tensor_gemm)
     saved = {module: module.load_kernel for module in modules}
     for module in modules:
         module.load_kernel = recorder
@@ -80,6 +80,8 @@ def _call_every_wrapper(dev):
     accumulate.scatter_add(dev, f32, u32, f32, 8)
     augment.augment_inputs(dev, f32, f32, u32, f32, 4, f32, f32, 8, 1, 3, 4, 3)
     bf16.pack_bf16(dev, f32, u32, 1, u32, 8)
+    bf16.pack_fragments(dev, f32, u32, 3, u32, 64)
+    bf16.pack_padded_biases(dev, f32, u32, 3, f32, 24)
     encoding.encode_forward(dev, f32, f32, 8, 4)
     encoding.encode_backward(dev, f32, f32, f32, 8, 4)
     loss.loss_stats(dev, f32, u32, f32, f32, 0, 8, 4)
@@ -120,6 +122,7 @@ def _call_every_wrapper(dev):
     optim.fill(dev, f32, 8, 0.0)
     _gemm_variants(dev, f32)
     _tensor_gemm_variants(f32, u32)
+    _fused_variants(f32, u32)
     _render_variants(dev, f32)
 
 
@@ -129,6 +132,12 @@ def _gemm_variants(dev, f32):
     gemm.gemm(dev, fourier, view, view, 8, 8, 15, Epilogue(STORE, bias=Bias(f32), relu=True))
     gemm.gemm(dev, view, view, view, 8, 4, 8, Epilogue(RELU_GRAD, mask=Mask(f32, 16), column_sums=ColumnSums(f32, 2, 0, 8)))
     gemm.gemm(dev, view, fourier, view, 8, 15, 8, Epilogue(ACCUMULATE, bias_grad=0), splits=2)
+
+
+def _fused_variants(f32, u32):
+    cuda = SimpleNamespace(info=SimpleNamespace(type=spy.DeviceType.cuda))   # the wrapper refuses other devices
+    shape = fused_mlp.FusedShape(27, 108, 8, 8, 16, 2, 4)
+    fused_mlp.fused_forward(cuda, shape, [(0, 0)] * 5, f32, f32, u32, f32, f32, 100)
 
 
 def _tensor_gemm_variants(f32, u32):
@@ -168,6 +177,10 @@ def _render_variants(dev, f32):
 # ---------------------------------------------------------------- reflection
 
 _STRUCTS: dict = {}
+#: Kernels the CPU target cannot compile (a CUDA prelude): where their parameter declarations begin and
+#: the line that ends them.
+_CUDA_ONLY = {tensor_gemm.FILE: ("static const int SCALARS", "ParameterBlock<TensorGemmParams> params"),
+              fused_mlp.FILE: ("struct FusedParams", "ParameterBlock<FusedParams> params")}
 
 
 def params_struct(device: spy.Device, file: str, constants: dict):
@@ -177,11 +190,12 @@ def params_struct(device: spy.Device, file: str, constants: dict):
     if key not in _STRUCTS:
         session = device.create_slang_session(spy.SlangCompilerOptions({"include_paths": [str(slang_dir())],
                                                                          "defines": defines}))
-        if file == tensor_gemm.FILE:   # CUDA only: reflect its parameter declarations alone
+        if file in _CUDA_ONLY:   # reflect its parameter declarations alone
             text = (slang_dir() / file).read_text()
-            start = text.index("static const int SCALARS")
-            end = text.index(";", text.index("ParameterBlock<TensorGemmParams> params")) + 1
-            module = session.load_module_from_source("tensor_gemm_params", text[start:end])
+            first, block = _CUDA_ONLY[file]
+            start = text.index(first)
+            end = text.index(";", text.index(block)) + 1
+            module = session.load_module_from_source(file.removesuffix(".slang") + "_params", text[start:end])
         else:
             module = session.load_module(file.removesuffix(".slang"))
         (block,) = [p for p in module.layout.parameters if p.name == "params"]
@@ -252,8 +266,8 @@ def test_a_wrong_key_or_kind_is_found(recorded, cpu_device):
 
 def test_the_wrappers_are_all_covered():
     """A new wrapper module of neumours.kernels must be added to the recorder above."""
-    covered = {"accumulate", "augment", "bf16", "denoise", "encoding", "gemm", "loss", "normalise", "optim", "patch",
-               "probabilities", "ray_samples", "raymarch", "sampler", "tensor_gemm"}
+    covered = {"accumulate", "augment", "bf16", "denoise", "encoding", "fused_mlp", "gemm", "loss", "normalise",
+               "optim", "patch", "probabilities", "ray_samples", "raymarch", "sampler", "tensor_gemm"}
     folder = Path(kernels_package.__file__).parent
     modules = {p.stem for p in folder.glob("*.py")
                if re.search(r"^from neumours\.device import .*\bload_kernel\b", p.read_text(), re.M)}

@@ -67,7 +67,7 @@ def _pack_layers(device: spy.Device, entry: str, source: spy.Buffer, layers: spy
     require(layers, LAYER_WORDS * count, "layers")
     if total:
         load_kernel(device, FILE, entry, _CONSTANTS)(
-            total, fragments={"source": source, "layers": layers, "count": int(count), "total": int(total), **output})
+            total, params={"source": source, "table": layers, "tensors": int(count), "pairs": int(total), **output})
 
 
 def pack_fragments(device: spy.Device, source: spy.Buffer, layers: spy.Buffer, count: int, words: spy.Buffer,
@@ -75,7 +75,7 @@ def pack_fragments(device: spy.Device, source: spy.Buffer, layers: spy.Buffer, c
     """words (total,) uint32 = the weights of ``layers`` (``count`` entries of :data:`LAYER_WORDS`) as bf16
     pairs in mma.sync B-fragment order (slang/bf16_kernels.slang says the order)."""
     require(words, total, "words")
-    _pack_layers(device, "pack_fragments", source, layers, count, total, words=words)
+    _pack_layers(device, "pack_fragments", source, layers, count, total, packed=words)
 
 
 def pack_padded_biases(device: spy.Device, source: spy.Buffer, layers: spy.Buffer, count: int, biases: spy.Buffer,
