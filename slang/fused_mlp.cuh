@@ -3,9 +3,10 @@
 // Inference only (segment, the volume cache, the viewer, refinement's re-cache); training keeps
 // the layer-by-layer products of tensor_core.cuh, which store every activation for the backward.
 // The prelude of slang/fused_mlp_kernels.slang: copied, with tensor_core.cuh and fourier.h
-// inlined, into the generated slang/fused_mlp_prelude.slang (neumours/kernels/tensor_core_prelude.py),
-// and compiled on its own by tests/test_fused_mlp_header.py (nvcc to sm_90 PTX, and g++ against the
-// host emulation of the CUDA primitives, slang/cuda_emulation.h, where it runs).
+// inlined, into the generated slang/fused_mlp_prelude.slang (neumours/kernels/tensor_core_prelude.py).
+// Tests without a GPU: tests/test_fused_mlp.py compiles it on its own with nvcc (sm_90, its contract
+// with Python asserted), tests/test_fused_mlp_emulation.py runs it with g++ on the host emulation of
+// the CUDA primitives (slang/cuda_emulation.h), tests/test_cuda_codegen.py builds the Slang kernel.
 //
 // Design (tiny-cuda-nn's fully fused MLP, adapted to width 256): each warp owns 16 points and
 // keeps their whole activation row in registers, as mma.sync A fragments. The accumulator
@@ -15,17 +16,18 @@
 // Weights are read from global memory (L1/L2-resident: 0.5 MB for the paper's network) in
 // fragment order: the bf16 copy is packed so that lane l of a warp reads the two words of its
 // B fragment of (k16 tile, n8 tile) at ((kt * N8 + nt) * 32 + l) * 2, one coalesced 256-byte
-// load per warp and mma (neumours/kernels/fused_mlp.py packs it; its Slang kernel is
-// fused_pack_kernels.slang). The spatial head's A fragments are the Fourier features of the
+// load per warp and mma (packed on the device by pack_fragments of bf16_kernels.slang, whose
+// layer table neumours/model/fused.py builds). The spatial head's A fragments are the Fourier features of the
 // coordinates made on load (fourier_value of tensor_core.cuh), the modality head's the float32
 // patches rounded on load, as the layer-by-layer products make them, so the two paths compute
 // the same bf16 products in the same order.
 //
-// Sizes are run-time arguments that the generated code passes as literals (nvcc folds them);
+// Sizes are run-time arguments that the generated code passes as literals (FusedShape.packed of
+// neumours/kernels/fused_mlp.py, unpacked by run_packed below; nvcc folds them);
 // register arrays are bounded by MAX_HIDDEN and loops over them are unrolled with guards, so
 // every array index is a compile-time constant and the arrays stay in registers. The layer
 // table (word offsets of each layer's fragments, float offsets of its padded biases) is
-// neumours/kernels/fused_mlp.py's, in the order of the network's dense layers: spatial head,
+// neumours/kernels/fused_mlp.py's kernel_table, in the order of the network's dense layers: spatial head,
 // modality head, hidden layers, output head.
 #pragma once
 
