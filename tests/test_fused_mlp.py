@@ -87,9 +87,9 @@ def test_packing_matches_the_fragment_order(cpu_device, config):
     fused = FusedInference(inr)
     fused.weights = upload(cpu_device, np.full(fused.word_count, 0xDEADBEEF, np.uint32), np.uint32)
     fused.biases = upload(cpu_device, np.full(fused.bias_count, np.nan, np.float32))
-    fused.refresh()
-    words = download(fused.weights, (fused.word_count,), np.uint32)
-    biases = download(fused.biases, (fused.bias_count,))
+    words, biases = fused.packed()
+    words = download(words, (fused.word_count,), np.uint32)
+    biases = download(biases, (fused.bias_count,))
     state = _state(inr)
     for layer in fused.layers:
         w = state[f"{layer.name}.weight"].reshape(layer.n, -1)
@@ -102,14 +102,18 @@ def test_packing_matches_the_fragment_order(cpu_device, config):
 
 
 def test_packing_follows_pushed_weights(cpu_device):
-    """The copy is repacked when the bridge pushes new master weights (as the tensor-core copy is)."""
+    """A push of new master weights marks the copy stale (no dispatch then: a push may be recorded in a
+    training block); the next use repacks it, once."""
     inr = INR(INRConfig.tiny(), cpu_device, seed=0)
     fused = FusedInference(inr)
     inr.bridge.add_push_hook(fused.refresh)
-    before = download(fused.weights, (fused.word_count,), np.uint32).copy()
+    before = download(fused.packed()[0], (fused.word_count,), np.uint32).copy()
+    assert not fused.stale
     inr.load_state_dict(INR(INRConfig.tiny(), cpu_device, seed=1).state_dict())
     inr.bridge.push_params()
-    after = download(fused.weights, (fused.word_count,), np.uint32)
+    assert fused.stale
+    after = download(fused.packed()[0], (fused.word_count,), np.uint32)
+    assert not fused.stale
     head = fused.layers[-1]
     expected = fragments_reference(_state(inr)["head.weight"])
     assert not np.array_equal(before, after)

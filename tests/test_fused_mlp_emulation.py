@@ -79,8 +79,9 @@ def emulate(lib, cpu_device, config: INRConfig, count: int, seed: int):
     rng = np.random.default_rng(seed)
     inr = INR(config, cpu_device, seed=seed)
     fused = FusedInference(inr)
-    words = np.ascontiguousarray(download(fused.weights, (fused.word_count,), np.uint32))
-    biases = np.ascontiguousarray(download(fused.biases, (fused.bias_count,)))
+    packed_words, packed_biases = fused.packed()
+    words = np.ascontiguousarray(download(packed_words, (fused.word_count,), np.uint32))
+    biases = np.ascontiguousarray(download(packed_biases, (fused.bias_count,)))
     coords = rng.uniform(-1, 1, (count, 3)).astype(np.float32)
     patches = rng.normal(size=(count, config.patch_dim)).astype(np.float32)
     logits = np.full((count, config.num_classes), np.nan, np.float32)   # poisoned

@@ -5,8 +5,9 @@ never leave the registers (``slang/fused_mlp.cuh`` says how); the layer-by-layer
 :mod:`neumours.model.tensor_core` remain for training, which stores every activation for its
 backward, and as the reference the fused kernel is tested against. :class:`FusedInference`
 keeps the kernel's copy of the weights (bf16 in mma.sync fragment order, and the biases padded
-to whole 8-column tiles) in two device buffers, repacked on the device after every push of the
-master weights, as the tensor-core backend's bf16 copy is.
+to whole 8-column tiles) in two device buffers, repacked on the device when the master weights
+have changed since the last pack, at the next inference (training pushes new weights every
+step and needs no inference copy until it validates).
 """
 
 from __future__ import annotations
@@ -113,15 +114,22 @@ class FusedInference:
         self._table = upload(inr.device, layer_entries(self.layers, inr.layout.offset), np.uint32)
         self.weights = empty_buffer(inr.device, self.word_count, np.uint32)
         self.biases = empty_buffer(inr.device, self.bias_count)
-        self.refresh()
+        self.stale = True
 
     def refresh(self) -> None:
-        """Repack from the master weights (after every change of them)."""
-        device, source, count = self.inr.device, self.inr.bridge.params_buffer, len(self.layers)
-        pack_fragments(device, source, self._table, count, self.weights, self.word_count)
-        pack_padded_biases(device, source, self._table, count, self.biases, self.bias_count)
+        """The master weights changed (the bridge's push hook): repack before the next inference."""
+        self.stale = True
+
+    def packed(self) -> tuple[spy.Buffer, spy.Buffer]:
+        """(fragment words, padded biases) of the current master weights, repacked first if they changed."""
+        if self.stale:
+            device, source, count = self.inr.device, self.inr.bridge.params_buffer, len(self.layers)
+            pack_fragments(device, source, self._table, count, self.weights, self.word_count)
+            pack_padded_biases(device, source, self._table, count, self.biases, self.bias_count)
+            self.stale = False
+        return self.weights, self.biases
 
     def forward(self, coords: spy.Buffer, patches: spy.Buffer, count: int, logits: spy.Buffer) -> None:
         """logits (count, num_classes) float32 of coords (count, 3) and patches (count, patch_dim), on the device."""
-        fused_forward(self.inr.device, self.shape, self.offsets, coords, patches, self.weights, self.biases, logits,
-                      count)
+        weights, biases = self.packed()
+        fused_forward(self.inr.device, self.shape, self.offsets, coords, patches, weights, biases, logits, count)
