@@ -1,12 +1,14 @@
-"""The CUDA-only kernels built as slangpy builds them, without a GPU: Slang -> CUDA source -> nvcc sm_90.
+"""The kernels built for CUDA as slangpy builds them, without a GPU: Slang -> CUDA source -> nvcc sm_90.
 
-The tensor-core product and the fused inference kernel are CUDA C++ preludes inside Slang
-kernels; a mistake in the Slang around them (an intrinsic's arguments, a type the prelude
-does not know) shows only when slangpy compiles them on a GPU. Here the Slang compiler that
-slangpy itself loads (its ``libslang-compiler`` and ``slang.h``, driven by
-``tests/cuda_codegen/slang_to_cuda.cpp``) generates the CUDA source of every variant the
-paper network dispatches (the constants recorded from the INR's own backends), and nvcc
-(where installed; no GPU needed) compiles it for sm_90 and reports registers and spills.
+Kernel tests run on the CPU device, so a kernel that Slang cannot compile for CUDA (a construct
+the CUDA target lacks) would show only on a GPU; so would a mistake in the Slang around the
+CUDA-only kernels' C++ preludes (an intrinsic's arguments, a type the prelude does not know).
+Here the Slang compiler that slangpy itself loads (its ``libslang-compiler`` and ``slang.h``,
+driven by ``tests/cuda_codegen/slang_to_cuda.cpp``) generates the CUDA source of every entry
+point with the constants its wrapper passes (recorded as tests/test_kernel_params.py records
+them), and of every variant of the tensor-core product the paper network dispatches (recorded
+from the INR's own backend); nvcc (where installed; no GPU needed) compiles the CUDA-only
+kernels for sm_90 and reports registers and spills.
 
 One difference from the GPU: slangpy hands the source to NVRTC, nvcc compiles the prelude's
 offline branch, where Slang 2026.12 has a known bug (the one-element bf16 vector helper returns
@@ -56,13 +58,22 @@ def slang_to_cuda(tmp_path_factory):
     return tool
 
 
-def generate(tool: Path, file: str, entry: str, constants: dict, out: Path) -> str:
-    """The CUDA source of ``entry`` compiled with ``constants`` (as :mod:`neumours.device.kernels` defines them)."""
-    defines = [f"{name}={_define_value(value)}" for name, value in sorted(constants.items())]
-    result = subprocess.run([str(tool), str(slang_dir()), file, entry, str(out), *defines], capture_output=True,
+def generate_all(tool: Path, jobs: list[tuple[str, str, dict, Path]]) -> list[str]:
+    """The CUDA sources of (file, entry, constants, output) jobs (constants defined as
+    :mod:`neumours.device.kernels` defines them), in one run of the generator."""
+    lines = ["\t".join([file, entry, str(out)] + [f"{name}={_define_value(value)}"
+                                                  for name, value in sorted(constants.items())])
+             for file, entry, constants, out in jobs]
+    result = subprocess.run([str(tool), str(slang_dir())], input="\n".join(lines) + "\n", capture_output=True,
                             text=True, timeout=600)
-    assert result.returncode == 0, f"{file}:{entry} {defines}\n{result.stderr[-4000:]}"
-    return out.read_text()
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.split() == [word for job in jobs for word in ("ok", str(job[3]))]
+    return [out.read_text() for _, _, _, out in jobs]
+
+
+def generate(tool: Path, file: str, entry: str, constants: dict, out: Path) -> str:
+    """The CUDA source of one entry point compiled with ``constants``."""
+    return generate_all(tool, [(file, entry, constants, out)])[0]
 
 
 def nvcc_cubin(source: str, path: Path) -> str:
@@ -127,23 +138,34 @@ def test_tensor_core_products_build_for_sm90(slang_to_cuda, tmp_path, cpu_device
     variants = tensor_gemm_variants(cpu_device)
     assert len(variants) >= 6, variants   # forward heads, hidden, logits; relu-gradient; accumulations
 
-    def build(index_constants):
-        index, constants = index_constants
-        source = generate(slang_to_cuda, tg.FILE, "tensor_gemm", constants, tmp_path / f"gemm_{index}.cu")
-        assert "neumours_tc::run_kernel(" in source
-        if shutil.which("nvcc") is None:
-            return None
-        return nvcc_cubin(source, tmp_path / f"gemm_{index}_nvcc.cu")
-
+    sources = generate_all(slang_to_cuda, [(tg.FILE, "tensor_gemm", constants, tmp_path / f"gemm_{index}.cu")
+                                           for index, constants in enumerate(variants)])
+    assert all("neumours_tc::run_kernel(" in source for source in sources)
+    if shutil.which("nvcc") is None:
+        return
     with ThreadPoolExecutor(max_workers=2) as pool:
-        reports = list(pool.map(build, enumerate(variants)))
+        reports = list(pool.map(lambda item: nvcc_cubin(item[1], tmp_path / f"gemm_{item[0]}_nvcc.cu"),
+                                enumerate(sources)))
     for constants, report in zip(variants, reports):
-        if report is not None:
-            assert "0 bytes spill stores, 0 bytes spill loads" in report, (constants, report[-800:])
+        assert "0 bytes spill stores, 0 bytes spill loads" in report, (constants, report[-800:])
+
+
+def test_every_kernel_entry_point_generates_cuda(slang_to_cuda, tmp_path, cpu_device):
+    """Every entry point of slang/*_kernels.slang, with the constants its wrapper passes, compiles for CUDA."""
+    from test_kernel_params import recorded_dispatches
+
+    variants: dict[tuple, tuple[str, str, dict]] = {}
+    for file, entry, constants, _ in recorded_dispatches(cpu_device):
+        variants.setdefault((file, entry, tuple(sorted(constants.items()))), (file, entry, constants))
+
+    sources = generate_all(slang_to_cuda, [(file, entry, constants, tmp_path / f"entry_{index}.cu")
+                                           for index, (file, entry, constants) in enumerate(variants.values())])
+    assert len(sources) == len(variants) >= 50
+    assert all("extern \"C\" __global__" in source for source in sources)
 
 
 def test_a_slang_error_fails_the_generation(slang_to_cuda, tmp_path):
     """The check can fail: a constant the kernel needs, missing, is a Slang error, not a silent success."""
-    with pytest.raises(AssertionError, match="fused_mlp"):
+    with pytest.raises(AssertionError, match="fused_mlp_kernels.slang:fused_mlp"):
         generate(slang_to_cuda, fm.FILE, "fused_mlp", {"SHAPE0": 1, "THREADS": fm.THREADS, "TABLE": fm.TABLE},
                  tmp_path / "broken.cu")

@@ -1,11 +1,17 @@
-// The CUDA source Slang generates for one compute entry point, with the Slang compiler that slangpy
-// itself loads (its libslang-compiler and slang.h), for tests/test_cuda_codegen.py: the CUDA-only
-// kernels can then be compiled by nvcc (no GPU needed) as slangpy would hand them to NVRTC.
+// The CUDA source Slang generates for compute entry points, with the Slang compiler that slangpy
+// itself loads (its libslang-compiler and slang.h), for tests/test_cuda_codegen.py: kernels can then
+// be compiled by nvcc (no GPU needed) as slangpy would hand them to NVRTC.
 //
-//   slang_to_cuda <slang folder> <file.slang> <entry> <out.cu> [NAME=VALUE ...]
+//   slang_to_cuda <slang folder>  < jobs
 //
-// Exit status 0 and the source in <out.cu>, or 1 with Slang's diagnostics on stderr.
+// One job per line of standard input, fields separated by tabs: <file.slang> <entry> <out.cu>
+// [NAME=VALUE ...]. One global session serves every job (creating it loads Slang's core module,
+// the slow part); each job gets a session of its own with its defines. For each job one line on
+// standard output: "ok <out.cu>", or "error <out.cu>" followed by Slang's diagnostics on standard
+// error. Exit status 0 when every job succeeded.
 #include <cstdio>
+#include <iostream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -13,38 +19,29 @@
 
 namespace {
 
-int fail(const char* what, slang::IBlob* diagnostics)
+// The CUDA source of one job into its output file, or false with the reason on stderr.
+bool generate(slang::IGlobalSession* global, const char* folder, const std::vector<std::string>& fields)
 {
-    std::fprintf(stderr, "slang_to_cuda: %s\n", what);
-    if (diagnostics)
-        std::fprintf(stderr, "%s\n", (const char*)diagnostics->getBufferPointer());
-    return 1;
-}
-
-}  // namespace
-
-int main(int argc, char** argv)
-{
-    if (argc < 5)
-        return fail("usage: slang_to_cuda <slang folder> <file.slang> <entry> <out.cu> [NAME=VALUE ...]", nullptr);
+    auto fail = [&](const char* what, slang::IBlob* diagnostics) {
+        std::cerr << "slang_to_cuda: " << fields[0] << ":" << fields[1] << ": " << what << "\n";
+        if (diagnostics)
+            std::cerr << (const char*)diagnostics->getBufferPointer() << "\n";
+        return false;
+    };
     std::vector<std::string> names, values;
-    for (int i = 5; i < argc; i++)
+    for (size_t i = 3; i < fields.size(); i++)
     {
-        std::string define = argv[i];
-        size_t equals = define.find('=');
-        names.push_back(define.substr(0, equals));
-        values.push_back(equals == std::string::npos ? "1" : define.substr(equals + 1));
+        size_t equals = fields[i].find('=');
+        names.push_back(fields[i].substr(0, equals));
+        values.push_back(equals == std::string::npos ? "1" : fields[i].substr(equals + 1));
     }
     std::vector<slang::PreprocessorMacroDesc> macros;
     for (size_t i = 0; i < names.size(); i++)
         macros.push_back({names[i].c_str(), values[i].c_str()});
 
-    slang::IGlobalSession* global = nullptr;
-    if (SLANG_FAILED(slang_createGlobalSession(SLANG_API_VERSION, &global)))
-        return fail("cannot create a Slang global session", nullptr);
     slang::TargetDesc target;
     target.format = SLANG_CUDA_SOURCE;
-    const char* search[] = {argv[1]};
+    const char* search[] = {folder};
     slang::SessionDesc desc;
     desc.targets = &target;
     desc.targetCount = 1;
@@ -57,14 +54,14 @@ int main(int argc, char** argv)
         return fail("cannot create a Slang session", nullptr);
 
     slang::IBlob* diagnostics = nullptr;
-    std::string module_name = argv[2];
+    std::string module_name = fields[0];
     if (module_name.size() > 6 && module_name.substr(module_name.size() - 6) == ".slang")
         module_name.resize(module_name.size() - 6);
     slang::IModule* module = session->loadModule(module_name.c_str(), &diagnostics);
     if (!module)
         return fail("the module does not compile", diagnostics);
     slang::IEntryPoint* entry = nullptr;
-    if (SLANG_FAILED(module->findEntryPointByName(argv[3], &entry)))
+    if (SLANG_FAILED(module->findEntryPointByName(fields[1].c_str(), &entry)))
         return fail("no such entry point", nullptr);
     slang::IComponentType* parts[] = {module, entry};
     slang::IComponentType* program = nullptr;
@@ -77,10 +74,52 @@ int main(int argc, char** argv)
     if (SLANG_FAILED(linked->getEntryPointCode(0, 0, &code, &diagnostics)) || !code)
         return fail("no CUDA code for the entry point", diagnostics);
 
-    FILE* out = std::fopen(argv[4], "wb");
+    FILE* out = std::fopen(fields[2].c_str(), "wb");
     if (!out)
         return fail("cannot write the output", nullptr);
     std::fwrite(code->getBufferPointer(), 1, code->getBufferSize(), out);
     std::fclose(out);
-    return 0;
+    code->release();
+    linked->release();
+    program->release();
+    session->release();
+    return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc != 2)
+    {
+        std::cerr << "usage: slang_to_cuda <slang folder> < jobs (file<TAB>entry<TAB>out.cu[<TAB>NAME=VALUE...])\n";
+        return 2;
+    }
+    slang::IGlobalSession* global = nullptr;
+    if (SLANG_FAILED(slang_createGlobalSession(SLANG_API_VERSION, &global)))
+    {
+        std::cerr << "slang_to_cuda: cannot create a Slang global session\n";
+        return 2;
+    }
+    bool all = true;
+    std::string line;
+    while (std::getline(std::cin, line))
+    {
+        if (line.empty())
+            continue;
+        std::vector<std::string> fields;
+        std::stringstream stream(line);
+        std::string field;
+        while (std::getline(stream, field, '\t'))
+            fields.push_back(field);
+        if (fields.size() < 3)
+        {
+            std::cerr << "slang_to_cuda: a job needs a file, an entry point and an output: " << line << "\n";
+            return 2;
+        }
+        bool ok = generate(global, argv[1], fields);
+        std::cout << (ok ? "ok " : "error ") << fields[2] << std::endl;
+        all = all && ok;
+    }
+    return all ? 0 : 1;
 }
