@@ -6,7 +6,7 @@
 // inlined, into the generated slang/fused_mlp_prelude.slang (neumours/kernels/tensor_core_prelude.py).
 // Tests without a GPU: tests/test_fused_mlp.py compiles it on its own with nvcc (sm_90, its contract
 // with Python asserted), tests/test_fused_mlp_emulation.py runs it with g++ on the host emulation of
-// the CUDA primitives (slang/cuda_emulation.h), tests/test_cuda_codegen.py builds the Slang kernel.
+// the CUDA primitives (slang/cuda_emulation.h), tests/test_codegen.py builds the Slang kernel.
 //
 // Design (tiny-cuda-nn's fully fused MLP, adapted to width 256): each warp owns 16 points and
 // keeps their whole activation row in registers, as mma.sync A fragments. The accumulator

@@ -47,7 +47,7 @@ INTEGRATION_MODULES = {
     "test_examples.py": "the example scripts run end to end",
     "test_generalisation_benchmark.py": "a benchmark script run end to end",
     "test_boundary_loss_benchmark.py": "a benchmark script run end to end",
-    "test_cuda_codegen.py": "the Slang compiler and nvcc build every CUDA-only kernel variant",
+    "test_codegen.py": "the Slang compiler and nvcc build the kernels for CUDA and Vulkan",
 }
 #: Single tests (module file name, test function name) that are integration tests in otherwise quick modules.
 INTEGRATION_TESTS = {

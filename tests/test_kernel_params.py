@@ -65,7 +65,7 @@ def recorded(cpu_device):
 
 def recorded_dispatches(cpu_device) -> list:
     """(file, entry, constants, params) of every wrapper's dispatch, each called once per variant
-    (also read by tests/test_cuda_codegen.py)."""
+    (also read by tests/test_codegen.py)."""
     recorder = Recorder()
     modules = (accumulate, augment, bf16, denoise, encoding, fused_mlp, gemm, loss, normalise, optim, patch,
                probabilities, ray_samples, raymarch, sampler, tensor_gemm)

@@ -1,13 +1,12 @@
-// The CUDA source Slang generates for compute entry points, with the Slang compiler that slangpy
-// itself loads (its libslang-compiler and slang.h), for tests/test_cuda_codegen.py: kernels can then
-// be compiled by nvcc (no GPU needed) as slangpy would hand them to NVRTC.
+// The code Slang generates for compute entry points, with the Slang compiler that slangpy itself
+// loads (its libslang-compiler and slang.h), for tests/test_codegen.py: CUDA source, which nvcc can
+// then compile (no GPU needed) as slangpy would hand it to NVRTC, or SPIR-V for the Vulkan backend.
 //
-//   slang_to_cuda <slang folder>  < jobs
-//
-// One job per line of standard input, fields separated by tabs: <file.slang> <entry> <out.cu>
+//   slang_codegen <slang folder> [spirv]  < jobs
+// One job per line of standard input, fields separated by tabs: <file.slang> <entry> <out>
 // [NAME=VALUE ...]. One global session serves every job (creating it loads Slang's core module,
 // the slow part); each job gets a session of its own with its defines. For each job one line on
-// standard output: "ok <out.cu>", or "error <out.cu>" followed by Slang's diagnostics on standard
+// standard output: "ok <out>", or "error <out>" followed by Slang's diagnostics on standard
 // error. Exit status 0 when every job succeeded.
 #include <cstdio>
 #include <iostream>
@@ -20,10 +19,11 @@
 namespace {
 
 // The CUDA source of one job into its output file, or false with the reason on stderr.
-bool generate(slang::IGlobalSession* global, const char* folder, const std::vector<std::string>& fields)
+bool generate(slang::IGlobalSession* global, const char* folder, SlangCompileTarget format,
+              const std::vector<std::string>& fields)
 {
     auto fail = [&](const char* what, slang::IBlob* diagnostics) {
-        std::cerr << "slang_to_cuda: " << fields[0] << ":" << fields[1] << ": " << what << "\n";
+        std::cerr << "slang_codegen: " << fields[0] << ":" << fields[1] << ": " << what << "\n";
         if (diagnostics)
             std::cerr << (const char*)diagnostics->getBufferPointer() << "\n";
         return false;
@@ -40,7 +40,9 @@ bool generate(slang::IGlobalSession* global, const char* folder, const std::vect
         macros.push_back({names[i].c_str(), values[i].c_str()});
 
     slang::TargetDesc target;
-    target.format = SLANG_CUDA_SOURCE;
+    target.format = format;
+    if (format == SLANG_SPIRV)
+        target.profile = global->findProfile("spirv_1_5");
     const char* search[] = {folder};
     slang::SessionDesc desc;
     desc.targets = &target;
@@ -72,7 +74,7 @@ bool generate(slang::IGlobalSession* global, const char* folder, const std::vect
         return fail("cannot link the program", diagnostics);
     slang::IBlob* code = nullptr;
     if (SLANG_FAILED(linked->getEntryPointCode(0, 0, &code, &diagnostics)) || !code)
-        return fail("no CUDA code for the entry point", diagnostics);
+        return fail("no code for the entry point", diagnostics);
 
     FILE* out = std::fopen(fields[2].c_str(), "wb");
     if (!out)
@@ -90,15 +92,16 @@ bool generate(slang::IGlobalSession* global, const char* folder, const std::vect
 
 int main(int argc, char** argv)
 {
-    if (argc != 2)
+    if (argc < 2 || argc > 3 || (argc == 3 && std::string(argv[2]) != "spirv"))
     {
-        std::cerr << "usage: slang_to_cuda <slang folder> < jobs (file<TAB>entry<TAB>out.cu[<TAB>NAME=VALUE...])\n";
+        std::cerr << "usage: slang_codegen <slang folder> [spirv] < jobs (file<TAB>entry<TAB>out[<TAB>NAME=VALUE...])\n";
         return 2;
     }
+    SlangCompileTarget format = argc == 3 ? SLANG_SPIRV : SLANG_CUDA_SOURCE;
     slang::IGlobalSession* global = nullptr;
     if (SLANG_FAILED(slang_createGlobalSession(SLANG_API_VERSION, &global)))
     {
-        std::cerr << "slang_to_cuda: cannot create a Slang global session\n";
+        std::cerr << "slang_codegen: cannot create a Slang global session\n";
         return 2;
     }
     bool all = true;
@@ -114,10 +117,10 @@ int main(int argc, char** argv)
             fields.push_back(field);
         if (fields.size() < 3)
         {
-            std::cerr << "slang_to_cuda: a job needs a file, an entry point and an output: " << line << "\n";
+            std::cerr << "slang_codegen: a job needs a file, an entry point and an output: " << line << "\n";
             return 2;
         }
-        bool ok = generate(global, argv[1], fields);
+        bool ok = generate(global, argv[1], format, fields);
         std::cout << (ok ? "ok " : "error ") << fields[2] << std::endl;
         all = all && ok;
     }
