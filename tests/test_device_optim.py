@@ -297,6 +297,24 @@ def test_muon_is_refused(cpu_device):
         DeviceAdamW(bridge(cpu_device), OptimizerConfig(name="muon"))
 
 
+def test_bias_corrections_match_pythons_powers_over_many_steps(cpu_device):
+    """The kernel forms beta^t by products (SPIR-V has no double pow): its float32 step size and bias
+    correction equal those of Python's ``**`` (torch's) at every one of 600 steps, both beta pairs."""
+    for betas in ((0.9, 0.999), (0.3, 0.98765)):
+        lr = 1e-3 * 7 / 3
+        state = upload(cpu_device, np.zeros(kernels.STATE_WORDS + 1, np.uint32), np.uint32)
+        partials = upload(cpu_device, np.zeros(kernels.PARTIALS, np.float32))
+        got, expected = [], []
+        for t in range(1, 601):
+            kernels.finish_step(cpu_device, partials, state, 0, t, NO_CLIP, lr, betas)
+            words = download(state, (kernels.STATE_WORDS + 1,), np.uint32)
+            got.append((words[kernels.S_NEG_STEP_SIZE], words[kernels.S_BC2_SQRT]))
+            step_size = lr / (1 - betas[0] ** t)
+            expected.append((np.float32(-step_size).view(np.uint32),
+                             np.float32((1 - betas[1] ** t) ** 0.5).view(np.uint32)))
+        assert got == expected, betas
+
+
 def test_norm_is_the_same_in_every_run(cpu_device, rng):
     grads = [gradients(rng, ParamLayout(TINY).total, scale=1.0) for _ in range(3)]
     runs = []
