@@ -33,6 +33,19 @@ KERNEL_DEVICE = CHOSEN or "cpu"
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def cpu_device_only(why: str):
+    """Skip a test of a property that holds on slangpy's CPU device only, while the kernel tests run on
+    another kind (NEUMOURS_DEVICE): ``why`` says which property."""
+    return pytest.mark.skipif(KERNEL_DEVICE != "cpu", reason=f"NEUMOURS_DEVICE={KERNEL_DEVICE}: {why}")
+
+
+#: Whole training runs are equal bit for bit on the CPU device, which runs groups in turn; GPU kinds add
+#: the weight gradients' split sums with float atomics, in any order.
+BITWISE_RUNS = "training runs are bit-identical on the CPU device only (GPUs add gradient sums with float atomics)"
+#: The time warnings these tests check are the CPU device's.
+CPU_ESTIMATES = "it checks the CPU device's time estimates and warnings"
+
 #: The seed of ``rng`` unless NEUMOURS_TEST_SEED says otherwise.
 DEFAULT_SEED = 20231207
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from neumours.cli.main import build_parser, main
+from conftest import CPU_ESTIMATES, cpu_device_only
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 #: reStructuredText / Sphinx roles and literals that a docstring may hold but help must not.
@@ -88,6 +89,7 @@ def test_readme_command_table_matches_the_parser():
     assert not missing, "README's command table lacks (or words differently):\n" + "\n".join(missing)
 
 
+@cpu_device_only(CPU_ESTIMATES)
 def test_train_notes_that_the_paper_network_is_slow_on_the_cpu(cpu_device, capsys):
     from neumours.cli.train import warn_if_slow
     from neumours.train.config import preset

@@ -10,6 +10,7 @@ from neumours.refine.estimate import ray_sample_count, refine_step_seconds
 from neumours.render.box import volume_box
 from neumours.render.transfer import RenderSettings
 from neumours.render.views import orbit_cameras
+from conftest import CPU_ESTIMATES, cpu_device_only
 
 
 def test_ray_samples_grow_with_the_pixels_and_shrink_with_the_step():
@@ -20,6 +21,7 @@ def test_ray_samples_grow_with_the_pixels_and_shrink_with_the_step():
     assert ray_sample_count(orbit_cameras((96, 96, 64), (1, 1, 1), 2, (32, 32)), half, 0.04) < 0.55 * small
 
 
+@cpu_device_only(CPU_ESTIMATES)
 def test_refine_at_readme_size_on_the_cpu_warns_of_hours_before_work(cpu_device, capsys):
     """README's GPU-sized refine (96 x 96 x 64, 4 views of 256 x 256, 20 steps) on the CPU device: a pass of the
     tiny INR over the case took ~26 s on an idle 2-core machine, and a step 266-380 s."""

@@ -13,7 +13,7 @@ from neumours.render.box import to_voxel_scale, volume_box
 from neumours.render.raymarch import Frame, Gradients, render_backward_device, render_device
 from neumours.render.reference import TorchScene, render_reference
 from neumours.render.skipping import EMPTY_BOX, clip_bounds, empty_is_transparent, occupied_box
-from neumours.device import upload
+from neumours.device import device_facts, upload
 
 SHAPE = (20, 16, 14)
 SPACING = (1.0, 1.1, 1.3)
@@ -137,7 +137,11 @@ def test_backward_marches_the_same_samples(cpu_device, rng):
     (image_a, grads_a), (image_b, grads_b) = results
     assert np.array_equal(image_a, image_b)
     assert np.abs(grads_a["volumes"]).max() > 0
+    # The gradients are scattered with float atomics: in a fixed order where groups run in turn (the CPU
+    # device), in any order on a GPU kind, where sums of the same terms differ in their last bits.
+    concurrent = device_facts(cpu_device).concurrent
     for name in grads_a:
         a, b = (grads_a[name][1:], grads_b[name][1:]) if name == "lut_opacities" else (grads_a[name], grads_b[name])
-        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-9, err_msg=name)
+        atol = 1e-5 * np.abs(a).max() if concurrent else 1e-9
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=atol, err_msg=name)
     assert grads_b["lut_opacities"][0] != grads_a["lut_opacities"][0]

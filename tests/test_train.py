@@ -16,6 +16,7 @@ from neumours.train.config import preset
 from neumours.train.optim import build_optimizers, learning_rate
 from neumours.train.reference import seg_loss_torch
 from neumours.train.trainer import Trainer
+from conftest import BITWISE_RUNS, cpu_device_only
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,7 @@ def test_short_run_learns_and_writes_run(cpu_device, dataset, tmp_path):
         assert (tmp_path / "run" / name).is_file(), name
 
 
+@cpu_device_only(BITWISE_RUNS)
 def test_resume_equals_uninterrupted(cpu_device, dataset, tmp_path):
     config = tiny(steps=24, val_every=12, log_every=4)
     straight = Trainer(dataset, tmp_path / "a", config, cpu_device, progress=False)
@@ -168,6 +170,7 @@ def _poison_gradient_at(trainer, bad_step: int) -> None:
     trainer._record_step = poisoned
 
 
+@cpu_device_only(BITWISE_RUNS)
 def test_a_block_of_steps_equals_steps_one_by_one(cpu_device, dataset, tmp_path):
     """Recording 6 steps into one submission changes nothing in what they compute."""
     a = Trainer(dataset, tmp_path / "a", tiny(steps=40), cpu_device, progress=False)
@@ -181,6 +184,7 @@ def test_a_block_of_steps_equals_steps_one_by_one(cpu_device, dataset, tmp_path)
     b.close()
 
 
+@cpu_device_only(BITWISE_RUNS)
 def test_a_non_finite_step_is_a_no_op_and_reported(cpu_device, dataset, tmp_path, capsys):
     """NaN in step 4's gradient: that step leaves weights and moments alone (Adam does not count it), the
     next step runs as it would have, a warning names step 4; still NaN at a block's end: the run stops."""

@@ -13,6 +13,7 @@ from neumours.errors import NeumoursError
 from neumours.train.augment import AugmentConfig, Augmenter
 from neumours.train.config import TrainConfig, load_toml, preset, save_toml
 from neumours.train.trainer import Trainer
+from conftest import BITWISE_RUNS, cpu_device_only
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,7 @@ def _run(dataset, out, config, device, patch=None):
     return trainer
 
 
+@cpu_device_only(BITWISE_RUNS)
 def test_off_by_default_and_identity_augmentation_is_bit_identical(cpu_device, dataset, tmp_path, monkeypatch):
     plain = _run(dataset, tmp_path / "plain", tiny(), cpu_device)
     assert plain.augmenter is None  # nothing drawn, nothing dispatched
@@ -56,6 +58,7 @@ def test_off_by_default_and_identity_augmentation_is_bit_identical(cpu_device, d
     assert [r["loss"] for r in plain.rows] == [r["loss"] for r in copied.rows]
 
 
+@cpu_device_only(BITWISE_RUNS)
 def test_augmentation_changes_training_and_resumes_exactly(cpu_device, dataset, tmp_path):
     plain = _params(_run(dataset, tmp_path / "plain", tiny(), cpu_device))
     config = tiny(steps=8, augment=AugmentConfig.default_on(), log_every=2)

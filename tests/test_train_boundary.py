@@ -21,6 +21,7 @@ from neumours.train.pool import CasePool
 from neumours.train.reference import seg_loss_torch
 from neumours.train.sampler import PointSampler
 from neumours.train.trainer import Trainer
+from conftest import BITWISE_RUNS, cpu_device_only
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +167,7 @@ def _run(dataset, out, config, device, resume=False, stop_after=None):
     return trainer
 
 
+@cpu_device_only(BITWISE_RUNS)
 def test_off_by_default_and_zero_distances_are_bit_identical(cpu_device, dataset, tmp_path, monkeypatch):
     assert preset("paper").loss.boundary_weight == 0.0 and preset("tiny").loss.boundary_weight == 0.0
     plain = _run(dataset, tmp_path / "plain", tiny(), cpu_device)
@@ -183,6 +185,7 @@ def test_off_by_default_and_zero_distances_are_bit_identical(cpu_device, dataset
     assert [r["loss"] for r in plain.rows] == [r["loss"] for r in zeroed.rows]
 
 
+@cpu_device_only(BITWISE_RUNS)
 def test_boundary_loss_changes_training_and_resumes_exactly(cpu_device, dataset, tmp_path):
     plain = _params(_run(dataset, tmp_path / "plain", tiny(), cpu_device))
     config = tiny(steps=8, boundary_weight=0.1, log_every=2)

@@ -16,6 +16,7 @@ from neumours.model.inr import INR
 from neumours.estimates import format_duration, long_work_note
 from neumours.train.estimate import training_seconds
 from neumours.train.validate import Validator, dice_per_class, nearest_voxels, validation_grid
+from conftest import CPU_ESTIMATES, cpu_device_only
 
 
 def test_validation_grid_keeps_small_cases_and_shrinks_big_ones_evenly():
@@ -87,6 +88,7 @@ def test_one_case_or_fold_prints_no_zero_spread():
     assert r_score(record) == "0.5000 ± 0.0100 (2 folds)"
 
 
+@cpu_device_only(CPU_ESTIMATES)
 def test_segment_of_a_big_case_warns_before_work(cpu_device, capsys, tmp_path):
     """Ten BraTS-sized cases (240 x 240 x 155) on the CPU device: minutes even for the tiny network (one
     case is about a minute on 2 cores, below the note's 3 minutes)."""
@@ -104,6 +106,7 @@ def test_segment_of_a_big_case_warns_before_work(cpu_device, capsys, tmp_path):
     assert announce_segmentation(segmenter, [(16, 16, 16)]) is None and capsys.readouterr().err == ""
 
 
+@cpu_device_only(CPU_ESTIMATES)
 def test_training_announces_a_long_run_with_its_validations(cpu_device, capsys):
     from types import SimpleNamespace
 
