@@ -15,6 +15,9 @@
 - ``NEUMOURS_SHADER_CACHE``: set to ``.pytest_cache/neumours-shaders/<xdist worker>`` unless
   already set, so that subprocesses and later runs reuse compiled shaders where the device caches
   them (CUDA; slangpy's CPU device compiles its host code again in every process regardless).
+- The CPU device's host code is cached in ``.pytest_cache/neumours-host-code`` by a front for the
+  C++ compiler put first on PATH (tests/host_code_cache.py): every process of the run, and later
+  runs, build each kernel once.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from host_code_cache import install as install_host_code_cache
 
 #: The device kind kernel tests run on: ``NEUMOURS_DEVICE=vulkan pytest tests/test_inr.py`` runs
 #: them on Vulkan (or cuda); default the CPU device, as in CI.
@@ -66,6 +70,11 @@ def pytest_configure(config):
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         os.environ["NEUMOURS_SHADER_CACHE"] = str(ROOT / ".pytest_cache" / "neumours-shaders" / worker)
         os.environ["NEUMOURS_SHADER_CACHE_BY_CONFTEST"] = "1"
+    # The CPU device's host code: one cache for all workers, their subprocesses and later runs
+    # (tests/host_code_cache.py); the controller puts its compiler fronts first on PATH, workers inherit it.
+    fronts = str(install_host_code_cache(ROOT / ".pytest_cache" / "neumours-host-code"))
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != fronts:
+        os.environ["PATH"] = os.pathsep.join(filter(None, [fronts, os.environ.get("PATH")]))
 
 
 def pytest_collection_modifyitems(config, items):
