@@ -9,6 +9,7 @@
   it, and the viewer tests' phantoms with a fitted tiny checkpoint, each made once per run (xdist
   workers share them through a file lock) and read-only; ``module_dataset`` and ``module_world``
   are per-module copies that tests may change.
+- Order: the modules of LONGEST_MODULES run first, longest first, so that xdist's workers share them.
 - ``integration`` marker: the modules and tests listed in INTEGRATION (real Ray clusters, the
   browser, kill -9 of real processes, full and read-only file systems, the README walkthrough,
   the examples); ``pytest -m "not integration"`` is the inner loop.
@@ -60,9 +61,27 @@ INTEGRATION_TESTS = {
     ("test_untrusted_files.py", "test_a_fifo_given_as_an_input_is_refused_not_waited_on"): "three CLI child processes",
 }
 
+#: The modules that take a minute or more on 2 cores, longest first. They are queued first, in this order,
+#: the rest after them as collected: `--dist loadfile` gives each worker one of them at the start and the
+#: next as it gets through its first, and the short modules fill in at the end. xdist's own order (the
+#: modules with the most tests first) would start these last, leaving one worker alone with them.
+LONGEST_MODULES = (
+    "test_sweep.py",
+    "test_viewer_browser.py",
+    "test_readme_walkthrough.py",
+    "test_crash_safety.py",
+    "test_examples.py",
+    "test_locks.py",
+    "test_bad_outputs_and_geometry.py",
+    "test_untrusted_files.py",
+    "test_viewer_server.py",
+)
+
 
 def pytest_configure(config):
     seed_from_env()  # a bad NEUMOURS_TEST_SEED is one usage error, before any test
+    if "--loadscope-reorder" not in config.invocation_params.args and hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # xdist queues the modules in our order (LONGEST_MODULES)
     # Before any test imports neumours.device, so that every device of this process and of its children uses it.
     # One folder per xdist worker (two processes never write one cache file at the same time); a folder the
     # user set is kept. Workers inherit the controller's environment, hence the flag saying it is ours.
@@ -78,6 +97,8 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
     for item in items:
         name = item.path.name
         if name in INTEGRATION_MODULES or (name, item.originalname) in INTEGRATION_TESTS:
