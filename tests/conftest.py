@@ -38,6 +38,9 @@ KERNEL_DEVICE = CHOSEN or "cpu"
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: The CPU device's host code, built once for every process of a run and later runs (tests/host_code_cache.py).
+HOST_CODE_CACHE = ROOT / ".pytest_cache" / "neumours-host-code"
+
 #: The seed of ``rng`` unless NEUMOURS_TEST_SEED says otherwise.
 DEFAULT_SEED = 20231207
 
@@ -91,7 +94,7 @@ def pytest_configure(config):
         os.environ["NEUMOURS_SHADER_CACHE_BY_CONFTEST"] = "1"
     # The CPU device's host code: one cache for all workers, their subprocesses and later runs
     # (tests/host_code_cache.py); the controller puts its compiler fronts first on PATH, workers inherit it.
-    fronts = str(install_host_code_cache(ROOT / ".pytest_cache" / "neumours-host-code"))
+    fronts = str(install_host_code_cache(HOST_CODE_CACHE))
     if os.environ.get("PATH", "").split(os.pathsep)[0] != fronts:
         os.environ["PATH"] = os.pathsep.join(filter(None, [fronts, os.environ.get("PATH")]))
 

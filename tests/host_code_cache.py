@@ -75,8 +75,17 @@ def key(compiler: str, args: list[str], out: str, source: str) -> str:
     return h.hexdigest()
 
 
+#: Counts fronts inside fronts, so that a compiler on PATH that runs ``g++`` again fails instead of looping.
+DEPTH_ENV = "NEUMOURS_HOST_CODE_DEPTH"
+
+
 def main(argv: list[str]) -> int:
     name, cache, args = argv[0], Path(argv[1]), argv[2:]
+    depth = int(os.environ.get(DEPTH_ENV, "0")) + 1
+    if depth > 3:
+        print(f"{name}: {Path(__file__).name}: the compiler found on PATH runs this front again", file=sys.stderr)
+        return 127
+    os.environ[DEPTH_ENV] = str(depth)
     compiler = real_compiler(name, (cache / "bin").resolve())
     if compiler is None:
         print(f"{name}: not found on PATH", file=sys.stderr)
