@@ -9,7 +9,7 @@
   it, and the viewer tests' phantoms with a fitted tiny checkpoint, each made once per run (xdist
   workers share them through a file lock) and read-only; ``module_dataset`` and ``module_world``
   are per-module copies that tests may change.
-- Order: the modules of LONGEST_MODULES run first, longest first, so that xdist's workers share them.
+- Order: the modules of LONGEST_MODULES run first, so that xdist's two workers share them.
 - ``integration`` marker: the modules and tests listed in INTEGRATION (real Ray clusters, the
   browser, kill -9 of real processes, full and read-only file systems, the README walkthrough,
   the examples); ``pytest -m "not integration"`` is the inner loop.
@@ -64,10 +64,11 @@ INTEGRATION_TESTS = {
     ("test_untrusted_files.py", "test_a_fifo_given_as_an_input_is_refused_not_waited_on"): "three CLI child processes",
 }
 
-#: The modules that take a minute or more on 2 cores, longest first. They are queued first, in this order,
-#: the rest after them as collected: `--dist loadfile` gives each worker one of them at the start and the
-#: next as it gets through its first, and the short modules fill in at the end. xdist's own order (the
-#: modules with the most tests first) would start these last, leaving one worker alone with them.
+#: The longest modules on 2 cores (the first four a minute or more each, the rest 10-25 s). They are queued
+#: first, in this order, the rest after them as collected: `--dist loadfile` starts the sweeps and the
+#: browser side by side, the walkthrough and the crash tests go to whichever worker gets through its first,
+#: and the short modules fill in at the end. xdist's own order (the modules with the most tests first)
+#: would start these last, leaving one worker alone with two of them.
 LONGEST_MODULES = (
     "test_sweep.py",
     "test_viewer_browser.py",
