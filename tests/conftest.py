@@ -9,12 +9,16 @@
   it, and the viewer tests' phantoms with a fitted tiny checkpoint, each made once per run (xdist
   workers share them through a file lock) and read-only; ``module_dataset`` and ``module_world``
   are per-module copies that tests may change.
+- Order: the modules of LONGEST_MODULES run first, so that xdist's two workers share them.
 - ``integration`` marker: the modules and tests listed in INTEGRATION (real Ray clusters, the
   browser, kill -9 of real processes, full and read-only file systems, the README walkthrough,
   the examples); ``pytest -m "not integration"`` is the inner loop.
 - ``NEUMOURS_SHADER_CACHE``: set to ``.pytest_cache/neumours-shaders/<xdist worker>`` unless
   already set, so that subprocesses and later runs reuse compiled shaders where the device caches
   them (CUDA; slangpy's CPU device compiles its host code again in every process regardless).
+- The CPU device's host code is cached in ``.pytest_cache/neumours-host-code`` by a front for the
+  C++ compiler put first on PATH (tests/host_code_cache.py): every process of the run, and later
+  runs, build each kernel once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from host_code_cache import install as install_host_code_cache
 
 #: The device kind kernel tests run on: ``NEUMOURS_DEVICE=vulkan pytest tests/test_inr.py`` runs
 #: them on Vulkan (or cuda); default the CPU device, as in CI.
@@ -33,6 +38,8 @@ KERNEL_DEVICE = CHOSEN or "cpu"
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: The CPU device's host code, built once for every process of a run and later runs (tests/host_code_cache.py).
+HOST_CODE_CACHE = ROOT / ".pytest_cache" / "neumours-host-code"
 
 def cpu_device_only(why: str):
     """Skip a test of a property that holds on slangpy's CPU device only, while the kernel tests run on
@@ -70,9 +77,28 @@ INTEGRATION_TESTS = {
     ("test_untrusted_files.py", "test_a_fifo_given_as_an_input_is_refused_not_waited_on"): "three CLI child processes",
 }
 
+#: The longest modules on 2 cores (the first four a minute or more each, the rest 10-25 s). They are queued
+#: first, in this order, the rest after them as collected: `--dist loadfile` starts the sweeps and the
+#: browser side by side, the walkthrough and the crash tests go to whichever worker gets through its first,
+#: and the short modules fill in at the end. xdist's own order (the modules with the most tests first)
+#: would start these last, leaving one worker alone with two of them.
+LONGEST_MODULES = (
+    "test_sweep.py",
+    "test_viewer_browser.py",
+    "test_readme_walkthrough.py",
+    "test_crash_safety.py",
+    "test_examples.py",
+    "test_locks.py",
+    "test_bad_outputs_and_geometry.py",
+    "test_untrusted_files.py",
+    "test_viewer_server.py",
+)
+
 
 def pytest_configure(config):
     seed_from_env()  # a bad NEUMOURS_TEST_SEED is one usage error, before any test
+    if "--loadscope-reorder" not in config.invocation_params.args and hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # xdist queues the modules in our order (LONGEST_MODULES)
     # Before any test imports neumours.device, so that every device of this process and of its children uses it.
     # One folder per xdist worker (two processes never write one cache file at the same time); a folder the
     # user set is kept. Workers inherit the controller's environment, hence the flag saying it is ours.
@@ -80,9 +106,16 @@ def pytest_configure(config):
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         os.environ["NEUMOURS_SHADER_CACHE"] = str(ROOT / ".pytest_cache" / "neumours-shaders" / worker)
         os.environ["NEUMOURS_SHADER_CACHE_BY_CONFTEST"] = "1"
+    # The CPU device's host code: one cache for all workers, their subprocesses and later runs
+    # (tests/host_code_cache.py); the controller puts its compiler fronts first on PATH, workers inherit it.
+    fronts = str(install_host_code_cache(HOST_CODE_CACHE))
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != fronts:
+        os.environ["PATH"] = os.pathsep.join(filter(None, [fronts, os.environ.get("PATH")]))
 
 
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
     for item in items:
         name = item.path.name
         if name in INTEGRATION_MODULES or (name, item.originalname) in INTEGRATION_TESTS:
