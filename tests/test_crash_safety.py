@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BITWISE_RUNS, cpu_device_only
 
 from neumours.atomic import is_temporary
 from neumours.cli.main import main
@@ -70,6 +71,7 @@ CYCLING_KILLS = [("step", 2), ("before:checkpoint.json", 4), ("step", 7)]
 
 
 @pytest.mark.slow
+@cpu_device_only(BITWISE_RUNS)
 @pytest.mark.parametrize("pool", ["whole", "cycling"])
 def test_kill_9_at_every_moment_then_resume_equals_uninterrupted(tmp_path, capsys, pool):
     data = tmp_path / "data"
