@@ -3,7 +3,7 @@
 :func:`pack_bf16`: matrices with padded rows (the layer-by-layer products);
 :func:`pack_fragments` and :func:`pack_padded_biases`: the fused inference kernel's weights in
 mma.sync B-fragment order and its biases padded to whole 8-column tiles
-(:mod:`neumours.kernels.fused_mlp` builds their layer table).
+(:mod:`neumours.model.fused` builds their layer table).
 """
 
 from __future__ import annotations

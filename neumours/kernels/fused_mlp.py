@@ -4,8 +4,8 @@ The kernel (its CUDA C++ is ``slang/fused_mlp.cuh``) keeps each warp's 16 points
 in registers from the inputs to the logits; it reads the weights as bf16 pairs in mma.sync
 B-fragment order and the biases padded to whole 8-column tiles, both packed on the device from
 the flat float32 parameters (:func:`neumours.kernels.bf16.pack_fragments`). This module holds the
-sizes the header and the packing share (checked against the header by
-tests/test_fused_mlp_header.py), the layer table both read, and the dispatch.
+sizes the header and the packing share (checked against the header by tests/test_fused_mlp.py),
+the kernel's layer table, and the dispatch; :mod:`neumours.model.fused` lays the layers out.
 """
 
 from __future__ import annotations

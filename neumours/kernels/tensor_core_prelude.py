@@ -3,7 +3,7 @@
 Two headers hold the CUDA C++: ``slang/tensor_core.cuh`` (the layer-by-layer bf16 product; it
 includes ``slang/fourier.h``) and ``slang/fused_mlp.cuh`` (the fused inference kernel; it
 includes ``tensor_core.cuh``). They are the one copy to edit, headers that compile on their own
-(tests/test_tensor_core_header.py, tests/test_fused_mlp_header.py). A Slang kernel cannot
+(tests/test_tensor_core_header.py, tests/test_fused_mlp.py). A Slang kernel cannot
 ``#include`` them from its ``__requirePrelude``: slangpy 0.43.1 gives NVRTC no include path
 (measured on an H100: "cannot open source file tensor_core.cuh"). So this module writes, for
 each, a ``.slang`` file holding the function the kernel calls with the header (its local
@@ -53,8 +53,8 @@ void gemm_block(uint flags, uint3 group, uint thread, StructuredBuffer<uint> a, 
 ''')
 
 # Slang expands $0 .. $9 only (one digit), so the seven sizes travel packed in three words
-# (fused_mlp_kernels.slang packs them; literals that nvcc folds) and the group and thread as
-# the dispatch thread index.
+# (FusedShape.packed of neumours/kernels/fused_mlp.py; literals that nvcc folds) and the group
+# and thread as the dispatch thread index.
 FUSED = Prelude("fused_mlp.cuh", "fused_mlp_prelude.slang", _NOTE + '''// Included by slang/fused_mlp_kernels.slang after TABLE is defined.
 
 // The logits of one group's points, by the CUDA code of fused_mlp.cuh (injected with __requirePrelude).
