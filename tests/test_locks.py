@@ -15,7 +15,9 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import KERNEL_DEVICE
 
 from neumours.cli.main import main
 from neumours.data import list_cases
@@ -146,7 +148,10 @@ def test_two_trains_started_together_leave_one_consistent_run(data, tmp_path):
     from neumours.model.checkpoint import load_checkpoint
 
     mine, theirs = load_checkpoint(run / "last.safetensors")[0], load_checkpoint(again / "last.safetensors")[0]
-    assert all((mine[k] == theirs[k]).all() for k in mine)
+    if KERNEL_DEVICE == "cpu":
+        assert all((mine[k] == theirs[k]).all() for k in mine)
+    else:   # a GPU kind sums gradients with float atomics in any order: equal up to that, far from another seed's
+        assert all(np.allclose(mine[k], theirs[k], rtol=1e-4, atol=1e-6) for k in mine)
 
 
 # --- dataset folders --------------------------------------------------------------------------------------
