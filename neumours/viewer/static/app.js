@@ -23,7 +23,11 @@ let nextId = 1, strokes = 0;
 const scaleCap = Math.min(1, Math.max(0.05, Number(new URLSearchParams(location.search).get("scale")) || 1));
 const STILL_MS = 800, DRAG_MS = 120;
 
-const nv = new Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true, dragAndDropEnabled: false });
+// The crosshair's width in percent of the field of view: NiiVue's default (one voxel) is a thick bar on
+// small volumes (6 px on a 48-voxel phantom at 1600 x 900).
+const CROSSHAIR_PERCENT = 0.5;
+const nv = new Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true, dragAndDropEnabled: false,
+                        crosshairWidthUnit: "percent", crosshairWidth: CROSSHAIR_PERCENT });
 await nv.attachTo("gl");
 nv.setSliceType(nv.sliceTypeMultiplanar);
 nv.drawOpacity = 1.0;  // painted voxels show the pen's colour itself, the overlay's colour of that label
@@ -331,8 +335,12 @@ async function showFrame(header, payload) {
   // 1 fps at any latency); a single frame (the view was still) says so.
   const span = frameTimes.length > 1 ? (frameTimes[frameTimes.length - 1] - frameTimes[0]) / 1000 : 0;
   const rate = span > 0 ? `${((frameTimes.length - 1) / span).toFixed(1)} fps` : "still";
-  stats.textContent = `${rate} · latency ${(median / 1000).toFixed(2)} s · ${header.width}×${header.height}` +
-    `${header.downscaled ? " (downscaled to the render budget)" : ""} · render ${header.render_ms.toFixed(0)} ms (${header.encoder})`;
+  // Short enough for the row beside the cursor readout; the title says it in full.
+  const latency = (median / 1000).toFixed(2), render = header.render_ms.toFixed(0);
+  stats.textContent = `${rate} · ${latency} s · ${header.width}×${header.height}${header.downscaled ? "↓" : ""}` +
+    ` · ${render} ms ${header.encoder}`;
+  stats.title = `${rate}; latency ${latency} s; frame ${header.width}×${header.height}` +
+    `${header.downscaled ? " (downscaled to the render budget)" : ""}; render ${render} ms; encoder ${header.encoder}`;
   canvas.dataset.frames = String(Number(canvas.dataset.frames || 0) + 1);
   // Sharper when still, once per camera, unless the server already downscaled to its budget.
   if (!dragging && !header.downscaled && lastRequest && lastRequest.still
@@ -464,7 +472,7 @@ function choosePen(pen) {
   document.querySelectorAll("button.pen").forEach((b) => b.classList.toggle("on", Number(b.dataset.pen) === pen));
   nv.setDrawingEnabled(pen >= 0);
   if (pen >= 0) nv.setPenValue(pen, $("fill").checked);
-  nv.setCrosshairWidth(pen >= 0 ? 0 : 1);  // the crosshair follows the pen: hidden while painting, not over the stroke
+  nv.setCrosshairWidth(pen >= 0 ? 0 : CROSSHAIR_PERCENT);  // the crosshair follows the pen: hidden while painting, not over the stroke
   nv.drawScene();
 }
 for (const button of document.querySelectorAll("button.pen")) button.addEventListener("click", () => choosePen(Number(button.dataset.pen)));
