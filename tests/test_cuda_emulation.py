@@ -35,17 +35,23 @@ FAULT_MMA_A_SWAP, FAULT_LDMATRIX_NO_TRANS = 1, 2   # neumours_emu::Fault
 _PTR = ctypes.c_void_p
 
 
+def build_probe(tmp_path_factory, probe: Path) -> tuple[ctypes.CDLL, Path]:
+    """A probe of tests/cuda_emulation/ built against slang/cuda_emulation.h into a shared library
+    (skips without g++); the library loaded with ctypes, and its path."""
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ on this machine: the CUDA emulation needs it")
+    library = tmp_path_factory.mktemp("cuda_emulation") / f"{probe.stem}.so"
+    command = ["g++", "-std=c++17", "-O2", "-fno-strict-aliasing", "-pthread", "-shared", "-fPIC",
+               "-DNEUMOURS_CUDA_EMULATION", "-I", str(slang_dir()), str(probe), "-o", str(library)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return ctypes.CDLL(str(library)), library
+
+
 @pytest.fixture(scope="session")
 def emulated(tmp_path_factory):
     """The probe compiled once into a shared library (ctypes)."""
-    if shutil.which("g++") is None:
-        pytest.skip("no g++ on this machine: the CUDA emulation needs it")
-    library = tmp_path_factory.mktemp("cuda_emulation") / "gemm_probe.so"
-    command = ["g++", "-std=c++17", "-O2", "-fno-strict-aliasing", "-pthread", "-shared", "-fPIC",
-               "-DNEUMOURS_CUDA_EMULATION", "-I", str(slang_dir()), str(PROBE), "-o", str(library)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    lib = ctypes.CDLL(str(library))
+    lib, library = build_probe(tmp_path_factory, PROBE)
     lib.emulated_tensor_gemm.argtypes = [ctypes.c_uint] * 4 + [_PTR] * 7
     lib.emulated_tensor_gemm.restype = None
     lib.emulated_fault.argtypes = [ctypes.c_int]

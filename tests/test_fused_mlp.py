@@ -56,17 +56,20 @@ def fragments_reference(weight: np.ndarray) -> np.ndarray:
 
 
 def network_reference(config: INRConfig, state: dict, coords: np.ndarray, patches: np.ndarray,
-                      rounded: bool = True) -> np.ndarray:
+                      rounded: bool = True, product=None, gamma=None) -> np.ndarray:
     """Logits in float64; ``rounded``: as the bf16 kernels compute them (inputs, weights and every
-    activation rounded to bf16, products exact, biases float32), else the exact network."""
+    activation rounded to bf16, products exact, biases float32), else the exact network.
+    ``product(x, W, b)`` and ``gamma()`` replace the layer's ``x W^T + b`` and the Fourier features
+    (tests/test_fused_mlp_emulation.py models the kernel's float32 sums and argument reduction)."""
     keep = bf16 if rounded else (lambda x: np.asarray(x, np.float64))
+    product = product or (lambda x, w, b: x @ w.T + np.asarray(b, np.float64))
 
     def layer(x, name, relu=True):
         w = state[f"{name}.weight"]
-        y = x @ keep(w.reshape(w.shape[0], -1)).T + np.asarray(state[f"{name}.bias"], np.float64)
+        y = product(x, keep(w.reshape(w.shape[0], -1)), state[f"{name}.bias"])
         return keep(np.maximum(y, 0.0)) if relu else y
 
-    gamma = keep(fourier_features_np(coords, config.num_freqs))
+    gamma = gamma() if gamma else keep(fourier_features_np(coords, config.num_freqs))
     h = np.concatenate([layer(gamma, "spatial"), layer(keep(patches), "modality")], axis=1)
     for index in range(config.hidden_layers):
         h = layer(h, f"mlp.{index}")

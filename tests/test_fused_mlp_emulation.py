@@ -12,16 +12,14 @@ that leave warps and groups partly filled. A deliberate fault of the emulator mu
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cuda_emulation import _fourier_bf16
-from test_fused_mlp import ODD, _state, bf16
+from test_cuda_emulation import _fourier_bf16, build_probe
+from test_fused_mlp import ODD, _state, network_reference
 
-from neumours.device import download, slang_dir
+from neumours.device import download
 from neumours.kernels import fused_mlp as fm
 from neumours.model.config import INRConfig
 from neumours.model.fused import FusedInference
@@ -35,14 +33,7 @@ _PTR = ctypes.c_void_p
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
     """The probe compiled once into a shared library (ctypes)."""
-    if shutil.which("g++") is None:
-        pytest.skip("no g++ on this machine: the CUDA emulation needs it")
-    library = tmp_path_factory.mktemp("fused_emulation") / "fused_probe.so"
-    command = ["g++", "-std=c++17", "-O2", "-fno-strict-aliasing", "-pthread", "-shared", "-fPIC",
-               "-DNEUMOURS_CUDA_EMULATION", "-I", str(slang_dir()), str(PROBE), "-o", str(library)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    lib = ctypes.CDLL(str(library))
+    lib, _ = build_probe(tmp_path_factory, PROBE)
     lib.emulated_fused_mlp.argtypes = [ctypes.c_uint] * 4 + [_PTR] * 6
     lib.emulated_fused_mlp.restype = None
     lib.emulated_fault.argtypes = [ctypes.c_int]
@@ -60,18 +51,10 @@ def _layer_fp32(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarr
 
 
 def modelled_logits(config: INRConfig, state: dict, coords: np.ndarray, patches: np.ndarray) -> np.ndarray:
-    """The bf16 arithmetic in numpy: gamma as slang/fourier.h reduces it, every operand and activation
-    rounded to bf16, float32 accumulation per k16 tile, ReLU but on the logits."""
-    def layer(x, name, relu=True):
-        w = state[f"{name}.weight"]
-        y = _layer_fp32(x, bf16(w.reshape(w.shape[0], -1)), state[f"{name}.bias"])
-        return bf16(np.maximum(y, 0.0)) if relu else y
-
-    gamma = _fourier_bf16(coords, config.fourier_dim)
-    h = np.concatenate([layer(gamma, "spatial"), layer(bf16(patches), "modality")], axis=1)
-    for index in range(config.hidden_layers):
-        h = layer(h, f"mlp.{index}")
-    return layer(h, "head", relu=False)
+    """The bf16 arithmetic in numpy (:func:`test_fused_mlp.network_reference`), with gamma as
+    slang/fourier.h reduces it and float32 accumulation per k16 tile."""
+    return network_reference(config, state, coords, patches, product=_layer_fp32,
+                             gamma=lambda: _fourier_bf16(coords, config.fourier_dim))
 
 
 def emulate(lib, cpu_device, config: INRConfig, count: int, seed: int):
